@@ -1,0 +1,160 @@
+//! DMR's native model-management wire shapes: `/models`, `/models/create` progress lines, `/engines/ps`,
+//! `/engines/unload`, `/engines/status`. Field names and casing follow DMR exactly (`Untagged`, `backend_name`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// An entry of `GET /models`: `{"id","tags","created","config":{…}}`. `config` is the store's config JSON.
+#[derive(Debug, Serialize)]
+pub struct Model<C: Serialize> {
+    pub id: String,
+    pub tags: Vec<String>,
+    pub created: i64,
+    pub config: C,
+}
+
+/// `POST /models/create` body. `name` is our extension for local imports (DMR derives names from references).
+#[derive(Debug, Deserialize)]
+pub struct CreateRequest {
+    pub from: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(rename = "bearer-token", default)]
+    pub bearer_token: Option<String>,
+}
+
+/// One NDJSON line of pull/import progress.
+#[derive(Debug, Serialize)]
+pub struct ProgressLine {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer: Option<Layer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Layer {
+    pub id: String,
+    pub size: u64,
+    pub current: u64,
+}
+
+impl ProgressLine {
+    pub fn progress(total: u64, layer_id: String, current: u64) -> Self {
+        ProgressLine {
+            kind: "progress",
+            message: format!("Imported: {:.2} MB", current as f64 / 1e6),
+            total: Some(total),
+            layer: Some(Layer {
+                id: layer_id,
+                size: total,
+                current,
+            }),
+            mode: Some("pull"),
+        }
+    }
+
+    pub fn success() -> Self {
+        ProgressLine {
+            kind: "success",
+            message: "Model pulled successfully".into(),
+            total: None,
+            layer: None,
+            mode: None,
+        }
+    }
+
+    pub fn error(message: &str) -> Self {
+        ProgressLine {
+            kind: "error",
+            message: format!("Error: {message}"),
+            total: None,
+            layer: None,
+            mode: None,
+        }
+    }
+
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut line = serde_json::to_vec(self).unwrap_or_default();
+        line.push(b'\n');
+        line
+    }
+}
+
+/// An element of the `DELETE /models/{name}` answer.
+#[derive(Debug, Serialize)]
+pub enum Removed {
+    Untagged(String),
+    Deleted(String),
+}
+
+/// An element of `GET /engines/ps`. `pid` and `port` are our additions.
+#[derive(Debug, Serialize)]
+pub struct RunnerStatus {
+    pub backend_name: &'static str,
+    pub model_name: String,
+    pub mode: &'static str,
+    pub last_used: Option<i64>,
+    pub in_use: bool,
+    pub loading: bool,
+    pub keep_alive: String,
+    pub pid: Option<u32>,
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct UnloadRequest {
+    #[serde(default)]
+    pub all: bool,
+    #[serde(default)]
+    pub backend: Option<String>,
+    #[serde(default)]
+    pub models: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UnloadResponse {
+    pub unloaded_runners: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Version {
+    pub version: &'static str,
+}
+
+/// `GET /engines/status`: engine name → "Running: …" / "Not Installed: …".
+pub type EngineStatus = BTreeMap<&'static str, String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_match_dmr() {
+        let removed = serde_json::to_string(&[
+            Removed::Untagged("ai/x:latest".into()),
+            Removed::Deleted("sha256:ab".into()),
+        ])
+        .unwrap();
+        assert_eq!(
+            removed,
+            r#"[{"Untagged":"ai/x:latest"},{"Deleted":"sha256:ab"}]"#
+        );
+        let line =
+            String::from_utf8(ProgressLine::progress(10, "sha256:ab".into(), 5).to_line()).unwrap();
+        assert_eq!(
+            line,
+            "{\"type\":\"progress\",\"message\":\"Imported: 0.00 MB\",\"total\":10,\"layer\":{\"id\":\"sha256:ab\",\"size\":10,\"current\":5},\"mode\":\"pull\"}\n"
+        );
+        assert_eq!(
+            String::from_utf8(ProgressLine::success().to_line()).unwrap(),
+            "{\"type\":\"success\",\"message\":\"Model pulled successfully\"}\n"
+        );
+    }
+}

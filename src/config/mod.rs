@@ -1,0 +1,462 @@
+//! Configuration: the TOML file is read into raw structs (`raw`), then validated into a [`Config`] in one pass that
+//! reports every problem together, each with its key path (`models[1].context_size: must be > 0 or -1`).
+//! Defaults live here and nowhere else. This module knows nothing of HTTP, engines' processes or the store's layout.
+
+mod duration;
+mod raw;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use duration::{format_go, parse_duration, KeepAlive};
+use raw::{RawConfig, Unknown};
+
+use crate::store::name;
+
+/// The default context size given to llama.cpp when neither the config nor the API sets one (DMR's default).
+pub const DEFAULT_CONTEXT_SIZE: u32 = 4096;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub engines: EnginesConfig,
+    pub scheduler: SchedulerConfig,
+    pub models: Vec<ModelSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EnginesConfig {
+    pub llamacpp: LlamaCppConfig,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LlamaCppConfig {
+    /// As configured; resolution against PATH and the install dir happens in `engines::llamacpp`.
+    pub binary: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub keep_alive: KeepAlive,
+    pub startup_timeout: Duration,
+    pub stop_timeout: Duration,
+}
+
+/// Per-model settings from `[[models]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSettings {
+    /// Normalised (`ai/tiny:latest`).
+    pub name: String,
+    /// A GGUF file imported into the store at start-up under `name`.
+    pub gguf: Option<PathBuf>,
+    /// `None`: the engine's default.
+    pub context_size: Option<u32>,
+    pub runtime_flags: Vec<String>,
+    pub keep_alive: Option<KeepAlive>,
+}
+
+impl ModelSettings {
+    pub fn defaults_for(name: &str) -> ModelSettings {
+        ModelSettings {
+            name: name.to_string(),
+            gguf: None,
+            context_size: None,
+            runtime_flags: Vec::new(),
+            keep_alive: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+impl ConfigError {
+    /// One line per problem, for printing.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            ConfigError::Invalid(errors) => errors.clone(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 12434)),
+                max_body_bytes: 10 * 1024 * 1024,
+                shutdown_grace: Duration::from_secs(10),
+            },
+            store: StoreConfig {
+                path: default_store_path(),
+            },
+            engines: EnginesConfig::default(),
+            scheduler: SchedulerConfig {
+                keep_alive: KeepAlive::DEFAULT,
+                startup_timeout: Duration::from_secs(300),
+                stop_timeout: Duration::from_secs(10),
+            },
+            models: Vec::new(),
+        }
+    }
+}
+
+/// `$XDG_DATA_HOME/dmr-supervisor` (usually `~/.local/share/dmr-supervisor`).
+pub fn data_dir() -> PathBuf {
+    dirs::data_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("dmr-supervisor")
+}
+
+fn default_store_path() -> PathBuf {
+    data_dir().join("models")
+}
+
+impl Config {
+    /// Reads and validates a config file. Relative paths in it are taken relative to the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Config::parse(&text, &base).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates TOML text; `base` resolves relative paths.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        validate(raw, base)
+    }
+}
+
+/// Collects every error; the config is only built when there are none.
+struct Errors(Vec<String>);
+
+impl Errors {
+    fn push(&mut self, key: impl std::fmt::Display, message: impl std::fmt::Display) {
+        self.0.push(format!("{key}: {message}"));
+    }
+
+    fn unknown(&mut self, prefix: &str, unknown: &Unknown) {
+        for key in unknown.keys() {
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            self.push(path, "unknown key");
+        }
+    }
+
+    fn duration(&mut self, key: &str, value: Option<&String>, default: Duration) -> Duration {
+        match value.map(|v| parse_duration(v)) {
+            None => default,
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                self.push(key, e);
+                default
+            }
+        }
+    }
+}
+
+fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
+    let mut errors = Errors(Vec::new());
+    let mut config = Config::default();
+    errors.unknown("", &raw.unknown);
+
+    if let Some(server) = raw.server {
+        errors.unknown("server", &server.unknown);
+        if let Some(listen) = server.listen {
+            match listen.parse::<SocketAddr>() {
+                Ok(addr) => config.server.listen = addr,
+                Err(_) => errors.push(
+                    "server.listen",
+                    format!("{listen:?} is not an IP:port address"),
+                ),
+            }
+        }
+        if let Some(n) = server.max_body_bytes {
+            match usize::try_from(n) {
+                Ok(n) if n > 0 => config.server.max_body_bytes = n,
+                _ => errors.push("server.max_body_bytes", "must be > 0"),
+            }
+        }
+        config.server.shutdown_grace = errors.duration(
+            "server.shutdown_grace",
+            server.shutdown_grace.as_ref(),
+            config.server.shutdown_grace,
+        );
+    }
+
+    if let Some(store) = raw.store {
+        errors.unknown("store", &store.unknown);
+        if let Some(path) = store.path {
+            match resolve_path(&path, base) {
+                Ok(p) => config.store.path = p,
+                Err(e) => errors.push("store.path", e),
+            }
+        }
+    }
+
+    if let Some(engines) = raw.engines {
+        errors.unknown("engines", &engines.unknown);
+        if let Some(llamacpp) = engines.llamacpp {
+            errors.unknown("engines.llamacpp", &llamacpp.unknown);
+            if let Some(binary) = llamacpp.binary {
+                match resolve_path(&binary, base) {
+                    Ok(p) => config.engines.llamacpp.binary = Some(p),
+                    Err(e) => errors.push("engines.llamacpp.binary", e),
+                }
+            }
+        }
+    }
+
+    if let Some(scheduler) = raw.scheduler {
+        errors.unknown("scheduler", &scheduler.unknown);
+        if let Some(k) = scheduler.keep_alive {
+            match KeepAlive::parse(&k) {
+                Ok(k) => config.scheduler.keep_alive = k,
+                Err(e) => errors.push("scheduler.keep_alive", e),
+            }
+        }
+        let s = &mut config.scheduler;
+        s.startup_timeout = errors.duration(
+            "scheduler.startup_timeout",
+            scheduler.startup_timeout.as_ref(),
+            s.startup_timeout,
+        );
+        s.stop_timeout = errors.duration(
+            "scheduler.stop_timeout",
+            scheduler.stop_timeout.as_ref(),
+            s.stop_timeout,
+        );
+    }
+
+    for (i, model) in raw.models.unwrap_or_default().into_iter().enumerate() {
+        let key = |field: &str| format!("models[{i}].{field}");
+        errors.unknown(&format!("models[{i}]"), &model.unknown);
+        let name = match model.name.as_deref().map(name::normalize) {
+            None => {
+                errors.push(key("name"), "missing");
+                continue;
+            }
+            Some(Err(e)) => {
+                errors.push(key("name"), e);
+                continue;
+            }
+            Some(Ok(n)) => n,
+        };
+        if config.models.iter().any(|m| m.name == name) {
+            errors.push(key("name"), format!("{name} is configured twice"));
+        }
+        let gguf = match model.gguf.as_deref().map(|p| resolve_path(p, base)) {
+            None => None,
+            Some(Ok(p)) => Some(p),
+            Some(Err(e)) => {
+                errors.push(key("gguf"), e);
+                None
+            }
+        };
+        let context_size = match model.context_size {
+            None | Some(-1) => None,
+            Some(n) if n > 0 && n <= u32::MAX as i64 => Some(n as u32),
+            Some(_) => {
+                errors.push(key("context_size"), "must be > 0 or -1");
+                None
+            }
+        };
+        let runtime_flags = model.runtime_flags.unwrap_or_default();
+        for (j, flag) in runtime_flags.iter().enumerate() {
+            if flag.contains('\0') {
+                errors.push(key(&format!("runtime_flags[{j}]")), "contains a NUL byte");
+            }
+        }
+        let keep_alive = match model.keep_alive.as_deref().map(KeepAlive::parse) {
+            None => None,
+            Some(Ok(k)) => Some(k),
+            Some(Err(e)) => {
+                errors.push(key("keep_alive"), e);
+                None
+            }
+        };
+        config.models.push(ModelSettings {
+            name,
+            gguf,
+            context_size,
+            runtime_flags,
+            keep_alive,
+        });
+    }
+
+    if errors.0.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid(errors.0))
+    }
+}
+
+/// Expands a leading `~/` and makes relative paths relative to `base` (the config file's directory).
+fn resolve_path(p: &str, base: &Path) -> Result<PathBuf, String> {
+    if p.is_empty() {
+        return Err("empty path".into());
+    }
+    if p.contains('\0') {
+        return Err("path contains a NUL byte".into());
+    }
+    let path = match p.strip_prefix("~/") {
+        Some(rest) => dirs::home_dir()
+            .ok_or("no home directory to expand ~ in")?
+            .join(rest),
+        None => PathBuf::from(p),
+    };
+    Ok(if path.is_absolute() {
+        path
+    } else {
+        base.join(path)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/dmr"))
+    }
+
+    #[test]
+    fn the_issue_example_parses() {
+        let c = parse(
+            r#"
+            [server]
+            listen = "127.0.0.1:12434"
+            [store]
+            path = "/var/lib/dmr-supervisor"
+            [engines.llamacpp]
+            binary = "/usr/local/bin/llama-server"
+            [[models]]
+            name = "ai/tiny"
+            gguf = "/path/to/model.gguf"
+            context_size = 512
+            runtime_flags = ["--temp", "0"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:12434");
+        assert_eq!(c.store.path, PathBuf::from("/var/lib/dmr-supervisor"));
+        assert_eq!(
+            c.engines.llamacpp.binary,
+            Some(PathBuf::from("/usr/local/bin/llama-server"))
+        );
+        assert_eq!(c.models[0].name, "ai/tiny:latest");
+        assert_eq!(c.models[0].context_size, Some(512));
+        assert_eq!(c.models[0].runtime_flags, ["--temp", "0"]);
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.server.listen.port(), 12434);
+        assert_eq!(c.server.max_body_bytes, 10 << 20);
+        assert_eq!(c.scheduler.keep_alive, KeepAlive::DEFAULT);
+        assert!(c.models.is_empty());
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_key_path() {
+        let err = parse(
+            r#"
+            colour = "blue"
+            [server]
+            listen = "localhost"
+            [scheduler]
+            keep_alive = "soon"
+            [[models]]
+            name = "ai/ok"
+            context_size = -1
+            [[models]]
+            name = "ai/bad"
+            context_size = 0
+            flavour = 1
+            [[models]]
+            name = "../etc"
+            [[models]]
+            gguf = "x.gguf"
+            "#,
+        )
+        .unwrap_err();
+        let lines = err.lines();
+        let expect = [
+            "colour: unknown key",
+            "server.listen: \"localhost\" is not an IP:port address",
+            "scheduler.keep_alive: invalid duration",
+            "models[1].flavour: unknown key",
+            "models[1].context_size: must be > 0 or -1",
+            "models[2].name:",
+            "models[3].name: missing",
+        ];
+        for e in expect {
+            assert!(
+                lines.iter().any(|l| l.starts_with(e)),
+                "missing {e:?} in {lines:#?}"
+            );
+        }
+        assert_eq!(lines.len(), expect.len(), "{lines:#?}");
+    }
+
+    #[test]
+    fn context_size_minus_one_means_default_and_relative_paths_use_the_config_dir() {
+        let c =
+            parse("[[models]]\nname = \"tiny\"\ngguf = \"m/t.gguf\"\ncontext_size = -1\n").unwrap();
+        assert_eq!(c.models[0].context_size, None);
+        assert_eq!(
+            c.models[0].gguf.as_deref(),
+            Some(Path::new("/etc/dmr/m/t.gguf"))
+        );
+    }
+
+    #[test]
+    fn duplicate_models_and_type_errors() {
+        let err = parse("[[models]]\nname = \"tiny\"\n[[models]]\nname = \"ai/tiny:latest\"\n")
+            .unwrap_err();
+        assert!(err.lines()[0].contains("configured twice"));
+        let err = parse("[[models]]\nname = \"tiny\"\ncontext_size = \"big\"\n").unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+    }
+}

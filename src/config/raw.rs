@@ -1,0 +1,71 @@
+//! The configuration file exactly as written: serde structs mirroring the TOML. Unknown keys are captured (not
+//! silently dropped) so that validation can reject all of them at once, with their key paths. No defaults and no
+//! checks live here; see `config::validate`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// Keys nobody declared, kept so that each can be reported as an error.
+pub type Unknown = BTreeMap<String, toml::Value>;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawConfig {
+    pub server: Option<RawServer>,
+    pub store: Option<RawStore>,
+    pub engines: Option<RawEngines>,
+    pub scheduler: Option<RawScheduler>,
+    pub models: Option<Vec<RawModel>>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub max_body_bytes: Option<i64>,
+    pub shutdown_grace: Option<String>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawStore {
+    pub path: Option<String>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawEngines {
+    pub llamacpp: Option<RawLlamaCpp>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawLlamaCpp {
+    pub binary: Option<String>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawScheduler {
+    pub keep_alive: Option<String>,
+    pub startup_timeout: Option<String>,
+    pub stop_timeout: Option<String>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawModel {
+    pub name: Option<String>,
+    pub gguf: Option<String>,
+    pub context_size: Option<i64>,
+    pub runtime_flags: Option<Vec<String>>,
+    pub keep_alive: Option<String>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}

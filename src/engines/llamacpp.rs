@@ -1,0 +1,172 @@
+//! llama.cpp's `llama-server`: the exact argv we give it and where its binary is found. Pure functions, tested
+//! against the command line the issue specifies (`--model PATH --host 127.0.0.1 --port P --ctx-size N`, plus
+//! `--alias NAME` so answers carry the model's name, then the model's runtime flags verbatim; embedding runners add `--embeddings` and `--pooling mean` unless the user picked
+//! a pooling).
+
+use std::path::{Path, PathBuf};
+
+use super::{LaunchSpec, Mode};
+
+/// The engine's name in URLs (`/engines/llama.cpp/v1/...`) and in `/engines/ps`.
+pub const NAME: &str = "llama.cpp";
+
+/// Arguments after the binary name.
+pub fn argv(spec: &LaunchSpec, port: u16) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "--model".into(),
+        spec.model_path.display().to_string(),
+        "--host".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        port.to_string(),
+        "--ctx-size".into(),
+        spec.context_size.to_string(),
+        // Engines answer with this name in `model` (llama-server would say the blob path otherwise).
+        "--alias".into(),
+        spec.model_name.clone(),
+    ];
+    if spec.mode == Mode::Embedding {
+        args.push("--embeddings".into());
+        let user_pools = spec
+            .runtime_flags
+            .iter()
+            .any(|f| f == "--pooling" || f.starts_with("--pooling="));
+        if !user_pools {
+            args.extend(["--pooling".into(), "mean".into()]);
+        }
+    }
+    args.extend(spec.runtime_flags.iter().cloned());
+    args
+}
+
+/// Where llama-server is looked for, in order: the configured path, `llama-server` on PATH, then the install dir
+/// that `engines/llama.cpp/install.sh` fills (`<data dir>/engines/llama.cpp/current/bin/llama-server`).
+pub fn resolve_binary(
+    configured: Option<&Path>,
+    path_var: Option<&str>,
+    data_dir: &Path,
+) -> Result<PathBuf, String> {
+    if let Some(p) = configured {
+        return if is_executable(p) {
+            Ok(p.to_path_buf())
+        } else {
+            Err(format!(
+                "engines.llamacpp.binary {} is not an executable file",
+                p.display()
+            ))
+        };
+    }
+    if let Some(found) = path_var
+        .into_iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("llama-server"))
+        .find(|p| is_executable(p))
+    {
+        return Ok(found);
+    }
+    let installed = install_dir(data_dir).join("current/bin/llama-server");
+    if is_executable(&installed) {
+        return Ok(installed);
+    }
+    Err(format!(
+        "llama-server not found (not configured, not on PATH, not in {}); install it with engines/llama.cpp/install.sh",
+        install_dir(data_dir).display()
+    ))
+}
+
+pub fn install_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("engines/llama.cpp")
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::KeepAlive;
+
+    fn spec(mode: Mode, flags: &[&str]) -> LaunchSpec {
+        LaunchSpec {
+            model_name: "ai/tiny:latest".into(),
+            model_path: "/store/blobs/sha256/abc".into(),
+            mode,
+            context_size: 512,
+            runtime_flags: flags.iter().map(|s| s.to_string()).collect(),
+            keep_alive: KeepAlive::DEFAULT,
+        }
+    }
+
+    #[test]
+    fn completion_argv_is_exact_and_flags_come_last_in_order() {
+        let args = argv(
+            &spec(Mode::Completion, &["--temp", "0", "--threads", "1"]),
+            4711,
+        );
+        assert_eq!(
+            args,
+            [
+                "--model",
+                "/store/blobs/sha256/abc",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "4711",
+                "--ctx-size",
+                "512",
+                "--alias",
+                "ai/tiny:latest",
+                "--temp",
+                "0",
+                "--threads",
+                "1"
+            ]
+        );
+    }
+
+    #[test]
+    fn embedding_runners_pool_by_mean_unless_the_user_chose() {
+        let args = argv(&spec(Mode::Embedding, &[]), 1);
+        assert_eq!(args[10..], ["--embeddings", "--pooling", "mean"]);
+        let args = argv(&spec(Mode::Embedding, &["--pooling", "cls"]), 1);
+        assert_eq!(args[10..], ["--embeddings", "--pooling", "cls"]);
+        let args = argv(&spec(Mode::Embedding, &["--pooling=last"]), 1);
+        assert_eq!(args[10..], ["--embeddings", "--pooling=last"]);
+    }
+
+    #[test]
+    fn binary_lookup_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = |p: &Path| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        let data = dir.path().join("data");
+        assert!(resolve_binary(None, Some(""), &data)
+            .unwrap_err()
+            .contains("install.sh"));
+        let installed = data.join("engines/llama.cpp/current/bin/llama-server");
+        exe(&installed);
+        assert_eq!(resolve_binary(None, None, &data).unwrap(), installed);
+        let on_path = dir.path().join("bin/llama-server");
+        exe(&on_path);
+        let path_var = dir.path().join("bin").display().to_string();
+        assert_eq!(
+            resolve_binary(None, Some(&path_var), &data).unwrap(),
+            on_path
+        );
+        let configured = dir.path().join("cfg/llama");
+        exe(&configured);
+        assert_eq!(
+            resolve_binary(Some(&configured), Some(&path_var), &data).unwrap(),
+            configured
+        );
+        assert!(resolve_binary(Some(&dir.path().join("nope")), Some(&path_var), &data).is_err());
+    }
+}

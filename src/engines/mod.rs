@@ -1,0 +1,48 @@
+//! Engines: what runs beside us. `llamacpp` knows llama-server's command line and where to find the binary;
+//! `process` spawns an engine in its own process group, captures its output, waits for readiness and stops the
+//! whole group. Nothing here decides *when* to start or stop an engine: that is the scheduler's job.
+
+pub mod llamacpp;
+pub mod process;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::KeepAlive;
+
+/// What a runner serves, derived from the request path (DMR does the same): a model in completion mode and in
+/// embedding mode are two engine processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Mode {
+    Completion,
+    Embedding,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Completion => "completion",
+            Mode::Embedding => "embedding",
+        }
+    }
+}
+
+/// Everything needed to start one engine for one model: resolved before the scheduler is asked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaunchSpec {
+    /// The model's display name (its first tag), for logs and `/engines/ps`.
+    pub model_name: String,
+    /// The GGUF weights file in the store.
+    pub model_path: PathBuf,
+    pub mode: Mode,
+    pub context_size: u32,
+    pub runtime_flags: Vec<String>,
+    pub keep_alive: KeepAlive,
+}
+
+/// Timeouts for a runner's life cycle.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub startup: Duration,
+    pub stop: Duration,
+}

@@ -1,0 +1,80 @@
+//! dmr-supervisor: serves local models behind the OpenAI and Docker Model Runner APIs by supervising one engine
+//! process (llama-server) per model. `main.rs` only parses the command line; [`start`] and [`Running::run`] are
+//! the daemon, callable in-process by tests. See ARCHITECTURE.md for the map and the invariants.
+
+pub mod api;
+pub mod config;
+pub mod engines;
+pub mod proxy;
+pub mod scheduler;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use config::Config;
+use proxy::{App, Server};
+use store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the model store at {path}: {source}")]
+    Store {
+        path: String,
+        source: store::StoreError,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A bound, ready daemon.
+pub struct Running {
+    server: Server,
+    app: Arc<App>,
+}
+
+/// Opens the store, imports the configured models, resolves engines and binds the listener.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let store_path = config.store.path.clone();
+    let models = config.models.clone();
+    let store = tokio::task::spawn_blocking(move || {
+        let store = Store::open(&store_path)?;
+        for m in models.iter() {
+            let Some(gguf) = &m.gguf else { continue };
+            match store.import_gguf(gguf, &m.name, &mut |_| {}) {
+                Ok(model) => tracing::info!(model = m.name, id = model.id, path = %gguf.display(), "model ready"),
+                // One broken entry must not take the others down; requests for it answer 404.
+                Err(e) => tracing::error!(model = m.name, path = %gguf.display(), error = %e, "cannot import model"),
+            }
+        }
+        Ok(store)
+    })
+    .await
+    .map_err(|e| StartError::Store { path: config.store.path.display().to_string(), source: store::StoreError::from(std::io::Error::other(e)) })?
+    .map_err(|source| StartError::Store { path: config.store.path.display().to_string(), source })?;
+    let addr = config.server.listen;
+    let app = Arc::new(proxy::build_app(config, store));
+    let server = Server::bind(app.clone())
+        .await
+        .map_err(|source| StartError::Listen { addr, source })?;
+    Ok(Running { server, app })
+}
+
+impl Running {
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.server.local_addr()
+    }
+
+    /// Serves until `shutdown` fires; then drains requests and stops every engine (SIGTERM, grace, SIGKILL).
+    pub async fn run(self, shutdown: CancellationToken) {
+        self.server.run(shutdown).await;
+        tracing::info!("stopping engines");
+        self.app.scheduler.shutdown().await;
+        tracing::info!("stopped");
+    }
+}

@@ -1,0 +1,146 @@
+//! The `dmr-supervisor` binary: command-line parsing, logging set-up, signals and exit codes. All behaviour lives
+//! in the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use dmr_supervisor::config::Config;
+
+/// Serves local AI models behind the OpenAI and Docker Model Runner APIs (default port 12434), running one
+/// llama-server per model as a supervised child process.
+///
+/// Without --config it runs on defaults: listen on 127.0.0.1:12434, keep models under
+/// $XDG_DATA_HOME/dmr-supervisor/models, and find llama-server on PATH or in
+/// $XDG_DATA_HOME/dmr-supervisor/engines/llama.cpp/current/bin (where engines/llama.cpp/install.sh puts it).
+/// config.example.toml documents every key. Once listening, the bound address is printed on stdout as
+/// `listening on ADDR`; logs go to stderr (RUST_LOG filters them, default `info`).
+/// SIGTERM or SIGINT drains in-flight requests, stops every engine and exits; a second signal exits at once.
+#[derive(Debug, Parser)]
+#[command(name = "dmr-supervisor", version, about, long_about)]
+struct Cli {
+    /// TOML configuration file (see config.example.toml).
+    #[arg(long, short, value_name = "FILE", env = "DMR_SUPERVISOR_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Listen on this address instead of the configured one (e.g. 127.0.0.1:0 for any free port).
+    #[arg(long, value_name = "IP:PORT")]
+    listen: Option<SocketAddr>,
+
+    /// Log line format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    /// Validate the configuration, print the problems (if any) and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Exit code for an invalid configuration (as sysexits' EX_USAGE is too coarse, we keep clap's 2).
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let mut config = match &cli.config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                for line in e.lines() {
+                    eprintln!("config error: {line}");
+                }
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        None => Config::default(),
+    };
+    if let Some(listen) = cli.listen {
+        config.server.listen = listen;
+    }
+    if cli.check_config {
+        println!("configuration OK");
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> ExitCode {
+    let running = match dmr_supervisor::start(config).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match running.local_addr() {
+        Ok(addr) => {
+            tracing::info!(%addr, "listening");
+            println!("listening on {addr}");
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the bound address"),
+    }
+    let shutdown = CancellationToken::new();
+    let signals = tokio::spawn(watch_signals(shutdown.clone()));
+    running.run(shutdown).await;
+    signals.abort();
+    ExitCode::SUCCESS
+}
+
+/// First SIGTERM/SIGINT: graceful shutdown. Second: exit now (engines die with us through PDEATHSIG).
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    for n in 0..2 {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        if n == 0 {
+            tracing::info!("signal received; shutting down");
+            shutdown.cancel();
+        } else {
+            tracing::warn!("second signal; exiting now");
+            std::process::exit(130);
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,152 @@
+//! Forwarding a request to an engine over pooled HTTP/1 connections, and streaming the answer back frame by frame.
+//! The lease on the runner lives in the response body, so the scheduler sees the request end when the last byte
+//! is sent or the client goes away (dropping the body also drops the upstream connection, which cancels the
+//! engine's work). An engine that dies mid-stream ends an SSE stream with an OpenAI error frame.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, Request, Response};
+use http_body::{Frame, SizeHint};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+
+use super::http::{ApiError, Body, BoxError};
+use crate::api::{openai, ErrorKind};
+use crate::scheduler::Lease;
+
+pub type EngineClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> EngineClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(30))
+        .build(connector)
+}
+
+/// Headers that belong to one connection and are not forwarded.
+const HOP_BY_HOP: [header::HeaderName; 8] = [
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    header::HOST,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+    headers.remove("keep-alive");
+}
+
+/// Sends `body` to `path_and_query` on the leased engine and returns its answer, streaming.
+pub async fn forward(
+    client: &EngineClient,
+    lease: Lease,
+    parts: http::request::Parts,
+    path_and_query: &str,
+    body: Bytes,
+    model: &str,
+) -> Result<Response<Body>, ApiError> {
+    let uri = format!("http://127.0.0.1:{}{}", lease.endpoint.port, path_and_query);
+    let mut req = Request::builder()
+        .method(parts.method)
+        .uri(uri)
+        .body(Full::new(body))
+        .map_err(|e| {
+            ApiError::new(
+                ErrorKind::Internal,
+                format!("cannot build the engine request: {e}"),
+            )
+        })?;
+    *req.headers_mut() = parts.headers;
+    strip_hop_by_hop(req.headers_mut());
+    req.headers_mut().remove(header::CONTENT_LENGTH); // Full sets the real length
+    let resp = client.request(req).await.map_err(|e| {
+        ApiError::new(
+            ErrorKind::BadGateway,
+            format!(
+                "the engine serving {model} failed before answering (it may have crashed): {e}"
+            ),
+        )
+    })?;
+    let (mut parts, incoming) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let sse = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    let body = EngineBody {
+        inner: incoming,
+        lease: Some(lease),
+        sse,
+        done: false,
+        model: model.to_string(),
+    };
+    Ok(Response::from_parts(parts, body.boxed()))
+}
+
+/// The engine's response body, passed through frame by frame while holding the runner's lease.
+struct EngineBody {
+    inner: Incoming,
+    lease: Option<Lease>,
+    sse: bool,
+    done: bool,
+    model: String,
+}
+
+impl http_body::Body for EngineBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(None) => {
+                this.done = true;
+                this.lease = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.done = true;
+                this.lease = None;
+                let message = format!(
+                    "the engine serving {} stopped mid-response (it may have crashed): {e}",
+                    this.model
+                );
+                tracing::warn!(model = %this.model, error = %e, "engine stream broke");
+                if this.sse {
+                    Poll::Ready(Some(Ok(Frame::data(Bytes::from(
+                        openai::stream_error_frame(&message),
+                    )))))
+                } else {
+                    Poll::Ready(Some(Err(message.into())))
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

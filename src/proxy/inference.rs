@@ -1,0 +1,76 @@
+//! Inference routes (`/engines[/{engine}]/v1/{chat/completions,completions,embeddings}` and `/v1/...`): read the
+//! body under the limit, check it is JSON with a `model`, resolve the model in the store, get a lease on a ready
+//! runner from the scheduler (starting one if needed), and forward the untouched body to the engine.
+
+use std::sync::Arc;
+
+use http::Response;
+use hyper::body::Incoming;
+
+use super::forward::forward;
+use super::http::{parse_json, read_body, ApiError, Body};
+use super::App;
+use crate::api::{openai, ErrorKind};
+use crate::engines::{LaunchSpec, Mode};
+use crate::scheduler::{AcquireError, RunnerKey};
+use crate::store::StoreError;
+
+pub async fn handle(
+    app: &Arc<App>,
+    req: http::Request<Incoming>,
+    mode: Mode,
+    upstream: String,
+) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = read_body(req, app.config.server.max_body_bytes).await?;
+    let head: openai::RequestHead = parse_json(&body)?;
+    let requested = match head.model {
+        Some(m) if !m.is_empty() => m,
+        _ => return Err(ApiError::bad_request("\"model\" is required")),
+    };
+    let model = app.resolve(&requested).map_err(|e| match e {
+        StoreError::NotFound(_) => ApiError::not_found(format!("model {requested:?} not found")),
+        other => ApiError::from(other),
+    })?;
+    let settings = app.settings_for(&requested, &model.tags);
+    let launch = LaunchSpec {
+        model_name: model
+            .tags
+            .first()
+            .cloned()
+            .unwrap_or_else(|| model.id.clone()),
+        model_path: model.weights.clone(),
+        mode,
+        context_size: settings
+            .context_size
+            .unwrap_or(crate::config::DEFAULT_CONTEXT_SIZE),
+        runtime_flags: settings.runtime_flags,
+        keep_alive: settings
+            .keep_alive
+            .unwrap_or(app.config.scheduler.keep_alive),
+    };
+    let name = launch.model_name.clone();
+    let key = RunnerKey {
+        model_id: model.id,
+        mode,
+    };
+    let lease = app
+        .scheduler
+        .acquire(key, launch)
+        .await
+        .map_err(|e| match e {
+            AcquireError::ShuttingDown => ApiError::new(ErrorKind::Unavailable, e.to_string()),
+            AcquireError::Unloaded => ApiError::new(
+                ErrorKind::Unavailable,
+                format!("{name} was unloaded while loading"),
+            ),
+            AcquireError::EngineFailed(msg) => ApiError::new(
+                ErrorKind::BadGateway,
+                format!("unable to load runner for {name}: {msg}"),
+            ),
+        })?;
+    let path_and_query = match parts.uri.query() {
+        Some(q) => format!("{upstream}?{q}"),
+        None => upstream,
+    };
+    forward(&app.client, lease, parts, &path_and_query, body, &name).await
+}

@@ -1,0 +1,417 @@
+//! The scheduler: the one owner of runner state, and the only module that decides to start or stop an engine.
+//! An actor task holds the [`decide::State`]; HTTP handlers talk to it through [`Scheduler`] (acquire a [`Lease`]
+//! on a ready runner, list runners, unload, shut down). Decisions are pure (`decide`); this file only carries out
+//! their actions: spawning runner tasks, cancelling them, and answering waiters.
+
+pub mod decide;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::KeepAlive;
+use crate::engines::process::{free_port, EngineProcess};
+use crate::engines::{llamacpp, LaunchSpec, Mode, Timeouts};
+use decide::{decide, Action, Event, Phase, RunnerId, State, WaiterId};
+pub use decide::{Endpoint, Rejection, RunnerKey, Selector};
+
+/// Why a request could not get a runner.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AcquireError {
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("{0}")]
+    EngineFailed(String),
+    #[error("the model was unloaded while it was loading")]
+    Unloaded,
+}
+
+impl From<Rejection> for AcquireError {
+    fn from(r: Rejection) -> Self {
+        match r {
+            Rejection::ShuttingDown => AcquireError::ShuttingDown,
+            Rejection::EngineFailed(e) => AcquireError::EngineFailed(e),
+            Rejection::Unloaded => AcquireError::Unloaded,
+        }
+    }
+}
+
+/// A request's hold on a ready runner; dropping it tells the scheduler the request ended.
+#[derive(Debug)]
+pub struct Lease {
+    pub endpoint: Endpoint,
+    runner: RunnerId,
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Msg::Event(Event::Released {
+            runner: self.runner,
+        }));
+    }
+}
+
+/// One runner as `/engines/ps` shows it.
+#[derive(Debug, Clone)]
+pub struct RunnerInfo {
+    pub model_id: String,
+    pub model_name: String,
+    pub mode: Mode,
+    pub loading: bool,
+    pub in_use: bool,
+    pub last_used: Option<SystemTime>,
+    pub keep_alive: KeepAlive,
+    pub endpoint: Option<Endpoint>,
+}
+
+enum Msg {
+    Event(Event),
+    Acquire {
+        key: RunnerKey,
+        launch: LaunchSpec,
+        reply: oneshot::Sender<Result<Lease, AcquireError>>,
+    },
+    Snapshot(oneshot::Sender<Vec<RunnerInfo>>),
+    Unload {
+        selector: Selector,
+        force: bool,
+        reply: oneshot::Sender<Vec<watch::Receiver<bool>>>,
+    },
+    Shutdown(oneshot::Sender<()>),
+}
+
+pub struct Scheduler {
+    tx: mpsc::UnboundedSender<Msg>,
+    actor: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Scheduler {
+    /// Starts the actor. `binary` is the resolved llama-server (or why none was found, reported per load).
+    pub fn start(binary: Result<PathBuf, String>, timeouts: Timeouts) -> Scheduler {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let actor = Actor {
+            state: State::default(),
+            waiters: HashMap::new(),
+            runners: HashMap::new(),
+            next_waiter: AtomicU64::new(0),
+            shutdown_waiters: Vec::new(),
+            tx: tx.clone(),
+            binary,
+            timeouts,
+            tracker: TaskTracker::new(),
+        };
+        let handle = tokio::spawn(actor.run(rx));
+        Scheduler {
+            tx,
+            actor: Mutex::new(Some(handle)),
+        }
+    }
+
+    /// Waits for a ready runner for `key`, starting one if needed. Concurrent callers share one load.
+    pub async fn acquire(&self, key: RunnerKey, launch: LaunchSpec) -> Result<Lease, AcquireError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Acquire { key, launch, reply })
+            .map_err(|_| AcquireError::ShuttingDown)?;
+        rx.await.unwrap_or(Err(AcquireError::ShuttingDown))
+    }
+
+    pub async fn snapshot(&self) -> Vec<RunnerInfo> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Snapshot(reply)).is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Stops the selected runners (idle ones only unless `force`) and waits until their processes are gone.
+    /// Returns how many were stopped.
+    pub async fn unload(&self, selector: Selector, force: bool) -> usize {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(Msg::Unload {
+                selector,
+                force,
+                reply,
+            })
+            .is_err()
+        {
+            return 0;
+        }
+        let exits = rx.await.unwrap_or_default();
+        let n = exits.len();
+        for mut exited in exits {
+            let _ = exited.wait_for(|done| *done).await;
+        }
+        n
+    }
+
+    /// Stops every runner (SIGTERM, grace, SIGKILL) and waits until all are reaped. Later requests are refused.
+    pub async fn shutdown(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Shutdown(reply)).is_ok() {
+            let _ = rx.await;
+        }
+        let handle = self.actor.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = handle.await;
+        }
+    }
+}
+
+struct RunnerHandle {
+    cancel: CancellationToken,
+    exited: watch::Receiver<bool>,
+}
+
+struct Actor {
+    state: State,
+    waiters: HashMap<WaiterId, oneshot::Sender<Result<Lease, AcquireError>>>,
+    runners: HashMap<RunnerId, RunnerHandle>,
+    next_waiter: AtomicU64,
+    shutdown_waiters: Vec<oneshot::Sender<()>>,
+    tx: mpsc::UnboundedSender<Msg>,
+    binary: Result<PathBuf, String>,
+    timeouts: Timeouts,
+    tracker: TaskTracker,
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+        loop {
+            let deadline = self.state.next_deadline();
+            let msg = tokio::select! {
+                msg = rx.recv() => msg,
+                _ = sleep_until(deadline), if deadline.is_some() => Some(Msg::Event(Event::Tick)),
+            };
+            // Unreachable None: the actor holds a sender itself.
+            let Some(msg) = msg else { break };
+            match msg {
+                Msg::Event(event) => {
+                    self.apply(event);
+                }
+                Msg::Acquire { key, launch, reply } => {
+                    let waiter = self.next_waiter.fetch_add(1, Ordering::Relaxed);
+                    self.waiters.insert(waiter, reply);
+                    self.apply(Event::Acquire {
+                        waiter,
+                        key,
+                        launch,
+                    });
+                }
+                Msg::Snapshot(reply) => {
+                    let _ = reply.send(self.snapshot());
+                }
+                Msg::Unload {
+                    selector,
+                    force,
+                    reply,
+                } => {
+                    let stopped = self.apply(Event::Unload { selector, force });
+                    let exits = stopped
+                        .iter()
+                        .filter_map(|id| self.runners.get(id))
+                        .map(|h| h.exited.clone());
+                    let _ = reply.send(exits.collect());
+                }
+                Msg::Shutdown(reply) => {
+                    self.shutdown_waiters.push(reply);
+                    self.apply(Event::Shutdown);
+                }
+            }
+            if self.state.drained() {
+                self.tracker.close();
+                self.tracker.wait().await;
+                for w in self.shutdown_waiters.drain(..) {
+                    let _ = w.send(());
+                }
+                break;
+            }
+        }
+    }
+
+    /// Runs `decide` and carries out its actions; returns the runners it stopped.
+    fn apply(&mut self, event: Event) -> Vec<RunnerId> {
+        match &event {
+            Event::Exited { runner, .. } | Event::LoadFailed { runner, .. } => {
+                self.runners.remove(runner);
+            }
+            _ => {}
+        }
+        let mut stopped = Vec::new();
+        for action in decide(&mut self.state, event, Instant::now()) {
+            match action {
+                Action::Spawn { runner, launch } => self.spawn(runner, launch),
+                Action::Stop { runner } => {
+                    if let Some(h) = self.runners.get(&runner) {
+                        h.cancel.cancel();
+                    }
+                    stopped.push(runner);
+                }
+                Action::Grant {
+                    waiter,
+                    runner,
+                    endpoint,
+                } => {
+                    let lease = Lease {
+                        endpoint,
+                        runner,
+                        tx: self.tx.clone(),
+                    };
+                    // If the client left, the returned lease is dropped here, which releases it.
+                    if let Some(w) = self.waiters.remove(&waiter) {
+                        let _ = w.send(Ok(lease));
+                    }
+                }
+                Action::Reject { waiter, why } => {
+                    if let Some(w) = self.waiters.remove(&waiter) {
+                        let _ = w.send(Err(why.into()));
+                    }
+                }
+            }
+        }
+        stopped
+    }
+
+    fn spawn(&mut self, runner: RunnerId, launch: LaunchSpec) {
+        let cancel = CancellationToken::new();
+        let (exited_tx, exited) = watch::channel(false);
+        self.runners.insert(
+            runner,
+            RunnerHandle {
+                cancel: cancel.clone(),
+                exited,
+            },
+        );
+        let task = run_runner(
+            runner,
+            launch,
+            self.binary.clone(),
+            self.timeouts,
+            self.tx.clone(),
+            cancel,
+        );
+        self.tracker.spawn(async move {
+            task.await;
+            let _ = exited_tx.send(true);
+        });
+    }
+
+    fn snapshot(&self) -> Vec<RunnerInfo> {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        self.state
+            .runners
+            .iter()
+            .map(|(key, r)| {
+                let (loading, in_use, endpoint) = match r.phase {
+                    Phase::Loading { .. } => (true, false, None),
+                    Phase::Ready {
+                        endpoint,
+                        in_flight,
+                    } => (false, in_flight > 0, Some(endpoint)),
+                };
+                RunnerInfo {
+                    model_id: key.model_id.clone(),
+                    model_name: r.launch.model_name.clone(),
+                    mode: key.mode,
+                    loading,
+                    in_use,
+                    last_used: r.last_used.map(|t| wall - now.saturating_duration_since(t)),
+                    keep_alive: r.launch.keep_alive,
+                    endpoint,
+                }
+            })
+            .collect()
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(d) = deadline {
+        tokio::time::sleep_until(d.into()).await;
+    }
+}
+
+/// One runner's life: spawn, wait for readiness, serve until the engine exits or the scheduler cancels, stop.
+/// Reports `Loaded`/`LoadFailed` and then `Exited` back to the actor. Never restarts the engine itself.
+async fn run_runner(
+    runner: RunnerId,
+    launch: LaunchSpec,
+    binary: Result<PathBuf, String>,
+    timeouts: Timeouts,
+    tx: mpsc::UnboundedSender<Msg>,
+    cancel: CancellationToken,
+) {
+    let send = |event| {
+        let _ = tx.send(Msg::Event(event));
+    };
+    let model = launch.model_name.as_str();
+    let started = Instant::now();
+    let spawned = binary.and_then(|binary| {
+        let port = free_port().map_err(|e| format!("no free port for the engine: {e}"))?;
+        let args = llamacpp::argv(&launch, port);
+        EngineProcess::spawn(&binary, &args, model)
+            .map(|p| (p, port))
+            .map_err(|e| e.to_string())
+    });
+    let (mut process, port) = match spawned {
+        Ok(p) => p,
+        Err(error) => {
+            tracing::error!(model, error, "cannot start the engine");
+            return send(Event::LoadFailed { runner, error });
+        }
+    };
+    let ready = tokio::select! {
+        r = process.wait_ready(port, timeouts.startup) => Some(r),
+        _ = cancel.cancelled() => None,
+    };
+    match ready {
+        None => {
+            process.stop(timeouts.stop).await;
+            return send(Event::LoadFailed {
+                runner,
+                error: "stopped while loading".into(),
+            });
+        }
+        Some(Err(e)) => {
+            process.stop(timeouts.stop).await;
+            tracing::error!(model, error = %e, "the engine failed to load");
+            return send(Event::LoadFailed {
+                runner,
+                error: e.to_string(),
+            });
+        }
+        Some(Ok(())) => {
+            let pid = process.pid();
+            tracing::info!(
+                model,
+                mode = launch.mode.as_str(),
+                runner.pid = pid,
+                port,
+                load_ms = started.elapsed().as_millis() as u64,
+                "engine ready"
+            );
+            send(Event::Loaded {
+                runner,
+                endpoint: Endpoint { port, pid },
+            });
+        }
+    }
+    let reason = tokio::select! {
+        status = process.wait_exit() => {
+            let tail = process.logs().tail(10);
+            tracing::warn!(model, status, tail, "the engine exited unexpectedly");
+            format!("the engine for {model} {status}")
+        }
+        _ = cancel.cancelled() => process.stop(timeouts.stop).await,
+    };
+    send(Event::Exited { runner, reason });
+}

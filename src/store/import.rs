@@ -1,0 +1,154 @@
+//! Importing a GGUF file into the store: validate, stream into a content-addressed blob while
+//! hashing, write the config blob and manifest, then move the tag in the index, rolling every
+//! written file back if a later step fails. It must not know how files are made durable (that
+//! is `fsutil`) or how the index and artifacts are encoded (`index`, `artifact`).
+
+use std::fs;
+use std::path::Path;
+use std::time::UNIX_EPOCH;
+
+use super::artifact::{self, sha256_hex};
+use super::fsutil::{self, io_err, remove_quietly, write_new};
+use super::index::{Entry, Index, Source};
+use super::name::{self, NameError};
+use super::{gguf, ImportProgress, Model, Store, StoreError};
+
+impl Store {
+    /// Imports the GGUF file `src` under `tag` (normalised): validates the GGUF header, streams
+    /// the file into a blob while hashing it, writes the config blob and manifest, then moves
+    /// the tag to the new model in `models.json` (a model left without tags is deleted). A file
+    /// already imported from the same path, size and mtime with this tag is returned without
+    /// re-hashing. On error nothing visible in the store changes.
+    pub fn import_gguf(
+        &self,
+        src: &Path,
+        tag: &str,
+        progress: &mut dyn FnMut(ImportProgress),
+    ) -> Result<Model, StoreError> {
+        let tag = name::normalize(tag)?;
+        if tag.contains('@') {
+            return Err(NameError::NotATag(tag).into());
+        }
+        let src = fs::canonicalize(src).map_err(io_err(src))?;
+        let source = source_of(&src)?;
+        if let Some(model) = self.cached_import(&source, &tag)? {
+            let (total, digest) = (source.size, model.files.first().cloned());
+            progress(ImportProgress {
+                digest,
+                total,
+                current: total,
+            });
+            return Ok(model);
+        }
+        let info = gguf::read_file(&src).map_err(|source| StoreError::Gguf {
+            path: src.clone(),
+            source,
+        })?;
+        let (temp, hex, len) = fsutil::copy_hashed(&src, &self.blob_dir(), source.size, progress)?;
+        if len != source.size || source_of(&src)? != source {
+            return Err(StoreError::SourceChanged { path: src });
+        }
+        let weights = format!("sha256:{hex}");
+        let config = artifact::model_config(&info, len);
+        let config_bytes = artifact::config_bytes(&config, &weights, source.mtime);
+        let config_hex = sha256_hex(&config_bytes);
+        let config_digest = format!("sha256:{config_hex}");
+        let config_len = config_bytes.len() as u64;
+        let manifest = artifact::manifest_bytes((&config_digest, config_len), (&weights, len));
+        let id_hex = sha256_hex(&manifest);
+        let id = format!("sha256:{id_hex}");
+        let mut entry = Entry {
+            id: id.clone(),
+            tags: vec![tag.clone()],
+            files: vec![weights.clone(), config_digest.clone()],
+            created: source.mtime,
+            source: Some(source),
+        };
+
+        let _guard = self.lock();
+        let mut created = Vec::new();
+        let result = (|| -> Result<(Index, Vec<Entry>), StoreError> {
+            let weights_path = self.blob_path(&hex);
+            if temp.persist_new(&weights_path)? {
+                created.push(weights_path);
+            }
+            let config_path = self.blob_path(&config_hex);
+            if write_new(&config_path, &config_bytes)? {
+                created.push(config_path);
+            }
+            let manifest_path = self.manifest_path(&id_hex);
+            if write_new(&manifest_path, &manifest)? {
+                created.push(manifest_path);
+            }
+            let mut index = Index::load(&self.index_path())?;
+            let orphans = index.take_tag(&tag, Some(&id));
+            if let Some(i) = index.position_of_id(&id) {
+                let existing = &mut index.models[i];
+                if !existing.tags.contains(&tag) {
+                    existing.tags.push(tag.clone());
+                }
+                existing.source = entry.source.take();
+                entry = existing.clone();
+            } else {
+                index.models.push(entry.clone());
+            }
+            index.save(&self.index_path())?;
+            Ok((index, orphans))
+        })();
+        let (index, orphans) = match result {
+            Ok(done) => done,
+            Err(e) => {
+                created.iter().for_each(|p| remove_quietly(p));
+                return Err(e);
+            }
+        };
+        self.collect_garbage(&index, &orphans);
+        Ok(Model {
+            id,
+            tags: entry.tags,
+            created: entry.created,
+            config,
+            weights: self.blob_path(&hex),
+            files: entry.files,
+        })
+    }
+
+    /// A fast-path hit: a model imported from this very file (same path, size, mtime) that
+    /// already carries `tag` and whose files are intact.
+    fn cached_import(&self, source: &Source, tag: &str) -> Result<Option<Model>, StoreError> {
+        let _guard = self.lock();
+        let index = Index::load(&self.index_path())?;
+        let hit = index
+            .models
+            .iter()
+            .find(|m| m.source.as_ref() == Some(source) && m.tags.iter().any(|t| t == tag));
+        Ok(hit.and_then(|entry| self.load_model(entry).ok()))
+    }
+}
+
+/// The identity of a source file for the re-import fast path.
+fn source_of(path: &Path) -> Result<Source, StoreError> {
+    let meta = fs::metadata(path).map_err(io_err(path))?;
+    if !meta.is_file() {
+        return Err(StoreError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    let modified = meta.modified().map_err(io_err(path))?;
+    let (mtime, mtime_nsec) = match modified.duration_since(UNIX_EPOCH) {
+        Ok(d) => (
+            i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            d.subsec_nanos(),
+        ),
+        Err(e) => (
+            -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+            e.duration().subsec_nanos(),
+        ),
+    };
+    Ok(Source {
+        path: path.to_string_lossy().into_owned(),
+        size: meta.len(),
+        mtime,
+        mtime_nsec,
+    })
+}

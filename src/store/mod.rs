@@ -1,0 +1,322 @@
+//! The content-addressed model store, laid out on disk like Docker Model Runner's
+//! (`layout.json`, `models.json`, `blobs/sha256/<hex>`, `manifests/sha256/<hex>`). It owns
+//! importing GGUF files as OCI-style model artifacts, resolving references to models, tagging
+//! and deleting, and keeping every change crash-safe and all-or-nothing. It is synchronous
+//! `std::fs` code (the server calls it from `spawn_blocking`) and must not know about HTTP,
+//! engines, scheduling or how a model is run.
+
+pub mod gguf;
+pub mod name;
+
+mod artifact;
+mod fsutil;
+mod import;
+mod index;
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use thiserror::Error;
+
+pub use artifact::ModelConfig;
+use artifact::{digest_hex, sha256_digest, ConfigFile, Manifest};
+use fsutil::{io_err, remove_quietly, remove_temps, sync_dir, write_new};
+use gguf::GgufError;
+use index::{Entry, Index};
+use name::{NameError, Reference};
+
+const LAYOUT_VERSION: &str = "1.0.0";
+
+/// Why a store operation failed.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("model {0:?} not found")]
+    NotFound(String),
+    #[error("invalid model reference: {0}")]
+    BadName(#[from] NameError),
+    #[error("model id prefix {prefix:?} is ambiguous: it matches {count} models")]
+    Ambiguous { prefix: String, count: usize },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{path} is not a regular file")]
+    NotAFile { path: PathBuf },
+    #[error("{path} is not a usable GGUF file: {source}")]
+    Gguf { path: PathBuf, source: GgufError },
+    #[error("source file {path} changed while it was being imported")]
+    SourceChanged { path: PathBuf },
+    #[error("I/O error on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    /// An I/O failure tied to no single store path (e.g. a store task that could not run).
+    #[error("{0}")]
+    Other(#[from] io::Error),
+    #[error("corrupt model store file {path}: {detail}")]
+    Corrupt {
+        path: PathBuf,
+        detail: String,
+        source: Option<serde_json::Error>,
+    },
+    #[error("{path} has digest {actual}, expected {expected}")]
+    DigestMismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+}
+
+/// A model in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Model {
+    /// `sha256:<hex>` of the manifest.
+    pub id: String,
+    pub tags: Vec<String>,
+    /// Unix seconds (the source file's mtime for imports; 0 when unknown).
+    pub created: i64,
+    pub config: ModelConfig,
+    /// Absolute path of the GGUF weights blob.
+    pub weights: PathBuf,
+    /// The blob digests the model owns (weights and config).
+    pub files: Vec<String>,
+}
+
+/// Import progress: `digest` is set on the final report, once the content hash is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportProgress {
+    pub digest: Option<String>,
+    pub total: u64,
+    pub current: u64,
+}
+
+/// One effect of a delete (DMR answers `[{"Untagged":"…"},{"Deleted":"sha256:…"}]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removed {
+    Untagged(String),
+    Deleted(String),
+}
+
+/// The store rooted at one directory. Index changes are serialised by an in-process lock; one
+/// process should own a store directory at a time.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    lock: Mutex<()>,
+}
+
+impl Store {
+    /// Opens the store at `root`, creating the layout if missing and sweeping temp files left by
+    /// a crash. A `models.json` or `layout.json` that does not parse is an error, never reset.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        for dir in [root.join("blobs/sha256"), root.join("manifests/sha256")] {
+            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        }
+        let root = fs::canonicalize(root).map_err(io_err(root))?;
+        let store = Store {
+            root,
+            lock: Mutex::new(()),
+        };
+        for dir in [store.root.clone(), store.blob_dir(), store.manifest_dir()] {
+            let n = remove_temps(&dir)?;
+            if n > 0 {
+                tracing::info!(dir = %dir.display(), removed = n, "removed leftover temp files");
+            }
+        }
+        let layout = store.root.join("layout.json");
+        let want = format!(r#"{{"version":"{LAYOUT_VERSION}"}}"#);
+        if !write_new(&layout, want.as_bytes())? {
+            let bytes = fs::read(&layout).map_err(io_err(&layout))?;
+            let parsed: Result<serde_json::Value, _> = serde_json::from_slice(&bytes);
+            let version = parsed
+                .as_ref()
+                .ok()
+                .and_then(|v| v.get("version")?.as_str());
+            if version != Some(LAYOUT_VERSION) {
+                return Err(StoreError::Corrupt {
+                    path: layout,
+                    detail: format!("expected store layout version {LAYOUT_VERSION}"),
+                    source: parsed.err(),
+                });
+            }
+        }
+        let index = store.index_path();
+        if index.try_exists().map_err(io_err(&index))? {
+            Index::load(&index)?;
+        } else {
+            Index::default().save(&index)?;
+        }
+        Ok(store)
+    }
+
+    /// The store's canonical root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Every model, in index order. An entry whose files are damaged is logged and skipped.
+    pub fn list(&self) -> Result<Vec<Model>, StoreError> {
+        let _guard = self.lock();
+        let index = Index::load(&self.index_path())?;
+        let load = |entry: &Entry| match self.load_model(entry) {
+            Ok(model) => Some(model),
+            Err(e) => {
+                tracing::warn!(id = %entry.id, error = %e, "skipping damaged model");
+                None
+            }
+        };
+        Ok(index.models.iter().filter_map(load).collect())
+    }
+
+    /// The model `reference` names: a tag (normalised), a full id or a unique id prefix.
+    pub fn get(&self, reference: &str) -> Result<Model, StoreError> {
+        let reference = name::parse_reference(reference)?;
+        let _guard = self.lock();
+        let index = Index::load(&self.index_path())?;
+        let i = index.resolve(&reference)?;
+        self.load_model(&index.models[i])
+    }
+
+    /// Deletes by tag (untag; the model goes when its last tag does) or by id (all its tags go;
+    /// more than one needs `force`, else `Conflict`).
+    pub fn delete(&self, reference: &str, force: bool) -> Result<Vec<Removed>, StoreError> {
+        let reference = name::parse_reference(reference)?;
+        let _guard = self.lock();
+        let mut index = Index::load(&self.index_path())?;
+        let i = index.resolve(&reference)?;
+        let mut removed = Vec::new();
+        let orphans = match &reference {
+            Reference::Tag(tag) if !tag.contains('@') => {
+                removed.push(Removed::Untagged(tag.clone()));
+                index.take_tag(tag, None)
+            }
+            _ => {
+                let entry = &index.models[i];
+                if entry.tags.len() > 1 && !force {
+                    return Err(StoreError::Conflict(format!(
+                        "model {} is tagged {}; delete a tag, or force the delete",
+                        entry.id,
+                        entry.tags.join(", ")
+                    )));
+                }
+                removed.extend(entry.tags.iter().cloned().map(Removed::Untagged));
+                vec![index.models.remove(i)]
+            }
+        };
+        removed.extend(orphans.iter().map(|o| Removed::Deleted(o.id.clone())));
+        index.save(&self.index_path())?;
+        self.collect_garbage(&index, &orphans);
+        Ok(removed)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        // The guarded data is `()`, so a panic elsewhere cannot have left it inconsistent.
+        self.lock.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Deletes the manifests and blobs of `orphans` that `index` no longer references (and any
+    /// runtime bundle). Failures are logged: the index is already consistent.
+    fn collect_garbage(&self, index: &Index, orphans: &[Entry]) {
+        for orphan in orphans {
+            let Some(id_hex) = digest_hex(&orphan.id) else {
+                continue;
+            };
+            if index.position_of_id(&orphan.id).is_none() {
+                remove_quietly(&self.manifest_path(id_hex));
+                remove_quietly(&self.root.join("bundles/sha256").join(id_hex));
+            }
+            for file in index.unreferenced(orphan) {
+                if let Some(hex) = digest_hex(file) {
+                    remove_quietly(&self.blob_path(hex));
+                }
+            }
+        }
+        if !orphans.is_empty() {
+            for dir in [self.blob_dir(), self.manifest_dir()] {
+                if let Err(e) = sync_dir(&dir) {
+                    tracing::warn!(error = %e, "cannot sync store directory");
+                }
+            }
+        }
+    }
+
+    fn load_model(&self, entry: &Entry) -> Result<Model, StoreError> {
+        let index_path = self.index_path();
+        let id_hex = digest_hex(&entry.id).ok_or_else(|| corrupt(&index_path, "bad model id"))?;
+        let manifest_path = self.manifest_path(id_hex);
+        let manifest: Manifest = self.read_verified(&manifest_path, &entry.id)?;
+        let config_hex = digest_hex(&manifest.config.digest)
+            .ok_or_else(|| corrupt(&manifest_path, "bad config digest"))?;
+        let config: ConfigFile =
+            self.read_verified(&self.blob_path(config_hex), &manifest.config.digest)?;
+        let layer = manifest
+            .weights()
+            .ok_or_else(|| corrupt(&manifest_path, "no GGUF layer"))?;
+        let weights_hex =
+            digest_hex(&layer.digest).ok_or_else(|| corrupt(&manifest_path, "bad layer digest"))?;
+        let weights = self.blob_path(weights_hex);
+        if !weights.is_file() {
+            return Err(corrupt(&weights, "weights blob is missing"));
+        }
+        Ok(Model {
+            id: entry.id.clone(),
+            tags: entry.tags.clone(),
+            created: entry.created,
+            config: config.config,
+            weights,
+            files: entry.files.clone(),
+        })
+    }
+
+    /// Reads a small JSON document, checks that it hashes to `digest`, and parses it.
+    fn read_verified<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &Path,
+        digest: &str,
+    ) -> Result<T, StoreError> {
+        let bytes = fs::read(path).map_err(io_err(path))?;
+        let actual = sha256_digest(&bytes);
+        if actual != digest {
+            let (path, expected) = (path.to_path_buf(), digest.to_string());
+            return Err(StoreError::DigestMismatch {
+                path,
+                expected,
+                actual,
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: "does not parse".to_string(),
+            source: Some(e),
+        })
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.root.join("models.json")
+    }
+
+    fn blob_dir(&self) -> PathBuf {
+        self.root.join("blobs/sha256")
+    }
+
+    fn manifest_dir(&self) -> PathBuf {
+        self.root.join("manifests/sha256")
+    }
+
+    fn blob_path(&self, hex: &str) -> PathBuf {
+        self.blob_dir().join(hex)
+    }
+
+    fn manifest_path(&self, hex: &str) -> PathBuf {
+        self.manifest_dir().join(hex)
+    }
+}
+
+fn corrupt(path: &Path, detail: &str) -> StoreError {
+    StoreError::Corrupt {
+        path: path.to_path_buf(),
+        detail: detail.to_string(),
+        source: None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,376 @@
+//! Unit tests of [`Store`](super::Store) against real temp directories: import, the re-import
+//! fast path, tag moves, delete semantics, reopening, rollback of failed imports and the sweep
+//! of leftover temp files.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::path::Path;
+use std::time::{Duration, UNIX_EPOCH};
+
+use super::gguf::writer::{gguf, string, tiny_model};
+use super::*;
+
+const MTIME: u64 = 1_700_000_000;
+
+/// Writes a GGUF model file with a fixed mtime; `extra` pads it past the header.
+fn model_file(dir: &Path, name: &str, arch: &str, extra: usize, mtime: u64) -> PathBuf {
+    let mut bytes = if arch == "llama" {
+        tiny_model()
+    } else {
+        gguf(
+            3,
+            &[("general.architecture", 8, string(arch))],
+            &[("w", &[4, 4], 1)],
+        )
+    };
+    bytes.resize(bytes.len() + extra, 0x5a);
+    let path = dir.join(name);
+    fs::write(&path, bytes).expect("write model");
+    let file = File::options().write(true).open(&path).expect("open model");
+    file.set_modified(UNIX_EPOCH + Duration::from_secs(mtime))
+        .expect("set mtime");
+    path
+}
+
+/// Every file and directory under `root` with its content, to compare whole trees.
+fn snapshot(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            let rel = path
+                .strip_prefix(root)
+                .expect("prefix")
+                .to_string_lossy()
+                .into_owned();
+            if path.is_dir() {
+                out.insert(format!("{rel}/"), Vec::new());
+                stack.push(path);
+            } else {
+                out.insert(rel, fs::read(&path).expect("read"));
+            }
+        }
+    }
+    out
+}
+
+fn blob_count(store: &Store) -> usize {
+    fs::read_dir(store.blob_dir()).expect("blobs").count()
+}
+
+fn import(store: &Store, src: &Path, tag: &str) -> Result<Model, StoreError> {
+    store.import_gguf(src, tag, &mut |_| {})
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    src: PathBuf,
+    root: PathBuf,
+    store: Store,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src");
+    fs::create_dir(&src).expect("mkdir");
+    let root = dir.path().join("models");
+    let store = Store::open(&root).expect("open");
+    Fixture {
+        _dir: dir,
+        src,
+        root,
+        store,
+    }
+}
+
+#[test]
+fn imports_a_gguf_in_dmr_layout() {
+    let f = fixture();
+    let src = model_file(&f.src, "tiny.gguf", "llama", 0, MTIME);
+    let mut events = Vec::new();
+    let model = f
+        .store
+        .import_gguf(&src, "SmolLM2", &mut |p| events.push(p))
+        .expect("import");
+    assert_eq!(model.tags, ["ai/smollm2:latest"]);
+    assert_eq!(model.created, MTIME as i64);
+    assert_eq!(
+        fs::read(&model.weights).expect("weights"),
+        fs::read(&src).expect("src")
+    );
+    assert!(model.weights.is_absolute());
+    let c = &model.config;
+    assert_eq!(
+        (c.format.as_str(), c.quantization.as_str()),
+        ("gguf", "Q4_K_M")
+    );
+    assert_eq!(
+        (c.architecture.as_str(), c.parameters.as_str()),
+        ("llama", "12.80K")
+    );
+    assert_eq!(
+        (c.context_size, c.gguf["general.name"].as_str()),
+        (Some(8192), "Tiny")
+    );
+    let size = fs::metadata(&src).expect("stat").len();
+    assert_eq!(c.size, gguf::format_size(size));
+    let weights = model.files[0].clone();
+    assert_eq!(
+        events.last(),
+        Some(&ImportProgress {
+            digest: Some(weights.clone()),
+            total: size,
+            current: size
+        })
+    );
+
+    let root = f.store.root();
+    assert_eq!(
+        fs::read_to_string(root.join("layout.json")).expect("layout"),
+        r#"{"version":"1.0.0"}"#
+    );
+    let manifest = fs::read(root.join("manifests/sha256").join(&model.id[7..])).expect("manifest");
+    assert_eq!(sha256_digest(&manifest), model.id);
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest).expect("json");
+    assert_eq!(manifest["config"]["mediaType"], artifact::CONFIG_MEDIA_TYPE);
+    assert_eq!(manifest["layers"][0]["digest"], weights.as_str());
+    let config_digest = manifest["config"]["digest"].as_str().expect("digest");
+    let config = fs::read(root.join("blobs/sha256").join(&config_digest[7..])).expect("config");
+    let config: serde_json::Value = serde_json::from_slice(&config).expect("json");
+    assert_eq!(config["descriptor"]["created"], "2023-11-14T22:13:20Z");
+    assert_eq!(config["rootfs"]["diff_ids"][0], weights.as_str());
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(root.join("models.json")).expect("index")).expect("json");
+    let entry = &index["models"][0];
+    assert_eq!(entry["id"], model.id.as_str());
+    assert_eq!(entry["files"], serde_json::json!([weights, config_digest]));
+    assert_eq!(
+        entry["source"]["path"],
+        src.canonicalize().expect("canon").to_str().expect("utf-8")
+    );
+
+    for reference in [
+        "smollm2",
+        "ai/smollm2:latest",
+        &model.id,
+        &model.id[7..19],
+        &model.id[7..],
+    ] {
+        assert_eq!(f.store.get(reference).expect(reference), model);
+    }
+    assert_eq!(f.store.list().expect("list"), [model]);
+    assert!(matches!(f.store.get("other"), Err(StoreError::NotFound(_))));
+    assert!(matches!(f.store.get("../x"), Err(StoreError::BadName(_))));
+}
+
+#[test]
+fn reimport_is_deterministic_and_takes_the_fast_path() {
+    let f = fixture();
+    let src = model_file(&f.src, "m.gguf", "llama", 3 << 20, MTIME);
+    let mut events = 0;
+    let first = f
+        .store
+        .import_gguf(&src, "m", &mut |_| events += 1)
+        .expect("import");
+    assert_eq!(events, 4); // 1, 2 and 3 MiB, then the end
+    let mut fast = Vec::new();
+    let again = f
+        .store
+        .import_gguf(&src, "ai/m:latest", &mut |p| fast.push(p))
+        .expect("again");
+    assert_eq!(again, first);
+    assert_eq!(fast.len(), 1, "the fast path does not re-hash");
+    assert_eq!(fast[0].digest.as_ref(), first.files.first());
+    let other_tag = import(&f.store, &src, "m:v2").expect("second tag");
+    assert_eq!(other_tag.id, first.id);
+    assert_eq!(other_tag.tags, ["ai/m:latest", "ai/m:v2"]);
+
+    // Same bytes elsewhere, same mtime: same id, no new blobs.
+    let copy = model_file(&f.src, "copy.gguf", "llama", 3 << 20, MTIME);
+    assert_eq!(import(&f.store, &copy, "m:v3").expect("copy").id, first.id);
+    assert_eq!(blob_count(&f.store), 2);
+    // A touched file is re-hashed: new created time, new id, shared weights blob.
+    let touched = model_file(&f.src, "m.gguf", "llama", 3 << 20, MTIME + 60);
+    let newer = import(&f.store, &touched, "m").expect("touched");
+    assert_ne!(newer.id, first.id);
+    assert_eq!(newer.files[0], first.files[0]);
+    assert_eq!(blob_count(&f.store), 3);
+}
+
+#[test]
+fn a_tag_moves_and_an_untagged_model_is_deleted() {
+    let f = fixture();
+    let a = import(&f.store, &model_file(&f.src, "a", "llama", 0, MTIME), "x").expect("a");
+    import(&f.store, &model_file(&f.src, "a", "llama", 0, MTIME), "y").expect("a again");
+    let b = import(&f.store, &model_file(&f.src, "b", "qwen2", 0, MTIME), "x").expect("b");
+    let tags: Vec<_> = f
+        .store
+        .list()
+        .expect("list")
+        .into_iter()
+        .map(|m| m.tags)
+        .collect();
+    assert_eq!(tags, [vec!["ai/y:latest"], vec!["ai/x:latest"]]);
+    let c = import(&f.store, &model_file(&f.src, "c", "gemma", 0, MTIME), "y").expect("c");
+    let ids: Vec<_> = f
+        .store
+        .list()
+        .expect("list")
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(ids, [b.id.clone(), c.id.clone()]);
+    assert!(!f.root.join("manifests/sha256").join(&a.id[7..]).exists());
+    assert!(!a.weights.exists());
+    assert_eq!(blob_count(&f.store), 4);
+}
+
+#[test]
+fn delete_by_tag_and_by_id() {
+    let f = fixture();
+    let src = model_file(&f.src, "m", "llama", 0, MTIME);
+    let empty = snapshot(&f.root);
+    let m = import(&f.store, &src, "t1").expect("t1");
+    import(&f.store, &src, "t2").expect("t2");
+    let conflict = f.store.delete(&m.id, false).expect_err("two tags");
+    assert!(matches!(conflict, StoreError::Conflict(_)), "{conflict}");
+    assert_eq!(
+        f.store.delete("t1", false).expect("untag"),
+        [Removed::Untagged("ai/t1:latest".into())]
+    );
+    assert!(m.weights.exists());
+    let removed = f.store.delete(&m.id[7..19], false).expect("by prefix");
+    assert_eq!(
+        removed,
+        [
+            Removed::Untagged("ai/t2:latest".into()),
+            Removed::Deleted(m.id.clone())
+        ]
+    );
+    assert_eq!(snapshot(&f.root), empty);
+
+    import(&f.store, &src, "t1").expect("t1");
+    import(&f.store, &src, "t2").expect("t2");
+    let removed = f.store.delete(&m.id, true).expect("force");
+    assert_eq!(removed.len(), 3);
+    assert_eq!(snapshot(&f.root), empty);
+    assert_eq!(removed[2], Removed::Deleted(m.id.clone()));
+
+    import(&f.store, &src, "last").expect("last");
+    let removed = f.store.delete("last", false).expect("last tag");
+    assert_eq!(
+        removed,
+        [
+            Removed::Untagged("ai/last:latest".into()),
+            Removed::Deleted(m.id.clone())
+        ]
+    );
+    assert_eq!(snapshot(&f.root), empty);
+    assert!(matches!(
+        f.store.delete("last", false),
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+#[test]
+fn shared_weights_survive_until_the_last_user_goes() {
+    let f = fixture();
+    let one = import(&f.store, &model_file(&f.src, "m", "llama", 0, MTIME), "one").expect("one");
+    let two = import(
+        &f.store,
+        &model_file(&f.src, "m", "llama", 0, MTIME + 1),
+        "two",
+    )
+    .expect("two");
+    assert_eq!(one.weights, two.weights);
+    f.store.delete("one", false).expect("delete one");
+    assert!(two.weights.exists());
+    assert_eq!(f.store.get("two").expect("two survives"), two);
+    f.store.delete("two", false).expect("delete two");
+    assert_eq!(blob_count(&f.store), 0);
+}
+
+#[test]
+fn survives_a_restart() {
+    let f = fixture();
+    import(&f.store, &model_file(&f.src, "a", "llama", 0, MTIME), "a").expect("a");
+    import(
+        &f.store,
+        &model_file(&f.src, "b", "qwen2", 0, MTIME),
+        "hf.co/Org/B:Q4",
+    )
+    .expect("b");
+    let before = f.store.list().expect("list");
+    drop(f.store);
+    let reopened = Store::open(&f.root).expect("reopen");
+    assert_eq!(reopened.list().expect("list"), before);
+    assert_eq!(
+        reopened.get("huggingface.co/org/b:Q4").expect("get").tags,
+        ["huggingface.co/org/b:Q4"]
+    );
+}
+
+#[test]
+fn failed_imports_change_nothing() {
+    let f = fixture();
+    import(&f.store, &model_file(&f.src, "a", "llama", 0, MTIME), "a").expect("a");
+    let before = snapshot(&f.root);
+    let text = f.src.join("notes.txt");
+    fs::write(&text, "not a model").expect("write");
+    let err = import(&f.store, &text, "bad").expect_err("not GGUF");
+    assert!(matches!(err, StoreError::Gguf { .. }), "{err}");
+    let err = import(&f.store, &f.src, "bad").expect_err("a directory");
+    assert!(matches!(err, StoreError::NotAFile { .. }), "{err}");
+    let err = import(&f.store, &f.src.join("missing"), "bad").expect_err("missing");
+    assert!(matches!(err, StoreError::Io { .. }), "{err}");
+    let err = import(&f.store, &text, "a/../b").expect_err("bad tag");
+    assert!(matches!(err, StoreError::BadName(_)), "{err}");
+    assert_eq!(snapshot(&f.root), before);
+
+    // A failure at the last step (the index, corrupted here while the weights are copied)
+    // rolls back the blobs and manifest already written.
+    let new_model = model_file(&f.src, "b", "qwen2", 2 << 20, MTIME);
+    let index_path = f.root.join("models.json");
+    let corrupt_index = |_: ImportProgress| fs::write(&index_path, "{not json").expect("corrupt");
+    let err = f
+        .store
+        .import_gguf(&new_model, "b", &mut { corrupt_index })
+        .expect_err("corrupt index");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    let mut expected = before;
+    expected.insert("models.json".into(), b"{not json".to_vec());
+    assert_eq!(snapshot(&f.root), expected);
+    let before = expected;
+    let err = Store::open(&f.root).expect_err("corrupt index on open");
+    assert!(err.to_string().contains("models.json"), "{err}");
+    assert_eq!(
+        snapshot(&f.root),
+        before,
+        "open does not reset a corrupt index"
+    );
+}
+
+#[test]
+fn open_sweeps_temps_and_checks_the_layout() {
+    let f = fixture();
+    for leftover in [
+        "blobs/sha256/.tmp-1-2-3",
+        "manifests/sha256/.tmp-x",
+        ".tmp-models",
+    ] {
+        fs::write(f.root.join(leftover), b"partial").expect("write");
+    }
+    let clean = {
+        drop(Store::open(&f.root).expect("reopen"));
+        snapshot(&f.root)
+    };
+    assert!(
+        clean.keys().all(|k| !k.contains(".tmp-")),
+        "{:?}",
+        clean.keys()
+    );
+    fs::write(f.root.join("layout.json"), r#"{"version":"9.0.0"}"#).expect("write");
+    let err = Store::open(&f.root).expect_err("unknown layout");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+}

@@ -1,0 +1,117 @@
+"""An engine that dies or never starts: the client gets a clean error and the next request a new engine.
+
+Timing note: at --ctx-size 8192 the tiny model streams 4000 tokens (ignore_eos) in 5-50 s on a 2-core machine
+(llama-server's per-token cost grows with the generated length), while the first frame arrives within ~10 ms.
+So an engine killed right after the first frame is always killed mid-generation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+
+import requests
+
+from harness import assert_openai_error, pid_gone, wait_until
+
+LONG = {"max_tokens": 4000, "ignore_eos": True}
+
+
+def long_stream_body(**extra) -> dict:
+    body = {"model": "ai/tiny", "stream": True, "messages": [{"role": "user", "content": "Hello"}], **LONG}
+    body.update(extra)
+    return body
+
+
+def engine_busy(port: int) -> bool:
+    slots = requests.get(f"http://127.0.0.1:{port}/slots", timeout=5).json()
+    return any(s.get("is_processing") for s in slots)
+
+
+def test_engine_killed_mid_stream(supervisors):
+    sup = supervisors.start(models=[supervisors.tiny_model(context_size=8192)])
+    s = sup.stream("/engines/v1/chat/completions", long_stream_body(), timeout=30)
+    try:
+        assert s.status == 200
+        first = s.next_data()
+        assert first and first != "[DONE]", first
+        assert json.loads(first)["object"] == "chat.completion.chunk", first
+        [spawn] = sup.spawns()
+        os.kill(spawn.pid, signal.SIGKILL)
+        frames = s.rest()
+    finally:
+        s.close()
+
+    assert frames, f"the stream ended without an error frame (transport: {s.transport_error!r})"
+    assert "[DONE]" not in frames, frames[-3:]
+    parsed = [json.loads(f) for f in frames]
+    errors = [p for p in parsed if "error" in p]
+    assert len(errors) == 1, f"expected one error frame, got {len(errors)}: {errors}"
+    assert parsed[-1] is errors[0], f"the error frame must be the last one: {frames[-3:]}"
+    err = errors[0]["error"]
+    assert err["type"] == "server_error" and err["code"] == 502, err
+    assert isinstance(err["message"], str) and err["message"], err
+    assert all(p.get("object") == "chat.completion.chunk" for p in parsed[:-1])
+
+    wait_until(lambda: pid_gone(spawn.pid), 5.0, f"killed engine pid {spawn.pid} to be reaped")
+    wait_until(lambda: all(p["pid"] != spawn.pid for p in sup.ps()), 5.0, "the dead runner to be dropped")
+
+    r = sup.chat(max_tokens=4)
+    assert r.status_code == 200, r.text
+    spawns = sup.spawns()
+    assert len(spawns) == 2 and spawns[1].pid != spawn.pid, spawns
+    assert [p["pid"] for p in sup.ps()] == [spawns[1].pid]
+
+
+def test_engine_killed_during_non_streaming_request(supervisors):
+    sup = supervisors.start(models=[supervisors.tiny_model(context_size=8192)])
+    assert sup.chat(max_tokens=2).status_code == 200  # load the engine first
+    [spawn] = sup.spawns()
+
+    result: dict = {}
+
+    def long_request():
+        try:
+            result["r"] = sup.chat(**LONG)
+        except Exception as e:  # surfaced by the assertions below
+            result["e"] = e
+
+    t = threading.Thread(target=long_request, daemon=True)
+    t.start()
+    # In flight at the engine: llama-server's own /slots says a slot is generating.
+    wait_until(lambda: engine_busy(spawn.port), 20.0, "the engine to be generating")
+    os.kill(spawn.pid, signal.SIGKILL)
+    t.join(30)
+    assert not t.is_alive(), "the in-flight request did not finish after the engine died"
+    assert "e" not in result, result.get("e")
+    assert_openai_error(result["r"], 502, "server_error")
+
+    wait_until(lambda: pid_gone(spawn.pid), 5.0, f"killed engine pid {spawn.pid} to be reaped")
+    r = sup.chat(max_tokens=4)
+    assert r.status_code == 200, r.text
+    spawns = sup.spawns()
+    assert len(spawns) == 2 and spawns[1].pid != spawn.pid, spawns
+
+
+def test_engine_with_bad_flag_is_502_with_its_stderr(supervisors):
+    sup = supervisors.start(models=[supervisors.tiny_model(runtime_flags=["--no-such-flag"])])
+    r = sup.chat(max_tokens=2)
+    err = assert_openai_error(r, 502)
+    assert "--no-such-flag" in err["message"], err  # llama-server: "error: invalid argument: --no-such-flag"
+    [spawn] = sup.spawns()
+    assert pid_gone(spawn.pid)
+    assert sup.ps() == []
+    # not cached as a permanent failure: the next request tries again
+    r = sup.chat(max_tokens=2)
+    assert r.status_code == 502
+    assert len(sup.spawns()) == 2
+
+
+def test_missing_engine_binary_is_502(supervisors, tmp_path):
+    sup = supervisors.start(engine_binary=str(tmp_path / "no-such-llama-server"))
+    r = sup.get("/engines/status")
+    assert r.status_code == 200 and r.json()["llama.cpp"].startswith("Not Installed"), r.text
+    r = sup.chat(max_tokens=2)
+    assert_openai_error(r, 502)

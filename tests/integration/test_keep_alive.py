@@ -1,0 +1,46 @@
+"""Idle runners unload by themselves after keep_alive; /engines/unload stops idle runners on demand."""
+
+from __future__ import annotations
+
+from harness import pid_gone, wait_until
+
+
+def test_idle_runner_unloads_after_keep_alive(supervisors):
+    sup = supervisors.start(models=[supervisors.tiny_model(keep_alive="1s")])
+    r = sup.chat(max_tokens=2)
+    assert r.status_code == 200, r.text
+    [spawn] = sup.spawns()
+    ps = sup.ps()
+    assert len(ps) == 1 and ps[0]["pid"] == spawn.pid and ps[0]["keep_alive"] == "1s", ps
+
+    # 1 s idle, plus the scheduler's tick and the engine's SIGTERM handling
+    wait_until(lambda: pid_gone(spawn.pid), 8.0, f"engine pid {spawn.pid} to exit after keep_alive=1s")
+    wait_until(lambda: sup.ps() == [], 3.0, "/engines/ps to be empty")
+    assert sup.alive()
+
+    # the model still serves: a new engine is started on demand
+    r = sup.chat(max_tokens=2)
+    assert r.status_code == 200, r.text
+    spawns = sup.spawns()
+    assert len(spawns) == 2 and spawns[1].pid != spawn.pid, spawns
+
+
+def test_default_keep_alive_keeps_the_runner(sup):
+    r = sup.chat(max_tokens=2)
+    assert r.status_code == 200, r.text
+    [spawn] = sup.spawns()
+    # A second request a moment later reuses it (no sleep needed: 5m keep-alive).
+    assert sup.chat(max_tokens=2).status_code == 200
+    assert len(sup.spawns()) == 1 and not pid_gone(spawn.pid)
+
+
+def test_unload_endpoint(sup):
+    assert sup.chat(max_tokens=2).status_code == 200
+    [spawn] = sup.spawns()
+    r = sup.post("/engines/unload", {"models": ["ai/tiny"]})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"unloaded_runners": 1}, r.text
+    wait_until(lambda: pid_gone(spawn.pid), 8.0, f"engine pid {spawn.pid} to exit after unload")
+    assert sup.ps() == []
+    r = sup.post("/engines/unload", {"all": True})
+    assert r.status_code == 200 and r.json() == {"unloaded_runners": 0}, r.text

@@ -1,0 +1,169 @@
+"""Docker Model Runner native API: create (import a local GGUF), delete, and name validation."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from urllib.parse import quote
+
+import pytest
+
+from harness import pid_gone, wait_until
+
+
+def create(sup, body, accept_json: bool = True):
+    headers = {"Accept": "application/json"} if accept_json else {}
+    return sup.post("/models/create", body, headers=headers)
+
+
+def ndjson(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def copy_tiny(prereqs, dst_dir, name="imported.gguf"):
+    dst = dst_dir / name
+    shutil.copyfile(prereqs.tiny_gguf, dst)
+    return dst
+
+
+def test_create_from_local_path_then_serve(supervisors, prereqs, tmp_path):
+    sup = supervisors.start(models=[])
+    assert sup.get("/models").json() == []
+    src = copy_tiny(prereqs, tmp_path)
+
+    r = create(sup, {"from": str(src), "name": "ai/imported"})
+    assert r.status_code == 200, r.text
+    assert r.headers.get("content-type", "").startswith("application/json"), r.headers
+    lines = ndjson(r.text)
+    assert len(lines) >= 2, lines
+    progress, last = lines[:-1], lines[-1]
+    assert last == {"type": "success", "message": "Model pulled successfully"}, last
+    size = src.stat().st_size
+    for p in progress:
+        assert p["type"] == "progress", p
+        assert p["total"] == size and p["mode"] == "pull", p
+        assert re.match(r"^sha256:[0-9a-f]{64}$", p["layer"]["id"]) and p["layer"]["size"] == size, p
+        assert 0 <= p["layer"]["current"] <= size, p
+    assert progress[-1]["layer"]["current"] == size, progress[-1]
+
+    models = sup.get("/models").json()
+    assert [m["tags"] for m in models] == [["ai/imported:latest"]], models
+    assert models[0]["config"]["architecture"] == "llama"
+    assert sup.get("/models/ai/imported").status_code == 200
+    assert [d["id"] for d in sup.get("/engines/v1/models").json()["data"]] == ["ai/imported:latest"]
+
+    r = sup.chat(model="ai/imported", max_tokens=3)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"]
+    [spawn] = sup.spawns()
+    assert spawn.flag("--ctx-size") == "4096", spawn.argv  # default context size for a created model
+
+
+def test_create_default_name_and_text_plain(supervisors, prereqs, tmp_path):
+    sup = supervisors.start(models=[])
+    src = copy_tiny(prereqs, tmp_path, "Small-One.gguf")
+    r = create(sup, {"from": str(src)}, accept_json=False)
+    assert r.status_code == 200, r.text
+    assert r.headers.get("content-type", "").startswith("text/plain"), r.headers
+    assert ndjson(r.text)[-1]["type"] == "success", r.text
+    tags = [t for m in sup.get("/models").json() for t in m["tags"]]
+    assert tags == ["ai/small-one:latest"], tags
+
+
+@pytest.mark.parametrize(
+    "body,status",
+    [
+        ({"from": "./tiny.gguf"}, 400),  # relative path
+        ({"from": "../models/tiny.gguf", "name": "ai/x"}, 400),  # relative path
+        ({"name": "ai/x"}, 400),  # missing `from`
+        ({"from": "/nonexistent/dir/model.gguf"}, 404),
+        ({"from": "ai/smollm2:360M-Q4_K_M"}, 501),  # a registry reference
+        ({"from": "docker.io/ai/smollm2:latest"}, 501),
+    ],
+)
+def test_create_rejections(supervisors, body, status):
+    sup = supervisors.start(models=[])
+    r = create(sup, body)
+    assert r.status_code == status, r.text
+    assert r.text.strip(), "a rejection says why"
+    assert sup.get("/models").json() == [], "a rejected create leaves the store unchanged"
+
+
+def test_create_malformed_json_and_bad_name(supervisors, prereqs, tmp_path):
+    sup = supervisors.start(models=[])
+    r = sup.post("/models/create", data=b'{"from": ', headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    src = copy_tiny(prereqs, tmp_path)
+    for bad in ("../evil", "ai/a b", "ai/x\\y", "/ai/x"):
+        r = create(sup, {"from": str(src), "name": bad})
+        assert r.status_code == 400, (bad, r.text)
+    assert sup.get("/models").json() == []
+
+
+def test_delete_while_loaded_needs_force(sup):
+    model = sup.get("/models/ai/tiny").json()
+    assert sup.chat(max_tokens=2).status_code == 200
+    [spawn] = sup.spawns()
+
+    r = sup.delete("/models/ai/tiny")
+    assert r.status_code == 409, r.text
+    assert r.text.strip()
+    assert sup.get("/models/ai/tiny").status_code == 200, "a refused delete keeps the model"
+    assert not pid_gone(spawn.pid), "a refused delete keeps the runner"
+
+    r = sup.delete("/models/ai/tiny?force=true")
+    assert r.status_code == 200, r.text
+    assert r.json() == [{"Untagged": "ai/tiny:latest"}, {"Deleted": model["id"]}], r.text
+    wait_until(lambda: pid_gone(spawn.pid), 8.0, f"engine pid {spawn.pid} to be stopped by the forced delete")
+    assert sup.ps() == []
+    r = sup.get("/models/ai/tiny")
+    assert r.status_code == 404, r.text
+    assert sup.get("/models").json() == []
+    assert sup.chat(max_tokens=2).status_code == 404
+
+
+def test_delete_idle_model_and_unknown(sup):
+    r = sup.delete("/models/ai/nope")
+    assert r.status_code == 404, r.text
+    r = sup.delete("/models/ai/tiny")  # not loaded: no force needed
+    assert r.status_code == 200, r.text
+    assert r.json()[0] == {"Untagged": "ai/tiny:latest"}, r.text
+    assert sup.get("/models/ai/tiny").status_code == 404
+    assert sup.delete("/models/ai/tiny").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/models/..%2F..%2Fetc",
+        "/models/..%2F..%2Fetc%2Fpasswd",
+        "/models/ai/ti%00ny",
+        "/models/%2e%2e/tiny",
+        "/models/ai/%2e%2e",
+        "/models/ai/tiny%5Cx",
+        "/models/ai/tiny%20x",
+    ],
+)
+def test_bad_names_are_rejected(sup, path):
+    for method in ("GET", "DELETE"):
+        status, headers, body = sup.raw(method, path)
+        assert status in (400, 404), (method, path, status, body)
+        assert body.strip(), (method, path, "a rejection says why")
+    # nothing was deleted or escaped
+    assert sup.get("/models/ai/tiny").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/models/ai/ti%00ny", "/models/%2e%2e/tiny", "/models/ai/tiny%20x"])
+def test_invalid_names_are_400(sup, path):
+    status, _, body = sup.raw("GET", path)
+    assert status == 400, (path, status, body)
+    assert body.strip()
+
+
+def test_openai_model_lookup_rejects_bad_names(sup):
+    status, _, body = sup.raw("GET", "/engines/v1/models/ai/ti%00ny")
+    assert status == 400, (status, body)
+    assert json.loads(body)["error"]["message"]
+    status, _, body = sup.raw("GET", "/engines/v1/models/" + quote("../../etc", safe=""))
+    assert status in (400, 404), (status, body)

@@ -1,0 +1,70 @@
+"""Process hygiene: SIGTERM drains and stops engines; SIGKILL of the supervisor still takes engines down."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+
+from harness import pid_gone, wait_until
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_with_loaded_runner_exits_0_and_stops_engine(sup, sig):
+    assert sup.chat(max_tokens=2).status_code == 200
+    assert sup.post("/engines/v1/embeddings", {"model": "ai/tiny", "input": "x"}).status_code == 200
+    pids = [s.pid for s in sup.spawns()]
+    assert len(pids) == 2 and not any(pid_gone(p) for p in pids)
+
+    sup.signal(sig)
+    rc = sup.wait_exit(15.0)
+    assert rc == 0, f"exit code {rc} after {sig.name}"
+    # engines are stopped and reaped before the supervisor exits
+    wait_until(lambda: all(pid_gone(p) for p in pids), 1.0, f"engine pids {pids} to be gone")
+
+
+def test_sigkill_of_supervisor_kills_engines(sup):
+    assert sup.chat(max_tokens=2).status_code == 200
+    assert sup.post("/engines/v1/embeddings", {"model": "ai/tiny", "input": "x"}).status_code == 200
+    pids = [s.pid for s in sup.spawns()]
+    assert len(pids) == 2
+
+    sup.signal(signal.SIGKILL)
+    sup.wait_exit(5.0)
+    wait_until(lambda: all(pid_gone(p) for p in pids), 1.0, f"engine pids {pids} to die with the supervisor (PDEATHSIG)")
+
+
+def test_sigterm_drains_an_in_flight_stream(supervisors):
+    sup = supervisors.start(models=[supervisors.tiny_model(context_size=2048)])
+    n = 600
+    s = sup.stream("/engines/v1/chat/completions",
+                   {"model": "ai/tiny", "stream": True, "max_tokens": n, "ignore_eos": True,
+                    "stream_options": {"include_usage": True},
+                    "messages": [{"role": "user", "content": "Hello"}]}, timeout=30)
+    try:
+        assert s.status == 200
+        first = s.next_data()
+        assert first and first != "[DONE]", first
+        [spawn] = sup.spawns()
+        sup.signal(signal.SIGTERM)
+        frames = s.rest()
+    finally:
+        s.close()
+
+    assert s.transport_error is None, f"stream cut during shutdown: {s.transport_error!r}"
+    assert frames and frames[-1] == "[DONE]", frames[-3:]
+    chunks = [json.loads(f) for f in frames[:-1]]
+    assert not any("error" in c for c in chunks), [c for c in chunks if "error" in c]
+    usage = [c["usage"] for c in chunks if c.get("usage")]
+    assert usage and usage[-1]["completion_tokens"] == n, usage  # the whole generation, not a truncated one
+
+    rc = sup.wait_exit(15.0)
+    assert rc == 0, rc
+    wait_until(lambda: pid_gone(spawn.pid), 1.0, f"engine pid {spawn.pid} to be gone")
+
+
+def test_sigterm_with_no_runner_exits_0_quickly(sup):
+    assert sup.get("/models").status_code == 200
+    sup.signal(signal.SIGTERM)
+    assert sup.wait_exit(5.0) == 0
