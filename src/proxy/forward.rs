@@ -3,7 +3,9 @@
 //! is sent or the client goes away (dropping the body also drops the upstream connection, which cancels the
 //! engine's work). An engine that dies mid-stream ends an SSE stream with an OpenAI error frame.
 
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -15,15 +17,47 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 
 use super::http::{ApiError, Body, BoxError};
 use crate::api::{openai, ErrorKind};
-use crate::scheduler::Lease;
+use crate::scheduler::{Endpoint, Lease};
 
-pub type EngineClient = Client<HttpConnector, Full<Bytes>>;
+type EngineClient = Client<HttpConnector, Full<Bytes>>;
 
-pub fn client() -> EngineClient {
+/// One connection pool per engine process. Engines listen on loopback ports that the OS hands out again once
+/// an engine is gone; a single shared pool would then reuse an idle connection to the dead engine on a new
+/// engine's port. Keying the pool by (port, pid) makes a new engine always start with fresh connections.
+#[derive(Default)]
+pub struct EnginePools {
+    by_port: Mutex<HashMap<u16, (u32, EngineClient)>>,
+}
+
+impl EnginePools {
+    fn get(&self, endpoint: Endpoint) -> EngineClient {
+        // A poisoned lock only means a panic elsewhere mid-insert; the map is still a valid cache.
+        let mut pools = self.by_port.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((pid, client)) = pools.get(&endpoint.port) {
+            if *pid == endpoint.pid {
+                return client.clone();
+            }
+        }
+        if pools.len() >= 256 {
+            // Bound the map: forget pools of engines that are gone.
+            pools.retain(|_, (pid, _)| {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), None).is_ok()
+            });
+        }
+        let client = new_client();
+        pools.insert(endpoint.port, (endpoint.pid, client.clone()));
+        client
+    }
+}
+
+fn new_client() -> EngineClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
+    // llama-server (cpp-httplib) closes keep-alive connections idle for 5 s; reusing one at that instant fails the
+    // request with IncompleteMessage. Retiring idle connections well before that avoids the race.
     Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(30))
+        .pool_idle_timeout(std::time::Duration::from_secs(2))
+        .pool_timer(hyper_util::rt::TokioTimer::new())
         .build(connector)
 }
 
@@ -48,12 +82,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Sends `body` to `path_and_query` on the leased engine and returns its answer, streaming.
 pub async fn forward(
-    client: &EngineClient,
+    pools: &EnginePools,
     lease: Lease,
     parts: http::request::Parts,
     path_and_query: &str,
     body: Bytes,
     model: &str,
+    streaming: bool,
 ) -> Result<Response<Body>, ApiError> {
     let uri = format!("http://127.0.0.1:{}{}", lease.endpoint.port, path_and_query);
     let mut req = Request::builder()
@@ -69,7 +104,13 @@ pub async fn forward(
     *req.headers_mut() = parts.headers;
     strip_hop_by_hop(req.headers_mut());
     req.headers_mut().remove(header::CONTENT_LENGTH); // Full sets the real length
-    let resp = client.request(req).await.map_err(|e| {
+    if streaming {
+        // llama-server closes the connection after a chunked (SSE) response without saying so; a pooled
+        // connection reused after a stream would fail the next request. Streams get a connection of their own.
+        req.headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
+    let resp = pools.get(lease.endpoint).request(req).await.map_err(|e| {
         ApiError::new(
             ErrorKind::BadGateway,
             format!(

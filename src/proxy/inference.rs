@@ -72,5 +72,14 @@ pub async fn handle(
         Some(q) => format!("{upstream}?{q}"),
         None => upstream,
     };
-    forward(&app.client, lease, parts, &path_and_query, body, &name).await
+    forward(
+        &app.engines,
+        lease,
+        parts,
+        &path_and_query,
+        body,
+        &name,
+        head.stream == Some(true),
+    )
+    .await
 }

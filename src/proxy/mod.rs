@@ -34,7 +34,7 @@ pub struct App {
     pub config: Config,
     pub store: Store,
     pub scheduler: Scheduler,
-    pub client: forward::EngineClient,
+    pub engines: forward::EnginePools,
     pub llama_binary: Result<PathBuf, String>,
 }
 
@@ -225,7 +225,7 @@ pub fn build_app(config: Config, store: Store) -> App {
         config,
         store,
         scheduler,
-        client: forward::client(),
+        engines: forward::EnginePools::default(),
         llama_binary,
     }
 }

@@ -65,7 +65,9 @@ impl Store {
             source: Some(source),
         };
 
-        let _guard = self.lock();
+        let mut cache = self.lock();
+        // Whatever happens below, the next read goes back to disk.
+        cache.invalidate();
         let mut created = Vec::new();
         let result = (|| -> Result<(Index, Vec<Entry>), StoreError> {
             let weights_path = self.blob_path(&hex);

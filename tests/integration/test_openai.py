@@ -76,7 +76,7 @@ def test_embeddings_use_a_second_runner(sup):
     spawns = sup.spawns()
     assert len(spawns) == 1, spawns
     argv = spawns[0].argv
-    assert argv[6:] == ["--ctx-size", "512", "--embeddings", "--pooling", "mean", "--temp", "0"], argv
+    assert argv[6:] == ["--ctx-size", "512", "--alias", "ai/tiny:latest", "--embeddings", "--pooling", "mean", "--temp", "0"], argv
 
     r = sup.chat(max_tokens=4)
     assert r.status_code == 200, r.text
@@ -98,7 +98,7 @@ def test_embeddings_respect_pooling_in_runtime_flags(supervisors):
     r = sup.post("/engines/v1/embeddings", {"model": "ai/tiny", "input": "hello"})
     assert r.status_code == 200, r.text
     argv = sup.spawns()[0].argv
-    assert argv[6:] == ["--ctx-size", "512", "--embeddings", "--pooling", "last"], argv
+    assert argv[6:] == ["--ctx-size", "512", "--alias", "ai/tiny:latest", "--embeddings", "--pooling", "last"], argv
 
 
 @pytest.mark.parametrize("prefix", PREFIXES)
@@ -190,3 +190,32 @@ def test_body_over_limit_is_413(supervisors):
                               headers={"Transfer-Encoding": "chunked"})
     assert status == 413, body
     assert len(sup.spawns()) == 1
+
+
+
+def test_streams_and_plain_requests_alternate_on_one_engine(sup):
+    # llama-server closes its connection after every SSE response without announcing it; a proxy that pooled
+    # that connection fails the next request on it (502). Several clients alternating back to back expose it.
+    from concurrent.futures import ThreadPoolExecutor
+
+    def client(n: int) -> list[str]:
+        problems = []
+        for i in range(25):
+            s = sup.stream("/engines/v1/chat/completions",
+                           {"model": "ai/tiny", "stream": True, "max_tokens": 2,
+                            "messages": [{"role": "user", "content": f"{n}/{i}"}]})
+            try:
+                frames = s.rest()
+            finally:
+                s.close()
+            if not frames or frames[-1] != "[DONE]":
+                problems.append(f"stream {n}/{i}: {frames[-2:]}")
+            r = sup.chat(max_tokens=2)
+            if r.status_code != 200:
+                problems.append(f"chat {n}/{i}: {r.status_code} {r.text[:200]}")
+        return problems
+
+    with ThreadPoolExecutor(8) as pool:
+        problems = [p for ps in pool.map(client, range(8)) for p in ps]
+    assert not problems, problems[:5]
+    assert len(sup.spawns()) == 1, "one engine served them all"
