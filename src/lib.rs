@@ -25,6 +25,8 @@ pub enum StartError {
         path: String,
         source: store::StoreError,
     },
+    #[error("the start-up task failed: {0}")]
+    Task(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -55,7 +57,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Ok(store)
     })
     .await
-    .map_err(|e| StartError::Store { path: config.store.path.display().to_string(), source: store::StoreError::from(std::io::Error::other(e)) })?
+    .map_err(|e| StartError::Task(e.to_string()))?
     .map_err(|source| StartError::Store { path: config.store.path.display().to_string(), source })?;
     let addr = config.server.listen;
     let app = Arc::new(proxy::build_app(config, store));

@@ -48,9 +48,6 @@ pub enum StoreError {
     SourceChanged { path: PathBuf },
     #[error("I/O error on {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    /// An I/O failure tied to no single store path (e.g. a store task that could not run).
-    #[error("{0}")]
-    Other(#[from] io::Error),
     #[error("corrupt model store file {path}: {detail}")]
     Corrupt {
         path: PathBuf,

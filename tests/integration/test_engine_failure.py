@@ -115,3 +115,21 @@ def test_missing_engine_binary_is_502(supervisors, tmp_path):
     assert r.status_code == 200 and r.json()["llama.cpp"].startswith("Not Installed"), r.text
     r = sup.chat(max_tokens=2)
     assert_openai_error(r, 502)
+
+
+def test_client_disconnect_cancels_the_engine_request(supervisors):
+    # A client that goes away mid-stream must not leave the engine generating 4000 tokens for nobody: the
+    # supervisor drops the upstream connection and llama-server stops the slot.
+    sup = supervisors.start(models=[supervisors.tiny_model(context_size=8192)])
+    s = sup.stream("/engines/v1/chat/completions", long_stream_body(), timeout=30)
+    first = s.next_data()
+    assert first and first != "[DONE]", first
+    [runner] = sup.ps()
+    assert runner["in_use"] is True, runner
+    assert engine_busy(runner["port"]), "the engine is generating while the client reads"
+    s.close()
+    wait_until(lambda: not engine_busy(runner["port"]), 5.0, "the engine to stop generating after the disconnect")
+    wait_until(lambda: sup.ps()[0]["in_use"] is False, 5.0, "the runner to be released")
+    # The same engine serves the next request.
+    assert sup.chat(max_tokens=4).status_code == 200
+    assert len(sup.spawns()) == 1
