@@ -206,6 +206,22 @@ struct Side {
     c16_n: usize,
     ttft: Vec<Duration>,
     cold: Vec<Duration>,
+    /// A round trip that involves no engine: the direct engine's `/health`, the supervisor's `/version`.
+    hop: Vec<Duration>,
+}
+
+/// One GET; the total time.
+async fn get(client: &HttpClient, url: &str) -> Duration {
+    let t0 = Instant::now();
+    let req = hyper::Request::get(url)
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = client
+        .request(req)
+        .await
+        .unwrap_or_else(|e| panic!("{url}: {e:?}"));
+    let _ = resp.into_body().collect().await;
+    t0.elapsed()
 }
 
 #[tokio::main]
@@ -220,7 +236,7 @@ async fn main() {
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"{}\"\n[engines.llamacpp]\nbinary = \"{}\"\n\
              [scheduler]\nkeep_alive = \"-1\"\n[[models]]\nname = \"ai/tiny\"\ngguf = \"{}\"\ncontext_size = 512\n\
-             runtime_flags = [\"--temp\", \"0\", \"--threads-http\", \"32\"]\n",
+             runtime_flags = [\"--temp\", \"0\", \"--threads-http\", \"32\", \"--threads\", \"1\"]\n",
             dir.join("store").display(),
             a.llama.display(),
             a.gguf.display()
@@ -272,15 +288,31 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let direct_url = format!("http://127.0.0.1:{port}/v1/chat/completions");
-        for (side, url) in [(&mut d, &direct_url), (&mut p, &proxy_url)] {
+        // Sequential requests and streams alternate one by one, so both sides see the same moment's noise.
+        for url in [&direct_url, &proxy_url] {
             load(client, url, 1, 20).await; // warm-up
-            side.c1.extend(load(client, url, 1, 100).await.0);
-            let (lat, wall) = load(client, url, 16, 20).await;
-            side.c16_n += lat.len();
-            side.c16_wall += wall;
-            side.c16.extend(lat);
-            for _ in 0..50 {
-                side.ttft.push(post(client, url, STREAM).await.0);
+        }
+        for _ in 0..100 {
+            d.c1.push(post(client, &direct_url, CHAT).await.1);
+            p.c1.push(post(client, &proxy_url, CHAT).await.1);
+        }
+        for _ in 0..100 {
+            d.hop
+                .push(get(client, &format!("http://127.0.0.1:{port}/health")).await);
+            p.hop
+                .push(get(client, &format!("http://{addr}/version")).await);
+        }
+        for _ in 0..50 {
+            d.ttft.push(post(client, &direct_url, STREAM).await.0);
+            p.ttft.push(post(client, &proxy_url, STREAM).await.0);
+        }
+        // Concurrent batches alternate batch by batch.
+        for _ in 0..2 {
+            for (side, url) in [(&mut d, &direct_url), (&mut p, &proxy_url)] {
+                let (lat, wall) = load(client, url, 16, 10).await;
+                side.c16_n += lat.len();
+                side.c16_wall += wall;
+                side.c16.extend(lat);
             }
         }
         let _ = engine.kill().await;
@@ -330,6 +362,11 @@ async fn main() {
         pct(p.ttft.clone(), 0.5),
     );
     row(
+        "bare HTTP round trip p50 (engine /health vs supervisor /version)",
+        pct(d.hop.clone(), 0.5),
+        pct(p.hop.clone(), 0.5),
+    );
+    row(
         "cold start to first byte, median",
         pct(d.cold.clone(), 0.5),
         pct(p.cold.clone(), 0.5),
@@ -341,7 +378,7 @@ async fn main() {
         rps(&p) / rps(&d)
     );
     println!(
-        "\n{} rounds; per round and side: 100 sequential chats, 16×20 concurrent chats, 50 streams, 3 cold starts.",
+        "\n{} rounds; per round and side: 100 sequential chats and 50 streams (alternating request by request with the other side), 2 batches of 16×10 concurrent chats (alternating batch by batch), 3 cold starts.",
         a.rounds
     );
 }
