@@ -102,27 +102,21 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Runtime flags given to both engines: one compute thread leaves a core for client and proxy (as on a GPU box, where
+/// the CPU is mostly free), and enough HTTP threads that 16 concurrent connections are all served.
+const FLAGS: [&str; 6] = ["--temp", "0", "--threads", "1", "--threads-http", "32"];
+
+/// The argv the supervisor gives its engine (the library's own builder), so both engines run identically.
 fn engine_args(gguf: &std::path::Path, port: u16) -> Vec<String> {
-    // The same argv the supervisor builds (see engines::llamacpp::argv), so both engines are identical.
-    [
-        "--model",
-        &gguf.display().to_string(),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &port.to_string(),
-        "--ctx-size",
-        "512",
-        "--alias",
-        "ai/tiny:latest",
-        "--temp",
-        "0",
-        "--threads-http",
-        "32",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    let spec = dmr_supervisor::engines::LaunchSpec {
+        model_name: "ai/tiny:latest".into(),
+        model_path: gguf.to_path_buf(),
+        mode: dmr_supervisor::engines::Mode::Completion,
+        context_size: 512,
+        runtime_flags: FLAGS.iter().map(|f| f.to_string()).collect(),
+        keep_alive: dmr_supervisor::config::KeepAlive::Forever,
+    };
+    dmr_supervisor::engines::llamacpp::argv(&spec, port)
 }
 
 fn spawn_engine(a: &Args, port: u16) -> Child {
@@ -236,10 +230,11 @@ async fn main() {
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"{}\"\n[engines.llamacpp]\nbinary = \"{}\"\n\
              [scheduler]\nkeep_alive = \"-1\"\n[[models]]\nname = \"ai/tiny\"\ngguf = \"{}\"\ncontext_size = 512\n\
-             runtime_flags = [\"--temp\", \"0\", \"--threads-http\", \"32\", \"--threads\", \"1\"]\n",
+             runtime_flags = {:?}\n",
             dir.join("store").display(),
             a.llama.display(),
-            a.gguf.display()
+            a.gguf.display(),
+            FLAGS,
         ),
     )
     .unwrap();
@@ -325,7 +320,24 @@ async fn main() {
     let _ = std::fs::remove_dir_all(&dir);
 
     let rps = |s: &Side| s.c16_n as f64 / s.c16_wall.as_secs_f64();
-    let row = |name: &str, dv: Duration, pv: Duration| {
+    println!("| metric | direct (µs) | via supervisor (µs) | added (µs) | ratio |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    type Pick = fn(&Side) -> &Vec<Duration>;
+    let rows: [(&str, Pick, f64); 7] = [
+        ("chat p50, concurrency 1", |s| &s.c1, 0.5),
+        ("chat p99, concurrency 1", |s| &s.c1, 0.99),
+        ("chat p50, concurrency 16", |s| &s.c16, 0.5),
+        ("chat p99, concurrency 16", |s| &s.c16, 0.99),
+        ("stream TTFT p50", |s| &s.ttft, 0.5),
+        (
+            "bare HTTP round trip p50 (engine /health vs supervisor /version)",
+            |s| &s.hop,
+            0.5,
+        ),
+        ("cold start to first byte, median", |s| &s.cold, 0.5),
+    ];
+    for (name, pick, p_) in rows {
+        let (dv, pv) = (pct(pick(&d).clone(), p_), pct(pick(&p).clone(), p_));
         println!(
             "| {name} | {:.0} | {:.0} | {:+.0} | {:.3} |",
             us(dv),
@@ -333,44 +345,7 @@ async fn main() {
             us(pv) - us(dv),
             us(pv) / us(dv)
         );
-    };
-    println!("| metric | direct (µs) | via supervisor (µs) | added (µs) | ratio |");
-    println!("| --- | ---: | ---: | ---: | ---: |");
-    row(
-        "chat p50, concurrency 1",
-        pct(d.c1.clone(), 0.5),
-        pct(p.c1.clone(), 0.5),
-    );
-    row(
-        "chat p99, concurrency 1",
-        pct(d.c1.clone(), 0.99),
-        pct(p.c1.clone(), 0.99),
-    );
-    row(
-        "chat p50, concurrency 16",
-        pct(d.c16.clone(), 0.5),
-        pct(p.c16.clone(), 0.5),
-    );
-    row(
-        "chat p99, concurrency 16",
-        pct(d.c16.clone(), 0.99),
-        pct(p.c16.clone(), 0.99),
-    );
-    row(
-        "stream TTFT p50",
-        pct(d.ttft.clone(), 0.5),
-        pct(p.ttft.clone(), 0.5),
-    );
-    row(
-        "bare HTTP round trip p50 (engine /health vs supervisor /version)",
-        pct(d.hop.clone(), 0.5),
-        pct(p.hop.clone(), 0.5),
-    );
-    row(
-        "cold start to first byte, median",
-        pct(d.cold.clone(), 0.5),
-        pct(p.cold.clone(), 0.5),
-    );
+    }
     println!(
         "| requests/s, concurrency 16 | {:.0} | {:.0} | | {:.3} |",
         rps(&d),
