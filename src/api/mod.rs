@@ -2,6 +2,7 @@
 //! response shapes and renders its own error envelope. No I/O here.
 
 pub mod native;
+pub mod ollama;
 pub mod openai;
 
 /// Who is calling, which decides the shape of an error.
@@ -10,6 +11,8 @@ pub enum Dialect {
     /// DMR's model-management API: plain-text errors, like DMR's `http.Error`.
     Native,
     OpenAi,
+    /// Ollama's `/api/...`: `{"error": "..."}`.
+    Ollama,
 }
 
 /// What went wrong, classified once at the edge; each dialect renders it its own way.
@@ -48,5 +51,6 @@ pub fn render_error(dialect: Dialect, kind: ErrorKind, message: &str) -> (&'stat
             format!("{message}\n").into_bytes(),
         ),
         Dialect::OpenAi => ("application/json", openai::error_body(kind, message)),
+        Dialect::Ollama => ("application/json", ollama::error_body(message)),
     }
 }

@@ -14,6 +14,105 @@ pub struct RequestHead {
     pub stream: Option<bool>,
 }
 
+/// A chat completion request we build ourselves (when translating from another dialect).
+#[derive(Debug, Serialize)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    pub stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    /// Not OpenAI's, but llama-server and vLLM accept it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StreamOptions {
+    pub include_usage: bool,
+}
+
+/// The parts of a chat completion (or of one stream chunk) that translations read.
+#[derive(Debug, Default, Deserialize)]
+pub struct ChatResponse {
+    #[serde(default)]
+    pub choices: Vec<Choice>,
+    #[serde(default)]
+    pub usage: Option<Usage>,
+    /// llama-server's extension: prompt and generation times.
+    #[serde(default)]
+    pub timings: Option<Timings>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Choice {
+    /// Whole answers.
+    #[serde(default)]
+    pub message: Option<Content>,
+    /// Stream chunks.
+    #[serde(default)]
+    pub delta: Option<Content>,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Content {
+    #[serde(default)]
+    pub content: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+pub struct Timings {
+    #[serde(default)]
+    pub prompt_ms: f64,
+    #[serde(default)]
+    pub predicted_ms: f64,
+}
+
+impl ChatResponse {
+    /// The text of the first choice (whole message or delta).
+    pub fn text(&self) -> String {
+        self.choices
+            .first()
+            .and_then(|c| c.message.as_ref().or(c.delta.as_ref()))
+            .and_then(|m| m.content.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn finish_reason(&self) -> Option<&str> {
+        self.choices.iter().find_map(|c| c.finish_reason.as_deref())
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct ModelObject {
     pub id: String,

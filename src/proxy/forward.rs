@@ -90,34 +90,17 @@ pub async fn forward(
     model: &str,
     streaming: bool,
 ) -> Result<Response<Body>, ApiError> {
-    let uri = format!("http://127.0.0.1:{}{}", lease.endpoint.port, path_and_query);
-    let mut req = Request::builder()
-        .method(parts.method)
-        .uri(uri)
-        .body(Full::new(body))
-        .map_err(|e| {
-            ApiError::new(
-                ErrorKind::Internal,
-                format!("cannot build the engine request: {e}"),
-            )
-        })?;
-    *req.headers_mut() = parts.headers;
-    strip_hop_by_hop(req.headers_mut());
-    req.headers_mut().remove(header::CONTENT_LENGTH); // Full sets the real length
-    if streaming {
-        // llama-server closes the connection after a chunked (SSE) response without saying so; a pooled
-        // connection reused after a stream would fail the next request. Streams get a connection of their own.
-        req.headers_mut()
-            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
-    }
-    let resp = pools.get(lease.endpoint).request(req).await.map_err(|e| {
-        ApiError::new(
-            ErrorKind::BadGateway,
-            format!(
-                "the engine serving {model} failed before answering (it may have crashed): {e}"
-            ),
-        )
-    })?;
+    let resp = send(
+        pools,
+        lease.endpoint,
+        parts.method,
+        parts.headers,
+        path_and_query,
+        body,
+        model,
+        streaming,
+    )
+    .await?;
     let (mut parts, incoming) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let sse = parts
@@ -133,6 +116,48 @@ pub async fn forward(
         model: model.to_string(),
     };
     Ok(Response::from_parts(parts, body.boxed()))
+}
+
+/// One request to an engine; the answer's body is left to the caller (who must hold the lease while reading it).
+#[allow(clippy::too_many_arguments)]
+pub async fn send(
+    pools: &EnginePools,
+    endpoint: Endpoint,
+    method: http::Method,
+    headers: HeaderMap,
+    path_and_query: &str,
+    body: Bytes,
+    model: &str,
+    streaming: bool,
+) -> Result<Response<Incoming>, ApiError> {
+    let uri = format!("http://127.0.0.1:{}{}", endpoint.port, path_and_query);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Full::new(body))
+        .map_err(|e| {
+            ApiError::new(
+                ErrorKind::Internal,
+                format!("cannot build the engine request: {e}"),
+            )
+        })?;
+    *req.headers_mut() = headers;
+    strip_hop_by_hop(req.headers_mut());
+    req.headers_mut().remove(header::CONTENT_LENGTH); // Full sets the real length
+    if streaming {
+        // llama-server closes the connection after a chunked (SSE) response without saying so; a pooled
+        // connection reused after a stream would fail the next request. Streams get a connection of their own.
+        req.headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
+    pools.get(endpoint).request(req).await.map_err(|e| {
+        ApiError::new(
+            ErrorKind::BadGateway,
+            format!(
+                "the engine serving {model} failed before answering (it may have crashed): {e}"
+            ),
+        )
+    })
 }
 
 /// The engine's response body, passed through frame by frame while holding the runner's lease.

@@ -12,7 +12,7 @@ use super::http::{parse_json, read_body, ApiError, Body};
 use super::App;
 use crate::api::{openai, ErrorKind};
 use crate::engines::{LaunchSpec, Mode};
-use crate::scheduler::{AcquireError, RunnerKey};
+use crate::scheduler::{AcquireError, Lease, RunnerKey};
 use crate::store::StoreError;
 
 pub async fn handle(
@@ -27,11 +27,35 @@ pub async fn handle(
         Some(m) if !m.is_empty() => m,
         _ => return Err(ApiError::bad_request("\"model\" is required")),
     };
-    let model = app.resolve(&requested).map_err(|e| match e {
+    let (lease, name) = acquire(app, &requested, mode).await?;
+    let path_and_query = match parts.uri.query() {
+        Some(q) => format!("{upstream}?{q}"),
+        None => upstream,
+    };
+    forward(
+        &app.engines,
+        lease,
+        parts,
+        &path_and_query,
+        body,
+        &name,
+        head.stream == Some(true),
+    )
+    .await
+}
+
+/// Resolves `requested` in the store and waits for a lease on a ready runner for it (starting one if needed).
+/// Returns the lease and the model's display name.
+pub async fn acquire(
+    app: &Arc<App>,
+    requested: &str,
+    mode: Mode,
+) -> Result<(Lease, String), ApiError> {
+    let model = app.resolve(requested).map_err(|e| match e {
         StoreError::NotFound(_) => ApiError::not_found(format!("model {requested:?} not found")),
         other => ApiError::from(other),
     })?;
-    let settings = app.settings_for(&requested, &model.tags);
+    let settings = app.settings_for(requested, &model.tags);
     let launch = LaunchSpec {
         model_name: model
             .tags
@@ -68,18 +92,5 @@ pub async fn handle(
                 format!("unable to load runner for {name}: {msg}"),
             ),
         })?;
-    let path_and_query = match parts.uri.query() {
-        Some(q) => format!("{upstream}?{q}"),
-        None => upstream,
-    };
-    forward(
-        &app.engines,
-        lease,
-        parts,
-        &path_and_query,
-        body,
-        &name,
-        head.stream == Some(true),
-    )
-    .await
+    Ok((lease, name))
 }

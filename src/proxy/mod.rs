@@ -7,6 +7,7 @@ mod forward;
 pub mod http;
 mod inference;
 mod models;
+mod ollama;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -126,6 +127,8 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let dialect = if path.starts_with("/engines/") || path.starts_with("/v1/") {
         Dialect::OpenAi
+    } else if path.starts_with("/api/") {
+        Dialect::Ollama
     } else {
         Dialect::Native
     };
@@ -181,6 +184,13 @@ async fn dispatch(
         (&Method::GET, "/engines/ps") => engines::ps(app).await,
         (&Method::POST, "/engines/unload") => engines::unload(app, req).await,
         (&Method::GET, "/engines/status") => engines::status(app).await,
+        (&Method::GET, "/api/version") => ollama::version().await,
+        (&Method::GET, "/api/tags") => ollama::tags(app).await,
+        (&Method::GET, "/api/ps") => ollama::ps(app).await,
+        (&Method::POST, "/api/show") => ollama::show(app, req).await,
+        (&Method::POST, "/api/chat") => ollama::chat(app, req).await,
+        (&Method::POST, "/api/generate") => ollama::generate(app, req).await,
+        (&Method::DELETE, "/api/delete") => ollama::delete(app, req).await,
         (&Method::GET, p) if p.starts_with("/models/") => {
             models::get_native(app, percent_decode(&p[8..])?).await
         }

@@ -150,7 +150,7 @@ pub(super) fn digest_hex(digest: &str) -> Option<&str> {
 }
 
 /// Unix seconds as an RFC 3339 UTC timestamp (`1970-01-01T00:00:00Z`).
-pub(super) fn rfc3339(unix: i64) -> String {
+pub fn rfc3339(unix: i64) -> String {
     let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
     // Howard Hinnant's civil_from_days.
     let z = days + 719_468;

@@ -20,8 +20,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use thiserror::Error;
 
-pub use artifact::ModelConfig;
 use artifact::{digest_hex, sha256_digest, ConfigFile, Manifest};
+pub use artifact::{rfc3339, ModelConfig};
 use fsutil::{io_err, remove_quietly, remove_temps, sync_dir, write_new};
 use gguf::GgufError;
 use index::{Entry, Index};

@@ -1,0 +1,100 @@
+"""Ollama's API through the official `ollama` Python package, translated to the real llama-server's OpenAI API.
+
+The tiny model never stops by itself (its end tokens are zeroed), so at temperature 0 it generates exactly
+`num_predict` tokens: counts are exact, not merely positive.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ollama
+import pytest
+
+OPTS = {"temperature": 0, "num_predict": 5}
+MSGS = [{"role": "user", "content": "Hello"}]
+
+
+def client(sup) -> ollama.Client:
+    return ollama.Client(host=sup.base)
+
+
+def test_chat_non_streaming(sup):
+    r = client(sup).chat(model="ai/tiny", messages=MSGS, options=OPTS, stream=False)
+    assert r.done is True and r.done_reason == "length", r
+    assert r.message.role == "assistant" and r.message.content, r
+    assert r.eval_count == 5, r
+    assert r.prompt_eval_count and r.prompt_eval_count > 0, r
+    assert r.total_duration and r.total_duration >= (r.load_duration or 0) > 0, r
+    assert r.model == "ai/tiny:latest"
+
+
+def test_chat_streaming_ends_with_totals(sup):
+    parts = list(client(sup).chat(model="ai/tiny", messages=MSGS, options=OPTS, stream=True))
+    assert len(parts) >= 2, parts
+    *pieces, last = parts
+    assert all(p.done is False and p.message.content for p in pieces), pieces
+    assert last.done is True and last.done_reason == "length", last
+    assert last.eval_count == 5 and last.prompt_eval_count > 0, last
+    assert last.eval_duration and last.eval_duration > 0, last
+    # The same text as the non-streaming answer (deterministic at temperature 0).
+    whole = client(sup).chat(model="ai/tiny", messages=MSGS, options=OPTS, stream=False).message.content
+    assert "".join(p.message.content for p in pieces) == whole
+
+
+def test_generate_both_ways(sup):
+    c = client(sup)
+    r = c.generate(model="ai/tiny", prompt="Once", options=OPTS, stream=False)
+    assert r.done is True and r.response and r.eval_count == 5, r
+    parts = list(c.generate(model="ai/tiny", prompt="Once", options=OPTS, stream=True))
+    assert parts[-1].done is True and parts[-1].eval_count == 5, parts[-1]
+    assert "".join(p.response for p in parts[:-1]) == r.response
+
+
+def test_stream_is_ndjson_by_default(sup):
+    r = sup.post("/api/chat", {"model": "ai/tiny", "messages": MSGS, "options": OPTS})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-ndjson", r.headers
+    import json
+    lines = [json.loads(line) for line in r.text.splitlines()]
+    assert lines[-1]["done"] is True and all(line["done"] is False for line in lines[:-1])
+
+
+def test_list_show_ps_version(sup, prereqs):
+    c = client(sup)
+    [m] = c.list().models
+    assert m.model == "ai/tiny:latest", m
+    assert m.size == os.path.getsize(prereqs.tiny_gguf), m
+    assert m.details.format == "gguf" and m.details.family == "llama", m
+    assert len(m.digest) == 64, m
+    s = c.show("ai/tiny")
+    assert s.details.quantization_level == "F32", s
+    assert "im_start" in (s.template or ""), s.template
+    assert s.modelinfo["general.architecture"] == "llama", s.modelinfo
+    assert c.ps().models == []
+    c.chat(model="tiny", messages=MSGS, options=OPTS, stream=False)
+    [running] = c.ps().models
+    assert running.model == "ai/tiny:latest", running
+    v = sup.get("/api/version")
+    assert v.status_code == 200 and v.json()["version"], v.text
+
+
+def test_errors_in_ollama_shape(sup):
+    with pytest.raises(ollama.ResponseError) as e:
+        client(sup).chat(model="nope", messages=MSGS, stream=False)
+    assert e.value.status_code == 404 and "not found" in e.value.error
+    r = sup.post("/api/chat", data=b'{"model": ')
+    assert r.status_code == 400 and "invalid JSON" in r.json()["error"], r.text
+    r = sup.post("/api/show", {"model": "nope"})
+    assert r.status_code == 404 and r.json()["error"], r.text
+
+
+def test_delete(sup, prereqs):
+    c = client(sup)
+    r = sup.post("/models/create", {"from": str(prereqs.tiny_gguf), "name": "ai/second"})
+    assert r.status_code == 200 and '"success"' in r.text, r.text
+    assert {m.model for m in c.list().models} == {"ai/tiny:latest", "ai/second:latest"}
+    c.delete("ai/second")
+    assert [m.model for m in c.list().models] == ["ai/tiny:latest"]
+    with pytest.raises(ollama.ResponseError) as e:
+        c.delete("ai/second")
+    assert e.value.status_code == 404
