@@ -110,15 +110,22 @@ pub async fn ps(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
     Ok(json(StatusCode::OK, &ollama::Ps { models }))
 }
 
+/// The model a `{"model": ...}` (or older `{"name": ...}`) body names.
+async fn model_named_in(app: &Arc<App>, req: http::Request<Incoming>) -> Result<String, ApiError> {
+    let (_, body) = read_body(req, app.config.server.max_body_bytes).await?;
+    let named: ollama::ShowIn = parse_json(&body)?;
+    named
+        .model
+        .or(named.name)
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| ApiError::bad_request("\"model\" is required"))
+}
+
 pub async fn show(
     app: &Arc<App>,
     req: http::Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let (_, body) = read_body(req, app.config.server.max_body_bytes).await?;
-    let show: ollama::ShowIn = parse_json(&body)?;
-    let Some(requested) = show.model.or(show.name).filter(|m| !m.is_empty()) else {
-        return Err(ApiError::bad_request("\"model\" is required"));
-    };
+    let requested = model_named_in(app, req).await?;
     let m = app.resolve(&requested).map_err(|e| match e {
         store::StoreError::NotFound(_) => {
             ApiError::not_found(format!("model '{requested}' not found"))
@@ -150,11 +157,7 @@ pub async fn delete(
     app: &Arc<App>,
     req: http::Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let (_, body) = read_body(req, app.config.server.max_body_bytes).await?;
-    let show: ollama::ShowIn = parse_json(&body)?;
-    let Some(requested) = show.model.or(show.name).filter(|m| !m.is_empty()) else {
-        return Err(ApiError::bad_request("\"model\" is required"));
-    };
+    let requested = model_named_in(app, req).await?;
     super::models::delete(app, requested, None).await?;
     Ok(Response::new(super::http::full(Bytes::new())))
 }
