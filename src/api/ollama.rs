@@ -1,6 +1,7 @@
 //! Ollama's native API wire shapes (`/api/chat`, `/api/generate`, `/api/tags`, `/api/show`, `/api/ps`,
-//! `/api/version`) and their typed translation to and from OpenAI chat completions, which every engine speaks.
-//! Pure: no I/O. Durations on the wire are nanoseconds; streaming is NDJSON with a final `done: true` object.
+//! `/api/version`, `/api/delete`) and their typed translation to and from OpenAI chat completions, which every
+//! engine speaks. Fields we do not act on yet (`keep_alive`, `options.num_ctx`, tools, images) are accepted and
+//! ignored. Pure: no I/O. Durations on the wire are nanoseconds; streaming is NDJSON with a final `done: true` object.
 
 use serde::{Deserialize, Serialize};
 
@@ -16,8 +17,6 @@ pub struct Options {
     pub seed: Option<i64>,
     pub presence_penalty: Option<f64>,
     pub frequency_penalty: Option<f64>,
-    /// Accepted; the context size is the runner's (set per model in the config).
-    pub num_ctx: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -35,8 +34,6 @@ pub struct ChatIn {
     pub stream: Option<bool>,
     #[serde(default)]
     pub options: Option<Options>,
-    #[serde(default)]
-    pub keep_alive: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,8 +46,6 @@ pub struct GenerateIn {
     pub stream: Option<bool>,
     #[serde(default)]
     pub options: Option<Options>,
-    #[serde(default)]
-    pub keep_alive: Option<serde_json::Value>,
 }
 
 /// Which Ollama call a translated stream answers: chat puts text in `message.content`, generate in `response`.

@@ -49,24 +49,35 @@ fn digest(m: &Model) -> String {
     m.id.trim_start_matches("sha256:").to_string()
 }
 
+/// Size of the weights file (one stat: run it on the blocking pool when listing the whole store).
+fn weights_size(m: &Model) -> u64 {
+    std::fs::metadata(&m.weights)
+        .map(|md| md.len())
+        .unwrap_or(0)
+}
+
 fn name(m: &Model) -> String {
     m.tags.first().cloned().unwrap_or_else(|| m.id.clone())
 }
 
 pub async fn tags(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
-    let models = blocking(app, |s| s.list()).await?;
+    let models = blocking(app, |s| {
+        let models = s.list()?;
+        Ok(models
+            .into_iter()
+            .map(|m| (weights_size(&m), m))
+            .collect::<Vec<_>>())
+    })
+    .await?;
     // Ollama lists one entry per name, so a model with two tags appears twice.
     let models = models
         .iter()
-        .flat_map(|m| {
-            let size = std::fs::metadata(&m.weights)
-                .map(|md| md.len())
-                .unwrap_or(0);
+        .flat_map(|(size, m)| {
             m.tags.iter().map(move |tag| ollama::TagModel {
                 name: tag.clone(),
                 model: tag.clone(),
                 modified_at: store::rfc3339(m.created),
-                size,
+                size: *size,
                 digest: digest(m),
                 details: details(m),
             })
@@ -98,9 +109,8 @@ pub async fn ps(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
         models.push(ollama::PsModel {
             name: name(&m),
             model: name(&m),
-            size: std::fs::metadata(&m.weights)
-                .map(|md| md.len())
-                .unwrap_or(0),
+            // Running models are few; one stat each.
+            size: weights_size(&m),
             digest: digest(&m),
             details: details(&m),
             expires_at: store::rfc3339(expires),
