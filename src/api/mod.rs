@@ -1,6 +1,7 @@
 //! Wire types: the only place JSON field names of the public APIs live. Each dialect module has its request and
 //! response shapes and renders its own error envelope. No I/O here.
 
+pub mod anthropic;
 pub mod native;
 pub mod ollama;
 pub mod openai;
@@ -13,6 +14,8 @@ pub enum Dialect {
     OpenAi,
     /// Ollama's `/api/...`: `{"error": "..."}`.
     Ollama,
+    /// Anthropic's Messages API: `{"type":"error","error":{"type","message"}}`.
+    Anthropic,
 }
 
 /// What went wrong, classified once at the edge; each dialect renders it its own way.
@@ -52,5 +55,21 @@ pub fn render_error(dialect: Dialect, kind: ErrorKind, message: &str) -> (&'stat
         ),
         Dialect::OpenAi => ("application/json", openai::error_body(kind, message)),
         Dialect::Ollama => ("application/json", ollama::error_body(message)),
+        Dialect::Anthropic => ("application/json", anthropic::error_body(kind, message)),
     }
+}
+
+/// An incremental stream translation: the engine's OpenAI SSE bytes in, as they arrive; the caller's dialect
+/// out, as soon as each engine event is complete. Never collects the stream.
+pub trait StreamTranslate: Send + Sync + 'static {
+    /// Frames to send before the engine's first byte.
+    fn begin(&mut self) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
+    /// Frames for the engine bytes just received.
+    fn feed(&mut self, bytes: &[u8]) -> Vec<Vec<u8>>;
+    /// Frames once the engine's stream has ended cleanly, `total_ns` after the request arrived.
+    fn finish(&mut self, total_ns: u64) -> Vec<Vec<u8>>;
+    /// The frame that reports an engine failing mid-stream; nothing follows it.
+    fn fail(&mut self, message: &str) -> Vec<Vec<u8>>;
 }

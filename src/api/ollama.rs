@@ -1,11 +1,22 @@
-//! Ollama's native API wire shapes (`/api/chat`, `/api/generate`, `/api/tags`, `/api/show`, `/api/ps`,
-//! `/api/version`, `/api/delete`) and their typed translation to and from OpenAI chat completions, which every
-//! engine speaks. Fields we do not act on yet (`keep_alive`, `options.num_ctx`, tools, images) are accepted and
-//! ignored. Pure: no I/O. Durations on the wire are nanoseconds; streaming is NDJSON with a final `done: true` object.
+//! Ollama's native API wire shapes (`/api/chat`, `/api/generate`, `/api/embed`, `/api/embeddings`, `/api/tags`,
+//! `/api/show`, `/api/ps`, `/api/version`, `/api/delete`) and their typed translation to and from OpenAI chat
+//! completions and embeddings, which every engine speaks. Pure: no I/O. Durations on the wire are nanoseconds;
+//! streaming is NDJSON with a final `done: true` object. Tool calls carry `arguments` as an object; images are
+//! bare base64 (sent on as data URLs); `format` is `"json"` or a JSON schema; `think` is accepted and ignored.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use super::openai::{ChatMessage, ChatRequest, ChatResponse, StreamOptions, Timings, Usage};
+use super::openai::{
+    ChatMessage, ChatRequest, ChatResponse, EmbeddingsRequest, FunctionCall, FunctionDef, ImageUrl,
+    JsonSchema, MessageContent, Part, ResponseFormat, SseDecoder, SseItem, StreamOptions, Timings,
+    Tool, ToolCall, ToolCallOut, Usage,
+};
+use super::StreamTranslate;
+use crate::config::KeepAlive;
+use crate::engines::RunnerWishes;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct Options {
@@ -17,6 +28,64 @@ pub struct Options {
     pub seed: Option<i64>,
     pub presence_penalty: Option<f64>,
     pub frequency_penalty: Option<f64>,
+    pub repeat_penalty: Option<f64>,
+    /// The context size to run the model with; a different value reloads it.
+    pub num_ctx: Option<i64>,
+}
+
+/// `keep_alive`: a Go duration string (`"5m"`, `"0"`, `"-1"`) or a number of seconds; negative means forever.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum KeepAliveIn {
+    Seconds(f64),
+    Text(String),
+}
+
+impl KeepAliveIn {
+    pub fn parse(&self) -> Result<KeepAlive, String> {
+        match self {
+            KeepAliveIn::Seconds(s) if *s < 0.0 => Ok(KeepAlive::Forever),
+            KeepAliveIn::Seconds(s) if s.is_finite() && *s < 1e10 => {
+                Ok(KeepAlive::For(std::time::Duration::from_secs_f64(*s)))
+            }
+            KeepAliveIn::Seconds(s) => Err(format!("keep_alive: {s} is out of range")),
+            KeepAliveIn::Text(t) => KeepAlive::parse(t).map_err(|e| format!("keep_alive: {e}")),
+        }
+    }
+}
+
+fn wishes(
+    options: Option<&Options>,
+    keep_alive: Option<&KeepAliveIn>,
+) -> Result<RunnerWishes, String> {
+    let context_size = match options.and_then(|o| o.num_ctx) {
+        None => None,
+        Some(n) if (1..=i64::from(u32::MAX)).contains(&n) => Some(n as u32),
+        Some(n) => {
+            return Err(format!(
+                "options.num_ctx: must be a positive number, got {n}"
+            ))
+        }
+    };
+    let keep_alive = keep_alive.map(KeepAliveIn::parse).transpose()?;
+    Ok(RunnerWishes {
+        context_size,
+        keep_alive,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ToolCallIn {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub function: FunctionIn,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FunctionIn {
+    pub name: String,
+    #[serde(default)]
+    pub arguments: Value,
 }
 
 #[derive(Debug, Deserialize)]
@@ -24,28 +93,128 @@ pub struct Message {
     pub role: String,
     #[serde(default)]
     pub content: String,
+    #[serde(default)]
+    pub images: Vec<String>,
+    #[serde(default)]
+    pub tool_calls: Vec<ToolCallIn>,
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    /// Which tool a `role: "tool"` message answers (Ollama's spelling).
+    #[serde(default)]
+    pub tool_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ToolDef {
+    pub function: ToolFunction,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ToolFunction {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub parameters: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct ChatIn {
+    #[serde(default)]
     pub model: String,
     #[serde(default)]
     pub messages: Vec<Message>,
     pub stream: Option<bool>,
     #[serde(default)]
     pub options: Option<Options>,
+    #[serde(default)]
+    pub format: Option<Value>,
+    #[serde(default)]
+    pub tools: Vec<ToolDef>,
+    #[serde(default)]
+    pub keep_alive: Option<KeepAliveIn>,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct GenerateIn {
+    #[serde(default)]
     pub model: String,
     #[serde(default)]
     pub prompt: String,
     #[serde(default)]
     pub system: Option<String>,
+    #[serde(default)]
+    pub images: Vec<String>,
     pub stream: Option<bool>,
     #[serde(default)]
     pub options: Option<Options>,
+    #[serde(default)]
+    pub format: Option<Value>,
+    #[serde(default)]
+    pub keep_alive: Option<KeepAliveIn>,
+}
+
+/// `input` of `/api/embed`: one text or several.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Input {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EmbedIn {
+    #[serde(default)]
+    pub model: String,
+    pub input: Option<Input>,
+    /// The legacy `/api/embeddings` spelling.
+    #[serde(default)]
+    pub prompt: Option<String>,
+    #[serde(default)]
+    pub options: Option<Options>,
+    #[serde(default)]
+    pub keep_alive: Option<KeepAliveIn>,
+    #[serde(default)]
+    pub dimensions: Option<u32>,
+}
+
+impl EmbedIn {
+    pub fn texts(&self) -> Vec<String> {
+        match (&self.input, &self.prompt) {
+            (Some(Input::One(s)), _) => vec![s.clone()],
+            (Some(Input::Many(v)), _) => v.clone(),
+            (None, Some(p)) => vec![p.clone()],
+            (None, None) => Vec::new(),
+        }
+    }
+
+    pub fn wishes(&self) -> Result<RunnerWishes, String> {
+        wishes(self.options.as_ref(), self.keep_alive.as_ref())
+    }
+
+    pub fn to_openai(&self) -> EmbeddingsRequest {
+        EmbeddingsRequest {
+            model: self.model.clone(),
+            input: self.texts(),
+            dimensions: self.dimensions,
+        }
+    }
+}
+
+/// `/api/embed`'s answer.
+#[derive(Debug, Serialize)]
+pub struct EmbedOut {
+    pub model: String,
+    pub embeddings: Vec<Vec<f32>>,
+    pub total_duration: u64,
+    pub load_duration: u64,
+    pub prompt_eval_count: u64,
+}
+
+/// `/api/embeddings`' (legacy) answer.
+#[derive(Debug, Serialize)]
+pub struct EmbeddingOut {
+    pub embedding: Vec<f32>,
 }
 
 /// Which Ollama call a translated stream answers: chat puts text in `message.content`, generate in `response`.
@@ -55,23 +224,140 @@ pub enum Call {
     Generate,
 }
 
+/// Ollama sends bare base64; OpenAI-style engines want a data URL with the media type, read off the magic bytes.
+fn image_part(b64: &str) -> Part {
+    let media = [
+        ("iVBORw0KGgo", "image/png"),
+        ("/9j/", "image/jpeg"),
+        ("R0lGOD", "image/gif"),
+        ("UklGR", "image/webp"),
+    ]
+    .iter()
+    .find(|(magic, _)| b64.starts_with(magic))
+    .map_or("image/jpeg", |(_, m)| m);
+    Part::ImageUrl {
+        image_url: ImageUrl {
+            url: format!("data:{media};base64,{b64}"),
+        },
+    }
+}
+
+fn content(text: &str, images: &[String]) -> MessageContent {
+    if images.is_empty() {
+        return MessageContent::Text(text.to_string());
+    }
+    let mut parts: Vec<Part> = images.iter().map(|i| image_part(i)).collect();
+    if !text.is_empty() {
+        parts.push(Part::Text {
+            text: text.to_string(),
+        });
+    }
+    MessageContent::Parts(parts)
+}
+
+fn response_format(format: Option<&Value>) -> Result<Option<ResponseFormat>, String> {
+    match format {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) if s == "json" => Ok(Some(ResponseFormat::JsonObject)),
+        Some(schema @ Value::Object(_)) => Ok(Some(ResponseFormat::JsonSchema {
+            json_schema: JsonSchema {
+                name: "schema".into(),
+                schema: schema.clone(),
+                strict: true,
+            },
+        })),
+        Some(other) => Err(format!(
+            "format: expected \"json\" or a JSON schema object, got {other}"
+        )),
+    }
+}
+
 impl ChatIn {
     /// Ollama streams unless told not to.
     pub fn streaming(&self) -> bool {
         self.stream.unwrap_or(true)
     }
 
-    pub fn to_openai(&self) -> ChatRequest {
-        let messages = self.messages.iter().map(|m| ChatMessage {
-            role: m.role.clone(),
-            content: m.content.clone(),
-        });
-        openai_request(
+    pub fn wishes(&self) -> Result<RunnerWishes, String> {
+        wishes(self.options.as_ref(), self.keep_alive.as_ref())
+    }
+
+    /// The OpenAI chat request, or the message of a 400.
+    pub fn to_openai(&self) -> Result<ChatRequest, String> {
+        let mut messages = Vec::new();
+        for (i, m) in self.messages.iter().enumerate() {
+            let tool_calls: Vec<ToolCall> = m
+                .tool_calls
+                .iter()
+                .enumerate()
+                .map(|(n, c)| ToolCall {
+                    id: c.id.clone().unwrap_or_else(|| format!("call_{i}_{n}")),
+                    kind: "function",
+                    function: FunctionCall {
+                        name: c.function.name.clone(),
+                        arguments: match &c.function.arguments {
+                            Value::String(s) => s.clone(),
+                            Value::Null => "{}".into(),
+                            v => v.to_string(),
+                        },
+                    },
+                })
+                .collect();
+            let tool_call_id = match m.role.as_str() {
+                "tool" => m.tool_call_id.clone().or_else(|| {
+                    // Ollama names the tool, not the call: answer the latest call of that name.
+                    let name = m.tool_name.as_deref()?;
+                    messages.iter().rev().find_map(|prev: &ChatMessage| {
+                        prev.tool_calls
+                            .iter()
+                            .find(|c| c.function.name == name)
+                            .map(|c| c.id.clone())
+                    })
+                }),
+                "system" | "user" | "assistant" => None,
+                other => {
+                    return Err(format!(
+                    "messages[{i}].role: unknown role {other:?} (system, user, assistant or tool)"
+                ))
+                }
+            };
+            let content = if m.content.is_empty() && !tool_calls.is_empty() {
+                None
+            } else {
+                Some(content(&m.content, &m.images))
+            };
+            messages.push(ChatMessage {
+                role: m.role.clone(),
+                content,
+                tool_calls,
+                tool_call_id,
+            });
+        }
+        let mut req = openai_request(
             &self.model,
-            messages.collect(),
+            messages,
             self.options.as_ref(),
             self.streaming(),
-        )
+        );
+        req.response_format = response_format(self.format.as_ref())?;
+        req.tools = self
+            .tools
+            .iter()
+            .map(|t| Tool {
+                kind: "function",
+                function: FunctionDef {
+                    name: t.function.name.clone(),
+                    description: t.function.description.clone(),
+                    parameters: t
+                        .function
+                        .parameters
+                        .clone()
+                        .unwrap_or_else(|| serde_json::json!({"type": "object"})),
+                },
+            })
+            .collect();
+        Ok(req)
     }
 }
 
@@ -80,24 +366,29 @@ impl GenerateIn {
         self.stream.unwrap_or(true)
     }
 
-    pub fn to_openai(&self) -> ChatRequest {
+    pub fn wishes(&self) -> Result<RunnerWishes, String> {
+        wishes(self.options.as_ref(), self.keep_alive.as_ref())
+    }
+
+    pub fn to_openai(&self) -> Result<ChatRequest, String> {
         let mut messages = Vec::new();
         if let Some(system) = self.system.as_ref().filter(|s| !s.is_empty()) {
-            messages.push(ChatMessage {
-                role: "system".into(),
-                content: system.clone(),
-            });
+            messages.push(ChatMessage::text("system", system.clone()));
         }
         messages.push(ChatMessage {
             role: "user".into(),
-            content: self.prompt.clone(),
+            content: Some(content(&self.prompt, &self.images)),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
         });
-        openai_request(
+        let mut req = openai_request(
             &self.model,
             messages,
             self.options.as_ref(),
             self.streaming(),
-        )
+        );
+        req.response_format = response_format(self.format.as_ref())?;
+        Ok(req)
     }
 }
 
@@ -125,6 +416,8 @@ fn openai_request(
         seed: o.seed,
         presence_penalty: o.presence_penalty,
         frequency_penalty: o.frequency_penalty,
+        repeat_penalty: o.repeat_penalty,
+        ..ChatRequest::default()
     }
 }
 
@@ -144,6 +437,43 @@ pub struct Totals {
 pub struct OutMessage {
     pub role: &'static str,
     pub content: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<OutToolCall>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutToolCall {
+    pub function: OutFunction,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutFunction {
+    pub index: usize,
+    pub name: String,
+    /// An object, unlike OpenAI's JSON text.
+    pub arguments: Value,
+}
+
+/// Tool calls as Ollama shows them, from an engine's (whole or reassembled) OpenAI calls.
+pub fn tool_calls(calls: &[ToolCallOut]) -> Vec<OutToolCall> {
+    calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let args = c.function.arguments.as_deref().unwrap_or_default();
+            OutToolCall {
+                function: OutFunction {
+                    index: c.index.unwrap_or(i),
+                    name: c.function.name.clone().unwrap_or_default(),
+                    arguments: match serde_json::from_str::<Value>(args) {
+                        Ok(v @ Value::Object(_)) => v,
+                        _ if args.trim().is_empty() => serde_json::json!({}),
+                        _ => serde_json::json!({ "arguments": args }),
+                    },
+                },
+            }
+        })
+        .collect()
 }
 
 /// One object of a chat or generate answer (a stream line, or the whole answer when not streaming).
@@ -186,6 +516,7 @@ impl Out {
                 Some(OutMessage {
                     role: "assistant",
                     content: text,
+                    tool_calls: Vec::new(),
                 }),
                 None,
             ),
@@ -207,6 +538,22 @@ impl Out {
         }
     }
 
+    /// The answer to an empty request, which only loads (`"load"`) or unloads (`"unload"`) the model.
+    pub fn lifecycle(call: Call, model: &str, created_at: &str, reason: &str) -> Out {
+        let mut out = Out::new(call, model, created_at, String::new(), None);
+        out.done = true;
+        out.done_reason = Some(reason.to_string());
+        out
+    }
+
+    /// Adds tool calls (chat only: generate has nowhere to put them).
+    pub fn with_tool_calls(mut self, calls: Vec<OutToolCall>) -> Out {
+        if let Some(m) = self.message.as_mut() {
+            m.tool_calls = calls;
+        }
+        self
+    }
+
     pub fn to_line(&self) -> Vec<u8> {
         let mut line = serde_json::to_vec(self).unwrap_or_default();
         line.push(b'\n');
@@ -223,84 +570,123 @@ pub fn done_reason(finish_reason: Option<&str>) -> String {
 }
 
 /// Turns an engine's OpenAI SSE stream into Ollama NDJSON lines, incrementally: bytes in as they arrive, lines
-/// out as soon as an event is complete. Never collects the stream.
+/// out as soon as an event is complete. Tool calls arrive in pieces; they are reassembled and sent in one line
+/// when the engine finishes, as Ollama sends whole calls.
 pub struct StreamTranslator {
     call: Call,
     model: String,
     created_at: String,
-    buf: Vec<u8>,
+    load_ns: u64,
+    sse: SseDecoder,
     usage: Usage,
     timings: Option<Timings>,
     finish_reason: Option<String>,
+    calls: BTreeMap<usize, ToolCallOut>,
 }
 
 impl StreamTranslator {
-    pub fn new(call: Call, model: &str, created_at: &str) -> Self {
+    pub fn new(call: Call, model: &str, created_at: &str, load_ns: u64) -> Self {
         StreamTranslator {
             call,
             model: model.to_string(),
             created_at: created_at.to_string(),
-            buf: Vec::new(),
+            load_ns,
+            sse: SseDecoder::default(),
             usage: Usage::default(),
             timings: None,
             finish_reason: None,
+            calls: BTreeMap::new(),
         }
     }
 
-    /// Feeds engine bytes; returns the NDJSON lines of every event they complete.
-    pub fn feed(&mut self, bytes: &[u8]) -> Vec<Vec<u8>> {
-        self.buf.extend_from_slice(bytes);
+    fn out(&self, text: String) -> Out {
+        Out::new(self.call, &self.model, &self.created_at, text, None)
+    }
+
+    fn chunk(&mut self, chunk: &ChatResponse, lines: &mut Vec<Vec<u8>>) {
+        if let Some(u) = chunk.usage {
+            self.usage = u;
+        }
+        if chunk.timings.is_some() {
+            self.timings = chunk.timings;
+        }
+        let text = chunk.text();
+        if !text.is_empty() {
+            lines.push(self.out(text).to_line());
+        }
+        for piece in chunk
+            .content()
+            .map(|c| c.tool_calls.as_slice())
+            .unwrap_or_default()
+        {
+            let n = piece.index.unwrap_or(self.calls.len());
+            let call = self.calls.entry(n).or_default();
+            call.index = Some(n);
+            if piece.id.is_some() {
+                call.id.clone_from(&piece.id);
+            }
+            if let Some(name) = &piece.function.name {
+                call.function
+                    .name
+                    .get_or_insert_with(String::new)
+                    .push_str(name);
+            }
+            if let Some(args) = &piece.function.arguments {
+                call.function
+                    .arguments
+                    .get_or_insert_with(String::new)
+                    .push_str(args);
+            }
+        }
+        if let Some(r) = chunk.finish_reason() {
+            self.finish_reason = Some(r.to_string());
+            if !self.calls.is_empty() {
+                let calls: Vec<ToolCallOut> =
+                    std::mem::take(&mut self.calls).into_values().collect();
+                lines.push(
+                    self.out(String::new())
+                        .with_tool_calls(tool_calls(&calls))
+                        .to_line(),
+                );
+            }
+        }
+    }
+}
+
+impl StreamTranslate for StreamTranslator {
+    fn feed(&mut self, bytes: &[u8]) -> Vec<Vec<u8>> {
         let mut lines = Vec::new();
-        while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
-            let event: Vec<u8> = self.buf.drain(..end + 2).collect();
-            for data in event
-                .split(|b| *b == b'\n')
-                .filter_map(|l| l.strip_prefix(b"data:"))
-            {
-                let data = data.trim_ascii();
-                if data == b"[DONE]" {
-                    continue;
-                }
-                let Ok(chunk) = serde_json::from_slice::<ChatResponse>(data) else {
-                    continue;
-                };
-                if let Some(u) = chunk.usage {
-                    self.usage = u;
-                }
-                if chunk.timings.is_some() {
-                    self.timings = chunk.timings;
-                }
-                if let Some(r) = chunk.finish_reason() {
-                    self.finish_reason = Some(r.to_string());
-                }
-                let text = chunk.text();
-                if !text.is_empty() {
-                    lines.push(
-                        Out::new(self.call, &self.model, &self.created_at, text, None).to_line(),
-                    );
-                }
+        for item in self.sse.push(bytes) {
+            if let SseItem::Chunk(chunk) = item {
+                self.chunk(&chunk, &mut lines);
             }
         }
         lines
     }
 
     /// The final `done: true` line.
-    pub fn finish(&self, total_ns: u64, load_ns: u64) -> Vec<u8> {
+    fn finish(&mut self, total_ns: u64) -> Vec<Vec<u8>> {
         let totals = totals(
             self.usage,
             self.timings,
             self.finish_reason.as_deref(),
             total_ns,
-            load_ns,
+            self.load_ns,
         );
-        Out::new(
+        vec![Out::new(
             self.call,
             &self.model,
             &self.created_at,
             String::new(),
             Some(&totals),
         )
-        .to_line()
+        .to_line()]
+    }
+
+    fn fail(&mut self, message: &str) -> Vec<Vec<u8>> {
+        let mut line = error_body(message);
+        line.push(b'\n');
+        vec![line]
     }
 }
 
@@ -397,6 +783,108 @@ pub fn error_body(message: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn tools_images_and_format_translate() {
+        let req: ChatIn = serde_json::from_value(json!({
+            "model": "m", "stream": false, "format": "json",
+            "messages": [
+                {"role": "user", "content": "what is in it?", "images": ["iVBORw0KGgoAAA", "/9j/4AAQ"]},
+                {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "look", "arguments": {"x": 1}}}]},
+                {"role": "tool", "content": "a cat", "tool_name": "look"}
+            ],
+            "tools": [{"type": "function", "function": {"name": "look", "description": "d", "parameters": {"type": "object"}}}]
+        }))
+        .unwrap();
+        let v = serde_json::to_value(req.to_openai().unwrap()).unwrap();
+        assert_eq!(
+            v["messages"],
+            json!([
+                {"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgoAAA"}},
+                    {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/4AAQ"}},
+                    {"type": "text", "text": "what is in it?"}
+                ]},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_1_0", "type": "function", "function": {"name": "look", "arguments": "{\"x\":1}"}}
+                ]},
+                {"role": "tool", "content": "a cat", "tool_call_id": "call_1_0"}
+            ])
+        );
+        assert_eq!(v["response_format"], json!({"type": "json_object"}));
+        assert_eq!(v["tools"][0]["function"]["name"], "look");
+        let schema: GenerateIn = serde_json::from_value(json!({
+            "model": "m", "prompt": "p", "format": {"type": "object", "properties": {"a": {"type": "number"}}}
+        }))
+        .unwrap();
+        let v = serde_json::to_value(schema.to_openai().unwrap()).unwrap();
+        assert_eq!(v["response_format"]["type"], "json_schema");
+        assert_eq!(
+            v["response_format"]["json_schema"]["schema"]["properties"]["a"]["type"],
+            "number"
+        );
+        let bad: GenerateIn =
+            serde_json::from_value(json!({"model": "m", "format": "yaml"})).unwrap();
+        assert!(bad.to_openai().unwrap_err().starts_with("format:"));
+        let bad: ChatIn = serde_json::from_value(
+            json!({"model": "m", "messages": [{"role": "robot", "content": "x"}]}),
+        )
+        .unwrap();
+        assert!(bad.to_openai().unwrap_err().contains("unknown role"));
+    }
+
+    #[test]
+    fn keep_alive_and_num_ctx_become_runner_wishes() {
+        let w = |v: serde_json::Value| serde_json::from_value::<GenerateIn>(v).unwrap().wishes();
+        assert_eq!(
+            w(json!({"model": "m", "keep_alive": "10m", "options": {"num_ctx": 2048}})).unwrap(),
+            RunnerWishes {
+                context_size: Some(2048),
+                keep_alive: Some(KeepAlive::For(std::time::Duration::from_secs(600)))
+            }
+        );
+        assert_eq!(
+            w(json!({"model": "m", "keep_alive": 0}))
+                .unwrap()
+                .keep_alive,
+            Some(KeepAlive::For(std::time::Duration::ZERO))
+        );
+        assert_eq!(
+            w(json!({"model": "m", "keep_alive": -1}))
+                .unwrap()
+                .keep_alive,
+            Some(KeepAlive::Forever)
+        );
+        assert_eq!(
+            w(json!({"model": "m", "keep_alive": "-1m"}))
+                .unwrap()
+                .keep_alive,
+            Some(KeepAlive::Forever)
+        );
+        assert_eq!(w(json!({"model": "m"})).unwrap(), RunnerWishes::default());
+        assert!(w(json!({"model": "m", "keep_alive": "soon"})).is_err());
+        assert!(w(json!({"model": "m", "options": {"num_ctx": 0}})).is_err());
+    }
+
+    #[test]
+    fn streamed_tool_calls_are_reassembled_into_one_line_with_object_arguments() {
+        let sse = concat!(
+            "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"c\",\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"a\\\":\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"2}\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n",
+            "data: [DONE]\n\n"
+        );
+        let mut t = StreamTranslator::new(Call::Chat, "m", "now", 0);
+        let lines = t.feed(sse.as_bytes());
+        assert_eq!(lines.len(), 1);
+        let v: serde_json::Value = serde_json::from_slice(&lines[0]).unwrap();
+        assert_eq!(
+            v["message"]["tool_calls"],
+            json!([{"function": {"index": 0, "name": "f", "arguments": {"a": 2}}}])
+        );
+        assert_eq!(v["done"], false);
+    }
 
     #[test]
     fn chat_translates_options_and_streams_by_default() {
@@ -406,7 +894,7 @@ mod tests {
         )
         .unwrap();
         assert!(req.streaming());
-        let v = serde_json::to_value(req.to_openai()).unwrap();
+        let v = serde_json::to_value(req.to_openai().unwrap()).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"model":"tiny","messages":[{"role":"user","content":"hi"}],"stream":true,
@@ -420,7 +908,7 @@ mod tests {
             r#"{"model":"tiny","prompt":"p","system":"s","stream":false,"options":{"num_predict":-1}}"#,
         )
         .unwrap();
-        let v = serde_json::to_value(req.to_openai()).unwrap();
+        let v = serde_json::to_value(req.to_openai().unwrap()).unwrap();
         assert_eq!(
             v["messages"],
             serde_json::json!([{"role":"system","content":"s"},{"role":"user","content":"p"}])
@@ -442,7 +930,7 @@ mod tests {
             "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":2}}\n\n",
             "data: [DONE]\n\n"
         );
-        let mut t = StreamTranslator::new(Call::Chat, "ai/tiny:latest", "now");
+        let mut t = StreamTranslator::new(Call::Chat, "ai/tiny:latest", "now", 10);
         let mut lines = Vec::new();
         for piece in sse.as_bytes().chunks(13) {
             lines.extend(t.feed(piece));
@@ -455,7 +943,7 @@ mod tests {
         assert_eq!(texts[0]["message"]["content"], "Hel");
         assert_eq!(texts[1]["message"]["content"], "lo");
         assert!(texts.iter().all(|v| v["done"] == false));
-        let last: serde_json::Value = serde_json::from_slice(&t.finish(100, 10)).unwrap();
+        let last: serde_json::Value = serde_json::from_slice(&t.finish(100).concat()).unwrap();
         assert_eq!(last["done"], true);
         assert_eq!(last["done_reason"], "length");
         assert_eq!(last["prompt_eval_count"], 7);

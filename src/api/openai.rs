@@ -15,7 +15,7 @@ pub struct RequestHead {
 }
 
 /// A chat completion request we build ourselves (when translating from another dialect).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<ChatMessage>,
@@ -39,12 +39,148 @@ pub struct ChatRequest {
     pub presence_penalty: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub frequency_penalty: Option<f64>,
+    /// Not OpenAI's; llama-server and vLLM accept it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeat_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<Tool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<ToolChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<ResponseFormat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// llama-server only: with `response_fields`, adds `__verbose.{stop_type, stopping_word}` to the answer, which
+    /// is how we learn which stop sequence ended a generation (OpenAI's `finish_reason` only says "stop").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verbose: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_fields: Option<Vec<&'static str>>,
 }
 
-#[derive(Debug, Serialize)]
+impl ChatRequest {
+    /// Whether any message carries an image.
+    pub fn has_images(&self) -> bool {
+        self.messages.iter().any(|m| match &m.content {
+            Some(MessageContent::Parts(parts)) => {
+                parts.iter().any(|p| matches!(p, Part::ImageUrl { .. }))
+            }
+            _ => false,
+        })
+    }
+
+    /// Asks llama-server to say which stop word ended the generation (see `verbose`). vLLM reports it unasked
+    /// in `choices[].stop_reason`; other engines ignore the two fields.
+    pub fn report_stop_word(&mut self) {
+        self.verbose = Some(true);
+        self.response_fields = Some(vec!["stop_type", "stopping_word"]);
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ChatMessage {
     pub role: String,
-    pub content: String,
+    /// `None` only for an assistant turn that is nothing but tool calls.
+    pub content: Option<MessageContent>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl ChatMessage {
+    pub fn text(role: &str, text: impl Into<String>) -> Self {
+        ChatMessage {
+            role: role.to_string(),
+            content: Some(MessageContent::Text(text.into())),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum MessageContent {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Part {
+    Text { text: String },
+    ImageUrl { image_url: ImageUrl },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ImageUrl {
+    /// An `http(s)://` address or a `data:<media type>;base64,<data>` URL.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCall,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FunctionCall {
+    pub name: String,
+    /// A JSON text, as OpenAI has it.
+    pub arguments: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Tool {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionDef,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FunctionDef {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub parameters: serde_json::Value,
+}
+
+/// `"auto" | "required" | "none"` or one named function.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum ToolChoice {
+    Mode(&'static str),
+    Function {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        function: NamedFunction,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NamedFunction {
+    pub name: String,
+}
+
+/// Structured output: any JSON object, or one matching a schema.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    JsonObject,
+    JsonSchema { json_schema: JsonSchema },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JsonSchema {
+    pub name: String,
+    pub schema: serde_json::Value,
+    pub strict: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -52,9 +188,40 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
+/// `POST /v1/embeddings`, built when translating Ollama's embedding calls.
+#[derive(Debug, Serialize)]
+pub struct EmbeddingsRequest {
+    pub model: String,
+    pub input: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EmbeddingsResponse {
+    pub data: Vec<Embedding>,
+    #[serde(default)]
+    pub usage: Option<Usage>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Embedding {
+    #[serde(default)]
+    pub index: usize,
+    pub embedding: Vec<f32>,
+}
+
+/// llama-server's and vLLM's token count for a chat request (`/v1/chat/completions/input_tokens`).
+#[derive(Debug, Deserialize)]
+pub struct InputTokens {
+    pub input_tokens: u64,
+}
+
 /// The parts of a chat completion (or of one stream chunk) that translations read.
 #[derive(Debug, Default, Deserialize)]
 pub struct ChatResponse {
+    #[serde(default)]
+    pub id: String,
     #[serde(default)]
     pub choices: Vec<Choice>,
     #[serde(default)]
@@ -62,6 +229,9 @@ pub struct ChatResponse {
     /// llama-server's extension: prompt and generation times.
     #[serde(default)]
     pub timings: Option<Timings>,
+    /// llama-server's debug fields, present when asked for with `ChatRequest::report_stop_word`.
+    #[serde(default, rename = "__verbose")]
+    pub verbose: Option<Verbose>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -74,12 +244,47 @@ pub struct Choice {
     pub delta: Option<Content>,
     #[serde(default)]
     pub finish_reason: Option<String>,
+    /// vLLM's extension: the stop string (or token id) that ended the generation.
+    #[serde(default)]
+    pub stop_reason: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 pub struct Content {
     #[serde(default)]
     pub content: Option<String>,
+    /// Chain of thought, as llama-server and vLLM split it out of reasoning models' answers.
+    #[serde(default)]
+    pub reasoning_content: Option<String>,
+    #[serde(default)]
+    pub tool_calls: Vec<ToolCallOut>,
+}
+
+/// A tool call in an answer; in a stream chunk only `index` is sure to be there, the rest comes in pieces.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct ToolCallOut {
+    #[serde(default)]
+    pub index: Option<usize>,
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub function: FunctionOut,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct FunctionOut {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub arguments: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Verbose {
+    #[serde(default)]
+    pub stop_type: Option<String>,
+    #[serde(default)]
+    pub stopping_word: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
@@ -88,6 +293,20 @@ pub struct Usage {
     pub prompt_tokens: u64,
     #[serde(default)]
     pub completion_tokens: u64,
+    #[serde(default)]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+pub struct PromptTokensDetails {
+    #[serde(default)]
+    pub cached_tokens: u64,
+}
+
+impl Usage {
+    pub fn cached_tokens(&self) -> u64 {
+        self.prompt_tokens_details.map_or(0, |d| d.cached_tokens)
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
@@ -101,15 +320,84 @@ pub struct Timings {
 impl ChatResponse {
     /// The text of the first choice (whole message or delta).
     pub fn text(&self) -> String {
-        self.choices
-            .first()
-            .and_then(|c| c.message.as_ref().or(c.delta.as_ref()))
+        self.content()
             .and_then(|m| m.content.clone())
             .unwrap_or_default()
     }
 
     pub fn finish_reason(&self) -> Option<&str> {
         self.choices.iter().find_map(|c| c.finish_reason.as_deref())
+    }
+
+    /// The first choice's message (whole answers) or delta (stream chunks).
+    pub fn content(&self) -> Option<&Content> {
+        self.choices
+            .first()
+            .and_then(|c| c.message.as_ref().or(c.delta.as_ref()))
+    }
+
+    /// The stop sequence that ended the generation, when the engine says so: vLLM's `stop_reason` string, or
+    /// llama-server's `__verbose.stopping_word`.
+    pub fn stop_sequence(&self) -> Option<String> {
+        let from_vllm = self
+            .choices
+            .iter()
+            .find_map(|c| c.stop_reason.as_ref()?.as_str().map(str::to_string));
+        let from_llama = self
+            .verbose
+            .as_ref()
+            .filter(|v| v.stop_type.as_deref() == Some("word"))
+            .and_then(|v| v.stopping_word.clone());
+        from_vllm.or(from_llama).filter(|s| !s.is_empty())
+    }
+}
+
+/// One item of an engine's OpenAI SSE stream.
+#[derive(Debug)]
+pub enum SseItem {
+    Chunk(Box<ChatResponse>),
+    /// `data: [DONE]`.
+    Done,
+}
+
+/// Splits an SSE byte stream into events as they complete and parses their `data:` lines as chat chunks. Bytes
+/// may arrive cut anywhere; comments, pings and unparsable data are skipped.
+#[derive(Debug, Default)]
+pub struct SseDecoder {
+    buf: Vec<u8>,
+    /// How far `buf` was already searched for an event end.
+    scanned: usize,
+}
+
+impl SseDecoder {
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<SseItem> {
+        self.buf.extend_from_slice(bytes);
+        let mut items = Vec::new();
+        loop {
+            let from = self.scanned.saturating_sub(1);
+            let Some(end) = self.buf[from..]
+                .windows(2)
+                .position(|w| w == b"\n\n")
+                .map(|p| p + from)
+            else {
+                self.scanned = self.buf.len();
+                break;
+            };
+            let event: Vec<u8> = self.buf.drain(..end + 2).collect();
+            self.scanned = 0;
+            for data in event
+                .split(|b| *b == b'\n')
+                .filter_map(|l| l.strip_prefix(b"data:"))
+            {
+                let data = data.trim_ascii();
+                if data == b"[DONE]" {
+                    items.push(SseItem::Done);
+                } else if let Ok(chunk) = serde_json::from_slice::<ChatResponse>(data) {
+                    items.push(SseItem::Chunk(Box::new(chunk)));
+                }
+            }
+        }
+        items
     }
 }
 

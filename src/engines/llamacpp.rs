@@ -10,6 +10,9 @@ use super::{LaunchSpec, Mode};
 /// The engine's name in URLs (`/engines/llama.cpp/v1/...`) and in `/engines/ps`.
 pub const NAME: &str = "llama.cpp";
 
+/// Counts the tokens of an OpenAI chat request with the chat template applied: `{"input_tokens": N}`.
+pub const COUNT_TOKENS_PATH: &str = "/v1/chat/completions/input_tokens";
+
 /// Arguments after the binary name.
 pub fn argv(spec: &LaunchSpec, port: u16) -> Vec<String> {
     let mut args: Vec<String> = vec![

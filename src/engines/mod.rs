@@ -40,6 +40,14 @@ pub struct LaunchSpec {
     pub keep_alive: KeepAlive,
 }
 
+/// What a request asks of its runner beyond the model (Ollama's `options.num_ctx` and `keep_alive`): they
+/// override the configured settings for this request, and a different context size reloads the runner.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunnerWishes {
+    pub context_size: Option<u32>,
+    pub keep_alive: Option<KeepAlive>,
+}
+
 /// Timeouts for a runner's life cycle.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {

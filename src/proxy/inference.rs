@@ -11,7 +11,7 @@ use super::forward::forward;
 use super::http::{parse_json, read_body, ApiError, Body};
 use super::App;
 use crate::api::{openai, ErrorKind};
-use crate::engines::{LaunchSpec, Mode};
+use crate::engines::{LaunchSpec, Mode, RunnerWishes};
 use crate::scheduler::{AcquireError, Lease, RunnerKey};
 use crate::store::StoreError;
 
@@ -27,7 +27,7 @@ pub async fn handle(
         Some(m) if !m.is_empty() => m,
         _ => return Err(ApiError::bad_request("\"model\" is required")),
     };
-    let (lease, name) = acquire(app, &requested, mode).await?;
+    let (lease, name) = acquire(app, &requested, mode, &RunnerWishes::default()).await?;
     let path_and_query = match parts.uri.query() {
         Some(q) => format!("{upstream}?{q}"),
         None => upstream,
@@ -45,11 +45,13 @@ pub async fn handle(
 }
 
 /// Resolves `requested` in the store and waits for a lease on a ready runner for it (starting one if needed).
-/// Returns the lease and the model's display name.
+/// `wishes` override the configured context size and keep-alive for this request. Returns the lease and the
+/// model's display name.
 pub async fn acquire(
     app: &Arc<App>,
     requested: &str,
     mode: Mode,
+    wishes: &RunnerWishes,
 ) -> Result<(Lease, String), ApiError> {
     let model = app.resolve(requested).map_err(|e| match e {
         StoreError::NotFound(_) => ApiError::not_found(format!("model {requested:?} not found")),
@@ -64,12 +66,14 @@ pub async fn acquire(
             .unwrap_or_else(|| model.id.clone()),
         model_path: model.weights.clone(),
         mode,
-        context_size: settings
+        context_size: wishes
             .context_size
+            .or(settings.context_size)
             .unwrap_or(crate::config::DEFAULT_CONTEXT_SIZE),
         runtime_flags: settings.runtime_flags,
-        keep_alive: settings
+        keep_alive: wishes
             .keep_alive
+            .or(settings.keep_alive)
             .unwrap_or(app.config.scheduler.keep_alive),
     };
     let name = launch.model_name.clone();

@@ -1,13 +1,16 @@
 //! The HTTP front: accepts connections (HTTP/1.1, keep-alive, TCP_NODELAY), routes each request to its handler,
 //! renders every error in the caller's dialect, and drains in-flight requests on shutdown. Handlers live in
-//! `models`, `inference` and `engines`; body and error plumbing in `http`; the engine client in `forward`.
+//! `models`, `inference` (OpenAI pass-through), `anthropic`, `ollama` and `engines`; body and error plumbing in
+//! `http`; the engine client in `forward`; calls translated from another dialect in `translated`.
 
+mod anthropic;
 mod engines;
 mod forward;
 pub mod http;
 mod inference;
 mod models;
 mod ollama;
+mod translated;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -125,7 +128,11 @@ impl Server {
 /// Routes one request and renders any error in the dialect of its route.
 async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
-    let dialect = if path.starts_with("/engines/") || path.starts_with("/v1/") {
+    let anthropic = path.starts_with("/anthropic/")
+        || openai_route(&path).is_some_and(|(_, rest)| rest.starts_with("messages"));
+    let dialect = if anthropic {
+        Dialect::Anthropic
+    } else if path.starts_with("/engines/") || path.starts_with("/v1/") {
         Dialect::OpenAi
     } else if path.starts_with("/api/") {
         Dialect::Ollama
@@ -168,6 +175,8 @@ async fn dispatch(
             (&Method::POST, "embeddings") => {
                 inference::handle(app, req, Mode::Embedding, format!("/v1/{rest}")).await
             }
+            (&Method::POST, "messages") => anthropic::messages(app, req).await,
+            (&Method::POST, "messages/count_tokens") => anthropic::count_tokens(app, req).await,
             _ => Err(ApiError::not_found(format!("no route for {method} {path}"))),
         };
     }
@@ -191,6 +200,12 @@ async fn dispatch(
         (&Method::POST, "/api/chat") => ollama::chat(app, req).await,
         (&Method::POST, "/api/generate") => ollama::generate(app, req).await,
         (&Method::DELETE, "/api/delete") => ollama::delete(app, req).await,
+        (&Method::POST, "/api/embed") => ollama::embed(app, req, false).await,
+        (&Method::POST, "/api/embeddings") => ollama::embed(app, req, true).await,
+        (&Method::POST, "/anthropic/v1/messages") => anthropic::messages(app, req).await,
+        (&Method::POST, "/anthropic/v1/messages/count_tokens") => {
+            anthropic::count_tokens(app, req).await
+        }
         (&Method::GET, p) if p.starts_with("/models/") => {
             models::get_native(app, percent_decode(&p[8..])?).await
         }

@@ -2,27 +2,22 @@
 //! runner, and answers translated back — NDJSON lines as the engine's SSE frames arrive when streaming (Ollama's
 //! default), one JSON object otherwise. Model listing and details come from the store and the scheduler.
 
-use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
-use http_body::Frame;
-use http_body_util::BodyExt;
+use http::{Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::forward::send;
-use super::http::{json, parse_json, read_body, ApiError, Body, BoxError};
+use super::http::{json, parse_json, read_body, ApiError, Body};
 use super::inference::acquire;
 use super::models::blocking;
-use super::App;
+use super::{translated, App};
 use crate::api::ollama::{self, Call, StreamTranslator};
-use crate::api::{openai, ErrorKind};
-use crate::engines::Mode;
-use crate::scheduler::Lease;
+use crate::api::openai;
+use crate::config::KeepAlive;
+use crate::engines::{Mode, RunnerWishes};
+use crate::scheduler::Selector;
 use crate::store::{self, Model};
 
 pub async fn version() -> Result<Response<Body>, ApiError> {
@@ -136,12 +131,9 @@ pub async fn show(
     req: http::Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let requested = model_named_in(app, req).await?;
-    let m = app.resolve(&requested).map_err(|e| match e {
-        store::StoreError::NotFound(_) => {
-            ApiError::not_found(format!("model '{requested}' not found"))
-        }
-        other => ApiError::from(other),
-    })?;
+    let m = app
+        .resolve(&requested)
+        .map_err(|e| not_found(e, &requested))?;
     let template = m
         .config
         .gguf
@@ -178,8 +170,17 @@ pub async fn chat(
 ) -> Result<Response<Body>, ApiError> {
     let (_, body) = read_body(req, app.config.server.max_body_bytes).await?;
     let chat: ollama::ChatIn = parse_json(&body)?;
-    let (streaming, openai) = (chat.streaming(), chat.to_openai());
-    generate_with(app, Call::Chat, &chat.model, streaming, openai).await
+    let wishes = chat.wishes().map_err(ApiError::bad_request)?;
+    let request = chat.to_openai().map_err(ApiError::bad_request)?;
+    let call = Generation {
+        call: Call::Chat,
+        requested: &chat.model,
+        streaming: chat.streaming(),
+        // No messages only loads (or, with keep_alive 0, unloads) the model.
+        empty: chat.messages.is_empty(),
+        wishes,
+    };
+    generate_with(app, call, request).await
 }
 
 pub async fn generate(
@@ -188,163 +189,162 @@ pub async fn generate(
 ) -> Result<Response<Body>, ApiError> {
     let (_, body) = read_body(req, app.config.server.max_body_bytes).await?;
     let gen: ollama::GenerateIn = parse_json(&body)?;
-    let (streaming, openai) = (gen.streaming(), gen.to_openai());
-    generate_with(app, Call::Generate, &gen.model, streaming, openai).await
+    let wishes = gen.wishes().map_err(ApiError::bad_request)?;
+    let request = gen.to_openai().map_err(ApiError::bad_request)?;
+    let call = Generation {
+        call: Call::Generate,
+        requested: &gen.model,
+        streaming: gen.streaming(),
+        empty: gen.prompt.is_empty() && gen.images.is_empty(),
+        wishes,
+    };
+    generate_with(app, call, request).await
 }
 
-async fn generate_with(
-    app: &Arc<App>,
+struct Generation<'a> {
     call: Call,
-    requested: &str,
+    requested: &'a str,
     streaming: bool,
-    request: openai::ChatRequest,
-) -> Result<Response<Body>, ApiError> {
-    if requested.is_empty() {
-        return Err(ApiError::bad_request("\"model\" is required"));
-    }
-    let started = Instant::now();
-    let (lease, model) = acquire(app, requested, Mode::Completion).await?;
-    let load_ns = started.elapsed().as_nanos() as u64;
-    let body = Bytes::from(serde_json::to_vec(&request).unwrap_or_default());
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    let path = "/v1/chat/completions";
-    let resp = send(
-        &app.engines,
-        lease.endpoint,
-        Method::POST,
-        headers,
-        path,
-        body,
-        &model,
-        streaming,
-    )
-    .await?;
-    let created_at = store::rfc3339(
+    empty: bool,
+    wishes: RunnerWishes,
+}
+
+fn now_rfc3339() -> String {
+    store::rfc3339(
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0),
-    );
-    if !resp.status().is_success() {
-        let status = resp.status();
-        let text = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let kind = if status.is_client_error() {
-            ErrorKind::BadRequest
-        } else {
-            ErrorKind::BadGateway
-        };
-        return Err(ApiError::new(
-            kind,
-            format!(
-                "the engine answered {status}: {}",
-                String::from_utf8_lossy(&text)
-            ),
-        ));
+    )
+}
+
+fn require_model(requested: &str) -> Result<(), ApiError> {
+    if requested.is_empty() {
+        return Err(ApiError::bad_request("\"model\" is required"));
     }
-    if !streaming {
-        let bytes = resp.into_body().collect().await.map_err(|e| {
-            ApiError::new(
-                ErrorKind::BadGateway,
-                format!("the engine serving {model} stopped mid-response: {e}"),
-            )
-        })?;
-        drop(lease);
-        let answer: openai::ChatResponse =
-            serde_json::from_slice(&bytes.to_bytes()).map_err(|e| {
-                ApiError::new(
-                    ErrorKind::BadGateway,
-                    format!("unreadable engine answer: {e}"),
-                )
-            })?;
-        let totals = ollama::totals(
-            answer.usage.unwrap_or_default(),
-            answer.timings,
-            answer.finish_reason(),
-            started.elapsed().as_nanos() as u64,
-            load_ns,
-        );
-        let out = ollama::Out::new(call, &model, &created_at, answer.text(), Some(&totals));
+    Ok(())
+}
+
+async fn generate_with(
+    app: &Arc<App>,
+    g: Generation<'_>,
+    request: openai::ChatRequest,
+) -> Result<Response<Body>, ApiError> {
+    require_model(g.requested)?;
+    translated::refuse_images(&request, g.requested)?;
+    let started = Instant::now();
+    if g.empty && g.wishes.keep_alive == Some(KeepAlive::For(Duration::ZERO)) {
+        let m = app
+            .resolve(g.requested)
+            .map_err(|e| not_found(e, g.requested))?;
+        app.scheduler
+            .unload(Selector::Models(vec![m.id.clone()]), false)
+            .await;
+        let out = ollama::Out::lifecycle(g.call, &name(&m), &now_rfc3339(), "unload");
         return Ok(json(StatusCode::OK, &out));
     }
-    let body = NdjsonBody {
-        inner: resp.into_body(),
-        lease: Some(lease),
-        translator: StreamTranslator::new(call, &model, &created_at),
-        out: VecDeque::new(),
-        done: false,
-        started,
-        load_ns,
-    };
-    let mut resp = Response::new(body.boxed());
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-ndjson"),
-    );
-    Ok(resp)
-}
-
-/// The engine's SSE stream, translated to Ollama NDJSON frame by frame while holding the runner's lease.
-struct NdjsonBody {
-    inner: Incoming,
-    lease: Option<Lease>,
-    translator: StreamTranslator,
-    out: VecDeque<Vec<u8>>,
-    done: bool,
-    started: Instant,
-    load_ns: u64,
-}
-
-impl http_body::Body for NdjsonBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        loop {
-            if let Some(line) = this.out.pop_front() {
-                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(line)))));
-            }
-            if this.done {
-                return Poll::Ready(None);
-            }
-            match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        this.out.extend(this.translator.feed(data));
-                    }
-                }
-                Poll::Ready(None) => {
-                    this.done = true;
-                    this.lease = None;
-                    this.out.push_back(
-                        this.translator
-                            .finish(this.started.elapsed().as_nanos() as u64, this.load_ns),
-                    );
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    this.done = true;
-                    this.lease = None;
-                    tracing::warn!(error = %e, "engine stream broke (ollama)");
-                    let mut line = ollama::error_body(&format!(
-                        "the engine stopped mid-response (it may have crashed): {e}"
-                    ));
-                    line.push(b'\n');
-                    this.out.push_back(line);
-                }
-            }
-        }
+    let (lease, model) = acquire(app, g.requested, Mode::Completion, &g.wishes).await?;
+    let load_ns = started.elapsed().as_nanos() as u64;
+    let created_at = now_rfc3339();
+    if g.empty {
+        drop(lease);
+        let out = ollama::Out::lifecycle(g.call, &model, &created_at, "load");
+        return Ok(json(StatusCode::OK, &out));
     }
+    let resp = translated::post(
+        &app.engines,
+        &lease,
+        "/v1/chat/completions",
+        &request,
+        &model,
+        g.streaming,
+    )
+    .await?;
+    if g.streaming {
+        let translator = StreamTranslator::new(g.call, &model, &created_at, load_ns);
+        return Ok(translated::stream(
+            resp,
+            lease,
+            translator,
+            "application/x-ndjson",
+            started,
+        ));
+    }
+    let answer: openai::ChatResponse = translated::collect(resp, &model).await?;
+    drop(lease);
+    let totals = ollama::totals(
+        answer.usage.unwrap_or_default(),
+        answer.timings,
+        answer.finish_reason(),
+        started.elapsed().as_nanos() as u64,
+        load_ns,
+    );
+    let calls = answer
+        .content()
+        .map(|c| ollama::tool_calls(&c.tool_calls))
+        .unwrap_or_default();
+    let out = ollama::Out::new(g.call, &model, &created_at, answer.text(), Some(&totals))
+        .with_tool_calls(calls);
+    Ok(json(StatusCode::OK, &out))
+}
+
+fn not_found(e: store::StoreError, requested: &str) -> ApiError {
+    match e {
+        store::StoreError::NotFound(_) => {
+            ApiError::not_found(format!("model '{requested}' not found"))
+        }
+        other => ApiError::from(other),
+    }
+}
+
+/// `POST /api/embed` (`legacy: false`) and `POST /api/embeddings` (`legacy: true`), over the engine's
+/// `/v1/embeddings` in an embedding runner.
+pub async fn embed(
+    app: &Arc<App>,
+    req: http::Request<Incoming>,
+    legacy: bool,
+) -> Result<Response<Body>, ApiError> {
+    let (_, body) = read_body(req, app.config.server.max_body_bytes).await?;
+    let input: ollama::EmbedIn = parse_json(&body)?;
+    require_model(&input.model)?;
+    let wishes = input.wishes().map_err(ApiError::bad_request)?;
+    let started = Instant::now();
+    let (lease, model) = acquire(app, &input.model, Mode::Embedding, &wishes).await?;
+    let load_ns = started.elapsed().as_nanos() as u64;
+    let texts = input.texts();
+    let (embeddings, prompt_tokens) = if texts.is_empty() || (legacy && texts[0].is_empty()) {
+        (Vec::new(), 0)
+    } else {
+        let resp = translated::post(
+            &app.engines,
+            &lease,
+            "/v1/embeddings",
+            &input.to_openai(),
+            &model,
+            false,
+        )
+        .await?;
+        let mut answer: openai::EmbeddingsResponse = translated::collect(resp, &model).await?;
+        answer.data.sort_by_key(|e| e.index);
+        let tokens = answer.usage.map_or(0, |u| u.prompt_tokens);
+        (
+            answer.data.into_iter().map(|e| e.embedding).collect(),
+            tokens,
+        )
+    };
+    drop(lease);
+    if legacy {
+        let embedding = embeddings.into_iter().next().unwrap_or_default();
+        return Ok(json(StatusCode::OK, &ollama::EmbeddingOut { embedding }));
+    }
+    Ok(json(
+        StatusCode::OK,
+        &ollama::EmbedOut {
+            model,
+            embeddings,
+            total_duration: started.elapsed().as_nanos() as u64,
+            load_duration: load_ns,
+            prompt_eval_count: prompt_tokens,
+        },
+    ))
 }

@@ -3,7 +3,8 @@
 //! Table-tested below.
 //!
 //! Rules: one runner per (model, mode); requests for a loading runner join that one load; a ready runner is
-//! granted at once; a runner is stopped when idle past its keep-alive, when unloaded (idle only, unless forced),
+//! granted at once (and takes the request's keep-alive); a request for another context size or other flags
+//! restarts an idle runner with them; a runner is stopped when idle past its keep-alive, when unloaded (idle only, unless forced),
 //! or at shutdown; a runner that fails or exits is forgotten at once so the next request starts a new one.
 
 use std::collections::BTreeMap;
@@ -168,12 +169,24 @@ pub fn decide(state: &mut State, event: Event, now: Instant) -> Vec<Action> {
             key,
             launch,
         } => {
+            // A request for another context size or other flags reloads an idle runner; a busy or loading one
+            // keeps serving as it is (its requests are not cut short), and the change applies once it is idle.
+            let reload = state.runners.get(&key).is_some_and(|r| {
+                matches!(r.phase, Phase::Ready { in_flight: 0, .. })
+                    && (r.launch.context_size != launch.context_size
+                        || r.launch.runtime_flags != launch.runtime_flags)
+            });
+            if reload && !state.shutting_down {
+                state.stop(&key, &mut actions, Rejection::Unloaded);
+            }
             if state.shutting_down {
                 actions.push(Action::Reject {
                     waiter,
                     why: Rejection::ShuttingDown,
                 });
             } else if let Some(r) = state.runners.get_mut(&key) {
+                // The latest request's keep-alive wins, as in Ollama.
+                r.launch.keep_alive = launch.keep_alive;
                 match &mut r.phase {
                     Phase::Loading { waiters } => waiters.push(waiter),
                     Phase::Ready {
@@ -388,6 +401,68 @@ mod tests {
                 runner: 1,
                 endpoint: EP
             }]
+        );
+    }
+
+    #[test]
+    fn another_context_size_reloads_an_idle_runner_but_never_cuts_a_busy_one() {
+        let mut s = State::default();
+        let t = Instant::now();
+        decide(&mut s, acquire(1, "m"), t);
+        decide(
+            &mut s,
+            Event::Loaded {
+                runner: 1,
+                endpoint: EP,
+            },
+            t,
+        );
+        let mut bigger = launch("m", KeepAlive::For(Duration::ZERO));
+        bigger.context_size = 2048;
+        let wants_bigger = |waiter| Event::Acquire {
+            waiter,
+            key: key("m"),
+            launch: bigger.clone(),
+        };
+        // Busy: the request shares the running one, and its keep-alive is taken.
+        assert_eq!(
+            decide(&mut s, wants_bigger(2), t),
+            [Action::Grant {
+                waiter: 2,
+                runner: 1,
+                endpoint: EP
+            }]
+        );
+        assert_eq!(
+            s.runners[&key("m")].launch.keep_alive,
+            KeepAlive::For(Duration::ZERO)
+        );
+        decide(&mut s, Event::Released { runner: 1 }, t);
+        // Keep-alive 0: the runner stops as soon as its last request ends.
+        assert_eq!(
+            decide(&mut s, Event::Released { runner: 1 }, t),
+            [Action::Stop { runner: 1 }]
+        );
+        // Idle with another context size: stopped and started again with the new one.
+        decide(&mut s, acquire(3, "m"), t);
+        decide(
+            &mut s,
+            Event::Loaded {
+                runner: 2,
+                endpoint: EP,
+            },
+            t,
+        );
+        decide(&mut s, Event::Released { runner: 2 }, t);
+        assert_eq!(
+            decide(&mut s, wants_bigger(4), t),
+            [
+                Action::Stop { runner: 2 },
+                Action::Spawn {
+                    runner: 3,
+                    launch: bigger.clone()
+                }
+            ]
         );
     }
 

@@ -1,0 +1,98 @@
+//! Anthropic's Messages API (`/anthropic/v1/messages`, `/v1/messages`, `/engines[/{engine}]/v1/messages`, each
+//! with `/count_tokens`) over any engine: the request is translated to an OpenAI chat completion, sent to the
+//! runner, and the answer translated back — event by event when streaming. Token counts come from the engine's
+//! own tokenizer with the chat template applied.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::http::{json, parse_json, read_body, ApiError, Body};
+use super::inference::acquire;
+use super::{translated, App};
+use crate::api::anthropic::{self, CountTokensOut, MessagesIn, Purpose, StreamTranslator};
+use crate::api::openai;
+use crate::engines::{llamacpp, Mode, RunnerWishes};
+
+async fn read(app: &Arc<App>, req: http::Request<Incoming>) -> Result<MessagesIn, ApiError> {
+    let (_, body) = read_body(req, app.config.server.max_body_bytes).await?;
+    parse_json(&body)
+}
+
+pub async fn messages(
+    app: &Arc<App>,
+    req: http::Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let started = Instant::now();
+    let input = read(app, req).await?;
+    let request = input
+        .to_openai(Purpose::Generate)
+        .map_err(ApiError::bad_request)?;
+    translated::refuse_images(&request, &input.model)?;
+    let (lease, model) = acquire(
+        app,
+        &input.model,
+        Mode::Completion,
+        &RunnerWishes::default(),
+    )
+    .await?;
+    let resp = translated::post(
+        &app.engines,
+        &lease,
+        "/v1/chat/completions",
+        &request,
+        &model,
+        request.stream,
+    )
+    .await?;
+    if request.stream {
+        return Ok(translated::stream(
+            resp,
+            lease,
+            StreamTranslator::new(&model),
+            "text/event-stream",
+            started,
+        ));
+    }
+    let answer: openai::ChatResponse = translated::collect(resp, &model).await?;
+    drop(lease);
+    Ok(json(
+        StatusCode::OK,
+        &anthropic::from_openai(&answer, &model),
+    ))
+}
+
+pub async fn count_tokens(
+    app: &Arc<App>,
+    req: http::Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let input = read(app, req).await?;
+    let request = input
+        .to_openai(Purpose::CountTokens)
+        .map_err(ApiError::bad_request)?;
+    let (lease, model) = acquire(
+        app,
+        &input.model,
+        Mode::Completion,
+        &RunnerWishes::default(),
+    )
+    .await?;
+    let resp = translated::post(
+        &app.engines,
+        &lease,
+        llamacpp::COUNT_TOKENS_PATH,
+        &request,
+        &model,
+        false,
+    )
+    .await?;
+    let count: openai::InputTokens = translated::collect(resp, &model).await?;
+    Ok(json(
+        StatusCode::OK,
+        &CountTokensOut {
+            input_tokens: count.input_tokens,
+        },
+    ))
+}

@@ -1,0 +1,195 @@
+//! Calls made on a caller's behalf in another dialect: a request we built (an OpenAI chat or embeddings body)
+//! is sent to the leased engine, and the answer comes back either whole (parsed) or as a stream translated
+//! frame by frame by a `StreamTranslate` while the body holds the runner's lease.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Response};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::forward::{send, EnginePools};
+use super::http::{ApiError, Body, BoxError};
+use crate::api::{openai, ErrorKind, StreamTranslate};
+use crate::scheduler::Lease;
+
+/// llama-server's and vLLM's error body; we pass its message on.
+#[derive(Deserialize)]
+struct EngineError {
+    error: EngineErrorBody,
+}
+
+#[derive(Deserialize)]
+struct EngineErrorBody {
+    message: String,
+}
+
+/// Posts `body` as JSON to `path` on the leased engine. An engine's 4xx becomes our 400 with its message (the
+/// request we built was well-formed, so what it refused is the caller's content); anything else is a 502.
+pub async fn post<T: Serialize>(
+    pools: &EnginePools,
+    lease: &Lease,
+    path: &str,
+    body: &T,
+    model: &str,
+    streaming: bool,
+) -> Result<Response<Incoming>, ApiError> {
+    let bytes = serde_json::to_vec(body).map_err(|e| {
+        ApiError::new(
+            ErrorKind::Internal,
+            format!("cannot encode the engine request: {e}"),
+        )
+    })?;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let resp = send(
+        pools,
+        lease.endpoint,
+        Method::POST,
+        headers,
+        path,
+        Bytes::from(bytes),
+        model,
+        streaming,
+    )
+    .await?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let text = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let message = serde_json::from_slice::<EngineError>(&text)
+        .map(|e| e.error.message)
+        .unwrap_or_else(|_| String::from_utf8_lossy(&text).into_owned());
+    let kind = if status.is_client_error() {
+        ErrorKind::BadRequest
+    } else {
+        ErrorKind::BadGateway
+    };
+    Err(ApiError::new(
+        kind,
+        format!("the engine serving {model} refused the request ({status}): {message}"),
+    ))
+}
+
+/// Images need a vision model: with llama.cpp, a multimodal projector beside the weights, which the store does
+/// not import yet. Refusing here gives the caller a 400 naming the model, instead of the engine's 500.
+pub fn refuse_images(request: &openai::ChatRequest, model: &str) -> Result<(), ApiError> {
+    if request.has_images() {
+        return Err(ApiError::bad_request(format!(
+            "{model} does not accept images: it has no multimodal projector"
+        )));
+    }
+    Ok(())
+}
+
+/// Reads a whole engine answer and parses it.
+pub async fn collect<T: DeserializeOwned>(
+    resp: Response<Incoming>,
+    model: &str,
+) -> Result<T, ApiError> {
+    let bytes = resp.into_body().collect().await.map_err(|e| {
+        ApiError::new(
+            ErrorKind::BadGateway,
+            format!("the engine serving {model} stopped mid-response (it may have crashed): {e}"),
+        )
+    })?;
+    serde_json::from_slice(&bytes.to_bytes()).map_err(|e| {
+        ApiError::new(
+            ErrorKind::BadGateway,
+            format!("unreadable answer from the engine serving {model}: {e}"),
+        )
+    })
+}
+
+/// A streaming answer in the caller's dialect: the engine's SSE translated by `translator` as it arrives.
+pub fn stream<T: StreamTranslate + Unpin>(
+    resp: Response<Incoming>,
+    lease: Lease,
+    mut translator: T,
+    content_type: &'static str,
+    started: Instant,
+) -> Response<Body> {
+    let body = TranslatedBody {
+        out: translator.begin().into(),
+        inner: resp.into_body(),
+        lease: Some(lease),
+        translator,
+        done: false,
+        started,
+    };
+    let mut resp = Response::new(body.boxed());
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if content_type.starts_with("text/event-stream") {
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    }
+    resp
+}
+
+struct TranslatedBody<T> {
+    inner: Incoming,
+    lease: Option<Lease>,
+    translator: T,
+    out: VecDeque<Vec<u8>>,
+    done: bool,
+    started: Instant,
+}
+
+impl<T: StreamTranslate + Unpin> http_body::Body for TranslatedBody<T> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(frame) = this.out.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(frame)))));
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        this.out.extend(this.translator.feed(data));
+                    }
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    this.lease = None;
+                    let total_ns = this.started.elapsed().as_nanos() as u64;
+                    this.out.extend(this.translator.finish(total_ns));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.done = true;
+                    this.lease = None;
+                    tracing::warn!(error = %e, "engine stream broke");
+                    this.out.extend(this.translator.fail(&format!(
+                        "the engine stopped mid-response (it may have crashed): {e}"
+                    )));
+                }
+            }
+        }
+    }
+}
