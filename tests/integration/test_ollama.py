@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import ollama
+from harness import pid_gone, wait_until
 import pytest
 
 OPTS = {"temperature": 0, "num_predict": 5}
@@ -98,3 +99,83 @@ def test_delete(sup, prereqs):
     with pytest.raises(ollama.ResponseError) as e:
         c.delete("ai/second")
     assert e.value.status_code == 404
+
+
+def test_embed_and_legacy_embeddings_match_the_openai_route(sup):
+    c = client(sup)
+    r = c.embed(model="ai/tiny", input=["hello", "world"])
+    assert len(r.embeddings) == 2 and r.model == "ai/tiny:latest", r
+    assert r.prompt_eval_count and r.prompt_eval_count > 0, r
+    assert r.total_duration >= r.load_duration > 0, r
+    one = c.embed(model="ai/tiny", input="hello").embeddings
+    assert len(one) == 1 and len(one[0]) == len(r.embeddings[0])
+    legacy = c.embeddings(model="ai/tiny", prompt="hello").embedding
+    openai = sup.post("/v1/embeddings", {"model": "ai/tiny", "input": "hello"}).json()["data"][0]["embedding"]
+    # The same runner and text: the same vector, whatever the route.
+    assert legacy == pytest.approx(openai, abs=1e-6) and one[0] == pytest.approx(openai, abs=1e-6)
+    with pytest.raises(ollama.ResponseError) as e:
+        c.embed(model="nope", input="x")
+    assert e.value.status_code == 404
+
+
+def test_keep_alive_zero_unloads_after_the_request_and_empty_prompts_load_or_unload(sup):
+    c = client(sup)
+    r = c.generate(model="ai/tiny", prompt="", stream=False)
+    assert r.done and r.done_reason == "load", r
+    [running] = c.ps().models
+    assert running.model == "ai/tiny:latest"
+    r = c.generate(model="ai/tiny", prompt="", keep_alive=0, stream=False)
+    assert r.done and r.done_reason == "unload", r
+    wait_until(lambda: c.ps().models == [], 5, "unload")
+    # keep_alive 0 on a real request: answered, then the runner stops.
+    r = c.chat(model="ai/tiny", messages=MSGS, options=OPTS, keep_alive=0, stream=False)
+    assert r.eval_count == 5, r
+    wait_until(lambda: sup.ps() == [], 5, "runner stopped after keep_alive 0")
+    # A duration string sets the expiry Ollama reports.
+    c.chat(model="ai/tiny", messages=MSGS, options=OPTS, keep_alive="1h", stream=False)
+    [entry] = sup.ps()
+    assert entry["keep_alive"] == "1h0m0s", entry
+    r = sup.post("/api/generate", {"model": "ai/tiny", "prompt": "x", "keep_alive": "soon"})
+    assert r.status_code == 400 and "keep_alive" in r.json()["error"], r.text
+
+
+def test_num_ctx_restarts_the_runner_with_that_context(sup):
+    c = client(sup)
+    c.generate(model="ai/tiny", prompt="x", options=OPTS, stream=False)
+    first = sup.wait_spawns(1)[0]
+    assert first.flag("--ctx-size") == "512"
+    r = c.generate(model="ai/tiny", prompt="x", options={**OPTS, "num_ctx": 1024}, stream=False)
+    assert r.eval_count == 5, r
+    spawns = sup.wait_spawns(2)
+    assert spawns[1].flag("--ctx-size") == "1024", spawns[1].argv
+    wait_until(lambda: pid_gone(first.pid), 5, "the old runner to stop")
+    assert [p["pid"] for p in sup.ps()] == [spawns[1].pid]
+
+
+def test_format_tools_and_images(sup):
+    c = client(sup)
+    # `format` reaches the engine as a grammar. llama-server cannot build a JSON grammar over the tiny model's
+    # byte-level vocabulary and says so with a 400, which arrives in Ollama's shape; the same request without
+    # `format` succeeds, so the refusal is the grammar's.
+    for fmt in ("json", {"type": "object", "properties": {"a": {"type": "boolean"}}}):
+        with pytest.raises(ollama.ResponseError) as e:
+            c.generate(model="ai/tiny", prompt="x", format=fmt, options=OPTS, stream=False)
+        assert e.value.status_code == 400 and "samplers" in e.value.error, e.value
+    assert c.generate(model="ai/tiny", prompt="x", options=OPTS, stream=False).eval_count == 5
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "weather in a city",
+                                               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    history = MSGS + [
+        {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "content": "sunny", "tool_name": "get_weather"},
+    ]
+    r = c.chat(model="ai/tiny", messages=history, tools=tools, options=OPTS, stream=False)
+    assert r.done and r.eval_count == 5, r
+    # A text-only model refuses images with a 400 before anything is loaded.
+    with pytest.raises(ollama.ResponseError) as e:
+        c.chat(model="ai/tiny", messages=[{"role": "user", "content": "what is it?", "images": [PNG_1PX]}], stream=False)
+    assert e.value.status_code == 400 and "images" in e.value.error, e.value
+    r = sup.post("/api/generate", {"model": "ai/tiny", "prompt": "x", "format": "yaml"})
+    assert r.status_code == 400 and r.json()["error"].startswith("format"), r.text
+
+
+PNG_1PX = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="

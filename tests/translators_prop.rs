@@ -1,0 +1,235 @@
+//! Property tests for every translator: arbitrary bytes and arbitrary JSON in, never a panic out; and for
+//! well-formed engine streams, the output keeps each dialect's grammar however the bytes are cut.
+
+use dmr_supervisor::api::anthropic::{self, MessagesIn, Purpose};
+use dmr_supervisor::api::ollama::{self, Call, ChatIn, EmbedIn, GenerateIn};
+use dmr_supervisor::api::openai::{ChatResponse, SseDecoder};
+use dmr_supervisor::api::StreamTranslate;
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+fn arb_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<f64>().prop_map(|f| json!(f)),
+        prop_oneof![
+            ".*",
+            Just("user".to_string()),
+            Just("assistant".to_string()),
+            Just("text".to_string()),
+            Just("tool_use".to_string()),
+            Just("json".to_string()),
+            Just("5m".to_string())
+        ]
+        .prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        let keys = prop_oneof![
+            Just("model".to_string()),
+            Just("messages".to_string()),
+            Just("role".to_string()),
+            Just("content".to_string()),
+            Just("type".to_string()),
+            Just("text".to_string()),
+            Just("max_tokens".to_string()),
+            Just("tools".to_string()),
+            Just("tool_choice".to_string()),
+            Just("system".to_string()),
+            Just("input".to_string()),
+            Just("options".to_string()),
+            Just("keep_alive".to_string()),
+            Just("format".to_string()),
+            Just("images".to_string()),
+            "[a-z_]{1,8}",
+        ];
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+            prop::collection::btree_map(keys, inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// Every request translator on one body: parse, then translate; errors are fine, panics are not.
+fn translate_everything(body: &[u8]) {
+    if let Ok(m) = serde_json::from_slice::<MessagesIn>(body) {
+        let _ = m.to_openai(Purpose::Generate);
+        let _ = m.to_openai(Purpose::CountTokens);
+    }
+    if let Ok(c) = serde_json::from_slice::<ChatIn>(body) {
+        let _ = c.to_openai();
+        let _ = c.wishes();
+    }
+    if let Ok(g) = serde_json::from_slice::<GenerateIn>(body) {
+        let _ = g.to_openai();
+        let _ = g.wishes();
+    }
+    if let Ok(e) = serde_json::from_slice::<EmbedIn>(body) {
+        let _ = e.to_openai();
+        let _ = e.wishes();
+    }
+    if let Ok(r) = serde_json::from_slice::<ChatResponse>(body) {
+        let _ = anthropic::from_openai(&r, "m");
+    }
+}
+
+fn translators() -> Vec<Box<dyn StreamTranslate>> {
+    vec![
+        Box::new(anthropic::StreamTranslator::new("m")),
+        Box::new(ollama::StreamTranslator::new(Call::Chat, "m", "t", 0)),
+        Box::new(ollama::StreamTranslator::new(Call::Generate, "m", "t", 0)),
+    ]
+}
+
+/// Feeds `bytes` cut at `cuts` to every stream translator, then ends the stream; returns each one's output.
+fn stream_everything(bytes: &[u8], cuts: &[usize], fail: bool) -> Vec<Vec<u8>> {
+    let mut outs = Vec::new();
+    for mut t in translators() {
+        let mut out: Vec<u8> = t.begin().concat();
+        let mut rest = bytes;
+        for &c in cuts {
+            let (head, tail) = rest.split_at(c.min(rest.len()));
+            out.extend(t.feed(head).concat());
+            rest = tail;
+        }
+        out.extend(t.feed(rest).concat());
+        out.extend(if fail { t.fail("boom") } else { t.finish(1) }.concat());
+        outs.push(out);
+    }
+    outs
+}
+
+/// How many items the SSE decoder finds, fed whole and fed in pieces: the cut must not matter.
+fn decode_counts(bytes: &[u8], piece: usize) -> (usize, usize) {
+    let whole = SseDecoder::default().push(bytes).len();
+    let mut d = SseDecoder::default();
+    let cut: usize = bytes.chunks(piece.max(1)).map(|p| d.push(p).len()).sum();
+    (whole, cut)
+}
+
+fn arb_chunk() -> impl Strategy<Value = Value> {
+    let text = prop_oneof!["[a-z \\n]{0,6}", "\\PC{0,4}"];
+    prop_oneof![
+        text.clone()
+            .prop_map(|t| json!({"choices": [{"delta": {"content": t}}]})),
+        text.clone()
+            .prop_map(|t| json!({"choices": [{"delta": {"reasoning_content": t}}]})),
+        (0usize..3, proptest::option::of("[a-z]{1,4}"), text.clone()).prop_map(|(i, id, args)| {
+            json!({"choices": [{"delta": {"tool_calls": [{"index": i, "id": id, "function": {"name": "f", "arguments": args}}]}}]})
+        }),
+        prop_oneof![Just("stop"), Just("length"), Just("tool_calls")]
+            .prop_map(|r| json!({"choices": [{"delta": {}, "finish_reason": r}]})),
+        (0u64..100, 0u64..100).prop_map(|(p, c)| {
+            json!({"choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c}})
+        }),
+    ]
+}
+
+fn sse(chunks: &[Value], done: bool) -> Vec<u8> {
+    let mut s = String::new();
+    for c in chunks {
+        s.push_str(&format!("data: {c}\n\n"));
+    }
+    if done {
+        s.push_str("data: [DONE]\n\n");
+    }
+    s.into_bytes()
+}
+
+/// Checks the Anthropic grammar: message_start, then blocks opened and closed in order (deltas only inside an
+/// open block), then either message_delta + message_stop or a final error event.
+fn check_anthropic_grammar(out: &[u8]) -> Result<(), String> {
+    let text = std::str::from_utf8(out).map_err(|e| e.to_string())?;
+    let mut open: Option<u64> = None;
+    let mut next = 0u64;
+    let mut names = Vec::new();
+    for event in text.split("\n\n").filter(|e| !e.is_empty()) {
+        let (name, data) = event.split_once('\n').ok_or("event without data")?;
+        let name = name.strip_prefix("event: ").ok_or("no event line")?;
+        let data: Value = serde_json::from_str(data.strip_prefix("data: ").ok_or("no data line")?)
+            .map_err(|e| e.to_string())?;
+        if data["type"] != name {
+            return Err(format!("event {name} carries {}", data["type"]));
+        }
+        match name {
+            "content_block_start" => {
+                if open.is_some() || data["index"] != next {
+                    return Err(format!("bad start {data} (open {open:?}, next {next})"));
+                }
+                open = Some(next);
+                next += 1;
+            }
+            "content_block_delta" => {
+                if open != data["index"].as_u64() {
+                    return Err(format!("delta outside its block: {data}"));
+                }
+            }
+            "content_block_stop" => {
+                if open != data["index"].as_u64() {
+                    return Err(format!("stop of a block not open: {data}"));
+                }
+                open = None;
+            }
+            _ => {}
+        }
+        names.push(name.to_string());
+    }
+    let names: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| *n != "ping")
+        .collect();
+    if names.first() != Some(&"message_start") {
+        return Err(format!("first event {:?}", names.first()));
+    }
+    match names.as_slice() {
+        [.., "message_delta", "message_stop"] if open.is_none() => Ok(()),
+        [.., "error"] => Ok(()),
+        other => Err(format!(
+            "bad ending {:?}",
+            &other[other.len().saturating_sub(3)..]
+        )),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn arbitrary_json_never_panics_a_request_translator(v in arb_json()) {
+        translate_everything(&serde_json::to_vec(&v).unwrap());
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_anything(bytes in prop::collection::vec(any::<u8>(), 0..512),
+                                            cuts in prop::collection::vec(0usize..64, 0..8),
+                                            fail in any::<bool>()) {
+        translate_everything(&bytes);
+        stream_everything(&bytes, &cuts, fail);
+        // SSE-shaped garbage reaches the chunk parser too.
+        let mut framed = b"data: ".to_vec();
+        framed.extend(&bytes);
+        framed.extend(b"\n\n");
+        stream_everything(&framed, &cuts, fail);
+        let (whole, cut) = decode_counts(&framed, cuts.first().copied().unwrap_or(1));
+        prop_assert_eq!(whole, cut);
+    }
+
+    #[test]
+    fn well_formed_streams_keep_each_dialects_grammar(chunks in prop::collection::vec(arb_chunk(), 0..12),
+                                                     done in any::<bool>(),
+                                                     cuts in prop::collection::vec(0usize..40, 0..10)) {
+        let bytes = sse(&chunks, done);
+        let outs = stream_everything(&bytes, &cuts, false);
+        check_anthropic_grammar(&outs[0]).map_err(TestCaseError::fail)?;
+        for ndjson in &outs[1..] {
+            let text = std::str::from_utf8(ndjson).unwrap();
+            let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+            let last = lines.last().unwrap();
+            prop_assert!(last["done"] == true || last.get("error").is_some(), "{}", last);
+            prop_assert!(lines[..lines.len() - 1].iter().all(|l| l["done"] == false));
+        }
+    }
+}
