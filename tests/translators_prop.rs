@@ -161,10 +161,8 @@ fn check_anthropic_grammar(out: &[u8]) -> Result<(), String> {
                 open = Some(next);
                 next += 1;
             }
-            "content_block_delta" => {
-                if open != data["index"].as_u64() {
-                    return Err(format!("delta outside its block: {data}"));
-                }
+            "content_block_delta" if open != data["index"].as_u64() => {
+                return Err(format!("delta outside its block: {data}"));
             }
             "content_block_stop" => {
                 if open != data["index"].as_u64() {
