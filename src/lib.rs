@@ -5,6 +5,7 @@
 pub mod api;
 pub mod config;
 pub mod engines;
+pub mod gpu;
 pub mod proxy;
 pub mod scheduler;
 pub mod store;
