@@ -4,6 +4,7 @@
 //! machines (one "device": RAM, per-process resident memory); `FakeProbe` is set by tests. `attribute` sums what a
 //! runner's processes use per device, by process group, because engines like vLLM spawn workers.
 
+pub mod estimate;
 mod nvml;
 mod system;
 
