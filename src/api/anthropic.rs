@@ -187,9 +187,24 @@ impl MessagesIn {
         };
         let mut messages = Vec::new();
         if let Some(system) = &self.system {
-            messages.push(ChatMessage::text("system", system_text(system)?));
+            // An empty system prompt is no system prompt (templates add their default only when none is given).
+            let text = system_text(system)?;
+            if !text.is_empty() {
+                messages.push(ChatMessage::text("system", text));
+            }
         }
+        let last = self.messages.len() - 1;
         for (i, m) in self.messages.iter().enumerate() {
+            // As Anthropic: every turn needs content, except a final assistant turn (a prefill).
+            let empty = match &m.content {
+                StringOr::String(s) => s.is_empty(),
+                StringOr::List(b) => b.is_empty(),
+            };
+            if empty && !(i == last && m.role == Role::Assistant) {
+                return Err(format!(
+                    "messages[{i}]: content must be non-empty (only a final assistant turn may be empty)"
+                ));
+            }
             convert_message(m, &mut messages).map_err(|e| format!("messages[{i}]: {e}"))?;
         }
         let tools = self

@@ -161,6 +161,23 @@ fn bad_requests_are_refused_with_the_field_named() {
         Purpose::Generate,
     );
     assert!(e.contains("server tool"), "{e}");
+    let e = refusal(
+        json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": []}]}),
+        Purpose::Generate,
+    );
+    assert!(
+        e.starts_with("messages[0]: content must be non-empty"),
+        "{e}"
+    );
+    // A final empty assistant turn is a prefill, and an empty system prompt is none.
+    let out = translate(
+        json!({"model": "m", "max_tokens": 5, "system": "", "messages": [
+        {"role": "user", "content": "x"}, {"role": "assistant", "content": ""}]}),
+    );
+    assert_eq!(
+        out["messages"],
+        json!([{"role": "user", "content": "x"}, {"role": "assistant", "content": ""}])
+    );
     // Counting tokens needs no max_tokens, and never streams.
     let req: MessagesIn =
         serde_json::from_value(json!({"model": "m", "messages": msgs, "stream": true})).unwrap();
