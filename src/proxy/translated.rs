@@ -162,7 +162,9 @@ impl<T: StreamTranslate + Unpin> http_body::Body for TranslatedBody<T> {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         loop {
-            if let Some(frame) = this.out.pop_front() {
+            if !this.out.is_empty() {
+                // Everything one engine event made goes out in one write.
+                let frame: Vec<u8> = this.out.drain(..).flatten().collect();
                 return Poll::Ready(Some(Ok(Frame::data(Bytes::from(frame)))));
             }
             if this.done {
