@@ -158,3 +158,44 @@ mod tests {
         );
     }
 }
+
+/// `GET /engines/df`: disk used by the store and memory as the scheduler's probe sees it.
+#[derive(Debug, Serialize)]
+pub struct DiskFree {
+    pub store: StoreUsage,
+    pub memory: MemoryUsage,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StoreUsage {
+    pub path: String,
+    pub models: usize,
+    /// Bytes of every blob in the store (weights, configs, manifests' layers).
+    pub bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MemoryUsage {
+    /// `nvml` (GPU memory) or `system` (host memory: CPU mode).
+    pub probe: &'static str,
+    pub devices: Vec<DeviceUsage>,
+    pub runners: Vec<RunnerMemory>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeviceUsage {
+    pub index: u32,
+    pub name: String,
+    pub total: u64,
+    pub free: u64,
+    pub used: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RunnerMemory {
+    pub model_name: String,
+    pub mode: &'static str,
+    pub pid: u32,
+    /// Measured bytes per device index, summed over the runner's process group.
+    pub devices: std::collections::BTreeMap<u32, u64>,
+}

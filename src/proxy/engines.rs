@@ -1,4 +1,4 @@
-//! Engine management routes: `/engines/ps`, `/engines/unload`, `/engines/status`.
+//! Engine management routes: `/engines/ps`, `/engines/unload`, `/engines/status`, `/engines/df`.
 
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -8,8 +8,9 @@ use hyper::body::Incoming;
 
 use super::http::{json, parse_json, read_body, ApiError, Body};
 use super::App;
-use crate::api::native;
+use crate::api::{native, ErrorKind};
 use crate::engines::llamacpp;
+use crate::gpu;
 use crate::scheduler::Selector;
 
 pub async fn ps(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
@@ -80,4 +81,69 @@ pub async fn status(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
     };
     s.insert(llamacpp::NAME, line);
     Ok(json(StatusCode::OK, &s))
+}
+
+/// `GET /engines/df`: the store's size on disk and each device's memory, with what each runner uses on it.
+pub async fn df(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
+    let runners: Vec<_> = app
+        .scheduler
+        .snapshot()
+        .await
+        .into_iter()
+        .filter_map(|r| r.endpoint.map(|e| (r.model_name, r.mode, e.pid)))
+        .collect();
+    let app2 = app.clone();
+    let (store, memory) = tokio::task::spawn_blocking(move || {
+        let store = native::StoreUsage {
+            path: app2.store.root().display().to_string(),
+            models: app2.store.list().map(|m| m.len()).unwrap_or(0),
+            bytes: dir_bytes(&app2.store.root().join("blobs")),
+        };
+        let pids: Vec<u32> = runners.iter().map(|(_, _, pid)| *pid).collect();
+        let snap = app2.memory.snapshot(&pids);
+        (store, snap.map(|s| (s, runners)))
+    })
+    .await
+    .map_err(|e| ApiError::new(ErrorKind::Internal, format!("df task failed: {e}")))?;
+    let (snap, runners) = memory
+        .map_err(|e| ApiError::new(ErrorKind::Internal, format!("cannot read memory: {e}")))?;
+    let memory = native::MemoryUsage {
+        probe: app.memory.kind().as_str(),
+        devices: snap
+            .devices
+            .iter()
+            .map(|d| native::DeviceUsage {
+                index: d.index,
+                name: d.name.clone(),
+                total: d.total,
+                free: d.free,
+                used: d.used,
+            })
+            .collect(),
+        runners: runners
+            .into_iter()
+            .map(|(model_name, mode, pid)| native::RunnerMemory {
+                model_name,
+                mode: mode.as_str(),
+                pid,
+                devices: gpu::attribute(&snap, pid, gpu::pgid_of),
+            })
+            .collect(),
+    };
+    Ok(json(StatusCode::OK, &native::DiskFree { store, memory }))
+}
+
+/// Bytes of the regular files under `dir`, recursively (missing → 0).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
 }

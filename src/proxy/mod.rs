@@ -40,6 +40,8 @@ pub struct App {
     pub scheduler: Scheduler,
     pub engines: forward::EnginePools,
     pub llama_binary: Result<PathBuf, String>,
+    /// What measures memory: NVML on NVIDIA machines, host memory otherwise.
+    pub memory: Box<dyn crate::gpu::GpuProbe>,
 }
 
 impl App {
@@ -193,6 +195,7 @@ async fn dispatch(
         (&Method::GET, "/engines/ps") => engines::ps(app).await,
         (&Method::POST, "/engines/unload") => engines::unload(app, req).await,
         (&Method::GET, "/engines/status") => engines::status(app).await,
+        (&Method::GET, "/engines/df") => engines::df(app).await,
         (&Method::GET, "/api/version") => ollama::version().await,
         (&Method::GET, "/api/tags") => ollama::tags(app).await,
         (&Method::GET, "/api/ps") => ollama::ps(app).await,
@@ -252,6 +255,7 @@ pub fn build_app(config: Config, store: Store) -> App {
         scheduler,
         engines: forward::EnginePools::default(),
         llama_binary,
+        memory: crate::gpu::detect(),
     }
 }
 

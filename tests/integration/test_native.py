@@ -167,3 +167,21 @@ def test_openai_model_lookup_rejects_bad_names(sup):
     assert json.loads(body)["error"]["message"]
     status, _, body = sup.raw("GET", "/engines/v1/models/" + quote("../../etc", safe=""))
     assert status in (400, 404), (status, body)
+
+
+def test_engines_df_reports_store_size_and_measured_runner_memory(sup, prereqs):
+    r = sup.get("/engines/df")
+    assert r.status_code == 200, r.text
+    df = r.json()
+    assert df["store"]["models"] == 1 and df["store"]["bytes"] >= prereqs.tiny_gguf.stat().st_size, df
+    # No NVML here: CPU mode, budgeting host memory, said once in the log.
+    assert df["memory"]["probe"] == "system", df
+    [host] = df["memory"]["devices"]
+    assert 0 < host["free"] <= host["total"] and df["memory"]["runners"] == [], df
+    assert sup.stderr_text().count("running in CPU mode") == 1
+    assert sup.chat().status_code == 200
+    [runner] = sup.get("/engines/df").json()["memory"]["runners"]
+    [engine] = sup.ps()
+    assert runner["pid"] == engine["pid"] and runner["model_name"] == "ai/tiny:latest", runner
+    # The engine's resident memory, measured: more than the 0.5 MB weights file.
+    assert runner["devices"]["0"] > prereqs.tiny_gguf.stat().st_size, runner
