@@ -2,7 +2,6 @@
 //! is sent to the leased engine, and the answer comes back either whole (parsed) or as a stream translated
 //! frame by frame by a `StreamTranslate` while the body holds the runner's lease.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -126,7 +125,7 @@ pub fn stream<T: StreamTranslate + Unpin>(
     started: Instant,
 ) -> Response<Body> {
     let body = TranslatedBody {
-        out: translator.begin().into(),
+        out: translator.begin().concat(),
         inner: resp.into_body(),
         lease: Some(lease),
         translator,
@@ -147,7 +146,8 @@ struct TranslatedBody<T> {
     inner: Incoming,
     lease: Option<Lease>,
     translator: T,
-    out: VecDeque<Vec<u8>>,
+    /// Bytes translated and not yet sent: everything one engine event made goes out in one write.
+    out: Vec<u8>,
     done: bool,
     started: Instant,
 }
@@ -163,8 +163,7 @@ impl<T: StreamTranslate + Unpin> http_body::Body for TranslatedBody<T> {
         let this = self.get_mut();
         loop {
             if !this.out.is_empty() {
-                // Everything one engine event made goes out in one write.
-                let frame: Vec<u8> = this.out.drain(..).flatten().collect();
+                let frame = std::mem::take(&mut this.out);
                 return Poll::Ready(Some(Ok(Frame::data(Bytes::from(frame)))));
             }
             if this.done {
@@ -174,22 +173,28 @@ impl<T: StreamTranslate + Unpin> http_body::Body for TranslatedBody<T> {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(data) = frame.data_ref() {
-                        this.out.extend(this.translator.feed(data));
+                        for piece in this.translator.feed(data) {
+                            this.out.extend_from_slice(&piece);
+                        }
                     }
                 }
                 Poll::Ready(None) => {
                     this.done = true;
                     this.lease = None;
                     let total_ns = this.started.elapsed().as_nanos() as u64;
-                    this.out.extend(this.translator.finish(total_ns));
+                    this.out.extend(this.translator.finish(total_ns).concat());
                 }
                 Poll::Ready(Some(Err(e))) => {
                     this.done = true;
                     this.lease = None;
                     tracing::warn!(error = %e, "engine stream broke");
-                    this.out.extend(this.translator.fail(&format!(
-                        "the engine stopped mid-response (it may have crashed): {e}"
-                    )));
+                    this.out.extend(
+                        this.translator
+                            .fail(&format!(
+                                "the engine stopped mid-response (it may have crashed): {e}"
+                            ))
+                            .concat(),
+                    );
                 }
             }
         }
