@@ -866,7 +866,10 @@ fn error_type(kind: ErrorKind) -> &'static str {
         ErrorKind::NotFound => "not_found_error",
         ErrorKind::PayloadTooLarge => "request_too_large",
         ErrorKind::Unavailable => "overloaded_error",
-        ErrorKind::NotImplemented | ErrorKind::BadGateway | ErrorKind::Internal => "api_error",
+        ErrorKind::NotImplemented
+        | ErrorKind::BadGateway
+        | ErrorKind::Internal
+        | ErrorKind::InsufficientMemory => "api_error",
     }
 }
 

@@ -28,6 +28,8 @@ pub enum ErrorKind {
     NotImplemented,
     BadGateway,
     Unavailable,
+    /// The model can never fit in the memory the scheduler may use (507).
+    InsufficientMemory,
     Internal,
 }
 
@@ -41,6 +43,7 @@ impl ErrorKind {
             ErrorKind::NotImplemented => 501,
             ErrorKind::BadGateway => 502,
             ErrorKind::Unavailable => 503,
+            ErrorKind::InsufficientMemory => 507,
             ErrorKind::Internal => 500,
         }
     }

@@ -106,6 +106,17 @@ pub struct RunnerStatus {
     pub keep_alive: String,
     pub pid: Option<u32>,
     pub port: Option<u16>,
+    // Ours, beyond DMR's fields:
+    /// Waiting for memory to start.
+    pub queued: bool,
+    pub in_flight: u32,
+    pub context_size: u32,
+    /// Expected bytes: the prediction from the GGUF and flags, or what the same model measured before.
+    pub predicted_memory: u64,
+    /// Largest measured bytes (NVML on GPUs, resident memory in CPU mode), once measured.
+    pub measured_memory: Option<u64>,
+    /// Bytes per device index (`CUDA_VISIBLE_DEVICES` numbering): placed, then measured.
+    pub devices: std::collections::BTreeMap<u32, u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -456,7 +456,9 @@ fn error_type(kind: ErrorKind) -> &'static str {
         }
         ErrorKind::NotFound => "not_found_error",
         ErrorKind::NotImplemented => "not_implemented_error",
-        ErrorKind::BadGateway | ErrorKind::Internal => "server_error",
+        ErrorKind::BadGateway | ErrorKind::Internal | ErrorKind::InsufficientMemory => {
+            "server_error"
+        }
         ErrorKind::Unavailable => "unavailable_error",
     }
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use duration::{format_go, parse_duration, KeepAlive};
-use raw::{RawConfig, Unknown};
+use raw::{RawBytes, RawConfig, Unknown};
 
 use crate::store::name;
 
@@ -54,6 +54,14 @@ pub struct SchedulerConfig {
     pub keep_alive: KeepAlive,
     pub startup_timeout: Duration,
     pub stop_timeout: Duration,
+    /// At most this many bytes per device for our runners (`None`: what the device has).
+    pub memory_budget: Option<u64>,
+    /// Bytes left free on each device.
+    pub memory_reserve: u64,
+    pub max_loaded_models: Option<usize>,
+    /// Requests that may wait for memory before new ones get 503.
+    pub max_queue: usize,
+    pub queue_timeout: Duration,
 }
 
 /// Per-model settings from `[[models]]`.
@@ -120,6 +128,11 @@ impl Default for Config {
                 keep_alive: KeepAlive::DEFAULT,
                 startup_timeout: Duration::from_secs(300),
                 stop_timeout: Duration::from_secs(10),
+                memory_budget: None,
+                memory_reserve: 512 << 20,
+                max_loaded_models: None,
+                max_queue: 512,
+                queue_timeout: Duration::from_secs(300),
             },
             models: Vec::new(),
         }
@@ -162,6 +175,43 @@ impl Config {
         })?;
         validate(raw, base)
     }
+}
+
+fn bytes(raw: &RawBytes) -> Result<u64, String> {
+    match raw {
+        RawBytes::Int(n) => u64::try_from(*n).map_err(|_| "must be >= 0".to_string()),
+        RawBytes::Text(t) => parse_bytes(t),
+    }
+}
+
+/// A size with an optional unit: `1073741824`, `512MiB`, `1.5 GiB`, `24GB` (SI units are powers of 1000, IEC
+/// units powers of 1024, as `docker` and Ollama read them).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = (&t[..split], t[split..].trim());
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (like 512MiB or 24GB)"))?;
+    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "t" | "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+            ))
+        }
+    };
+    Ok((value * scale as f64).round() as u64)
 }
 
 /// Collects every error; the config is only built when there are none.
@@ -266,6 +316,34 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             scheduler.stop_timeout.as_ref(),
             s.stop_timeout,
         );
+        s.queue_timeout = errors.duration(
+            "scheduler.queue_timeout",
+            scheduler.queue_timeout.as_ref(),
+            s.queue_timeout,
+        );
+        if let Some(b) = &scheduler.memory_budget {
+            match bytes(b) {
+                Ok(0) => errors.push("scheduler.memory_budget", "must be > 0"),
+                Ok(n) => s.memory_budget = Some(n),
+                Err(e) => errors.push("scheduler.memory_budget", e),
+            }
+        }
+        if let Some(b) = &scheduler.memory_reserve {
+            match bytes(b) {
+                Ok(n) => s.memory_reserve = n,
+                Err(e) => errors.push("scheduler.memory_reserve", e),
+            }
+        }
+        match scheduler.max_loaded_models {
+            None => {}
+            Some(n) if n > 0 => s.max_loaded_models = Some(n as usize),
+            Some(_) => errors.push("scheduler.max_loaded_models", "must be > 0"),
+        }
+        match scheduler.max_queue {
+            None => {}
+            Some(n) if n >= 0 => s.max_queue = n as usize,
+            Some(_) => errors.push("scheduler.max_queue", "must be >= 0"),
+        }
     }
 
     for (i, model) in raw.models.unwrap_or_default().into_iter().enumerate() {
@@ -458,5 +536,33 @@ mod tests {
         assert!(err.lines()[0].contains("configured twice"));
         let err = parse("[[models]]\nname = \"tiny\"\ncontext_size = \"big\"\n").unwrap_err();
         assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+    }
+
+    #[test]
+    fn memory_limits_parse_with_units_and_bad_ones_are_named() {
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("1.5 GiB"), Ok(3 << 29));
+        assert_eq!(parse_bytes("24GB"), Ok(24_000_000_000));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        let c = parse(
+            "[scheduler]\nmemory_budget = \"30MiB\"\nmemory_reserve = 0\nmax_loaded_models = 2\nmax_queue = 4\nqueue_timeout = \"1m\"\n",
+        )
+        .unwrap();
+        let s = &c.scheduler;
+        assert_eq!(s.memory_budget, Some(30 << 20));
+        assert_eq!(
+            (s.memory_reserve, s.max_loaded_models, s.max_queue),
+            (0, Some(2), 4)
+        );
+        assert_eq!(s.queue_timeout, Duration::from_secs(60));
+        let err = parse(
+            "[scheduler]\nmemory_budget = \"lots\"\nmemory_reserve = \"5 parsecs\"\nmax_loaded_models = 0\n",
+        )
+        .unwrap_err();
+        let lines = err.lines();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(lines[0].starts_with("scheduler.memory_budget: \"lots\" is not a size"));
+        assert!(lines[1].contains("unknown unit \"parsecs\""));
+        assert_eq!(lines[2], "scheduler.max_loaded_models: must be > 0");
     }
 }

@@ -55,6 +55,11 @@ pub struct RawScheduler {
     pub keep_alive: Option<String>,
     pub startup_timeout: Option<String>,
     pub stop_timeout: Option<String>,
+    pub memory_budget: Option<RawBytes>,
+    pub memory_reserve: Option<RawBytes>,
+    pub max_loaded_models: Option<i64>,
+    pub max_queue: Option<i64>,
+    pub queue_timeout: Option<String>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }
@@ -68,4 +73,12 @@ pub struct RawModel {
     pub keep_alive: Option<String>,
     #[serde(flatten)]
     pub unknown: Unknown,
+}
+
+/// A size: bytes as an integer, or a string with a unit (`"512MiB"`, `"24 GB"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawBytes {
+    Int(i64),
+    Text(String),
 }

@@ -54,3 +54,42 @@ pub struct Timeouts {
     pub startup: Duration,
     pub stop: Duration,
 }
+
+/// Whether an engine's output says it ran out of memory while loading: CUDA, cuBLAS, Vulkan, Metal and host
+/// allocation failures as llama.cpp prints them, and PyTorch's (vLLM, diffusers).
+pub fn out_of_memory(output: &str) -> bool {
+    const SIGNS: [&str; 8] = [
+        "out of memory",
+        "cudaMalloc failed",
+        "CUBLAS_STATUS_ALLOC_FAILED",
+        "unable to allocate",
+        "failed to allocate",
+        "ErrorOutOfDeviceMemory",
+        "OutOfMemoryError",
+        "No available memory for the cache blocks",
+    ];
+    let lower = output.to_ascii_lowercase();
+    SIGNS
+        .iter()
+        .any(|s| lower.contains(&s.to_ascii_lowercase()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn out_of_memory_is_recognised_in_engine_output() {
+        for line in [
+            "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 4096.00 MiB on device 0: cudaMalloc failed: out of memory",
+            "llama_model_load: error loading model: unable to allocate CUDA0 buffer",
+            "alloc_tensor_range: failed to allocate CUDA0 buffer of size 8589934592",
+            "CUDA error: CUBLAS_STATUS_ALLOC_FAILED",
+            "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+            "ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization`",
+        ] {
+            assert!(super::out_of_memory(line), "{line}");
+        }
+        assert!(!super::out_of_memory(
+            "error: failed to open GGUF file '/nope.gguf'\nmain: exiting due to model loading error"
+        ));
+    }
+}

@@ -79,10 +79,12 @@ pub struct EngineProcess {
 }
 
 impl EngineProcess {
-    /// Starts `binary args...` in a new process group. `label` names the engine in logs (the model name).
+    /// Starts `binary args...` in a new process group, with `env` added to ours. `label` names the engine in logs
+    /// (the model name).
     pub fn spawn(
         binary: &Path,
         args: &[String],
+        env: &[(String, String)],
         label: &str,
     ) -> Result<EngineProcess, EngineError> {
         let spawn_err = |source| EngineError::Spawn {
@@ -92,6 +94,7 @@ impl EngineProcess {
         let parent = nix::unistd::getpid();
         let mut cmd = Command::new(binary);
         cmd.args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -331,6 +334,7 @@ mod tests {
         let mut p = EngineProcess::spawn(
             Path::new("/bin/sh"),
             &sh("echo loading; echo 'bad flag --x' >&2; exit 3"),
+            &[],
             "t",
         )
         .unwrap();
@@ -353,7 +357,7 @@ mod tests {
         let pidfile = dir.path().join("grandchild");
         let mut args = sh(script);
         args.push(pidfile.display().to_string());
-        let mut p = EngineProcess::spawn(Path::new("/bin/sh"), &args, "t").unwrap();
+        let mut p = EngineProcess::spawn(Path::new("/bin/sh"), &args, &[], "t").unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         let grandchild: i32 = loop {
             if let Some(pid) = std::fs::read_to_string(&pidfile)
@@ -394,6 +398,7 @@ mod tests {
         let mut p = EngineProcess::spawn(
             Path::new("/bin/sh"),
             &sh("i=0; while [ $i -lt 300 ]; do echo line$i; i=$((i+1)); done; head -c 10000 /dev/zero | tr '\\0' x"),
+            &[],
             "t",
         )
         .unwrap();

@@ -197,6 +197,13 @@ impl ModelShape {
     }
 }
 
+/// What an engine process holds besides the model in CPU mode: llama-server's code, libraries and buffers (its
+/// resident memory with the 0.5 MB test model is 16.5 MiB).
+pub const ENGINE_OVERHEAD_CPU: u64 = 16 << 20;
+/// What an engine process holds on a GPU besides the model: the CUDA context and cuBLAS workspace (300–600 MiB on
+/// recent NVIDIA GPUs, by NVIDIA's figures; replaced by the measurement after the first load).
+pub const ENGINE_OVERHEAD_GPU: u64 = 512 << 20;
+
 /// Predicted bytes, split by what they are for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Prediction {

@@ -27,11 +27,17 @@ pub async fn ps(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
                 .last_used
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                 .map(|d| d.as_secs() as i64),
-            in_use: r.in_use,
+            in_use: r.in_flight > 0,
             loading: r.loading,
             keep_alive: r.keep_alive.to_string(),
             pid: r.endpoint.map(|e| e.pid),
             port: r.endpoint.map(|e| e.port),
+            queued: r.queued,
+            in_flight: r.in_flight,
+            context_size: r.context_size,
+            predicted_memory: r.predicted,
+            measured_memory: r.measured,
+            devices: r.usage,
         })
         .collect();
     Ok(json(StatusCode::OK, &runners))

@@ -12,8 +12,13 @@ use super::http::{parse_json, read_body, ApiError, Body};
 use super::App;
 use crate::api::{openai, ErrorKind};
 use crate::engines::{LaunchSpec, Mode, RunnerWishes};
-use crate::scheduler::{AcquireError, Lease, RunnerKey};
-use crate::store::StoreError;
+use crate::gpu::estimate::{self, LlamaFlags, ModelShape};
+use crate::gpu::ProbeKind;
+use crate::scheduler::{AcquireError, Demand, Lease, RunnerKey, Usage};
+use crate::store::{Model, StoreError};
+
+/// Seconds a client is told to wait (`Retry-After`) when the queue for memory is full.
+const RETRY_AFTER_SECS: u64 = 5;
 
 pub async fn handle(
     app: &Arc<App>,
@@ -77,13 +82,14 @@ pub async fn acquire(
             .unwrap_or(app.config.scheduler.keep_alive),
     };
     let name = launch.model_name.clone();
+    let demand = demand(app, &model, &launch)?;
     let key = RunnerKey {
         model_id: model.id,
         mode,
     };
     let lease = app
         .scheduler
-        .acquire(key, launch)
+        .acquire(key, launch, demand)
         .await
         .map_err(|e| match e {
             AcquireError::ShuttingDown => ApiError::new(ErrorKind::Unavailable, e.to_string()),
@@ -95,6 +101,47 @@ pub async fn acquire(
                 ErrorKind::BadGateway,
                 format!("unable to load runner for {name}: {msg}"),
             ),
+            AcquireError::NoMemory(msg) => ApiError::new(ErrorKind::InsufficientMemory, msg),
+            AcquireError::Busy(msg) => ApiError {
+                retry_after: Some(RETRY_AFTER_SECS),
+                ..ApiError::new(ErrorKind::Unavailable, msg)
+            },
         })?;
     Ok((lease, name))
+}
+
+/// What loading `model` with `launch` is expected to take: the GGUF prediction (weights, KV cache, compute
+/// buffers, per the runtime flags) plus the engine's own overhead. In CPU mode that is host memory. Flags that pin
+/// GPUs (`--main-gpu`, `--tensor-split`) pin the demand; otherwise the scheduler places it. An unknown
+/// architecture counts its file size. Flags with bad values are the caller's error (400).
+fn demand(app: &App, model: &Model, launch: &LaunchSpec) -> Result<Demand, ApiError> {
+    let flags =
+        LlamaFlags::parse(&launch.runtime_flags, launch.context_size as u64).map_err(|e| {
+            ApiError::bad_request(format!("runtime flags of {}: {e}", launch.model_name))
+        })?;
+    let bytes = std::fs::metadata(&model.weights)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let cpu = app.scheduler.probe_kind() != ProbeKind::Nvml;
+    let overhead = if cpu {
+        estimate::ENGINE_OVERHEAD_CPU
+    } else {
+        estimate::ENGINE_OVERHEAD_GPU
+    };
+    let total = match ModelShape::from_gguf(&model.config.gguf, bytes) {
+        Ok(shape) => estimate::predict(&shape, &flags, cpu).total() + overhead,
+        Err(_) => bytes + overhead,
+    };
+    let pinned = flags.main_gpu.is_some() || !flags.tensor_split.is_empty();
+    Ok(if pinned && !cpu {
+        let per_device: Usage = estimate::spread(total, &flags, app.scheduler.device_count())
+            .into_iter()
+            .enumerate()
+            .filter(|(_, b)| *b > 0)
+            .map(|(i, b)| (i as u32, b))
+            .collect();
+        Demand::Pinned(per_device)
+    } else {
+        Demand::Any(total)
+    })
 }

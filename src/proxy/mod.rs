@@ -41,7 +41,7 @@ pub struct App {
     pub engines: forward::EnginePools,
     pub llama_binary: Result<PathBuf, String>,
     /// What measures memory: NVML on NVIDIA machines, host memory otherwise.
-    pub memory: Box<dyn crate::gpu::GpuProbe>,
+    pub memory: Arc<dyn crate::gpu::GpuProbe>,
 }
 
 impl App {
@@ -248,14 +248,23 @@ pub fn build_app(config: Config, store: Store) -> App {
         startup: config.scheduler.startup_timeout,
         stop: config.scheduler.stop_timeout,
     };
-    let scheduler = Scheduler::start(llama_binary.clone(), timeouts);
+    let s = &config.scheduler;
+    let limits = crate::scheduler::Limits {
+        budget: s.memory_budget,
+        reserve: s.memory_reserve,
+        max_loaded_models: s.max_loaded_models,
+        max_queue: s.max_queue,
+        queue_timeout: s.queue_timeout,
+    };
+    let memory: Arc<dyn crate::gpu::GpuProbe> = Arc::from(crate::gpu::detect());
+    let scheduler = Scheduler::start(llama_binary.clone(), timeouts, limits, memory.clone());
     App {
         config,
         store,
         scheduler,
         engines: forward::EnginePools::default(),
         llama_binary,
-        memory: crate::gpu::detect(),
+        memory,
     }
 }
 

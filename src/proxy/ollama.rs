@@ -104,12 +104,16 @@ pub async fn ps(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
         models.push(ollama::PsModel {
             name: name(&m),
             model: name(&m),
-            // Running models are few; one stat each.
-            size: weights_size(&m),
+            // As Ollama: the memory the loaded model takes (measured, else predicted), and the part on GPUs.
+            size: r.measured.unwrap_or(r.predicted),
             digest: digest(&m),
             details: details(&m),
             expires_at: store::rfc3339(expires),
-            size_vram: 0,
+            size_vram: if app.scheduler.probe_kind() == crate::gpu::ProbeKind::Nvml {
+                r.measured.unwrap_or(r.predicted)
+            } else {
+                0
+            },
         });
     }
     Ok(json(StatusCode::OK, &ollama::Ps { models }))

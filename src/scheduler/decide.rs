@@ -2,16 +2,24 @@
 //! no processes, no I/O — the actor in `scheduler::mod` turns actions into effects and effects back into events.
 //! Table-tested below.
 //!
-//! Rules: one runner per (model, mode); requests for a loading runner join that one load; a ready runner is
-//! granted at once (and takes the request's keep-alive); a request for another context size or other flags
-//! restarts an idle runner with them; a runner is stopped when idle past its keep-alive, when unloaded (idle only, unless forced),
-//! or at shutdown; a runner that fails or exits is forgotten at once so the next request starts a new one.
+//! Rules: one runner per (model, mode); requests for a queued or loading runner join it; a ready runner is granted
+//! at once (and takes the request's keep-alive), so requests for loaded models never wait behind a load; a request
+//! for another context size or other flags restarts an idle runner with them. A new runner is *queued* until
+//! memory admits it (`memory::plan`): it starts when it fits; idle runners are evicted (LRU) when that makes it fit,
+//! and it starts once they have exited; it waits while only busy runners could make room; it is refused (507) when
+//! it can never fit. The queue is FIFO, bounded (`max_queue`, 503) and timed (`queue_timeout`, 503). A load that
+//! fails for lack of memory evicts every idle runner on its devices and is retried once. A runner is stopped when
+//! idle past its keep-alive, when unloaded (idle only, unless forced), or at shutdown; a runner that fails or
+//! exits is forgotten at once so the next request starts a new one. Measurements replace predictions and are
+//! remembered per (model, mode, context, flags).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use super::memory::{self, Demand, Device, Hold, Holder, Limits, Plan, Usage};
 use crate::config::KeepAlive;
 use crate::engines::{LaunchSpec, Mode};
+use crate::gpu::DeviceMemory;
 
 pub type WaiterId = u64;
 pub type RunnerId = u64;
@@ -22,6 +30,9 @@ pub struct RunnerKey {
     pub mode: Mode,
 }
 
+/// What a measurement is remembered by: the same model with the same settings uses the same memory.
+pub type Identity = (String, Mode, u32, Vec<String>);
+
 /// Where a ready runner listens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Endpoint {
@@ -31,8 +42,20 @@ pub struct Endpoint {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Phase {
-    Loading { waiters: Vec<WaiterId> },
-    Ready { endpoint: Endpoint, in_flight: u32 },
+    /// Waiting for memory; `after`: runners evicted after an out-of-memory load, which must exit first.
+    Queued {
+        waiters: Vec<WaiterId>,
+        since: Instant,
+        seq: u64,
+        after: Vec<RunnerId>,
+    },
+    Loading {
+        waiters: Vec<WaiterId>,
+    },
+    Ready {
+        endpoint: Endpoint,
+        in_flight: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -41,15 +64,38 @@ pub struct Runner {
     pub launch: LaunchSpec,
     pub phase: Phase,
     pub last_used: Option<Instant>,
+    /// What it is expected to need: the prediction, or what it measured last time.
+    pub demand: Demand,
+    /// What it holds per device: its placement until measured, then the measurement.
+    pub usage: Usage,
+    /// The largest measured total so far.
+    pub measured: Option<u64>,
+    /// Devices the engine is pinned to (`None`: unpinned, or pinned by the user's flags).
+    pub pin: Option<Vec<u32>>,
+    /// Already retried after running out of memory.
+    pub retried: bool,
+}
+
+/// A runner told to stop: its memory counts until it has exited.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stopping {
+    pub key: RunnerKey,
+    pub usage: Usage,
 }
 
 #[derive(Debug, Default)]
 pub struct State {
     pub runners: BTreeMap<RunnerKey, Runner>,
     /// Runners told to stop whose exit has not been seen yet.
-    pub stopping: BTreeMap<RunnerId, RunnerKey>,
+    pub stopping: BTreeMap<RunnerId, Stopping>,
     pub shutting_down: bool,
+    /// The devices as last measured (empty: unknown, memory is not limited unless a budget is set).
+    pub devices: Vec<Device>,
+    pub limits: Limits,
+    /// Measured bytes per (model, mode, context, flags).
+    pub learned: BTreeMap<Identity, u64>,
     next_runner: RunnerId,
+    next_seq: u64,
 }
 
 /// Which runners an unload applies to.
@@ -65,6 +111,8 @@ pub enum Event {
         waiter: WaiterId,
         key: RunnerKey,
         launch: LaunchSpec,
+        /// The predicted need (replaced by what this model measured before, if it did).
+        demand: Demand,
     },
     Loaded {
         runner: RunnerId,
@@ -73,6 +121,8 @@ pub enum Event {
     LoadFailed {
         runner: RunnerId,
         error: String,
+        /// The engine said it ran out of memory.
+        oom: bool,
     },
     Exited {
         runner: RunnerId,
@@ -81,6 +131,11 @@ pub enum Event {
     /// A request on this runner ended (also sent for a grant whose client had already left).
     Released {
         runner: RunnerId,
+    },
+    /// A memory reading: every device, and what each measured runner uses per device.
+    Measured {
+        devices: Vec<DeviceMemory>,
+        runners: BTreeMap<RunnerId, Usage>,
     },
     Tick,
     Unload {
@@ -95,6 +150,10 @@ pub enum Rejection {
     ShuttingDown,
     EngineFailed(String),
     Unloaded,
+    /// It can never fit (507).
+    NoMemory(String),
+    /// The queue for memory is full, or the wait timed out (503 with Retry-After).
+    Busy(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -102,6 +161,8 @@ pub enum Action {
     Spawn {
         runner: RunnerId,
         launch: LaunchSpec,
+        /// Devices to make visible to the engine (`CUDA_VISIBLE_DEVICES`); `None`: leave it alone.
+        pin: Option<Vec<u32>>,
     },
     Stop {
         runner: RunnerId,
@@ -118,6 +179,13 @@ pub enum Action {
 }
 
 impl State {
+    pub fn new(limits: Limits) -> State {
+        State {
+            limits,
+            ..State::default()
+        }
+    }
+
     pub fn find(&self, runner: RunnerId) -> Option<&RunnerKey> {
         self.runners
             .iter()
@@ -130,9 +198,27 @@ impl State {
         self.shutting_down && self.runners.is_empty() && self.stopping.is_empty()
     }
 
-    /// When the next idle runner's keep-alive runs out.
+    /// When the next idle runner's keep-alive, or the next queued request's wait, runs out.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.runners.values().filter_map(idle_deadline).min()
+        let timeout = self.limits.queue_timeout;
+        self.runners
+            .values()
+            .filter_map(|r| match &r.phase {
+                Phase::Queued { since, .. } => Some(*since + timeout),
+                _ => idle_deadline(r),
+            })
+            .min()
+    }
+
+    /// Requests waiting for memory.
+    pub fn queued(&self) -> usize {
+        self.runners
+            .values()
+            .map(|r| match &r.phase {
+                Phase::Queued { waiters, .. } => waiters.len(),
+                _ => 0,
+            })
+            .sum()
     }
 
     fn remove(&mut self, runner: RunnerId) -> Option<Runner> {
@@ -140,18 +226,88 @@ impl State {
         self.runners.remove(&key)
     }
 
+    /// Stops a runner (a queued one just goes away); its waiters, if any, are refused with `why`.
     fn stop(&mut self, key: &RunnerKey, actions: &mut Vec<Action>, why: Rejection) {
-        if let Some(r) = self.runners.remove(key) {
-            if let Phase::Loading { waiters } = r.phase {
-                actions.extend(waiters.into_iter().map(|waiter| Action::Reject {
-                    waiter,
-                    why: why.clone(),
-                }));
-            }
-            self.stopping.insert(r.id, key.clone());
-            actions.push(Action::Stop { runner: r.id });
+        let Some(r) = self.runners.remove(key) else {
+            return;
+        };
+        match r.phase {
+            Phase::Queued { waiters, .. } => return reject(waiters, why, actions),
+            Phase::Loading { waiters } => reject(waiters, why, actions),
+            Phase::Ready { .. } => {}
+        }
+        self.stopping.insert(
+            r.id,
+            Stopping {
+                key: key.clone(),
+                usage: r.usage,
+            },
+        );
+        actions.push(Action::Stop { runner: r.id });
+    }
+
+    /// Queues a runner at the back of the line, or at the front (`first`: a retry, admitted once already).
+    fn enqueue(&mut self, key: RunnerKey, mut runner: Runner, now: Instant, first: bool) {
+        self.next_seq += 1;
+        if let Phase::Queued { since, seq, .. } = &mut runner.phase {
+            (*since, *seq) = (now, if first { 0 } else { self.next_seq });
+        }
+        self.runners.insert(key, runner);
+    }
+
+    /// The devices admission uses: as measured, else one of the budget's size when one is set.
+    fn admission_devices(&self) -> Vec<Device> {
+        match (self.devices.is_empty(), self.limits.budget) {
+            (true, Some(budget)) => vec![Device {
+                index: 0,
+                name: "budget".into(),
+                total: budget,
+                free: budget,
+                others: 0,
+            }],
+            _ => self.devices.clone(),
         }
     }
+
+    /// Every runner that holds or will hold memory, as admission sees it.
+    fn holders(&self) -> Vec<Holder> {
+        let running = self.runners.values().filter_map(|r| {
+            let hold = match r.phase {
+                Phase::Queued { .. } => return None,
+                Phase::Ready { in_flight: 0, .. } => Hold::Idle {
+                    last_used: r.last_used,
+                },
+                _ => Hold::Busy,
+            };
+            Some(Holder {
+                id: r.id,
+                usage: r.usage.clone(),
+                hold,
+            })
+        });
+        let stopping = self.stopping.iter().map(|(id, s)| Holder {
+            id: *id,
+            usage: s.usage.clone(),
+            hold: Hold::Stopping,
+        });
+        running.chain(stopping).collect()
+    }
+}
+
+fn identity(key: &RunnerKey, launch: &LaunchSpec) -> Identity {
+    (
+        key.model_id.clone(),
+        key.mode,
+        launch.context_size,
+        launch.runtime_flags.clone(),
+    )
+}
+
+fn reject(waiters: Vec<WaiterId>, why: Rejection, actions: &mut Vec<Action>) {
+    actions.extend(waiters.into_iter().map(|waiter| Action::Reject {
+        waiter,
+        why: why.clone(),
+    }));
 }
 
 fn idle_deadline(r: &Runner) -> Option<Instant> {
@@ -168,6 +324,7 @@ pub fn decide(state: &mut State, event: Event, now: Instant) -> Vec<Action> {
             waiter,
             key,
             launch,
+            demand,
         } => {
             // A request for another context size or other flags reloads an idle runner; a busy or loading one
             // keeps serving as it is (its requests are not cut short), and the change applies once it is idle.
@@ -179,16 +336,30 @@ pub fn decide(state: &mut State, event: Event, now: Instant) -> Vec<Action> {
             if reload && !state.shutting_down {
                 state.stop(&key, &mut actions, Rejection::Unloaded);
             }
+            let queue_full = state.queued() >= state.limits.max_queue;
+            let busy = || {
+                Rejection::Busy(format!(
+                    "{} requests are already waiting for memory to load a model",
+                    state.queued()
+                ))
+            };
             if state.shutting_down {
                 actions.push(Action::Reject {
                     waiter,
                     why: Rejection::ShuttingDown,
                 });
-            } else if let Some(r) = state.runners.get_mut(&key) {
-                // The latest request's keep-alive wins, as in Ollama.
+            } else if state.runners.contains_key(&key) {
+                let why = busy();
+                let r = state.runners.get_mut(&key).expect("just got it"); // invariant: checked above
+                                                                           // The latest request's keep-alive wins, as in Ollama.
                 r.launch.keep_alive = launch.keep_alive;
                 match &mut r.phase {
-                    Phase::Loading { waiters } => waiters.push(waiter),
+                    Phase::Queued { .. } if queue_full => {
+                        actions.push(Action::Reject { waiter, why })
+                    }
+                    Phase::Queued { waiters, .. } | Phase::Loading { waiters } => {
+                        waiters.push(waiter)
+                    }
                     Phase::Ready {
                         endpoint,
                         in_flight,
@@ -202,19 +373,34 @@ pub fn decide(state: &mut State, event: Event, now: Instant) -> Vec<Action> {
                         });
                     }
                 }
+            } else if queue_full {
+                actions.push(Action::Reject {
+                    waiter,
+                    why: busy(),
+                });
             } else {
                 state.next_runner += 1;
-                let id = state.next_runner;
+                let demand = match state.learned.get(&identity(&key, &launch)) {
+                    Some(bytes) => demand.scaled_to(*bytes),
+                    None => demand,
+                };
                 let runner = Runner {
-                    id,
-                    launch: launch.clone(),
-                    phase: Phase::Loading {
+                    id: state.next_runner,
+                    launch,
+                    phase: Phase::Queued {
                         waiters: vec![waiter],
+                        since: now,
+                        seq: 0,
+                        after: vec![],
                     },
                     last_used: None,
+                    demand,
+                    usage: Usage::new(),
+                    measured: None,
+                    pin: None,
+                    retried: false,
                 };
-                state.runners.insert(key, runner);
-                actions.push(Action::Spawn { runner: id, launch });
+                state.enqueue(key, runner, now, false);
             }
         }
         Event::Loaded { runner, endpoint } => {
@@ -237,15 +423,18 @@ pub fn decide(state: &mut State, event: Event, now: Instant) -> Vec<Action> {
                 }
             }
         }
-        Event::LoadFailed { runner, error } => {
+        Event::LoadFailed { runner, error, oom } => {
             state.stopping.remove(&runner);
-            if let Some(r) = state.remove(runner) {
-                if let Phase::Loading { waiters } = r.phase {
-                    let why = Rejection::EngineFailed(error);
-                    actions.extend(waiters.into_iter().map(|waiter| Action::Reject {
-                        waiter,
-                        why: why.clone(),
-                    }));
+            if let Some(key) = state.find(runner).cloned() {
+                let mut r = state.runners.remove(&key).expect("find returned this key"); // invariant: just found
+                if let Phase::Loading { waiters } =
+                    std::mem::replace(&mut r.phase, Phase::Loading { waiters: vec![] })
+                {
+                    if oom && !r.retried && !state.shutting_down {
+                        retry_after_oom(state, key, r, waiters, now, &mut actions);
+                    } else {
+                        reject(waiters, Rejection::EngineFailed(error), &mut actions);
+                    }
                 }
             }
         }
@@ -253,11 +442,7 @@ pub fn decide(state: &mut State, event: Event, now: Instant) -> Vec<Action> {
             state.stopping.remove(&runner);
             if let Some(r) = state.remove(runner) {
                 if let Phase::Loading { waiters } = r.phase {
-                    let why = Rejection::EngineFailed(reason);
-                    actions.extend(waiters.into_iter().map(|waiter| Action::Reject {
-                        waiter,
-                        why: why.clone(),
-                    }));
+                    reject(waiters, Rejection::EngineFailed(reason), &mut actions);
                 }
             }
         }
@@ -271,7 +456,9 @@ pub fn decide(state: &mut State, event: Event, now: Instant) -> Vec<Action> {
                 release_if_idle_and_done(state, &key, &mut actions);
             }
         }
+        Event::Measured { devices, runners } => measured(state, devices, runners),
         Event::Tick => {
+            let timeout = state.limits.queue_timeout;
             let expired: Vec<RunnerKey> = state
                 .runners
                 .iter()
@@ -280,6 +467,20 @@ pub fn decide(state: &mut State, event: Event, now: Instant) -> Vec<Action> {
                 .collect();
             for key in expired {
                 state.stop(&key, &mut actions, Rejection::Unloaded);
+            }
+            let waited_out: Vec<RunnerKey> = state
+                .runners
+                .iter()
+                .filter(|(_, r)| matches!(r.phase, Phase::Queued { since, .. } if since + timeout <= now))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in waited_out {
+                let why = Rejection::Busy(format!(
+                    "waited {} for memory to load {}; the models holding it are busy",
+                    crate::config::format_go(timeout),
+                    state.runners[&key].launch.model_name
+                ));
+                state.stop(&key, &mut actions, why);
             }
         }
         Event::Unload { selector, force } => {
@@ -308,7 +509,143 @@ pub fn decide(state: &mut State, event: Event, now: Instant) -> Vec<Action> {
             }
         }
     }
+    admit(state, &mut actions);
     actions
+}
+
+/// Starts queued runners in arrival order while memory admits them; stops idle runners the head of the queue
+/// needs gone; refuses those that can never fit.
+fn admit(state: &mut State, actions: &mut Vec<Action>) {
+    if state.shutting_down {
+        return;
+    }
+    let devices = state.admission_devices();
+    loop {
+        let head = state
+            .runners
+            .iter()
+            .filter_map(|(k, r)| match &r.phase {
+                Phase::Queued { seq, after, .. } => Some((*seq, k.clone(), after.clone())),
+                _ => None,
+            })
+            .min();
+        let Some((_, key, after)) = head else { return };
+        if after.iter().any(|id| state.stopping.contains_key(id)) {
+            return;
+        }
+        let demand = state.runners[&key].demand.clone();
+        match memory::plan(&devices, &state.limits, &state.holders(), &demand) {
+            Plan::Now(placement) => {
+                let r = state.runners.get_mut(&key).expect("head of the queue"); // invariant: just found
+                let Phase::Queued { waiters, .. } = &mut r.phase else {
+                    unreachable!("the head is queued")
+                };
+                r.phase = Phase::Loading {
+                    waiters: std::mem::take(waiters),
+                };
+                r.usage = placement.usage;
+                r.pin = placement.pin.clone();
+                actions.push(Action::Spawn {
+                    runner: r.id,
+                    launch: r.launch.clone(),
+                    pin: placement.pin,
+                });
+            }
+            Plan::Evict(victims) => {
+                for id in victims {
+                    if let Some(k) = state.find(id).cloned() {
+                        state.stop(&k, actions, Rejection::Unloaded);
+                    }
+                }
+                return;
+            }
+            Plan::Wait => return,
+            Plan::Never(why) => {
+                let name = state.runners[&key].launch.model_name.clone();
+                let why = format!("{name} does not fit in memory: it {why}");
+                state.stop(&key, actions, Rejection::NoMemory(why));
+            }
+        }
+    }
+}
+
+/// An out-of-memory load: evict every idle runner on its devices and queue it again, first in line, to start once
+/// they have exited.
+fn retry_after_oom(
+    state: &mut State,
+    key: RunnerKey,
+    r: Runner,
+    waiters: Vec<WaiterId>,
+    now: Instant,
+    actions: &mut Vec<Action>,
+) {
+    let victims: Vec<RunnerKey> = state
+        .runners
+        .iter()
+        .filter(|(_, o)| matches!(o.phase, Phase::Ready { in_flight: 0, .. }))
+        .filter(|(_, o)| r.usage.is_empty() || o.usage.keys().any(|d| r.usage.contains_key(d)))
+        .map(|(k, _)| k.clone())
+        .collect();
+    let mut after = Vec::new();
+    for k in victims {
+        after.push(state.runners[&k].id);
+        state.stop(&k, actions, Rejection::Unloaded);
+    }
+    state.next_runner += 1;
+    let retry = Runner {
+        id: state.next_runner,
+        phase: Phase::Queued {
+            waiters,
+            since: now,
+            seq: 0,
+            after,
+        },
+        usage: Usage::new(),
+        measured: None,
+        pin: None,
+        retried: true,
+        ..r
+    };
+    state.enqueue(key, retry, now, true);
+}
+
+/// A reading replaces what ready and stopping runners hold, is remembered for the next load of the same model,
+/// and tells what processes other than our runners use on each device.
+fn measured(state: &mut State, devices: Vec<DeviceMemory>, runners: BTreeMap<RunnerId, Usage>) {
+    let mut ours: BTreeMap<u32, u64> = BTreeMap::new();
+    for usage in runners.values() {
+        for (d, b) in usage {
+            *ours.entry(*d).or_insert(0) += b;
+        }
+    }
+    for (id, usage) in runners {
+        if let Some(s) = state.stopping.get_mut(&id) {
+            s.usage = usage;
+            continue;
+        }
+        let Some(key) = state.find(id).cloned() else {
+            continue;
+        };
+        let r = state.runners.get_mut(&key).expect("find returned this key"); // invariant: just found
+        if matches!(r.phase, Phase::Ready { .. }) {
+            let bytes = memory::total(&usage).max(r.measured.unwrap_or(0));
+            r.measured = Some(bytes);
+            r.usage = usage;
+            state.learned.insert(identity(&key, &r.launch), bytes);
+        }
+    }
+    state.devices = devices
+        .into_iter()
+        .map(|d| Device {
+            others: d
+                .used
+                .saturating_sub(ours.get(&d.index).copied().unwrap_or(0)),
+            index: d.index,
+            name: d.name,
+            total: d.total,
+            free: d.free,
+        })
+        .collect();
 }
 
 fn release_if_idle_and_done(state: &mut State, key: &RunnerKey, actions: &mut Vec<Action>) {
@@ -348,6 +685,7 @@ mod tests {
             waiter,
             key: key(model),
             launch: launch(model, KeepAlive::DEFAULT),
+            demand: Demand::Any(0),
         }
     }
 
@@ -423,6 +761,7 @@ mod tests {
             waiter,
             key: key("m"),
             launch: bigger.clone(),
+            demand: Demand::Any(0),
         };
         // Busy: the request shares the running one, and its keep-alive is taken.
         assert_eq!(
@@ -460,7 +799,8 @@ mod tests {
                 Action::Stop { runner: 2 },
                 Action::Spawn {
                     runner: 3,
-                    launch: bigger.clone()
+                    launch: bigger.clone(),
+                    pin: None,
                 }
             ]
         );
@@ -477,6 +817,7 @@ mod tests {
             Event::LoadFailed {
                 runner: 1,
                 error: "boom".into(),
+                oom: false,
             },
             t,
         );
@@ -585,6 +926,7 @@ mod tests {
             waiter: w,
             key: key("m"),
             launch: launch("m", ka),
+            demand: Demand::Any(0),
         };
         decide(&mut s, ev(1, KeepAlive::For(Duration::ZERO)), t);
         decide(
@@ -721,6 +1063,7 @@ mod tests {
             Event::LoadFailed {
                 runner: 2,
                 error: "stopped".into(),
+                oom: false,
             },
             t,
         );
@@ -744,6 +1087,7 @@ mod tests {
                 waiter: 2,
                 key: emb,
                 launch: l,
+                demand: Demand::Any(0),
             },
             t,
         );

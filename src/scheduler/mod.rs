@@ -1,15 +1,17 @@
 //! The scheduler: the one owner of runner state, and the only module that decides to start or stop an engine.
 //! An actor task holds the [`decide::State`]; HTTP handlers talk to it through [`Scheduler`] (acquire a [`Lease`]
 //! on a ready runner, list runners, unload, shut down). Decisions are pure (`decide`); this file only carries out
-//! their actions: spawning runner tasks, cancelling them, and answering waiters.
+//! their actions: spawning runner tasks, cancelling them, and answering waiters. It also measures memory: right
+//! after a load and every [`MEASURE_EVERY`], off the actor's thread, reporting back a `Measured` event.
 
 pub mod decide;
+pub mod memory;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::{Instant, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -18,9 +20,14 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::KeepAlive;
 use crate::engines::process::{free_port, EngineProcess};
-use crate::engines::{llamacpp, LaunchSpec, Mode, Timeouts};
+use crate::engines::{self, llamacpp, LaunchSpec, Mode, Timeouts};
+use crate::gpu::{self, GpuProbe, ProbeKind};
 use decide::{decide, Action, Event, Phase, RunnerId, State, WaiterId};
 pub use decide::{Endpoint, Rejection, RunnerKey, Selector};
+pub use memory::{Demand, Limits, Usage};
+
+/// How often runners' memory is measured while any is loaded.
+pub const MEASURE_EVERY: Duration = Duration::from_secs(2);
 
 /// Why a request could not get a runner.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -31,6 +38,10 @@ pub enum AcquireError {
     EngineFailed(String),
     #[error("the model was unloaded while it was loading")]
     Unloaded,
+    #[error("{0}")]
+    NoMemory(String),
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl From<Rejection> for AcquireError {
@@ -39,6 +50,8 @@ impl From<Rejection> for AcquireError {
             Rejection::ShuttingDown => AcquireError::ShuttingDown,
             Rejection::EngineFailed(e) => AcquireError::EngineFailed(e),
             Rejection::Unloaded => AcquireError::Unloaded,
+            Rejection::NoMemory(m) => AcquireError::NoMemory(m),
+            Rejection::Busy(m) => AcquireError::Busy(m),
         }
     }
 }
@@ -65,11 +78,20 @@ pub struct RunnerInfo {
     pub model_id: String,
     pub model_name: String,
     pub mode: Mode,
+    /// Waiting for memory to start.
+    pub queued: bool,
     pub loading: bool,
-    pub in_use: bool,
+    pub in_flight: u32,
     pub last_used: Option<SystemTime>,
     pub keep_alive: KeepAlive,
     pub endpoint: Option<Endpoint>,
+    pub context_size: u32,
+    /// Expected bytes (the prediction, or what the same model measured before).
+    pub predicted: u64,
+    /// Largest measured bytes, once measured.
+    pub measured: Option<u64>,
+    /// Bytes per device it holds: placed, then measured.
+    pub usage: Usage,
 }
 
 enum Msg {
@@ -77,6 +99,7 @@ enum Msg {
     Acquire {
         key: RunnerKey,
         launch: LaunchSpec,
+        demand: Demand,
         reply: oneshot::Sender<Result<Lease, AcquireError>>,
     },
     Snapshot(oneshot::Sender<Vec<RunnerInfo>>),
@@ -86,19 +109,58 @@ enum Msg {
         reply: oneshot::Sender<Vec<watch::Receiver<bool>>>,
     },
     Shutdown(oneshot::Sender<()>),
+    /// Time to measure (from the timer, or after a load).
+    Measure,
+    /// A measurement finished (the event is `None` when the probe failed).
+    MeasureDone(Option<Event>),
 }
 
 pub struct Scheduler {
     tx: mpsc::UnboundedSender<Msg>,
     actor: Mutex<Option<JoinHandle<()>>>,
+    probe: ProbeKind,
+    devices: usize,
 }
 
 impl Scheduler {
-    /// Starts the actor. `binary` is the resolved llama-server (or why none was found, reported per load).
-    pub fn start(binary: Result<PathBuf, String>, timeouts: Timeouts) -> Scheduler {
+    /// Starts the actor. `binary` is the resolved llama-server (or why none was found, reported per load); `probe`
+    /// measures memory, read once here so that admission knows the devices from the first request.
+    pub fn start(
+        binary: Result<PathBuf, String>,
+        timeouts: Timeouts,
+        limits: Limits,
+        probe: Arc<dyn GpuProbe>,
+    ) -> Scheduler {
         let (tx, rx) = mpsc::unbounded_channel();
+        let mut state = State::new(limits);
+        let kind = probe.kind();
+        match probe.snapshot(&[]) {
+            Ok(snap) => {
+                for d in &snap.devices {
+                    tracing::info!(
+                        device = d.index,
+                        name = d.name,
+                        total = %memory::human(d.total),
+                        free = %memory::human(d.free),
+                        "memory"
+                    );
+                }
+                decide(
+                    &mut state,
+                    Event::Measured {
+                        devices: snap.devices,
+                        runners: BTreeMap::new(),
+                    },
+                    Instant::now(),
+                );
+            }
+            Err(e) => tracing::warn!(error = e, "cannot read memory; loads are not limited by it"),
+        }
+        let devices = state.devices.len();
         let actor = Actor {
-            state: State::default(),
+            state,
+            probe,
+            measuring: false,
             waiters: HashMap::new(),
             runners: HashMap::new(),
             next_waiter: AtomicU64::new(0),
@@ -112,14 +174,37 @@ impl Scheduler {
         Scheduler {
             tx,
             actor: Mutex::new(Some(handle)),
+            probe: kind,
+            devices,
         }
     }
 
-    /// Waits for a ready runner for `key`, starting one if needed. Concurrent callers share one load.
-    pub async fn acquire(&self, key: RunnerKey, launch: LaunchSpec) -> Result<Lease, AcquireError> {
+    /// What memory admission measures.
+    pub fn probe_kind(&self) -> ProbeKind {
+        self.probe
+    }
+
+    /// How many devices the probe saw at start (GPUs, or 1 for host memory).
+    pub fn device_count(&self) -> usize {
+        self.devices
+    }
+
+    /// Waits for a ready runner for `key`, starting one if needed (once `demand` fits in memory). Concurrent
+    /// callers share one load.
+    pub async fn acquire(
+        &self,
+        key: RunnerKey,
+        launch: LaunchSpec,
+        demand: Demand,
+    ) -> Result<Lease, AcquireError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Acquire { key, launch, reply })
+            .send(Msg::Acquire {
+                key,
+                launch,
+                demand,
+                reply,
+            })
             .map_err(|_| AcquireError::ShuttingDown)?;
         rx.await.unwrap_or(Err(AcquireError::ShuttingDown))
     }
@@ -171,10 +256,15 @@ impl Scheduler {
 struct RunnerHandle {
     cancel: CancellationToken,
     exited: watch::Receiver<bool>,
+    /// Known once it is ready.
+    pid: Option<u32>,
 }
 
 struct Actor {
     state: State,
+    probe: Arc<dyn GpuProbe>,
+    /// A measurement is running (at most one at a time).
+    measuring: bool,
     waiters: HashMap<WaiterId, oneshot::Sender<Result<Lease, AcquireError>>>,
     runners: HashMap<RunnerId, RunnerHandle>,
     next_waiter: AtomicU64,
@@ -187,11 +277,14 @@ struct Actor {
 
 impl Actor {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+        let mut measure = tokio::time::interval(MEASURE_EVERY);
+        measure.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self.state.next_deadline();
             let msg = tokio::select! {
                 msg = rx.recv() => msg,
                 _ = sleep_until(deadline), if deadline.is_some() => Some(Msg::Event(Event::Tick)),
+                _ = measure.tick() => Some(Msg::Measure),
             };
             // Unreachable None: the actor holds a sender itself.
             let Some(msg) = msg else { break };
@@ -199,14 +292,27 @@ impl Actor {
                 Msg::Event(event) => {
                     self.apply(event);
                 }
-                Msg::Acquire { key, launch, reply } => {
+                Msg::Acquire {
+                    key,
+                    launch,
+                    demand,
+                    reply,
+                } => {
                     let waiter = self.next_waiter.fetch_add(1, Ordering::Relaxed);
                     self.waiters.insert(waiter, reply);
                     self.apply(Event::Acquire {
                         waiter,
                         key,
                         launch,
+                        demand,
                     });
+                }
+                Msg::Measure => self.measure(),
+                Msg::MeasureDone(event) => {
+                    self.measuring = false;
+                    if let Some(event) = event {
+                        self.apply(event);
+                    }
                 }
                 Msg::Snapshot(reply) => {
                     let _ = reply.send(self.snapshot());
@@ -241,16 +347,30 @@ impl Actor {
 
     /// Runs `decide` and carries out its actions; returns the runners it stopped.
     fn apply(&mut self, event: Event) -> Vec<RunnerId> {
+        let loaded = matches!(event, Event::Loaded { .. });
         match &event {
             Event::Exited { runner, .. } | Event::LoadFailed { runner, .. } => {
                 self.runners.remove(runner);
             }
+            Event::Loaded { runner, endpoint } => {
+                if let Some(h) = self.runners.get_mut(runner) {
+                    h.pid = Some(endpoint.pid);
+                }
+            }
             _ => {}
+        }
+        if loaded {
+            // Replace the prediction with a measurement as soon as the engine is up.
+            let _ = self.tx.send(Msg::Measure);
         }
         let mut stopped = Vec::new();
         for action in decide(&mut self.state, event, Instant::now()) {
             match action {
-                Action::Spawn { runner, launch } => self.spawn(runner, launch),
+                Action::Spawn {
+                    runner,
+                    launch,
+                    pin,
+                } => self.spawn(runner, launch, pin),
                 Action::Stop { runner } => {
                     if let Some(h) = self.runners.get(&runner) {
                         h.cancel.cancel();
@@ -282,7 +402,42 @@ impl Actor {
         stopped
     }
 
-    fn spawn(&mut self, runner: RunnerId, launch: LaunchSpec) {
+    /// Reads memory off the actor's thread for every runner with a known pid; the result comes back as
+    /// `MeasureDone`.
+    fn measure(&mut self) {
+        if self.measuring || self.state.shutting_down {
+            return;
+        }
+        let pids: Vec<(RunnerId, u32)> = self
+            .runners
+            .iter()
+            .filter_map(|(id, h)| h.pid.map(|p| (*id, p)))
+            .collect();
+        self.measuring = true;
+        let (probe, tx) = (self.probe.clone(), self.tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let list: Vec<u32> = pids.iter().map(|(_, p)| *p).collect();
+            let event = match probe.snapshot(&list) {
+                Ok(snap) => {
+                    let runners = pids
+                        .iter()
+                        .map(|(id, pid)| (*id, gpu::attribute(&snap, *pid, gpu::pgid_of)))
+                        .collect();
+                    Some(Event::Measured {
+                        devices: snap.devices,
+                        runners,
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(error = e, "cannot read memory");
+                    None
+                }
+            };
+            let _ = tx.send(Msg::MeasureDone(event));
+        });
+    }
+
+    fn spawn(&mut self, runner: RunnerId, launch: LaunchSpec, pin: Option<Vec<u32>>) {
         let cancel = CancellationToken::new();
         let (exited_tx, exited) = watch::channel(false);
         self.runners.insert(
@@ -290,11 +445,28 @@ impl Actor {
             RunnerHandle {
                 cancel: cancel.clone(),
                 exited,
+                pid: None,
             },
         );
+        // Pinning means something only to CUDA; in CPU mode the one "device" is host memory.
+        let env: Vec<(String, String)> = match pin {
+            Some(devices) if self.probe.kind() == ProbeKind::Nvml => vec![
+                ("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into()),
+                (
+                    "CUDA_VISIBLE_DEVICES".into(),
+                    devices
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+            ],
+            _ => Vec::new(),
+        };
         let task = run_runner(
             runner,
             launch,
+            env,
             self.binary.clone(),
             self.timeouts,
             self.tx.clone(),
@@ -312,22 +484,28 @@ impl Actor {
             .runners
             .iter()
             .map(|(key, r)| {
-                let (loading, in_use, endpoint) = match r.phase {
-                    Phase::Loading { .. } => (true, false, None),
+                let (queued, loading, in_flight, endpoint) = match r.phase {
+                    Phase::Queued { .. } => (true, false, 0, None),
+                    Phase::Loading { .. } => (false, true, 0, None),
                     Phase::Ready {
                         endpoint,
                         in_flight,
-                    } => (false, in_flight > 0, Some(endpoint)),
+                    } => (false, false, in_flight, Some(endpoint)),
                 };
                 RunnerInfo {
                     model_id: key.model_id.clone(),
                     model_name: r.launch.model_name.clone(),
                     mode: key.mode,
+                    queued,
                     loading,
-                    in_use,
+                    in_flight,
                     last_used: r.last_used.map(|t| wall - now.saturating_duration_since(t)),
                     keep_alive: r.launch.keep_alive,
                     endpoint,
+                    context_size: r.launch.context_size,
+                    predicted: r.demand.bytes(),
+                    measured: r.measured,
+                    usage: r.usage.clone(),
                 }
             })
             .collect()
@@ -345,6 +523,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 async fn run_runner(
     runner: RunnerId,
     launch: LaunchSpec,
+    env: Vec<(String, String)>,
     binary: Result<PathBuf, String>,
     timeouts: Timeouts,
     tx: mpsc::UnboundedSender<Msg>,
@@ -358,7 +537,7 @@ async fn run_runner(
     let spawned = binary.and_then(|binary| {
         let port = free_port().map_err(|e| format!("no free port for the engine: {e}"))?;
         let args = llamacpp::argv(&launch, port);
-        EngineProcess::spawn(&binary, &args, model)
+        EngineProcess::spawn(&binary, &args, &env, model)
             .map(|p| (p, port))
             .map_err(|e| e.to_string())
     });
@@ -366,7 +545,11 @@ async fn run_runner(
         Ok(p) => p,
         Err(error) => {
             tracing::error!(model, error, "cannot start the engine");
-            return send(Event::LoadFailed { runner, error });
+            return send(Event::LoadFailed {
+                runner,
+                error,
+                oom: false,
+            });
         }
     };
     let ready = tokio::select! {
@@ -379,14 +562,17 @@ async fn run_runner(
             return send(Event::LoadFailed {
                 runner,
                 error: "stopped while loading".into(),
+                oom: false,
             });
         }
         Some(Err(e)) => {
             process.stop(timeouts.stop).await;
-            tracing::error!(model, error = %e, "the engine failed to load");
+            let oom = engines::out_of_memory(&process.logs().tail(40));
+            tracing::error!(model, error = %e, oom, "the engine failed to load");
             return send(Event::LoadFailed {
                 runner,
                 error: e.to_string(),
+                oom,
             });
         }
         Some(Ok(())) => {
