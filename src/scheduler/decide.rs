@@ -1094,3 +1094,7 @@ mod tests {
         assert!(matches!(actions[..], [Action::Spawn { runner: 2, .. }]));
     }
 }
+
+#[cfg(test)]
+#[path = "admission_tests.rs"]
+mod admission_tests;

@@ -1,0 +1,108 @@
+"""Memory admission with the real llama-server on CPU: host memory is what is budgeted here (no GPU), and a
+`memory_budget` small enough that two tiny engines do not fit together makes the second model evict the first.
+
+The engine is started through a checker script that records, at each engine start, which earlier engines were
+still running: the proof that the first was stopped (its process gone) before the second started.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from harness import REPO, assert_openai_error, pid_gone, wait_until
+
+MIB = 1 << 20
+
+CHECKER = """#!/bin/sh
+# Appends "PID alive: <earlier engine pids still running>" and becomes the engine (same pid, through the
+# harness's wrapper, which logs the spawn).
+alive=""
+if [ -f {log} ]; then
+  while read -r pid rest; do
+    if [ -r /proc/$pid/stat ] && [ "$(sed 's/.*) //' /proc/$pid/stat | cut -c1)" != Z ]; then
+      alive="$alive $pid"
+    fi
+  done < {log}
+fi
+echo "$$ alive:$alive" >> {log}
+exec {wrapper} "$@"
+"""
+
+
+def second_model(tmp_path: Path) -> Path:
+    """Another tiny GGUF (other weights: another digest, so another model in the store)."""
+    out = tmp_path / "tiny-seed1.gguf"
+    subprocess.run([sys.executable, str(REPO / "scripts/make-tiny-gguf.py"), str(out), "--seed", "1"],
+                   check=True, capture_output=True)
+    return out
+
+
+def checked_start(supervisors, tmp_path: Path, scheduler: dict, models: list[dict]):
+    log = tmp_path / "alive.log"
+    name = "memory"
+    checker = tmp_path / "checker.sh"
+    wrapper = tmp_path / name / "llama-server-wrapper.sh"  # written by write_config below
+    checker.write_text(CHECKER.format(log=log, wrapper=wrapper))
+    checker.chmod(0o755)
+    sup = supervisors.start(name=name, models=models, scheduler=scheduler, engine_binary=str(checker))
+    return sup, log
+
+
+def test_a_small_budget_makes_the_second_model_evict_the_first(supervisors, tmp_path):
+    tiny2 = supervisors.tiny_model(name="ai/tiny2", gguf=str(second_model(tmp_path)))
+    sup, log = checked_start(supervisors, tmp_path, {"memory_budget": "30MiB", "memory_reserve": 0},
+                             [supervisors.tiny_model(), tiny2])
+    order = ["ai/tiny", "ai/tiny2", "ai/tiny", "ai/tiny2"]
+    for i, model in enumerate(order):
+        r = sup.chat(model=model, max_tokens=4)
+        assert r.status_code == 200, r.text
+        [runner] = sup.ps()
+        assert runner["model_name"] == model + ":latest", runner
+        # Predicted from the GGUF and flags plus llama-server's own footprint: one fits in 30 MiB, two do not.
+        assert 16 * MIB <= runner["predicted_memory"] <= 30 * MIB, runner
+        spawns = sup.spawns()
+        assert len(spawns) == i + 1, spawns
+        if i:
+            assert pid_gone(spawns[i - 1].pid), f"engine {spawns[i - 1].pid} still running"
+    # At each start, no earlier engine was alive: each eviction finished before the next load began.
+    lines = log.read_text().splitlines()
+    assert len(lines) == 4 and all(line.endswith("alive:") for line in lines), lines
+    # The measurement (resident memory here) replaces the prediction, and shows in Ollama's /api/ps.
+    runner = wait_until(lambda: (p := sup.ps()) and p[0]["measured_memory"] and p[0], 10.0, "a measurement")
+    assert 4 * MIB < runner["measured_memory"] < 200 * MIB, runner
+    assert sum(runner["devices"].values()) == runner["measured_memory"], runner
+    [ps] = sup.get("/api/ps").json()["models"]
+    assert ps["size"] == runner["measured_memory"] and ps["size_vram"] == 0, ps
+
+
+def test_a_model_that_can_never_fit_gets_507_in_each_dialect(supervisors):
+    sup = supervisors.start(scheduler={"memory_budget": "8MiB", "memory_reserve": 0})
+    err = assert_openai_error(sup.chat(max_tokens=2), 507, "server_error")
+    assert "ai/tiny:latest does not fit in memory: it needs" in err["message"], err
+    assert "which can give models at most 8.0 MiB" in err["message"], err
+
+    r = sup.post("/api/chat", {"model": "ai/tiny", "messages": [{"role": "user", "content": "hi"}],
+                               "stream": False})
+    assert r.status_code == 507 and "does not fit in memory" in r.json()["error"], r.text
+
+    r = sup.post("/v1/messages", {"model": "ai/tiny", "max_tokens": 4,
+                                  "messages": [{"role": "user", "content": "hi"}]})
+    body = r.json()
+    assert r.status_code == 507 and body["type"] == "error" and body["error"]["type"] == "api_error", body
+    assert "does not fit in memory" in body["error"]["message"], body
+
+    r = sup.post("/engines/v1/embeddings", {"model": "ai/tiny", "input": "hi"})
+    assert r.status_code == 507, r.text
+    assert sup.spawns() == [] and sup.ps() == []
+
+
+def test_max_loaded_models_keeps_one_runner(supervisors, tmp_path):
+    tiny2 = supervisors.tiny_model(name="ai/tiny2", gguf=str(second_model(tmp_path)))
+    sup, log = checked_start(supervisors, tmp_path, {"max_loaded_models": 1}, [supervisors.tiny_model(), tiny2])
+    for model in ("ai/tiny", "ai/tiny2"):
+        assert sup.chat(model=model, max_tokens=2).status_code == 200
+        assert [p["model_name"] for p in sup.ps()] == [model + ":latest"]
+    lines = log.read_text().splitlines()
+    assert len(lines) == 2 and all(line.endswith("alive:") for line in lines), lines
