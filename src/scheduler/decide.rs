@@ -83,7 +83,7 @@ pub struct Stopping {
     pub usage: Usage,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct State {
     pub runners: BTreeMap<RunnerKey, Runner>,
     /// Runners told to stop whose exit has not been seen yet.
