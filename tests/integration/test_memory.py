@@ -106,3 +106,51 @@ def test_max_loaded_models_keeps_one_runner(supervisors, tmp_path):
         assert [p["model_name"] for p in sup.ps()] == [model + ":latest"]
     lines = log.read_text().splitlines()
     assert len(lines) == 2 and all(line.endswith("alive:") for line in lines), lines
+
+
+OOM_ENGINE = """#!/bin/sh
+# Fails like a CUDA engine out of memory for the first {fail} start(s) of ai/tiny, then becomes the real engine.
+case " $* " in
+  *" ai/tiny:latest "*)
+    n=$(cat {count} 2>/dev/null || echo 0); echo $((n + 1)) > {count}
+    if [ "$n" -lt {fail} ]; then
+      echo "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 4096.00 MiB on device 0: cudaMalloc failed: out of memory" >&2
+      echo "llama_model_load: error loading model: unable to allocate CUDA0 buffer" >&2
+      exit 1
+    fi;;
+esac
+exec {wrapper} "$@"
+"""
+
+
+def oom_start(supervisors, tmp_path: Path, fail: int):
+    name = "oom"
+    engine = tmp_path / "oom-engine.sh"
+    count = tmp_path / "oom-count"
+    engine.write_text(OOM_ENGINE.format(fail=fail, count=count, wrapper=tmp_path / name / "llama-server-wrapper.sh"))
+    engine.chmod(0o755)
+    tiny2 = supervisors.tiny_model(name="ai/tiny2", gguf=str(second_model(tmp_path)))
+    sup = supervisors.start(name=name, models=[supervisors.tiny_model(), tiny2], engine_binary=str(engine))
+    return sup, count
+
+
+def test_an_out_of_memory_load_evicts_idle_engines_and_is_retried_once(supervisors, tmp_path):
+    sup, count = oom_start(supervisors, tmp_path, fail=1)
+    assert sup.chat(model="ai/tiny2", max_tokens=2).status_code == 200
+    [other] = sup.spawns()
+    r = sup.chat(model="ai/tiny", max_tokens=2)
+    assert r.status_code == 200, r.text
+    assert count.read_text().strip() == "2"
+    # The idle engine was evicted to make room for the retry.
+    assert pid_gone(other.pid)
+    assert [p["model_name"] for p in sup.ps()] == ["ai/tiny:latest"]
+
+
+def test_a_second_out_of_memory_failure_returns_the_engines_message(supervisors, tmp_path):
+    sup, count = oom_start(supervisors, tmp_path, fail=2)
+    err = assert_openai_error(sup.chat(max_tokens=2), 502, "server_error")
+    assert "cudaMalloc failed: out of memory" in err["message"], err
+    assert count.read_text().strip() == "2"
+    # Nothing is left queued or running, and the next request tries again (and now succeeds).
+    assert sup.ps() == []
+    assert sup.chat(max_tokens=2).status_code == 200
