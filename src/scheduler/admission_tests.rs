@@ -183,7 +183,8 @@ fn a_model_that_can_never_fit_is_refused_with_the_numbers() {
         [Action::Reject {
             waiter: 1,
             why: Rejection::NoMemory(
-                "huge does not fit in memory: it needs 30.0 GiB on device 0, which can give models at most 20.0 GiB"
+                "huge does not fit in memory: it needs 30.0 GiB on device 0, which can give models at most \
+                 20.0 GiB (gpu0: 20.0 GiB free of 24.0 GiB total, 4.0 GiB used by other processes, reserve 0 B)"
                     .into()
             )
         }]

@@ -175,7 +175,7 @@ pub fn plan(devices: &[Device], limits: &Limits, holders: &[Holder], demand: &De
     let mut best: Option<((u8, bool, u64), Plan)> = None;
     let mut never = None;
     for p in candidates {
-        let outcome = one(&capacity, limits, holders, &p);
+        let outcome = one(devices, &capacity, limits, holders, &p);
         let spread = p.usage.len() > 1;
         let (class, cost) = match &outcome {
             Plan::Now(p) => (0, u64::MAX - room_after(&capacity, holders, p)),
@@ -198,11 +198,18 @@ pub fn plan(devices: &[Device], limits: &Limits, holders: &[Holder], demand: &De
 }
 
 /// The plan for one placement.
-fn one(capacity: &BTreeMap<u32, u64>, limits: &Limits, holders: &[Holder], p: &Placement) -> Plan {
+fn one(
+    devices: &[Device],
+    capacity: &BTreeMap<u32, u64>,
+    limits: &Limits,
+    holders: &[Holder],
+    p: &Placement,
+) -> Plan {
     for (d, need) in &p.usage {
         let cap = capacity.get(d).copied().unwrap_or(0);
         if *need > cap {
-            return Plan::Never(never_fits(*d, *need, cap));
+            let device = devices.iter().find(|x| x.index == *d);
+            return Plan::Never(never_fits(device, *d, *need, cap, limits));
         }
     }
     let mut order: Vec<&Holder> = holders.iter().collect();
@@ -296,12 +303,33 @@ fn evicted_bytes(holders: &[Holder], victims: &[RunnerId]) -> u64 {
         .sum()
 }
 
-fn never_fits(device: u32, need: u64, capacity: u64) -> String {
-    format!(
-        "needs {} on device {device}, which can give models at most {}",
+fn never_fits(
+    device: Option<&Device>,
+    index: u32,
+    need: u64,
+    capacity: u64,
+    limits: &Limits,
+) -> String {
+    let mut m = format!(
+        "needs {} on device {index}, which can give models at most {}",
         human(need),
         human(capacity)
-    )
+    );
+    if let Some(d) = device {
+        m += &format!(
+            " ({}: {} free of {} total, {} used by other processes, reserve {}",
+            d.name,
+            human(d.free),
+            human(d.total),
+            human(d.others),
+            human(limits.reserve)
+        );
+        if let Some(b) = limits.budget {
+            m += &format!(", budget {}", human(b));
+        }
+        m += ")";
+    }
+    m
 }
 
 /// Bytes for people: `1.5 GiB`, `300 MiB`, `12 KiB`.
@@ -431,7 +459,8 @@ mod tests {
         };
         assert_eq!(
             why,
-            "needs 30.0 GiB on device 0, which can give models at most 20.0 GiB"
+            "needs 30.0 GiB on device 0, which can give models at most 20.0 GiB \
+             (gpu0: 20.0 GiB free of 24.0 GiB total, 4.0 GiB used by other processes, reserve 0 B)"
         );
     }
 
