@@ -74,8 +74,29 @@ pub fn out_of_memory(output: &str) -> bool {
         .any(|s| lower.contains(&s.to_ascii_lowercase()))
 }
 
+/// The environment that pins an engine to these GPUs, numbered as NVML numbers them (PCI bus order; CUDA's own
+/// default order, fastest first, can differ).
+pub fn cuda_pin(devices: &[u32]) -> Vec<(String, String)> {
+    let list: Vec<String> = devices.iter().map(u32::to_string).collect();
+    vec![
+        ("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into()),
+        ("CUDA_VISIBLE_DEVICES".into(), list.join(",")),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pinning_uses_nvml_numbering() {
+        assert_eq!(
+            super::cuda_pin(&[2, 0]),
+            [
+                ("CUDA_DEVICE_ORDER".to_string(), "PCI_BUS_ID".to_string()),
+                ("CUDA_VISIBLE_DEVICES".to_string(), "2,0".to_string())
+            ]
+        );
+    }
+
     #[test]
     fn out_of_memory_is_recognised_in_engine_output() {
         for line in [

@@ -449,18 +449,8 @@ impl Actor {
             },
         );
         // Pinning means something only to CUDA; in CPU mode the one "device" is host memory.
-        let env: Vec<(String, String)> = match pin {
-            Some(devices) if self.probe.kind() == ProbeKind::Nvml => vec![
-                ("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into()),
-                (
-                    "CUDA_VISIBLE_DEVICES".into(),
-                    devices
-                        .iter()
-                        .map(u32::to_string)
-                        .collect::<Vec<_>>()
-                        .join(","),
-                ),
-            ],
+        let env = match pin {
+            Some(devices) if self.probe.kind() == ProbeKind::Nvml => engines::cuda_pin(&devices),
             _ => Vec::new(),
         };
         let task = run_runner(
