@@ -133,7 +133,9 @@ fn full_state() -> (State, Event, Instant, Vec<u64>) {
     let mut seed = 0x9E37_79B9_7F4A_7C15u64; // xorshift64: the same sizes on every run
     let mut sizes = Vec::new();
     for i in 0..MODELS {
-        (seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17);
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
         sizes.push(GIB + (seed % (5 * GIB)) / MIB * MIB);
         let actions = decide(&mut s, acquire(i, &format!("m{i}"), sizes[i as usize]), t);
         let [Action::Spawn { runner, .. }] = actions[..] else {
