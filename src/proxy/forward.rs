@@ -48,6 +48,18 @@ impl EnginePools {
         pools.insert(endpoint.port, (endpoint.pid, client.clone()));
         client
     }
+
+    /// Drops the pool of an engine about to be stopped, closing its idle connections: llama-server exits several
+    /// milliseconds sooner on SIGTERM when no idle keep-alive connection is open, and a swap waits for that exit.
+    pub fn forget(&self, endpoint: Endpoint) {
+        let mut pools = self.by_port.lock().unwrap_or_else(|p| p.into_inner());
+        if pools
+            .get(&endpoint.port)
+            .is_some_and(|(pid, _)| *pid == endpoint.pid)
+        {
+            pools.remove(&endpoint.port);
+        }
+    }
 }
 
 fn new_client() -> EngineClient {

@@ -38,7 +38,7 @@ pub struct App {
     pub config: Config,
     pub store: Store,
     pub scheduler: Scheduler,
-    pub engines: forward::EnginePools,
+    pub engines: Arc<forward::EnginePools>,
     pub llama_binary: Result<PathBuf, String>,
     /// What measures memory: NVML on NVIDIA machines, host memory otherwise.
     pub memory: Arc<dyn crate::gpu::GpuProbe>,
@@ -257,12 +257,20 @@ pub fn build_app(config: Config, store: Store) -> App {
         queue_timeout: s.queue_timeout,
     };
     let memory: Arc<dyn crate::gpu::GpuProbe> = Arc::from(crate::gpu::detect());
-    let scheduler = Scheduler::start(llama_binary.clone(), timeouts, limits, memory.clone());
+    let engines = Arc::new(forward::EnginePools::default());
+    let pools = engines.clone();
+    let scheduler = Scheduler::start(
+        llama_binary.clone(),
+        timeouts,
+        limits,
+        memory.clone(),
+        Box::new(move |endpoint| pools.forget(endpoint)),
+    );
     App {
         config,
         store,
         scheduler,
-        engines: forward::EnginePools::default(),
+        engines,
         llama_binary,
         memory,
     }

@@ -124,12 +124,14 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// Starts the actor. `binary` is the resolved llama-server (or why none was found, reported per load); `probe`
-    /// measures memory, read once here so that admission knows the devices from the first request.
+    /// measures memory, read once here so that admission knows the devices from the first request; `on_stop` is
+    /// told of a ready engine about to be stopped (the proxy drops its connections to it).
     pub fn start(
         binary: Result<PathBuf, String>,
         timeouts: Timeouts,
         limits: Limits,
         probe: Arc<dyn GpuProbe>,
+        on_stop: OnStop,
     ) -> Scheduler {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut state = State::new(limits);
@@ -160,6 +162,7 @@ impl Scheduler {
         let actor = Actor {
             state,
             probe,
+            on_stop,
             measuring: false,
             waiters: HashMap::new(),
             runners: HashMap::new(),
@@ -253,16 +256,20 @@ impl Scheduler {
     }
 }
 
+/// Called with the endpoint of a ready engine the scheduler is about to stop.
+pub type OnStop = Box<dyn Fn(Endpoint) + Send>;
+
 struct RunnerHandle {
     cancel: CancellationToken,
     exited: watch::Receiver<bool>,
     /// Known once it is ready.
-    pid: Option<u32>,
+    endpoint: Option<Endpoint>,
 }
 
 struct Actor {
     state: State,
     probe: Arc<dyn GpuProbe>,
+    on_stop: OnStop,
     /// A measurement is running (at most one at a time).
     measuring: bool,
     waiters: HashMap<WaiterId, oneshot::Sender<Result<Lease, AcquireError>>>,
@@ -354,7 +361,7 @@ impl Actor {
             }
             Event::Loaded { runner, endpoint } => {
                 if let Some(h) = self.runners.get_mut(runner) {
-                    h.pid = Some(endpoint.pid);
+                    h.endpoint = Some(*endpoint);
                 }
             }
             _ => {}
@@ -373,6 +380,9 @@ impl Actor {
                 } => self.spawn(runner, launch, pin),
                 Action::Stop { runner } => {
                     if let Some(h) = self.runners.get(&runner) {
+                        if let Some(endpoint) = h.endpoint {
+                            (self.on_stop)(endpoint);
+                        }
                         h.cancel.cancel();
                     }
                     stopped.push(runner);
@@ -411,7 +421,7 @@ impl Actor {
         let pids: Vec<(RunnerId, u32)> = self
             .runners
             .iter()
-            .filter_map(|(id, h)| h.pid.map(|p| (*id, p)))
+            .filter_map(|(id, h)| h.endpoint.map(|e| (*id, e.pid)))
             .collect();
         self.measuring = true;
         let (probe, tx) = (self.probe.clone(), self.tx.clone());
@@ -445,7 +455,7 @@ impl Actor {
             RunnerHandle {
                 cancel: cancel.clone(),
                 exited,
-                pid: None,
+                endpoint: None,
             },
         );
         // Pinning means something only to CUDA; in CPU mode the one "device" is host memory.
