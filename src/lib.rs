@@ -8,6 +8,7 @@ pub mod engines;
 pub mod gpu;
 pub mod proxy;
 pub mod scheduler;
+pub mod service;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -75,7 +76,14 @@ impl Running {
 
     /// Serves until `shutdown` fires; then drains requests and stops every engine (SIGTERM, grace, SIGKILL).
     pub async fn run(self, shutdown: CancellationToken) {
+        let status = tokio::spawn(service::supervise(self.app.clone(), shutdown.clone()));
+        let stopping = shutdown.clone();
+        tokio::spawn(async move {
+            stopping.cancelled().await;
+            service::stopping();
+        });
         self.server.run(shutdown).await;
+        status.abort();
         tracing::info!("stopping engines");
         self.app.scheduler.shutdown().await;
         tracing::info!("stopped");

@@ -96,8 +96,12 @@ async fn run(config: Config) -> ExitCode {
         Ok(addr) => {
             tracing::info!(%addr, "listening");
             println!("listening on {addr}");
+            dmr_supervisor::service::ready(&format!("listening on {addr}"));
         }
-        Err(e) => tracing::warn!(error = %e, "cannot read the bound address"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the bound address");
+            dmr_supervisor::service::ready("listening");
+        }
     }
     let shutdown = CancellationToken::new();
     let signals = tokio::spawn(watch_signals(shutdown.clone()));

@@ -95,6 +95,10 @@ impl EngineProcess {
         let mut cmd = Command::new(binary);
         cmd.args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
+            // systemd's notification socket and watchdog are the supervisor's, not the engine's.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -403,14 +403,14 @@ class SupervisorFactory:
         cfg.write_text(render_toml(tables, models, extra))
         return cfg, store, wrapper_log
 
-    def start(self, **kw) -> Supervisor:
+    def start(self, env: dict[str, str] | None = None, **kw) -> Supervisor:
         cfg, store, wrapper_log = self.write_config(**kw)
-        return self.start_with(cfg, store, wrapper_log)
+        return self.start_with(cfg, store, wrapper_log, env)
 
-    def start_with(self, cfg: Path, store: Path, wrapper_log: Path) -> Supervisor:
+    def start_with(self, cfg: Path, store: Path, wrapper_log: Path, extra_env: dict[str, str] | None = None) -> Supervisor:
         stderr_path = cfg.parent / f"supervisor-{len(self.started)}.stderr.log"
         errf = open(stderr_path, "ab")
-        env = dict(os.environ)
+        env = dict(os.environ, **(extra_env or {}))
         env.setdefault("RUST_LOG", "info,dmr_supervisor=debug")
         env.setdefault("RUST_BACKTRACE", "1")
         env.setdefault("NO_COLOR", "1")  # plain stderr logs, readable in failure reports
