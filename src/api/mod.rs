@@ -22,6 +22,10 @@ pub enum Dialect {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     BadRequest,
+    /// No valid API key (401).
+    Unauthorized,
+    /// Not allowed from this origin (403).
+    Forbidden,
     NotFound,
     Conflict,
     PayloadTooLarge,
@@ -37,6 +41,8 @@ impl ErrorKind {
     pub fn status(self) -> u16 {
         match self {
             ErrorKind::BadRequest => 400,
+            ErrorKind::Unauthorized => 401,
+            ErrorKind::Forbidden => 403,
             ErrorKind::NotFound => 404,
             ErrorKind::Conflict => 409,
             ErrorKind::PayloadTooLarge => 413,

@@ -451,9 +451,11 @@ struct ErrorBody<'a> {
 
 fn error_type(kind: ErrorKind) -> &'static str {
     match kind {
-        ErrorKind::BadRequest | ErrorKind::PayloadTooLarge | ErrorKind::Conflict => {
-            "invalid_request_error"
-        }
+        ErrorKind::BadRequest
+        | ErrorKind::PayloadTooLarge
+        | ErrorKind::Conflict
+        | ErrorKind::Unauthorized
+        | ErrorKind::Forbidden => "invalid_request_error",
         ErrorKind::NotFound => "not_found_error",
         ErrorKind::NotImplemented => "not_implemented_error",
         ErrorKind::BadGateway | ErrorKind::Internal | ErrorKind::InsufficientMemory => {
@@ -469,6 +471,8 @@ pub fn error_body(kind: ErrorKind, message: &str) -> Vec<u8> {
         ErrorKind::NotFound if message.starts_with("model ") => {
             (Some("model"), serde_json::json!("model_not_found"))
         }
+        // As OpenAI answers a wrong key.
+        ErrorKind::Unauthorized => (None, serde_json::json!("invalid_api_key")),
         _ => (None, serde_json::json!(kind.status())),
     };
     let body = ErrorEnvelope {

@@ -29,6 +29,12 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// Also serve on this Unix socket (trusted: no API key needed; its file mode guards it).
+    pub socket: Option<PathBuf>,
+    /// When non-empty, every route but `GET /health` needs one of these (Bearer or `x-api-key`).
+    pub api_keys: Vec<String>,
+    /// Browser origins allowed besides local ones (`"*"`: any).
+    pub allowed_origins: Vec<String>,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
 }
@@ -117,6 +123,9 @@ impl Default for Config {
         Config {
             server: ServerConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 12434)),
+                socket: None,
+                api_keys: Vec::new(),
+                allowed_origins: Vec::new(),
                 max_body_bytes: 10 * 1024 * 1024,
                 shutdown_grace: Duration::from_secs(10),
             },
@@ -260,6 +269,37 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
                     format!("{listen:?} is not an IP:port address"),
                 ),
             }
+        }
+        if let Some(socket) = server.socket {
+            match resolve_path(&socket, base) {
+                Ok(p) => config.server.socket = Some(p),
+                Err(e) => errors.push("server.socket", e),
+            }
+        }
+        if let Some(keys) = server.api_keys {
+            for (i, k) in keys.iter().enumerate() {
+                if k.trim().is_empty() || k.trim() != k {
+                    errors.push(
+                        format!("server.api_keys[{i}]"),
+                        "must be non-empty, without surrounding spaces",
+                    );
+                }
+            }
+            config.server.api_keys = keys;
+        }
+        if let Some(origins) = server.allowed_origins {
+            for (i, o) in origins.iter().enumerate() {
+                let ok = o == "*"
+                    || ((o.starts_with("http://") || o.starts_with("https://"))
+                        && !o.contains(char::is_whitespace));
+                if !ok {
+                    errors.push(
+                        format!("server.allowed_origins[{i}]"),
+                        format!("{o:?} is not an origin like \"https://host[:port]\" or \"*\""),
+                    );
+                }
+            }
+            config.server.allowed_origins = origins;
         }
         if let Some(n) = server.max_body_bytes {
             match usize::try_from(n) {
@@ -564,5 +604,22 @@ mod tests {
         assert!(lines[0].starts_with("scheduler.memory_budget: \"lots\" is not a size"));
         assert!(lines[1].contains("unknown unit \"parsecs\""));
         assert_eq!(lines[2], "scheduler.max_loaded_models: must be > 0");
+    }
+
+    #[test]
+    fn server_access_settings_are_checked() {
+        let c = parse(
+            "[server]\nsocket = \"run/dmr.sock\"\napi_keys = [\"k1\"]\nallowed_origins = [\"*\", \"https://a.b:8080\"]\n",
+        )
+        .unwrap();
+        assert!(c.server.socket.unwrap().ends_with("run/dmr.sock"));
+        assert_eq!(c.server.api_keys, ["k1"]);
+        let err =
+            parse("[server]\napi_keys = [\"\", \" k\"]\nallowed_origins = [\"example.com\"]\n")
+                .unwrap_err();
+        let lines = err.lines();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(lines[0].starts_with("server.api_keys[0]: must be non-empty"));
+        assert!(lines[2].starts_with("server.allowed_origins[0]: \"example.com\" is not an origin"));
     }
 }

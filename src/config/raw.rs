@@ -23,6 +23,9 @@ pub struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawServer {
     pub listen: Option<String>,
+    pub socket: Option<String>,
+    pub api_keys: Option<Vec<String>>,
+    pub allowed_origins: Option<Vec<String>>,
     pub max_body_bytes: Option<i64>,
     pub shutdown_grace: Option<String>,
     #[serde(flatten)]

@@ -1,8 +1,10 @@
-//! The HTTP front: accepts connections (HTTP/1.1, keep-alive, TCP_NODELAY), routes each request to its handler,
-//! renders every error in the caller's dialect, and drains in-flight requests on shutdown. Handlers live in
+//! The HTTP front: accepts connections on TCP (HTTP/1.1, keep-alive, TCP_NODELAY) and on an optional Unix socket,
+//! checks CORS and API keys (`access`), routes each request to its handler, renders every error in the caller's
+//! dialect, and drains in-flight requests on shutdown. Handlers live in
 //! `models`, `inference` (OpenAI pass-through), `anthropic`, `ollama` and `engines`; body and error plumbing in
 //! `http`; the engine client in `forward`; calls translated from another dialect in `translated`.
 
+pub mod access;
 mod anthropic;
 mod engines;
 mod forward;
@@ -23,7 +25,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 
 use self::http::{json, percent_decode, text, ApiError, Body};
@@ -42,6 +45,8 @@ pub struct App {
     pub llama_binary: Result<PathBuf, String>,
     /// What measures memory: NVML on NVIDIA machines, host memory otherwise.
     pub memory: Arc<dyn crate::gpu::GpuProbe>,
+    /// CORS and API keys.
+    pub access: access::Access,
 }
 
 impl App {
@@ -68,13 +73,29 @@ impl App {
 
 pub struct Server {
     listener: TcpListener,
+    socket: Option<(UnixListener, PathBuf)>,
     app: Arc<App>,
 }
 
 impl Server {
     pub async fn bind(app: Arc<App>) -> std::io::Result<Server> {
         let listener = TcpListener::bind(app.config.server.listen).await?;
-        Ok(Server { listener, app })
+        let socket = match &app.config.server.socket {
+            Some(path) => Some((bind_unix(path)?, path.clone())),
+            None => None,
+        };
+        let server = &app.config.server;
+        if !server.listen.ip().is_loopback() && server.api_keys.is_empty() {
+            tracing::warn!(
+                listen = %server.listen,
+                "listening beyond loopback without server.api_keys: anyone who can reach this port can use it"
+            );
+        }
+        Ok(Server {
+            listener,
+            socket,
+            app,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -83,36 +104,32 @@ impl Server {
 
     /// Serves until `shutdown` fires, then stops accepting and waits up to the grace period for in-flight
     /// requests (streams included) to finish.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let graceful = GracefulShutdown::new();
-        let http = hyper::server::conn::http1::Builder::new();
+        let unix = self.socket.as_ref().map(|(l, _)| l);
         loop {
-            let (stream, peer) = tokio::select! {
+            tokio::select! {
                 accepted = self.listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // EMFILE and friends: back off briefly instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nodelay(true);
+                        self.serve(stream, false, &graceful);
                     }
+                    Err(e) => accept_failed(e).await,
                 },
-                _ = shutdown.cancelled() => break,
-            };
-            let _ = stream.set_nodelay(true);
-            let app = self.app.clone();
-            let service = service_fn(move |req| {
-                let app = app.clone();
-                async move { Ok::<_, Infallible>(route(app, req).await) }
-            });
-            let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                accepted = async { unix.expect("guarded by the branch condition").accept().await }, if unix.is_some() => {
+                    match accepted {
+                        Ok((stream, _)) => self.serve(stream, true, &graceful),
+                        Err(e) => accept_failed(e).await,
+                    }
                 }
-            });
+                _ = shutdown.cancelled() => break,
+            }
         }
         drop(self.listener);
+        if let Some((listener, path)) = self.socket.take() {
+            drop(listener);
+            let _ = std::fs::remove_file(&path);
+        }
         let grace = self.app.config.server.shutdown_grace;
         tracing::info!(?grace, "stopped accepting; draining in-flight requests");
         if tokio::time::timeout(grace, graceful.shutdown())
@@ -127,8 +144,56 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Serves one connection until it closes; `trusted` connections (the Unix socket) need no API key.
+    fn serve<I>(&self, io: I, trusted: bool, graceful: &GracefulShutdown)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let app = self.app.clone();
+        let service = service_fn(move |req| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(route(app, req, trusted).await) }
+        });
+        let http = hyper::server::conn::http1::Builder::new();
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(io), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// EMFILE and friends: back off briefly instead of spinning.
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// Binds the Unix socket, replacing a stale socket file left by a crash (but never another kind of file), and
+/// makes it readable and writable by the owner and group only.
+fn bind_unix(path: &std::path::Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}
+
 /// Routes one request and renders any error in the dialect of its route.
-async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+async fn route(app: Arc<App>, req: Request<Incoming>, trusted: bool) -> Response<Body> {
     let path = req.uri().path().to_string();
     let anthropic = path.starts_with("/anthropic/")
         || openai_route(&path).is_some_and(|(_, rest)| rest.starts_with("messages"));
@@ -143,9 +208,34 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     };
     let started = std::time::Instant::now();
     let method = req.method().clone();
-    let resp = dispatch(&app, req, &path)
+    let cors = match app.access.check(&method, &path, req.headers(), trusted) {
+        access::Verdict::Allow(cors) => cors,
+        access::Verdict::Preflight(cors) => {
+            let mut resp = Response::new(http::full(""));
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            resp.headers_mut().extend(cors);
+            return resp;
+        }
+        access::Verdict::Forbidden(why) => {
+            return ApiError::new(crate::api::ErrorKind::Forbidden, why).into_response(dialect)
+        }
+        access::Verdict::Unauthorized => {
+            let e = ApiError::new(
+                crate::api::ErrorKind::Unauthorized,
+                "missing or invalid API key: send it as \"Authorization: Bearer KEY\" or \"x-api-key: KEY\"",
+            );
+            let mut resp = e.into_response(dialect);
+            resp.headers_mut().insert(
+                ::http::header::WWW_AUTHENTICATE,
+                ::http::HeaderValue::from_static("Bearer"),
+            );
+            return resp;
+        }
+    };
+    let mut resp = dispatch(&app, req, &path)
         .await
         .unwrap_or_else(|e| e.into_response(dialect));
+    resp.headers_mut().extend(cors);
     tracing::debug!(%method, path, status = resp.status().as_u16(), us = started.elapsed().as_micros() as u64, "request");
     resp
 }
@@ -184,6 +274,7 @@ async fn dispatch(
     }
     match (&method, path) {
         (&Method::GET, "/") => Ok(text(StatusCode::OK, "dmr-supervisor is running")),
+        (&Method::GET, "/health") => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
         (&Method::GET, "/version") => Ok(json(
             StatusCode::OK,
             &native::Version {
@@ -266,7 +357,12 @@ pub fn build_app(config: Config, store: Store) -> App {
         memory.clone(),
         Box::new(move |endpoint| pools.forget(endpoint)),
     );
+    let access = access::Access {
+        api_keys: config.server.api_keys.clone(),
+        allowed_origins: config.server.allowed_origins.clone(),
+    };
     App {
+        access,
         config,
         store,
         scheduler,
