@@ -43,7 +43,8 @@ pub struct Running {
 }
 
 /// Opens the store, imports the configured models, resolves engines and binds the listener.
-pub async fn start(config: Config) -> Result<Running, StartError> {
+/// `source` says where `config` came from, for reloads.
+pub async fn start(config: Config, source: proxy::ConfigSource) -> Result<Running, StartError> {
     let store_path = config.store.path.clone();
     let models = config.models.clone();
     let store = tokio::task::spawn_blocking(move || {
@@ -62,7 +63,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     .map_err(|e| StartError::Task(e.to_string()))?
     .map_err(|source| StartError::Store { path: config.store.path.display().to_string(), source })?;
     let addr = config.server.listen;
-    let app = Arc::new(proxy::build_app(config, store));
+    let app = Arc::new(proxy::build_app(config, source, store));
     let server = Server::bind(app.clone())
         .await
         .map_err(|source| StartError::Listen { addr, source })?;
@@ -70,6 +71,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 }
 
 impl Running {
+    /// Re-reads the configuration file and applies it (SIGHUP); errors are logged and the running one kept.
+    pub fn reloader(&self) -> impl Fn() + Send + Sync + 'static {
+        let app = self.app.clone();
+        move || {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let _ = proxy::reload::reload(&app).await;
+            });
+        }
+    }
+
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.server.local_addr()
     }

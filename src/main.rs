@@ -19,6 +19,7 @@ use dmr_supervisor::config::Config;
 /// config.example.toml documents every key. Once listening, the bound address is printed on stdout as
 /// `listening on ADDR`; logs go to stderr (RUST_LOG filters them, default `info`).
 /// SIGTERM or SIGINT drains in-flight requests, stops every engine and exits; a second signal exits at once.
+/// SIGHUP (or POST /config/reload) re-reads the configuration file; an invalid one is logged and ignored.
 #[derive(Debug, Parser)]
 #[command(name = "dmr-supervisor", version, about, long_about)]
 struct Cli {
@@ -51,6 +52,10 @@ const EXIT_CONFIG: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    let source = dmr_supervisor::proxy::ConfigSource {
+        path: cli.config.clone(),
+        listen: cli.listen,
+    };
     let mut config = match &cli.config {
         Some(path) => match Config::load(path) {
             Ok(c) => c,
@@ -80,11 +85,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(config))
+    runtime.block_on(run(config, source))
 }
 
-async fn run(config: Config) -> ExitCode {
-    let running = match dmr_supervisor::start(config).await {
+async fn run(config: Config, source: dmr_supervisor::proxy::ConfigSource) -> ExitCode {
+    let running = match dmr_supervisor::start(config, source).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
@@ -105,8 +110,10 @@ async fn run(config: Config) -> ExitCode {
     }
     let shutdown = CancellationToken::new();
     let signals = tokio::spawn(watch_signals(shutdown.clone()));
+    let hangups = tokio::spawn(watch_hangups(running.reloader()));
     running.run(shutdown).await;
     signals.abort();
+    hangups.abort();
     ExitCode::SUCCESS
 }
 
@@ -132,6 +139,19 @@ async fn watch_signals(shutdown: CancellationToken) {
             tracing::warn!("second signal; exiting now");
             std::process::exit(130);
         }
+    }
+}
+
+/// SIGHUP: reload the configuration (as systemd's `ExecReload=kill -HUP $MAINPID` asks).
+async fn watch_hangups(reload: impl Fn()) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the configuration");
+        reload();
     }
 }
 

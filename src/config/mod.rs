@@ -470,6 +470,50 @@ fn resolve_path(p: &str, base: &Path) -> Result<PathBuf, String> {
     })
 }
 
+/// What a reload changes: models added, changed or removed (by normalised name), and keys that only take effect
+/// after a restart (the listeners, the store, the engine binary).
+#[derive(Debug, Default, PartialEq)]
+pub struct ConfigDiff {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    pub needs_restart: Vec<&'static str>,
+}
+
+impl Config {
+    /// Compares this (running) configuration with `new`.
+    pub fn diff(&self, new: &Config) -> ConfigDiff {
+        let mut d = ConfigDiff::default();
+        for m in &new.models {
+            match self.models.iter().find(|o| o.name == m.name) {
+                None => d.added.push(m.name.clone()),
+                Some(o) if o != m => d.changed.push(m.name.clone()),
+                Some(_) => {}
+            }
+        }
+        for o in &self.models {
+            if !new.models.iter().any(|m| m.name == o.name) {
+                d.removed.push(o.name.clone());
+            }
+        }
+        let (a, b) = (&self.server, &new.server);
+        for (key, same) in [
+            ("server.listen", a.listen == b.listen),
+            ("server.socket", a.socket == b.socket),
+            ("store.path", self.store.path == new.store.path),
+            (
+                "engines.llamacpp.binary",
+                self.engines.llamacpp.binary == new.engines.llamacpp.binary,
+            ),
+        ] {
+            if !same {
+                d.needs_restart.push(key);
+            }
+        }
+        d
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -621,5 +665,27 @@ mod tests {
         assert_eq!(lines.len(), 3, "{lines:?}");
         assert!(lines[0].starts_with("server.api_keys[0]: must be non-empty"));
         assert!(lines[2].starts_with("server.allowed_origins[0]: \"example.com\" is not an origin"));
+    }
+
+    #[test]
+    fn a_diff_names_models_added_changed_removed_and_keys_that_need_a_restart() {
+        let old = parse(
+            "[[models]]\nname = \"a\"\ncontext_size = 512\n[[models]]\nname = \"b\"\n[[models]]\nname = \"c\"\n",
+        )
+        .unwrap();
+        let new = parse(
+            "[server]\nlisten = \"127.0.0.1:1\"\n[[models]]\nname = \"a\"\ncontext_size = 1024\n[[models]]\nname = \"b\"\n[[models]]\nname = \"d\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            old.diff(&new),
+            ConfigDiff {
+                added: vec!["ai/d:latest".into()],
+                changed: vec!["ai/a:latest".into()],
+                removed: vec!["ai/c:latest".into()],
+                needs_restart: vec!["server.listen"],
+            }
+        );
+        assert_eq!(new.diff(&new), ConfigDiff::default());
     }
 }

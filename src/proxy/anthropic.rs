@@ -17,7 +17,7 @@ use crate::api::openai;
 use crate::engines::{llamacpp, Mode, RunnerWishes};
 
 async fn read(app: &Arc<App>, req: http::Request<Incoming>) -> Result<MessagesIn, ApiError> {
-    let (_, body) = read_body(req, app.config.server.max_body_bytes).await?;
+    let (_, body) = read_body(req, app.config().server.max_body_bytes).await?;
     parse_json(&body)
 }
 

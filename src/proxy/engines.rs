@@ -48,7 +48,7 @@ pub async fn unload(
     app: &Arc<App>,
     req: http::Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let (_, body) = read_body(req, app.config.server.max_body_bytes).await?;
+    let (_, body) = read_body(req, app.config().server.max_body_bytes).await?;
     let request: native::UnloadRequest = if body.is_empty() {
         Default::default()
     } else {

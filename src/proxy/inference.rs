@@ -26,7 +26,7 @@ pub async fn handle(
     mode: Mode,
     upstream: String,
 ) -> Result<Response<Body>, ApiError> {
-    let (parts, body) = read_body(req, app.config.server.max_body_bytes).await?;
+    let (parts, body) = read_body(req, app.config().server.max_body_bytes).await?;
     let head: openai::RequestHead = parse_json(&body)?;
     let requested = match head.model {
         Some(m) if !m.is_empty() => m,
@@ -79,7 +79,7 @@ pub async fn acquire(
         keep_alive: wishes
             .keep_alive
             .or(settings.keep_alive)
-            .unwrap_or(app.config.scheduler.keep_alive),
+            .unwrap_or(app.config().scheduler.keep_alive),
     };
     let name = launch.model_name.clone();
     let demand = demand(app, &model, &launch)?;

@@ -12,6 +12,7 @@ pub mod http;
 mod inference;
 mod models;
 mod ollama;
+pub mod reload;
 mod translated;
 
 use std::convert::Infallible;
@@ -36,20 +37,40 @@ use crate::engines::{llamacpp, Mode};
 use crate::scheduler::Scheduler;
 use crate::store::{name, Model, Store, StoreError};
 
+/// Where the configuration came from, so that a reload reads it the same way.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    /// The `--config` file (`None`: defaults, nothing to reload).
+    pub path: Option<PathBuf>,
+    /// `--listen`, which overrides the file.
+    pub listen: Option<SocketAddr>,
+}
+
 /// What every handler can reach.
 pub struct App {
-    pub config: Config,
+    /// The running configuration; a reload swaps it (`config()` reads it).
+    config: arc_swap::ArcSwap<Config>,
+    pub source: ConfigSource,
     pub store: Store,
     pub scheduler: Scheduler,
     pub engines: Arc<forward::EnginePools>,
     pub llama_binary: Result<PathBuf, String>,
     /// What measures memory: NVML on NVIDIA machines, host memory otherwise.
     pub memory: Arc<dyn crate::gpu::GpuProbe>,
-    /// CORS and API keys.
-    pub access: access::Access,
+    /// CORS and API keys (swapped by a reload).
+    access: arc_swap::ArcSwap<access::Access>,
 }
 
 impl App {
+    /// The configuration now (a reload may swap it between two calls).
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    pub fn access(&self) -> Arc<access::Access> {
+        self.access.load_full()
+    }
+
     /// Looks a model up by tag or id.
     pub fn resolve(&self, reference: &str) -> Result<Model, StoreError> {
         self.store.get(reference)
@@ -59,7 +80,8 @@ impl App {
     /// else defaults.
     pub fn settings_for(&self, requested: &str, tags: &[String]) -> ModelSettings {
         let requested = name::normalize(requested).ok();
-        let by_name = |n: &str| self.config.models.iter().find(|m| m.name == n);
+        let config = self.config();
+        let by_name = |n: &str| config.models.iter().find(|m| m.name == n);
         requested
             .as_deref()
             .and_then(by_name)
@@ -79,12 +101,13 @@ pub struct Server {
 
 impl Server {
     pub async fn bind(app: Arc<App>) -> std::io::Result<Server> {
-        let listener = TcpListener::bind(app.config.server.listen).await?;
-        let socket = match &app.config.server.socket {
+        let config = app.config();
+        let listener = TcpListener::bind(config.server.listen).await?;
+        let socket = match &config.server.socket {
             Some(path) => Some((bind_unix(path)?, path.clone())),
             None => None,
         };
-        let server = &app.config.server;
+        let server = &config.server;
         if !server.listen.ip().is_loopback() && server.api_keys.is_empty() {
             tracing::warn!(
                 listen = %server.listen,
@@ -110,15 +133,16 @@ impl Server {
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => {
+                    Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
-                        self.serve(stream, false, &graceful);
+                        let caller = Caller { trusted: false, local: peer.ip().is_loopback() };
+                        self.serve(stream, caller, &graceful);
                     }
                     Err(e) => accept_failed(e).await,
                 },
                 accepted = async { unix.expect("guarded by the branch condition").accept().await }, if unix.is_some() => {
                     match accepted {
-                        Ok((stream, _)) => self.serve(stream, true, &graceful),
+                        Ok((stream, _)) => self.serve(stream, Caller { trusted: true, local: true }, &graceful),
                         Err(e) => accept_failed(e).await,
                     }
                 }
@@ -130,7 +154,7 @@ impl Server {
             drop(listener);
             let _ = std::fs::remove_file(&path);
         }
-        let grace = self.app.config.server.shutdown_grace;
+        let grace = self.app.config().server.shutdown_grace;
         tracing::info!(?grace, "stopped accepting; draining in-flight requests");
         if tokio::time::timeout(grace, graceful.shutdown())
             .await
@@ -145,15 +169,15 @@ impl Server {
 }
 
 impl Server {
-    /// Serves one connection until it closes; `trusted` connections (the Unix socket) need no API key.
-    fn serve<I>(&self, io: I, trusted: bool, graceful: &GracefulShutdown)
+    /// Serves one connection until it closes.
+    fn serve<I>(&self, io: I, caller: Caller, graceful: &GracefulShutdown)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let app = self.app.clone();
         let service = service_fn(move |req| {
             let app = app.clone();
-            async move { Ok::<_, Infallible>(route(app, req, trusted).await) }
+            async move { Ok::<_, Infallible>(route(app, req, caller).await) }
         });
         let http = hyper::server::conn::http1::Builder::new();
         let conn = graceful.watch(http.serve_connection(TokioIo::new(io), service));
@@ -163,6 +187,15 @@ impl Server {
             }
         });
     }
+}
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    /// The Unix socket: no API key needed.
+    pub trusted: bool,
+    /// Loopback or the Unix socket.
+    pub local: bool,
 }
 
 /// EMFILE and friends: back off briefly instead of spinning.
@@ -193,7 +226,7 @@ fn bind_unix(path: &std::path::Path) -> std::io::Result<UnixListener> {
 }
 
 /// Routes one request and renders any error in the dialect of its route.
-async fn route(app: Arc<App>, req: Request<Incoming>, trusted: bool) -> Response<Body> {
+async fn route(app: Arc<App>, req: Request<Incoming>, caller: Caller) -> Response<Body> {
     let path = req.uri().path().to_string();
     let anthropic = path.starts_with("/anthropic/")
         || openai_route(&path).is_some_and(|(_, rest)| rest.starts_with("messages"));
@@ -208,7 +241,10 @@ async fn route(app: Arc<App>, req: Request<Incoming>, trusted: bool) -> Response
     };
     let started = std::time::Instant::now();
     let method = req.method().clone();
-    let cors = match app.access.check(&method, &path, req.headers(), trusted) {
+    let cors = match app
+        .access()
+        .check(&method, &path, req.headers(), caller.trusted)
+    {
         access::Verdict::Allow(cors) => cors,
         access::Verdict::Preflight(cors) => {
             let mut resp = Response::new(http::full(""));
@@ -232,7 +268,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>, trusted: bool) -> Response
             return resp;
         }
     };
-    let mut resp = dispatch(&app, req, &path)
+    let mut resp = dispatch(&app, req, &path, caller)
         .await
         .unwrap_or_else(|e| e.into_response(dialect));
     resp.headers_mut().extend(cors);
@@ -244,6 +280,7 @@ async fn dispatch(
     app: &Arc<App>,
     req: Request<Incoming>,
     path: &str,
+    caller: Caller,
 ) -> Result<Response<Body>, ApiError> {
     let method = req.method().clone();
     if let Some((engine, rest)) = openai_route(path) {
@@ -274,6 +311,7 @@ async fn dispatch(
     }
     match (&method, path) {
         (&Method::GET, "/") => Ok(text(StatusCode::OK, "dmr-supervisor is running")),
+        (&Method::POST, "/config/reload") => reload::handle(app, caller).await,
         (&Method::GET, "/health") => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
         (&Method::GET, "/version") => Ok(json(
             StatusCode::OK,
@@ -324,8 +362,26 @@ fn openai_route(path: &str) -> Option<(Option<&str>, &str)> {
     rest.strip_prefix("v1/").map(|r| (Some(engine), r))
 }
 
+/// The scheduler's limits from `[scheduler]`.
+pub fn limits(s: &crate::config::SchedulerConfig) -> crate::scheduler::Limits {
+    crate::scheduler::Limits {
+        budget: s.memory_budget,
+        reserve: s.memory_reserve,
+        max_loaded_models: s.max_loaded_models,
+        max_queue: s.max_queue,
+        queue_timeout: s.queue_timeout,
+    }
+}
+
+fn access_from(config: &Config) -> access::Access {
+    access::Access {
+        api_keys: config.server.api_keys.clone(),
+        allowed_origins: config.server.allowed_origins.clone(),
+    }
+}
+
 /// Opens the store, imports configured GGUF files, resolves the engine binary and starts the scheduler.
-pub fn build_app(config: Config, store: Store) -> App {
+pub fn build_app(config: Config, source: ConfigSource, store: Store) -> App {
     let llama_binary = llamacpp::resolve_binary(
         config.engines.llamacpp.binary.as_deref(),
         std::env::var("PATH").ok().as_deref(),
@@ -339,14 +395,7 @@ pub fn build_app(config: Config, store: Store) -> App {
         startup: config.scheduler.startup_timeout,
         stop: config.scheduler.stop_timeout,
     };
-    let s = &config.scheduler;
-    let limits = crate::scheduler::Limits {
-        budget: s.memory_budget,
-        reserve: s.memory_reserve,
-        max_loaded_models: s.max_loaded_models,
-        max_queue: s.max_queue,
-        queue_timeout: s.queue_timeout,
-    };
+    let limits = limits(&config.scheduler);
     let memory: Arc<dyn crate::gpu::GpuProbe> = Arc::from(crate::gpu::detect());
     let engines = Arc::new(forward::EnginePools::default());
     let pools = engines.clone();
@@ -357,13 +406,10 @@ pub fn build_app(config: Config, store: Store) -> App {
         memory.clone(),
         Box::new(move |endpoint| pools.forget(endpoint)),
     );
-    let access = access::Access {
-        api_keys: config.server.api_keys.clone(),
-        allowed_origins: config.server.allowed_origins.clone(),
-    };
     App {
-        access,
-        config,
+        access: arc_swap::ArcSwap::from_pointee(access_from(&config)),
+        config: arc_swap::ArcSwap::from_pointee(config),
+        source,
         store,
         scheduler,
         engines,

@@ -141,7 +141,7 @@ pub async fn create(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("application/json"));
-    let (_, body) = read_body(req, app.config.server.max_body_bytes).await?;
+    let (_, body) = read_body(req, app.config().server.max_body_bytes).await?;
     let create: native::CreateRequest = parse_json(&body)?;
     let from = create.from.trim();
     if from.is_empty() {

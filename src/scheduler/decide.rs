@@ -138,6 +138,8 @@ pub enum Event {
         runners: BTreeMap<RunnerId, Usage>,
     },
     Tick,
+    /// New limits from a configuration reload.
+    Limits(Limits),
     Unload {
         selector: Selector,
         force: bool,
@@ -457,6 +459,7 @@ pub fn decide(state: &mut State, event: Event, now: Instant) -> Vec<Action> {
             }
         }
         Event::Measured { devices, runners } => measured(state, devices, runners),
+        Event::Limits(limits) => state.limits = limits,
         Event::Tick => {
             let timeout = state.limits.queue_timeout;
             let expired: Vec<RunnerKey> = state

@@ -182,6 +182,11 @@ impl Scheduler {
         }
     }
 
+    /// Replaces the admission limits (a configuration reload); queued loads are reconsidered at once.
+    pub fn set_limits(&self, limits: Limits) {
+        let _ = self.tx.send(Msg::Event(Event::Limits(limits)));
+    }
+
     /// What memory admission measures.
     pub fn probe_kind(&self) -> ProbeKind {
         self.probe
