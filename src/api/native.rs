@@ -210,3 +210,47 @@ pub struct RunnerMemory {
     /// Measured bytes per device index, summed over the runner's process group.
     pub devices: std::collections::BTreeMap<u32, u64>,
 }
+
+/// `POST /engines/_configure`, as DMR's CLI and Compose send it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigureRequest {
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default, rename = "context-size")]
+    pub context_size: Option<i64>,
+    #[serde(default, rename = "runtime-flags")]
+    pub runtime_flags: Option<Vec<String>>,
+    /// One string, split like a shell would (no expansion).
+    #[serde(default, rename = "raw-runtime-flags")]
+    pub raw_runtime_flags: Option<String>,
+    #[serde(default)]
+    pub keep_alive: Option<String>,
+}
+
+/// One entry of `GET /engines/_configure`, with DMR's capitalised keys (its Go struct has no JSON tags).
+#[derive(Debug, Serialize)]
+pub struct ConfiguredModel {
+    #[serde(rename = "Backend")]
+    pub backend: &'static str,
+    #[serde(rename = "Model")]
+    pub model: String,
+    #[serde(rename = "ModelID")]
+    pub model_id: String,
+    #[serde(rename = "Mode")]
+    pub mode: String,
+    #[serde(rename = "Config")]
+    pub config: ConfiguredSettings,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConfiguredSettings {
+    #[serde(rename = "context-size", skip_serializing_if = "Option::is_none")]
+    pub context_size: Option<u32>,
+    #[serde(rename = "runtime-flags", skip_serializing_if = "Option::is_none")]
+    pub runtime_flags: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_alive: Option<String>,
+}

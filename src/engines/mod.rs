@@ -2,6 +2,7 @@
 //! `process` spawns an engine in its own process group, captures its output, waits for readiness and stops the
 //! whole group. Nothing here decides *when* to start or stop an engine: that is the scheduler's job.
 
+pub mod flags;
 pub mod llamacpp;
 pub mod process;
 

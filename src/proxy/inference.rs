@@ -62,7 +62,7 @@ pub async fn acquire(
         StoreError::NotFound(_) => ApiError::not_found(format!("model {requested:?} not found")),
         other => ApiError::from(other),
     })?;
-    let settings = app.settings_for(requested, &model.tags);
+    let settings = app.settings_for(requested, &model, mode);
     let launch = LaunchSpec {
         model_name: model
             .tags

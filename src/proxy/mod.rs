@@ -6,6 +6,7 @@
 
 pub mod access;
 mod anthropic;
+mod configure;
 mod engines;
 mod forward;
 pub mod http;
@@ -32,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::http::{json, percent_decode, text, ApiError, Body};
 use crate::api::{native, Dialect};
-use crate::config::{Config, ModelSettings};
+use crate::config::{Config, KeepAlive, ModelSettings};
 use crate::engines::{llamacpp, Mode};
 use crate::scheduler::Scheduler;
 use crate::store::{name, Model, Store, StoreError};
@@ -76,20 +77,43 @@ impl App {
         self.store.get(reference)
     }
 
-    /// The `[[models]]` settings for a request: those of the name asked for, else of any of the model's tags,
-    /// else defaults.
-    pub fn settings_for(&self, requested: &str, tags: &[String]) -> ModelSettings {
+    /// A model's settings in `mode`: the `[[models]]` entry of the name asked for, else of any of the model's tags,
+    /// else defaults; then what `POST /engines/_configure` stored for the model and mode, which wins.
+    pub fn settings_for(&self, requested: &str, model: &Model, mode: Mode) -> ModelSettings {
         let requested = name::normalize(requested).ok();
         let config = self.config();
         let by_name = |n: &str| config.models.iter().find(|m| m.name == n);
-        requested
+        let mut settings = requested
             .as_deref()
             .and_then(by_name)
-            .or_else(|| tags.iter().find_map(|t| by_name(t)))
+            .or_else(|| model.tags.iter().find_map(|t| by_name(t)))
             .cloned()
             .unwrap_or_else(|| {
                 ModelSettings::defaults_for(requested.as_deref().unwrap_or_default())
-            })
+            });
+        let stored = self.store.runtime_configs().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read runtime configs");
+            Vec::new()
+        });
+        if let Some(c) = stored
+            .into_iter()
+            .find(|c| c.model_id == model.id && c.mode == mode.as_str())
+        {
+            if c.context_size.is_some() {
+                settings.context_size = c.context_size;
+            }
+            if let Some(flags) = c.runtime_flags {
+                settings.runtime_flags = flags;
+            }
+            if let Some(k) = c
+                .keep_alive
+                .as_deref()
+                .and_then(|k| KeepAlive::parse(k).ok())
+            {
+                settings.keep_alive = Some(k);
+            }
+        }
+        settings
     }
 }
 
@@ -325,6 +349,15 @@ async fn dispatch(
         (&Method::POST, "/engines/unload") => engines::unload(app, req).await,
         (&Method::GET, "/engines/status") => engines::status(app).await,
         (&Method::GET, "/engines/df") => engines::df(app).await,
+        (&Method::POST, "/engines/_configure")
+        | (&Method::POST, "/engines/llama.cpp/_configure") => configure::set(app, req).await,
+        (&Method::GET, "/engines/_configure") => configure::list(app, req.uri().query()).await,
+        (&Method::POST, p) if p.starts_with("/engines/") && p.ends_with("/_configure") => {
+            Err(ApiError::bad_request(format!(
+                "unknown engine in {p}; this server runs {}",
+                llamacpp::NAME
+            )))
+        }
         (&Method::GET, "/api/version") => ollama::version().await,
         (&Method::GET, "/api/tags") => ollama::tags(app).await,
         (&Method::GET, "/api/ps") => ollama::ps(app).await,

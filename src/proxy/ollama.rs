@@ -144,7 +144,7 @@ pub async fn show(
         .get("tokenizer.chat_template")
         .cloned()
         .unwrap_or_default();
-    let settings = app.settings_for(&requested, &m.tags);
+    let settings = app.settings_for(&requested, &m, crate::engines::Mode::Completion);
     let parameters = settings.runtime_flags.join(" ");
     let show = ollama::Show {
         modelfile: format!("FROM {}\n", name(&m)),

@@ -12,6 +12,9 @@ mod artifact;
 mod fsutil;
 mod import;
 mod index;
+mod runtime;
+
+pub use runtime::RuntimeConfig;
 
 use std::fs;
 use std::io;
@@ -107,6 +110,8 @@ pub struct Store {
 struct Cache {
     index: Option<Index>,
     models: std::collections::HashMap<String, Model>,
+    /// `runtime-configs.json`, parsed (read per request by `settings_for`).
+    runtime: Option<Vec<RuntimeConfig>>,
 }
 
 impl Cache {
@@ -121,6 +126,7 @@ impl Cache {
     fn invalidate(&mut self) {
         self.index = None;
         self.models.clear();
+        self.runtime = None;
     }
 }
 
@@ -231,6 +237,7 @@ impl Store {
         removed.extend(orphans.iter().map(|o| Removed::Deleted(o.id.clone())));
         index.save(&self.index_path())?;
         self.collect_garbage(&index, &orphans);
+        self.prune_runtime_configs(&orphans.iter().map(|o| o.id.clone()).collect::<Vec<_>>());
         Ok(removed)
     }
 

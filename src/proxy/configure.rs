@@ -1,0 +1,205 @@
+//! `POST /engines/_configure` and `GET /engines/_configure[?model=]`, DMR's per-model runtime settings: context
+//! size, runtime flags (checked against the engine's allowlist: `engines::flags`), keep-alive, for a mode. Unlike
+//! DMR, they are persisted in the store (`store::RuntimeConfig`) and survive restarts. A changed setting for a
+//! model whose runner is busy is refused with 409 (as DMR does); otherwise it is stored, answered with 202, and
+//! the model is preloaded in the background with it (an idle runner with other settings is restarted).
+
+use std::sync::Arc;
+
+use http::{Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::http::{json, parse_json, read_body, ApiError, Body};
+use super::{inference, App};
+use crate::api::{native, ErrorKind};
+use crate::config::KeepAlive;
+use crate::engines::{flags, llamacpp, Mode, RunnerWishes};
+use crate::store::{RuntimeConfig, StoreError};
+
+pub async fn set(app: &Arc<App>, req: http::Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let (_, body) = read_body(req, app.config().server.max_body_bytes).await?;
+    let input: native::ConfigureRequest = parse_json(&body)?;
+    let requested = input
+        .model
+        .clone()
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| ApiError::bad_request("\"model\" is required"))?;
+    let model = app.resolve(&requested).map_err(|e| match e {
+        StoreError::NotFound(_) => ApiError::not_found(format!("model {requested:?} not found")),
+        other => ApiError::from(other),
+    })?;
+    let config = validate(&input, &model.id)?;
+    let mode = if config.mode == Mode::Embedding.as_str() {
+        Mode::Embedding
+    } else {
+        Mode::Completion
+    };
+    let previous = app
+        .store
+        .runtime_configs()
+        .map_err(ApiError::from)?
+        .into_iter()
+        .find(|c| c.model_id == config.model_id && c.mode == config.mode);
+    if previous.as_ref() != Some(&config) {
+        let busy =
+            app.scheduler.snapshot().await.iter().any(|r| {
+                r.model_id == model.id && r.mode == mode && (r.in_flight > 0 || r.loading)
+            });
+        if busy {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!("runner already active: {requested} is serving requests; configure it once it is idle"),
+            ));
+        }
+    }
+    app.store
+        .set_runtime_config(config.clone())
+        .map_err(ApiError::from)?;
+    tracing::info!(model = requested, mode = config.mode, ?config.context_size, ?config.runtime_flags, ?config.keep_alive, "runtime config stored");
+    // Preload with the new settings, as DMR does after a configure (Compose relies on it).
+    let (app2, name) = (app.clone(), requested.clone());
+    tokio::spawn(async move {
+        if let Err(e) = inference::acquire(&app2, &name, mode, &RunnerWishes::default()).await {
+            tracing::warn!(
+                model = name,
+                error = e.message,
+                "preload after configure failed"
+            );
+        }
+    });
+    Ok(json(StatusCode::ACCEPTED, &listed(&requested, config)))
+}
+
+/// The stored config for `model_id`, or the first reason it is not acceptable (400).
+fn validate(input: &native::ConfigureRequest, model_id: &str) -> Result<RuntimeConfig, ApiError> {
+    let flags = match (&input.runtime_flags, &input.raw_runtime_flags) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give \"runtime-flags\" or \"raw-runtime-flags\", not both",
+            ))
+        }
+        (Some(f), None) => Some(f.clone()),
+        (None, Some(raw)) => Some(
+            shell_words::split(raw)
+                .map_err(|e| ApiError::bad_request(format!("raw-runtime-flags: {e}")))?,
+        ),
+        (None, None) => None,
+    };
+    if let Some(f) = &flags {
+        flags::check_untrusted(llamacpp::NAME, f)
+            .map_err(|e| ApiError::bad_request(format!("runtime flags: {e}")))?;
+    }
+    let wants_embeddings = flags
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|t| t == "--embedding" || t == "--embeddings"));
+    let mode = match input.mode.as_deref() {
+        None | Some("") if wants_embeddings => Mode::Embedding,
+        None | Some("") | Some("completion") => Mode::Completion,
+        Some("embedding") => Mode::Embedding,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "mode {other:?} is not supported (completion or embedding)"
+            )))
+        }
+    };
+    let context_size = match input.context_size {
+        None | Some(-1) => None,
+        Some(n) if n > 0 && n <= u32::MAX as i64 => Some(n as u32),
+        Some(n) => {
+            return Err(ApiError::bad_request(format!(
+                "context-size {n}: must be > 0 or -1"
+            )))
+        }
+    };
+    if let Some(k) = &input.keep_alive {
+        KeepAlive::parse(k).map_err(|e| ApiError::bad_request(format!("keep_alive: {e}")))?;
+    }
+    Ok(RuntimeConfig {
+        model_id: model_id.to_string(),
+        mode: mode.as_str().to_string(),
+        context_size,
+        runtime_flags: flags,
+        keep_alive: input.keep_alive.clone(),
+    })
+}
+
+fn listed(name: &str, c: RuntimeConfig) -> native::ConfiguredModel {
+    native::ConfiguredModel {
+        backend: llamacpp::NAME,
+        model: name.to_string(),
+        model_id: c.model_id,
+        mode: c.mode,
+        config: native::ConfiguredSettings {
+            context_size: c.context_size,
+            runtime_flags: c.runtime_flags,
+            keep_alive: c.keep_alive,
+        },
+    }
+}
+
+/// `GET /engines/_configure[?model=NAME]`.
+pub async fn list(app: &Arc<App>, query: Option<&str>) -> Result<Response<Body>, ApiError> {
+    let only = match query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("model="))) {
+        Some(m) => Some(
+            app.resolve(&super::http::percent_decode(m)?)
+                .map_err(ApiError::from)?
+                .id,
+        ),
+        None => None,
+    };
+    let mut out = Vec::new();
+    for c in app.store.runtime_configs().map_err(ApiError::from)? {
+        if only.as_ref().is_some_and(|id| *id != c.model_id) {
+            continue;
+        }
+        let name = app
+            .resolve(&c.model_id)
+            .ok()
+            .and_then(|m| m.tags.first().cloned())
+            .unwrap_or_else(|| c.model_id.clone());
+        out.push(listed(&name, c));
+    }
+    Ok(json(StatusCode::OK, &out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(v: serde_json::Value) -> native::ConfigureRequest {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn validation_reads_dmr_fields_and_names_the_problem() {
+        let c = validate(
+            &req(serde_json::json!({"model": "m", "context-size": 8192, "raw-runtime-flags": "--temp 0.5 --embeddings", "keep_alive": "10m"})),
+            "sha256:x",
+        )
+        .unwrap();
+        assert_eq!(c.context_size, Some(8192));
+        assert_eq!(
+            c.runtime_flags.as_deref(),
+            Some(&["--temp".to_string(), "0.5".into(), "--embeddings".into()][..])
+        );
+        assert_eq!(c.mode, "embedding");
+        let bad = |v: serde_json::Value| validate(&req(v), "id").unwrap_err().message;
+        assert!(
+            bad(serde_json::json!({"runtime-flags": ["--log-file", "/etc/x"]}))
+                .contains("may not carry paths")
+        );
+        assert!(bad(serde_json::json!({"runtime-flags": ["--model", "x"]}))
+            .contains("not an allowed runtime flag"));
+        assert!(
+            bad(serde_json::json!({"raw-runtime-flags": "--temp 'unclosed"}))
+                .starts_with("raw-runtime-flags")
+        );
+        assert!(bad(serde_json::json!({"context-size": 0})).contains("must be > 0 or -1"));
+        assert!(bad(serde_json::json!({"mode": "reranking"})).contains("not supported"));
+        assert!(bad(serde_json::json!({"keep_alive": "soon"})).starts_with("keep_alive"));
+        assert!(serde_json::from_value::<native::ConfigureRequest>(
+            serde_json::json!({"speculative": {}})
+        )
+        .is_err());
+    }
+}

@@ -1,0 +1,85 @@
+//! Per-model runtime settings made through the API (`POST /engines/_configure`), persisted in the store's
+//! directory as `runtime-configs.json` (written atomically) so that they survive restarts, unlike DMR's. Keyed by
+//! (model id, mode); a model's settings go when the model is deleted.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::fsutil::{io_err, write_atomic};
+use super::{Store, StoreError};
+
+pub(super) const FILE: &str = "runtime-configs.json";
+
+/// One model's settings in one mode, as configured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeConfig {
+    pub model_id: String,
+    /// `completion` or `embedding`.
+    pub mode: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_size: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_flags: Option<Vec<String>>,
+    /// As given (`"5m"`, `"-1"`, `"0"`), validated before it is stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive: Option<String>,
+}
+
+fn load(path: &Path) -> Result<Vec<RuntimeConfig>, StoreError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+            source: Some(e),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+impl Store {
+    fn runtime_path(&self) -> std::path::PathBuf {
+        self.root().join(FILE)
+    }
+
+    /// Every stored runtime config (from memory after the first read).
+    pub fn runtime_configs(&self) -> Result<Vec<RuntimeConfig>, StoreError> {
+        let mut cache = self.lock();
+        if cache.runtime.is_none() {
+            cache.runtime = Some(load(&self.runtime_path())?);
+        }
+        Ok(cache.runtime.clone().unwrap_or_default())
+    }
+
+    /// Stores `config`, replacing the one for the same (model, mode).
+    pub fn set_runtime_config(&self, config: RuntimeConfig) -> Result<(), StoreError> {
+        let mut cache = self.lock();
+        cache.runtime = None;
+        let path = self.runtime_path();
+        let mut all = load(&path)?;
+        all.retain(|c| !(c.model_id == config.model_id && c.mode == config.mode));
+        all.push(config);
+        all.sort_by(|a, b| (&a.model_id, &a.mode).cmp(&(&b.model_id, &b.mode)));
+        write_atomic(&path, &serde_json::to_vec_pretty(&all).unwrap_or_default())
+    }
+
+    /// Drops the configs of models that are no longer in the store. Called by `delete`, under the store lock, after
+    /// it has cleared the cache.
+    pub(super) fn prune_runtime_configs(&self, gone: &[String]) {
+        if gone.is_empty() {
+            return;
+        }
+        let path = self.runtime_path();
+        let Ok(mut all) = load(&path) else { return };
+        let before = all.len();
+        all.retain(|c| !gone.contains(&c.model_id));
+        if all.len() != before {
+            if let Err(e) =
+                write_atomic(&path, &serde_json::to_vec_pretty(&all).unwrap_or_default())
+            {
+                tracing::warn!(error = %e, "cannot prune runtime configs");
+            }
+        }
+    }
+}
