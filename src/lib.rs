@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod engines;
 pub mod gpu;
+pub mod metrics;
 pub mod proxy;
 pub mod scheduler;
 pub mod service;

@@ -27,6 +27,8 @@ pub fn argv(spec: &LaunchSpec, port: u16) -> Vec<String> {
         // Engines answer with this name in `model` (llama-server would say the blob path otherwise).
         "--alias".into(),
         spec.model_name.clone(),
+        // Its own Prometheus metrics (tokens, slots), which our /metrics relabels with the model.
+        "--metrics".into(),
     ];
     if spec.mode == Mode::Embedding {
         args.push("--embeddings".into());
@@ -123,6 +125,7 @@ mod tests {
                 "512",
                 "--alias",
                 "ai/tiny:latest",
+                "--metrics",
                 "--temp",
                 "0",
                 "--threads",
@@ -134,11 +137,11 @@ mod tests {
     #[test]
     fn embedding_runners_pool_by_mean_unless_the_user_chose() {
         let args = argv(&spec(Mode::Embedding, &[]), 1);
-        assert_eq!(args[10..], ["--embeddings", "--pooling", "mean"]);
+        assert_eq!(args[11..], ["--embeddings", "--pooling", "mean"]);
         let args = argv(&spec(Mode::Embedding, &["--pooling", "cls"]), 1);
-        assert_eq!(args[10..], ["--embeddings", "--pooling", "cls"]);
+        assert_eq!(args[11..], ["--embeddings", "--pooling", "cls"]);
         let args = argv(&spec(Mode::Embedding, &["--pooling=last"]), 1);
-        assert_eq!(args[10..], ["--embeddings", "--pooling=last"]);
+        assert_eq!(args[11..], ["--embeddings", "--pooling=last"]);
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod engines;
 mod forward;
 pub mod http;
 mod inference;
+mod metrics;
 mod models;
 mod ollama;
 pub mod reload;
@@ -60,6 +61,17 @@ pub struct App {
     pub memory: Arc<dyn crate::gpu::GpuProbe>,
     /// CORS and API keys (swapped by a reload).
     access: arc_swap::ArcSwap<access::Access>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+tokio::task_local! {
+    /// The model a request resolved to, for the metrics' `model` label (set by `inference::acquire`).
+    static REQUEST_MODEL: std::cell::RefCell<Option<String>>;
+}
+
+/// Notes the model the current request is for (outside a request: nothing).
+pub fn note_model(name: &str) {
+    let _ = REQUEST_MODEL.try_with(|m| *m.borrow_mut() = Some(name.to_string()));
 }
 
 impl App {
@@ -292,10 +304,42 @@ async fn route(app: Arc<App>, req: Request<Incoming>, caller: Caller) -> Respons
             return resp;
         }
     };
-    let mut resp = dispatch(&app, req, &path, caller)
-        .await
-        .unwrap_or_else(|e| e.into_response(dialect));
+    let (mut resp, model) = REQUEST_MODEL
+        .scope(std::cell::RefCell::new(None), async {
+            let resp = dispatch(&app, req, &path, caller)
+                .await
+                .unwrap_or_else(|e| e.into_response(dialect));
+            (resp, REQUEST_MODEL.with(|m| m.borrow_mut().take()))
+        })
+        .await;
     resp.headers_mut().extend(cors);
+    let route = metrics::route_label(&path);
+    let dialect_label = match dialect {
+        Dialect::Native => "native",
+        Dialect::OpenAi => "openai",
+        Dialect::Ollama => "ollama",
+        Dialect::Anthropic => "anthropic",
+    };
+    app.metrics.request(
+        &route,
+        dialect_label,
+        model.as_deref().unwrap_or(""),
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
+    let streamed = resp
+        .headers()
+        .get(::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            t.starts_with("text/event-stream") || t.starts_with("application/x-ndjson")
+        });
+    if streamed {
+        let (parts, body) = resp.into_parts();
+        let body =
+            metrics::time_first_byte(body, app.metrics.clone(), route, dialect_label, started);
+        resp = Response::from_parts(parts, body);
+    }
     tracing::debug!(%method, path, status = resp.status().as_u16(), us = started.elapsed().as_micros() as u64, "request");
     resp
 }
@@ -336,6 +380,7 @@ async fn dispatch(
     match (&method, path) {
         (&Method::GET, "/") => Ok(text(StatusCode::OK, "dmr-supervisor is running")),
         (&Method::POST, "/config/reload") => reload::handle(app, caller).await,
+        (&Method::GET, "/metrics") => metrics::handle(app).await,
         (&Method::GET, "/health") => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
         (&Method::GET, "/version") => Ok(json(
             StatusCode::OK,
@@ -432,14 +477,17 @@ pub fn build_app(config: Config, source: ConfigSource, store: Store) -> App {
     let memory: Arc<dyn crate::gpu::GpuProbe> = Arc::from(crate::gpu::detect());
     let engines = Arc::new(forward::EnginePools::default());
     let pools = engines.clone();
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let scheduler = Scheduler::start(
         llama_binary.clone(),
         timeouts,
         limits,
         memory.clone(),
         Box::new(move |endpoint| pools.forget(endpoint)),
+        metrics.clone(),
     );
     App {
+        metrics,
         access: arc_swap::ArcSwap::from_pointee(access_from(&config)),
         config: arc_swap::ArcSwap::from_pointee(config),
         source,

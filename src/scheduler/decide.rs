@@ -94,6 +94,8 @@ pub struct State {
     pub limits: Limits,
     /// Measured bytes per (model, mode, context, flags).
     pub learned: BTreeMap<Identity, u64>,
+    /// Names of runners evicted for another load since the caller last took them (for metrics).
+    pub evicted: Vec<String>,
     next_runner: RunnerId,
     next_seq: u64,
 }
@@ -557,6 +559,8 @@ fn admit(state: &mut State, actions: &mut Vec<Action>) {
             Plan::Evict(victims) => {
                 for id in victims {
                     if let Some(k) = state.find(id).cloned() {
+                        let name = state.runners[&k].launch.model_name.clone();
+                        state.evicted.push(name);
                         state.stop(&k, actions, Rejection::Unloaded);
                     }
                 }
@@ -592,6 +596,9 @@ fn retry_after_oom(
     let mut after = Vec::new();
     for k in victims {
         after.push(state.runners[&k].id);
+        state
+            .evicted
+            .push(state.runners[&k].launch.model_name.clone());
         state.stop(&k, actions, Rejection::Unloaded);
     }
     state.next_runner += 1;

@@ -22,6 +22,7 @@ use crate::config::KeepAlive;
 use crate::engines::process::{free_port, EngineProcess};
 use crate::engines::{self, llamacpp, LaunchSpec, Mode, Timeouts};
 use crate::gpu::{self, GpuProbe, ProbeKind};
+use crate::metrics::Metrics;
 use decide::{decide, Action, Event, Phase, RunnerId, State, WaiterId};
 pub use decide::{Endpoint, Rejection, RunnerKey, Selector};
 pub use memory::{Demand, Limits, Usage};
@@ -132,6 +133,7 @@ impl Scheduler {
         limits: Limits,
         probe: Arc<dyn GpuProbe>,
         on_stop: OnStop,
+        metrics: Arc<Metrics>,
     ) -> Scheduler {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut state = State::new(limits);
@@ -163,6 +165,7 @@ impl Scheduler {
             state,
             probe,
             on_stop,
+            metrics,
             measuring: false,
             waiters: HashMap::new(),
             runners: HashMap::new(),
@@ -275,6 +278,7 @@ struct Actor {
     state: State,
     probe: Arc<dyn GpuProbe>,
     on_stop: OnStop,
+    metrics: Arc<Metrics>,
     /// A measurement is running (at most one at a time).
     measuring: bool,
     waiters: HashMap<WaiterId, oneshot::Sender<Result<Lease, AcquireError>>>,
@@ -376,7 +380,11 @@ impl Actor {
             let _ = self.tx.send(Msg::Measure);
         }
         let mut stopped = Vec::new();
-        for action in decide(&mut self.state, event, Instant::now()) {
+        let actions = decide(&mut self.state, event, Instant::now());
+        for model in self.state.evicted.drain(..) {
+            self.metrics.eviction(&model);
+        }
+        for action in actions {
             match action {
                 Action::Spawn {
                     runner,
@@ -468,15 +476,13 @@ impl Actor {
             Some(devices) if self.probe.kind() == ProbeKind::Nvml => engines::cuda_pin(&devices),
             _ => Vec::new(),
         };
-        let task = run_runner(
-            runner,
-            launch,
+        let engine = EngineSetup {
+            binary: self.binary.clone(),
             env,
-            self.binary.clone(),
-            self.timeouts,
-            self.tx.clone(),
-            cancel,
-        );
+            timeouts: self.timeouts,
+            metrics: self.metrics.clone(),
+        };
+        let task = run_runner(runner, launch, engine, self.tx.clone(), cancel);
         self.tracker.spawn(async move {
             task.await;
             let _ = exited_tx.send(true);
@@ -525,15 +531,28 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 /// One runner's life: spawn, wait for readiness, serve until the engine exits or the scheduler cancels, stop.
 /// Reports `Loaded`/`LoadFailed` and then `Exited` back to the actor. Never restarts the engine itself.
+/// How a runner starts its engine, and where it reports.
+struct EngineSetup {
+    binary: Result<PathBuf, String>,
+    /// Added to the engine's environment (GPU pinning).
+    env: Vec<(String, String)>,
+    timeouts: Timeouts,
+    metrics: Arc<Metrics>,
+}
+
 async fn run_runner(
     runner: RunnerId,
     launch: LaunchSpec,
-    env: Vec<(String, String)>,
-    binary: Result<PathBuf, String>,
-    timeouts: Timeouts,
+    engine: EngineSetup,
     tx: mpsc::UnboundedSender<Msg>,
     cancel: CancellationToken,
 ) {
+    let EngineSetup {
+        binary,
+        env,
+        timeouts,
+        metrics,
+    } = engine;
     let send = |event| {
         let _ = tx.send(Msg::Event(event));
     };
@@ -550,6 +569,7 @@ async fn run_runner(
         Ok(p) => p,
         Err(error) => {
             tracing::error!(model, error, "cannot start the engine");
+            metrics.load(model, "failed", None);
             return send(Event::LoadFailed {
                 runner,
                 error,
@@ -574,6 +594,7 @@ async fn run_runner(
             process.stop(timeouts.stop).await;
             let oom = engines::out_of_memory(&process.logs().tail(40));
             tracing::error!(model, error = %e, oom, "the engine failed to load");
+            metrics.load(model, if oom { "oom" } else { "failed" }, None);
             return send(Event::LoadFailed {
                 runner,
                 error: e.to_string(),
@@ -590,6 +611,7 @@ async fn run_runner(
                 load_ms = started.elapsed().as_millis() as u64,
                 "engine ready"
             );
+            metrics.load(model, "ok", Some(started.elapsed()));
             send(Event::Loaded {
                 runner,
                 endpoint: Endpoint { port, pid },

@@ -83,7 +83,7 @@ def test_engine_argv_is_exact(sup, prereqs):
     spawns = sup.spawns()
     assert len(spawns) == 1, spawns
     argv = spawns[0].argv
-    assert len(argv) == 12, argv
+    assert len(argv) == 13, argv
     assert argv[0] == "--model"
     model_path = Path(argv[1])
     assert model_path.is_absolute(), argv
@@ -94,7 +94,7 @@ def test_engine_argv_is_exact(sup, prereqs):
     assert digest == prereqs.tiny_sha256, "the blob is a byte-for-byte copy of the configured GGUF"
     assert argv[2:4] == ["--host", "127.0.0.1"], argv
     assert argv[4] == "--port" and 0 < int(argv[5]) < 65536, argv
-    assert argv[6:] == ["--ctx-size", "512", "--alias", "ai/tiny:latest", "--temp", "0"], argv
+    assert argv[6:] == ["--ctx-size", "512", "--alias", "ai/tiny:latest", "--metrics", "--temp", "0"], argv
 
     ps = sup.ps()
     assert len(ps) == 1, ps

@@ -76,7 +76,7 @@ def test_embeddings_use_a_second_runner(sup):
     spawns = sup.spawns()
     assert len(spawns) == 1, spawns
     argv = spawns[0].argv
-    assert argv[6:] == ["--ctx-size", "512", "--alias", "ai/tiny:latest", "--embeddings", "--pooling", "mean", "--temp", "0"], argv
+    assert argv[6:] == ["--ctx-size", "512", "--alias", "ai/tiny:latest", "--metrics", "--embeddings", "--pooling", "mean", "--temp", "0"], argv
 
     r = sup.chat(max_tokens=4)
     assert r.status_code == 200, r.text
@@ -98,7 +98,7 @@ def test_embeddings_respect_pooling_in_runtime_flags(supervisors):
     r = sup.post("/engines/v1/embeddings", {"model": "ai/tiny", "input": "hello"})
     assert r.status_code == 200, r.text
     argv = sup.spawns()[0].argv
-    assert argv[6:] == ["--ctx-size", "512", "--alias", "ai/tiny:latest", "--embeddings", "--pooling", "last"], argv
+    assert argv[6:] == ["--ctx-size", "512", "--alias", "ai/tiny:latest", "--metrics", "--embeddings", "--pooling", "last"], argv
 
 
 @pytest.mark.parametrize("prefix", PREFIXES)

@@ -1,0 +1,307 @@
+//! `GET /metrics`: our counters and histograms (`crate::metrics`), gauges read now (runners by state, loads
+//! waiting for memory, each runner's predicted and measured memory, each device's memory), then every ready
+//! engine's own `/metrics` with `model` and `mode` labels added. Also the body wrapper that times the first byte
+//! of streamed answers, and the route templates used as labels.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::BodyExt;
+
+use super::http::{ApiError, Body, BoxError};
+use super::App;
+use crate::metrics::{family, relabel, sample, Metrics};
+
+/// How long one engine's `/metrics` may take before it is left out of a scrape.
+const ENGINE_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub async fn handle(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
+    let mut out = String::new();
+    app.metrics.render(&mut out);
+    let runners = app.scheduler.snapshot().await;
+    family(
+        &mut out,
+        "dmr_runners",
+        "gauge",
+        "Runners by state (loaded, loading, queued).",
+    );
+    for state in ["loaded", "loading", "queued"] {
+        let n = runners
+            .iter()
+            .filter(|r| match state {
+                "loaded" => r.endpoint.is_some(),
+                "loading" => r.loading,
+                _ => r.queued,
+            })
+            .count();
+        sample(&mut out, "dmr_runners", &[("state", state)], n as f64);
+    }
+    family(
+        &mut out,
+        "dmr_requests_in_flight",
+        "gauge",
+        "Requests being served, by model.",
+    );
+    for r in &runners {
+        sample(
+            &mut out,
+            "dmr_requests_in_flight",
+            &[("model", &r.model_name), ("mode", r.mode.as_str())],
+            r.in_flight as f64,
+        );
+    }
+    family(
+        &mut out,
+        "dmr_runner_memory_predicted_bytes",
+        "gauge",
+        "What each runner was expected to need.",
+    );
+    for r in &runners {
+        sample(
+            &mut out,
+            "dmr_runner_memory_predicted_bytes",
+            &[("model", &r.model_name), ("mode", r.mode.as_str())],
+            r.predicted as f64,
+        );
+    }
+    family(
+        &mut out,
+        "dmr_runner_memory_bytes",
+        "gauge",
+        "What each runner holds per device (measured once loaded).",
+    );
+    for r in &runners {
+        for (device, bytes) in &r.usage {
+            let device = device.to_string();
+            sample(
+                &mut out,
+                "dmr_runner_memory_bytes",
+                &[
+                    ("model", &r.model_name),
+                    ("mode", r.mode.as_str()),
+                    ("device", &device),
+                ],
+                *bytes as f64,
+            );
+        }
+    }
+    let probe = app.memory.clone();
+    if let Ok(Ok(snap)) = tokio::task::spawn_blocking(move || probe.snapshot(&[])).await {
+        family(
+            &mut out,
+            "dmr_device_memory_bytes",
+            "gauge",
+            "Each device's memory (NVML GPUs, or host memory in CPU mode).",
+        );
+        let kind = app.memory.kind().as_str();
+        for d in &snap.devices {
+            let device = d.index.to_string();
+            for (what, v) in [("total", d.total), ("free", d.free), ("used", d.used)] {
+                sample(
+                    &mut out,
+                    "dmr_device_memory_bytes",
+                    &[
+                        ("device", &device),
+                        ("name", &d.name),
+                        ("probe", kind),
+                        ("kind", what),
+                    ],
+                    v as f64,
+                );
+            }
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for r in runners.iter().filter(|r| r.endpoint.is_some()) {
+        let ep = r.endpoint.expect("filtered on it"); // invariant: filtered just above
+        match tokio::time::timeout(ENGINE_TIMEOUT, engine_metrics(ep.port)).await {
+            Ok(Ok(text)) => relabel(
+                &text,
+                &[("model", &r.model_name), ("mode", r.mode.as_str())],
+                &mut seen,
+                &mut out,
+            ),
+            Ok(Err(e)) => tracing::debug!(
+                model = r.model_name,
+                error = e,
+                "engine metrics unavailable"
+            ),
+            Err(_) => tracing::debug!(model = r.model_name, "engine metrics timed out"),
+        }
+    }
+    let mut resp = Response::new(super::http::full(out));
+    *resp.status_mut() = StatusCode::OK;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(resp)
+}
+
+async fn engine_metrics(port: u16) -> Result<String, String> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .await
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP head")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(head.lines().next().unwrap_or("").to_string());
+    }
+    Ok(body.to_string())
+}
+
+/// A route template for labels: fixed paths as they are, parameters as `{name}`, anything unknown as `other`.
+pub fn route_label(path: &str) -> String {
+    const FIXED: &[&str] = &[
+        "/",
+        "/health",
+        "/version",
+        "/metrics",
+        "/models",
+        "/models/create",
+        "/config/reload",
+        "/engines/ps",
+        "/engines/unload",
+        "/engines/status",
+        "/engines/df",
+        "/engines/_configure",
+        "/api/version",
+        "/api/tags",
+        "/api/ps",
+        "/api/show",
+        "/api/chat",
+        "/api/generate",
+        "/api/delete",
+        "/api/embed",
+        "/api/embeddings",
+    ];
+    const OPENAI: &[&str] = &[
+        "chat/completions",
+        "completions",
+        "embeddings",
+        "messages",
+        "messages/count_tokens",
+        "models",
+    ];
+    if FIXED.contains(&path) {
+        return path.to_string();
+    }
+    if let Some((_, rest)) = super::openai_route(path) {
+        if OPENAI.contains(&rest) {
+            return format!("/v1/{rest}");
+        }
+        if rest.starts_with("models/") {
+            return "/v1/models/{name}".into();
+        }
+    }
+    if let Some(rest) = path.strip_prefix("/anthropic/v1/") {
+        if rest == "messages" || rest == "messages/count_tokens" {
+            return format!("/v1/{rest}");
+        }
+    }
+    if path.starts_with("/models/") {
+        return "/models/{name}".into();
+    }
+    "other".into()
+}
+
+/// Wraps a streamed answer to time its first body byte.
+pub fn time_first_byte(
+    body: Body,
+    metrics: Arc<Metrics>,
+    route: String,
+    dialect: &'static str,
+    started: Instant,
+) -> Body {
+    FirstByte {
+        inner: body,
+        seen: false,
+        metrics,
+        route,
+        dialect,
+        started,
+    }
+    .boxed()
+}
+
+struct FirstByte {
+    inner: Body,
+    seen: bool,
+    metrics: Arc<Metrics>,
+    route: String,
+    dialect: &'static str,
+    started: Instant,
+}
+
+impl http_body::Body for FirstByte {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if !this.seen {
+            if let Poll::Ready(Some(Ok(frame))) = &polled {
+                if frame.data_ref().is_some_and(|d| !d.is_empty()) {
+                    this.seen = true;
+                    this.metrics
+                        .first_byte(&this.route, this.dialect, this.started.elapsed());
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_label;
+
+    #[test]
+    fn route_labels_are_templates() {
+        assert_eq!(
+            route_label("/engines/llama.cpp/v1/chat/completions"),
+            "/v1/chat/completions"
+        );
+        assert_eq!(route_label("/v1/messages"), "/v1/messages");
+        assert_eq!(
+            route_label("/anthropic/v1/messages/count_tokens"),
+            "/v1/messages/count_tokens"
+        );
+        assert_eq!(
+            route_label("/engines/v1/models/ai/tiny"),
+            "/v1/models/{name}"
+        );
+        assert_eq!(route_label("/models/ai/tiny:latest"), "/models/{name}");
+        assert_eq!(route_label("/api/chat"), "/api/chat");
+        assert_eq!(route_label("/etc/passwd"), "other");
+        assert_eq!(route_label("/v1/../../x"), "other");
+    }
+}
