@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod engines;
 pub mod gpu;
+pub mod logs;
 pub mod metrics;
 pub mod proxy;
 pub mod scheduler;
@@ -90,10 +91,11 @@ impl Running {
     /// Serves until `shutdown` fires; then drains requests and stops every engine (SIGTERM, grace, SIGKILL).
     pub async fn run(self, shutdown: CancellationToken) {
         let status = tokio::spawn(service::supervise(self.app.clone(), shutdown.clone()));
-        let stopping = shutdown.clone();
+        let (stopping, app) = (shutdown.clone(), self.app.clone());
         tokio::spawn(async move {
             stopping.cancelled().await;
             service::stopping();
+            app.shutdown.cancel();
         });
         self.server.run(shutdown).await;
         status.abort();

@@ -155,16 +155,24 @@ async fn watch_hangups(reload: impl Fn()) {
     }
 }
 
+/// stderr as RUST_LOG says (default `info`), and the log hub behind `GET /logs` (our info and up, engine output).
 fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing::Level;
+    use tracing_subscriber::filter::{EnvFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let hub = dmr_supervisor::logs::HubLayer.with_filter(
+        Targets::new()
+            .with_target("dmr_supervisor", Level::INFO)
+            .with_target("engine", Level::DEBUG),
+    );
+    let stderr = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(hub);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry.with(stderr.with_filter(filter)).init(),
+        LogFormat::Json => registry.with(stderr.json().with_filter(filter)).init(),
     }
 }

@@ -76,6 +76,8 @@ pub struct EngineProcess {
     activity: Arc<Notify>,
     readers: Vec<JoinHandle<()>>,
     exit: Option<String>,
+    /// The model, for log lines.
+    label: String,
 }
 
 impl EngineProcess {
@@ -150,6 +152,7 @@ impl EngineProcess {
             activity,
             readers,
             exit: None,
+            label: label.to_string(),
         })
     }
 
@@ -236,7 +239,7 @@ impl EngineProcess {
                 abort.abort();
             }
         }
-        tracing::info!(runner.pid = self.pid, status, "engine stopped");
+        tracing::info!(model = %self.label, runner.pid = self.pid, status, "engine stopped");
         self.exit = Some(status);
     }
 }

@@ -173,6 +173,7 @@ pub fn route_label(path: &str) -> String {
         "/health",
         "/version",
         "/metrics",
+        "/logs",
         "/models",
         "/models/create",
         "/config/reload",

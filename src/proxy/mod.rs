@@ -11,6 +11,7 @@ mod engines;
 mod forward;
 pub mod http;
 mod inference;
+mod logs;
 mod metrics;
 mod models;
 mod ollama;
@@ -62,6 +63,9 @@ pub struct App {
     /// CORS and API keys (swapped by a reload).
     access: arc_swap::ArcSwap<access::Access>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Cancelled when the server begins shutting down: ends `GET /logs?follow=1` streams so they do not hold the
+    /// drain.
+    pub shutdown: CancellationToken,
 }
 
 tokio::task_local! {
@@ -334,7 +338,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>, caller: Caller) -> Respons
         .is_some_and(|t| {
             t.starts_with("text/event-stream") || t.starts_with("application/x-ndjson")
         });
-    if streamed {
+    if streamed && (route.starts_with("/v1/") || route == "/api/chat" || route == "/api/generate") {
         let (parts, body) = resp.into_parts();
         let body =
             metrics::time_first_byte(body, app.metrics.clone(), route, dialect_label, started);
@@ -381,6 +385,7 @@ async fn dispatch(
         (&Method::GET, "/") => Ok(text(StatusCode::OK, "dmr-supervisor is running")),
         (&Method::POST, "/config/reload") => reload::handle(app, caller).await,
         (&Method::GET, "/metrics") => metrics::handle(app).await,
+        (&Method::GET, "/logs") => logs::handle(app, req.uri().query()).await,
         (&Method::GET, "/health") => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
         (&Method::GET, "/version") => Ok(json(
             StatusCode::OK,
@@ -488,6 +493,7 @@ pub fn build_app(config: Config, source: ConfigSource, store: Store) -> App {
     );
     App {
         metrics,
+        shutdown: CancellationToken::new(),
         access: arc_swap::ArcSwap::from_pointee(access_from(&config)),
         config: arc_swap::ArcSwap::from_pointee(config),
         source,
