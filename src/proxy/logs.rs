@@ -92,7 +92,6 @@ pub async fn handle(app: &Arc<App>, query: Option<&str>) -> Result<Response<Body
         let shutdown = app.shutdown.clone();
         let follow = stream::unfold((rx, shutdown), move |(mut rx, shutdown)| {
             let wanted = wanted.clone();
-            let render = render;
             async move {
                 loop {
                     let next = tokio::select! {
