@@ -254,3 +254,33 @@ pub struct ConfiguredSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keep_alive: Option<String>,
 }
+
+/// One exchange as `GET /engines/requests` shows it (newest first).
+#[derive(Debug, Clone, Serialize)]
+pub struct InspectedRequest {
+    pub id: u64,
+    /// RFC 3339, when the request arrived.
+    pub time: String,
+    pub model: String,
+    pub dialect: &'static str,
+    pub route: String,
+    pub status: u16,
+    pub duration_ms: f64,
+    /// The last user turn (or prompt / input).
+    pub prompt: Option<String>,
+    /// The answer's text, reassembled from a stream's deltas.
+    pub answer: String,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    pub tokens_per_second: Option<f64>,
+    pub context_size: Option<u32>,
+    /// (prompt + completion tokens) / context size, in percent.
+    pub context_used_percent: Option<f64>,
+    pub streamed: bool,
+    /// False when the client left before the answer ended.
+    pub complete: bool,
+    /// The request body, and the answer body (raw stream text for streams), each cut at the inspector's cap.
+    pub request: serde_json::Value,
+    pub response: serde_json::Value,
+    pub truncated: bool,
+}

@@ -102,7 +102,11 @@ pub async fn read_body(
     }
     let (parts, body) = req.into_parts();
     match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok((parts, collected.to_bytes())),
+        Ok(collected) => {
+            let body = collected.to_bytes();
+            super::note_body(&body);
+            Ok((parts, body))
+        }
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(e) => Err(ApiError::bad_request(format!(
             "cannot read the request body: {e}"

@@ -82,7 +82,7 @@ pub async fn acquire(
             .unwrap_or(app.config().scheduler.keep_alive),
     };
     let name = launch.model_name.clone();
-    super::note_model(&name);
+    super::note_model(&name, launch.context_size);
     let demand = demand(app, &model, &launch)?;
     let key = RunnerKey {
         model_id: model.id,

@@ -181,6 +181,7 @@ pub fn route_label(path: &str) -> String {
         "/engines/unload",
         "/engines/status",
         "/engines/df",
+        "/engines/requests",
         "/engines/_configure",
         "/api/version",
         "/api/tags",

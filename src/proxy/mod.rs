@@ -11,6 +11,7 @@ mod engines;
 mod forward;
 pub mod http;
 mod inference;
+mod inspector;
 mod logs;
 mod metrics;
 mod models;
@@ -63,19 +64,33 @@ pub struct App {
     /// CORS and API keys (swapped by a reload).
     access: arc_swap::ArcSwap<access::Access>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub inspector: Arc<inspector::Inspector>,
     /// Cancelled when the server begins shutting down: ends `GET /logs?follow=1` streams so they do not hold the
     /// drain.
     pub shutdown: CancellationToken,
 }
 
+/// What handlers note about the request they serve, for metrics and the inspector.
+#[derive(Default)]
+struct RequestNote {
+    /// The model it resolved to (set by `inference::acquire`), and its runner's context size.
+    model: Option<(String, u32)>,
+    /// The request body (set by `read_body`).
+    body: Option<bytes::Bytes>,
+}
+
 tokio::task_local! {
-    /// The model a request resolved to, for the metrics' `model` label (set by `inference::acquire`).
-    static REQUEST_MODEL: std::cell::RefCell<Option<String>>;
+    static NOTE: std::cell::RefCell<RequestNote>;
 }
 
 /// Notes the model the current request is for (outside a request: nothing).
-pub fn note_model(name: &str) {
-    let _ = REQUEST_MODEL.try_with(|m| *m.borrow_mut() = Some(name.to_string()));
+pub fn note_model(name: &str, context_size: u32) {
+    let _ = NOTE.try_with(|n| n.borrow_mut().model = Some((name.to_string(), context_size)));
+}
+
+/// Notes the current request's body (a reference count, not a copy).
+pub fn note_body(body: &bytes::Bytes) {
+    let _ = NOTE.try_with(|n| n.borrow_mut().body = Some(body.clone()));
 }
 
 impl App {
@@ -308,14 +323,16 @@ async fn route(app: Arc<App>, req: Request<Incoming>, caller: Caller) -> Respons
             return resp;
         }
     };
-    let (mut resp, model) = REQUEST_MODEL
-        .scope(std::cell::RefCell::new(None), async {
+    let arrived = std::time::SystemTime::now();
+    let (mut resp, note) = NOTE
+        .scope(std::cell::RefCell::default(), async {
             let resp = dispatch(&app, req, &path, caller)
                 .await
                 .unwrap_or_else(|e| e.into_response(dialect));
-            (resp, REQUEST_MODEL.with(|m| m.borrow_mut().take()))
+            (resp, NOTE.with(|n| std::mem::take(&mut *n.borrow_mut())))
         })
         .await;
+    let model = note.model.as_ref().map(|(m, _)| m.clone());
     resp.headers_mut().extend(cors);
     let route = metrics::route_label(&path);
     let dialect_label = match dialect {
@@ -338,11 +355,35 @@ async fn route(app: Arc<App>, req: Request<Incoming>, caller: Caller) -> Respons
         .is_some_and(|t| {
             t.starts_with("text/event-stream") || t.starts_with("application/x-ndjson")
         });
-    if streamed && (route.starts_with("/v1/") || route == "/api/chat" || route == "/api/generate") {
+    let inference = route.starts_with("/v1/") || route.starts_with("/api/");
+    if streamed && inference {
         let (parts, body) = resp.into_parts();
-        let body =
-            metrics::time_first_byte(body, app.metrics.clone(), route, dialect_label, started);
+        let body = metrics::time_first_byte(
+            body,
+            app.metrics.clone(),
+            route.clone(),
+            dialect_label,
+            started,
+        );
         resp = Response::from_parts(parts, body);
+    }
+    if let (true, Some((model, context_size)), Some(request)) = (inference, note.model, note.body) {
+        let (parts, body) = resp.into_parts();
+        let pending = inspector::Pending {
+            model,
+            dialect: dialect_label,
+            route,
+            status: parts.status.as_u16(),
+            context_size: Some(context_size),
+            request,
+            started,
+            arrived,
+            streamed,
+        };
+        resp = Response::from_parts(
+            parts,
+            inspector::record(app.inspector.clone(), pending, body),
+        );
     }
     tracing::debug!(%method, path, status = resp.status().as_u16(), us = started.elapsed().as_micros() as u64, "request");
     resp
@@ -399,6 +440,7 @@ async fn dispatch(
         (&Method::POST, "/engines/unload") => engines::unload(app, req).await,
         (&Method::GET, "/engines/status") => engines::status(app).await,
         (&Method::GET, "/engines/df") => engines::df(app).await,
+        (&Method::GET, "/engines/requests") => inspector::list(app, req.uri().query()).await,
         (&Method::POST, "/engines/_configure")
         | (&Method::POST, "/engines/llama.cpp/_configure") => configure::set(app, req).await,
         (&Method::GET, "/engines/_configure") => configure::list(app, req.uri().query()).await,
@@ -493,6 +535,7 @@ pub fn build_app(config: Config, source: ConfigSource, store: Store) -> App {
     );
     App {
         metrics,
+        inspector: Arc::default(),
         shutdown: CancellationToken::new(),
         access: arc_swap::ArcSwap::from_pointee(access_from(&config)),
         config: arc_swap::ArcSwap::from_pointee(config),

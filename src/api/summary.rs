@@ -1,0 +1,166 @@
+//! What the request inspector shows of an exchange, in any dialect: the prompt (the last user turn, or the
+//! `prompt`), and from the answer (one JSON document, or an SSE/NDJSON stream reassembled) the text and the token
+//! counts. Reads loosely (`serde_json::Value`): an inspector must show what it can of any shape, never fail.
+
+use serde_json::Value;
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AnswerSummary {
+    /// The generated text, reassembled from a stream's deltas.
+    pub text: String,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+}
+
+/// The prompt of a chat (`messages[-1]` with role user: its text), completion or generate request.
+pub fn prompt(request: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(request).ok()?;
+    if let Some(p) = v.get("prompt").and_then(Value::as_str) {
+        return Some(p.to_string());
+    }
+    if let Some(input) = v.get("input") {
+        return Some(match input {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        });
+    }
+    let last_user = v
+        .get("messages")?
+        .as_array()?
+        .iter()
+        .rev()
+        .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))?;
+    Some(content_text(last_user.get("content")?))
+}
+
+/// Text of a message's `content`: a string, or the text parts of an array (OpenAI and Anthropic blocks).
+fn content_text(c: &Value) -> String {
+    match c {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    }
+}
+
+/// Summarises an answer body: a JSON document, or SSE `data:` lines, or NDJSON lines.
+pub fn answer(body: &[u8]) -> AnswerSummary {
+    let mut s = AnswerSummary::default();
+    let text = String::from_utf8_lossy(body);
+    let docs: Vec<Value> = match serde_json::from_str::<Value>(text.trim()) {
+        Ok(v) => vec![v],
+        Err(_) => text
+            .lines()
+            .map(|l| l.strip_prefix("data:").unwrap_or(l).trim())
+            .filter(|l| !l.is_empty() && *l != "[DONE]")
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect(),
+    };
+    for d in &docs {
+        absorb(&mut s, d);
+    }
+    s
+}
+
+fn absorb(s: &mut AnswerSummary, d: &Value) {
+    let str_at = |p: &str| d.pointer(p).and_then(Value::as_str);
+    let num_at = |p: &str| d.pointer(p).and_then(Value::as_u64);
+    // Text: OpenAI stream delta / message / completion text; Anthropic delta / content blocks; Ollama chat/generate.
+    for p in [
+        "/choices/0/delta/content",
+        "/choices/0/message/content",
+        "/choices/0/text",
+        "/delta/text",
+        "/message/content",
+        "/response",
+    ] {
+        if let Some(t) = str_at(p) {
+            s.text.push_str(t);
+        }
+    }
+    if let Some(blocks) = d.get("content").and_then(Value::as_array) {
+        s.text
+            .push_str(&content_text(&Value::Array(blocks.clone())));
+    }
+    // Counts: OpenAI usage; Anthropic usage (message_start carries input, message_delta output); Ollama's.
+    for (p, prompt) in [
+        ("/usage/prompt_tokens", true),
+        ("/usage/completion_tokens", false),
+        ("/usage/input_tokens", true),
+        ("/message/usage/input_tokens", true),
+        ("/usage/output_tokens", false),
+        ("/prompt_eval_count", true),
+        ("/eval_count", false),
+    ] {
+        if let Some(n) = num_at(p) {
+            if prompt {
+                s.prompt_tokens = Some(n);
+            } else {
+                s.completion_tokens = Some(n);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompts_in_each_dialect() {
+        assert_eq!(
+            prompt(
+                br#"{"messages":[{"role":"system","content":"s"},{"role":"user","content":"hi"}]}"#
+            )
+            .as_deref(),
+            Some("hi")
+        );
+        assert_eq!(
+            prompt(br#"{"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"image"},{"type":"text","text":"b"}]}]}"#).as_deref(),
+            Some("ab")
+        );
+        assert_eq!(
+            prompt(br#"{"model":"m","prompt":"p"}"#).as_deref(),
+            Some("p")
+        );
+        assert_eq!(
+            prompt(br#"{"input":["x","y"]}"#).as_deref(),
+            Some(r#"["x","y"]"#)
+        );
+        assert_eq!(prompt(b"not json"), None);
+    }
+
+    #[test]
+    fn answers_are_reassembled_from_any_dialect() {
+        let openai_stream = b"data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n";
+        assert_eq!(
+            answer(openai_stream),
+            AnswerSummary {
+                text: "Hello".into(),
+                prompt_tokens: Some(5),
+                completion_tokens: Some(2)
+            }
+        );
+        let anthropic_stream = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":7,\"output_tokens\":0}}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":3}}\n\n";
+        let a = answer(anthropic_stream.as_bytes());
+        assert_eq!(
+            (a.text.as_str(), a.prompt_tokens, a.completion_tokens),
+            ("Hi", Some(7), Some(3))
+        );
+        let ollama = b"{\"message\":{\"role\":\"assistant\",\"content\":\"a\"},\"done\":false}\n{\"message\":{\"role\":\"assistant\",\"content\":\"b\"},\"done\":true,\"prompt_eval_count\":4,\"eval_count\":2}\n";
+        assert_eq!(
+            answer(ollama),
+            AnswerSummary {
+                text: "ab".into(),
+                prompt_tokens: Some(4),
+                completion_tokens: Some(2)
+            }
+        );
+        let whole = br#"{"content":[{"type":"text","text":"x"}],"usage":{"input_tokens":1,"output_tokens":1}}"#;
+        assert_eq!(answer(whole).text, "x");
+        assert_eq!(answer(b"\xff garbage"), AnswerSummary::default());
+    }
+}

@@ -1,0 +1,247 @@
+//! The request inspector: the last [`PER_MODEL`] inference exchanges of each model, bodies cut at [`CAP`] bytes,
+//! so memory stays bounded (models × 50 × 128 KiB at most). The answer body is teed as it streams to the client
+//! (`Recorder`), and the exchange is recorded when the body ends or the client leaves. `GET /engines/requests`
+//! lists them, newest first.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body::Frame;
+use http_body_util::BodyExt;
+
+use super::http::{json, percent_decode, ApiError, Body, BoxError};
+use super::App;
+use crate::api::native::InspectedRequest;
+use crate::api::summary;
+use crate::store::name;
+
+/// Exchanges kept per model.
+pub const PER_MODEL: usize = 50;
+/// Bytes kept of each request and answer body.
+pub const CAP: usize = 64 * 1024;
+
+#[derive(Default)]
+pub struct Inspector {
+    by_model: Mutex<HashMap<String, VecDeque<InspectedRequest>>>,
+    next: AtomicU64,
+}
+
+impl Inspector {
+    fn record(&self, r: InspectedRequest) {
+        let mut map = self.by_model.lock().unwrap_or_else(|p| p.into_inner());
+        let q = map.entry(r.model.clone()).or_default();
+        if q.len() == PER_MODEL {
+            q.pop_front();
+        }
+        q.push_back(r);
+    }
+
+    /// Newest first; one model's, or all.
+    pub fn list(&self, model: Option<&str>) -> Vec<InspectedRequest> {
+        let map = self.by_model.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<InspectedRequest> = map
+            .iter()
+            .filter(|(m, _)| model.map_or(true, |want| want == m.as_str()))
+            .flat_map(|(_, q)| q.iter().cloned())
+            .collect();
+        out.sort_by_key(|r| std::cmp::Reverse(r.id));
+        out
+    }
+}
+
+/// What is known of an exchange before its answer streams.
+pub struct Pending {
+    pub model: String,
+    pub dialect: &'static str,
+    pub route: String,
+    pub status: u16,
+    pub context_size: Option<u32>,
+    pub request: Bytes,
+    pub started: Instant,
+    pub arrived: SystemTime,
+    pub streamed: bool,
+}
+
+/// Wraps an answer so that its bytes (up to the cap) are kept and the exchange recorded at its end.
+pub fn record(inspector: Arc<Inspector>, pending: Pending, body: Body) -> Body {
+    Recorder {
+        inner: body,
+        inspector,
+        pending: Some(pending),
+        kept: Vec::new(),
+        truncated: false,
+        complete: false,
+    }
+    .boxed()
+}
+
+struct Recorder {
+    inner: Body,
+    inspector: Arc<Inspector>,
+    pending: Option<Pending>,
+    kept: Vec<u8>,
+    truncated: bool,
+    complete: bool,
+}
+
+impl http_body::Body for Recorder {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let room = CAP.saturating_sub(this.kept.len());
+                    this.kept.extend_from_slice(&data[..data.len().min(room)]);
+                    this.truncated |= data.len() > room;
+                }
+                // hyper stops polling once a body says it has ended, so the last frame may be all we see.
+                if this.inner.is_end_stream() {
+                    this.complete = true;
+                    this.finish();
+                }
+            }
+            Poll::Ready(None) => {
+                this.complete = true;
+                this.finish();
+            }
+            Poll::Ready(Some(Err(_))) => this.finish(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl Recorder {
+    /// Records the exchange once. The summary (parsing up to two bodies) runs on a separate task, off the path of
+    /// the answer's last bytes.
+    fn finish(&mut self) {
+        let Some(p) = self.pending.take() else { return };
+        let done = Done {
+            id: self.inspector.next.fetch_add(1, Ordering::Relaxed) + 1,
+            duration: p.started.elapsed(),
+            kept: std::mem::take(&mut self.kept),
+            complete: self.complete,
+            truncated: self.truncated,
+        };
+        let inspector = self.inspector.clone();
+        let work = move || summarize(&inspector, p, done);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move { work() });
+            }
+            Err(_) => work(),
+        }
+    }
+}
+
+/// How an exchange ended.
+struct Done {
+    id: u64,
+    duration: std::time::Duration,
+    kept: Vec<u8>,
+    complete: bool,
+    truncated: bool,
+}
+
+fn summarize(inspector: &Inspector, p: Pending, done: Done) {
+    let Done {
+        id,
+        duration,
+        kept,
+        complete,
+        truncated,
+    } = done;
+    {
+        let answer = summary::answer(&kept);
+        let tokens_per_second = answer
+            .completion_tokens
+            .filter(|_| duration.as_secs_f64() > 0.0)
+            .map(|n| n as f64 / duration.as_secs_f64());
+        let context_used_percent = match (p.context_size, answer.prompt_tokens) {
+            (Some(ctx), Some(prompt)) if ctx > 0 => {
+                Some((prompt + answer.completion_tokens.unwrap_or(0)) as f64 * 100.0 / ctx as f64)
+            }
+            _ => None,
+        };
+        let truncated_request = p.request.len() > CAP;
+        let request = &p.request[..p.request.len().min(CAP)];
+        inspector.record(InspectedRequest {
+            id,
+            time: rfc3339(p.arrived),
+            model: p.model,
+            dialect: p.dialect,
+            route: p.route,
+            status: p.status,
+            duration_ms: duration.as_secs_f64() * 1000.0,
+            prompt: summary::prompt(request),
+            answer: answer.text,
+            prompt_tokens: answer.prompt_tokens,
+            completion_tokens: answer.completion_tokens,
+            tokens_per_second,
+            context_size: p.context_size,
+            context_used_percent,
+            streamed: p.streamed,
+            complete,
+            request: as_json(request),
+            response: if p.streamed {
+                serde_json::Value::String(String::from_utf8_lossy(&kept).into_owned())
+            } else {
+                as_json(&kept)
+            },
+            truncated: truncated_request || truncated,
+        });
+    }
+}
+
+/// The body as JSON when it is JSON (and whole), else as text.
+fn as_json(bytes: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    crate::store::rfc3339(secs as i64)
+}
+
+/// `GET /engines/requests[?model=NAME]`.
+pub async fn list(app: &Arc<App>, query: Option<&str>) -> Result<Response<Body>, ApiError> {
+    let model = match query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("model="))) {
+        Some(m) => Some(
+            name::normalize(&percent_decode(m)?)
+                .map_err(|e| ApiError::bad_request(format!("model: {e}")))?,
+        ),
+        None => None,
+    };
+    Ok(json(StatusCode::OK, &app.inspector.list(model.as_deref())))
+}
