@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run). Installs what the tests need, cached so a second run costs nothing:
 # cmake and a compiler (Debian), llama-server built from pinned source, a Python venv with pinned test packages,
-# and the tiny GGUF model. Then runs the Rust unit tests and the integration tests, which drive the real
+# the tiny GGUF model, and Debian's chromium with playwright-core for the dashboard test. Then runs the Rust unit tests and the integration tests, which drive the real
 # dmr-supervisor binary against the real llama-server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,9 +10,11 @@ echo "== installing prerequisites (cached)"
 llama=$(engines/llama.cpp/install.sh | tail -n 1)
 python=$(scripts/python-env.sh | tail -n 1)
 gguf=$(scripts/ensure-tiny-model.sh | tail -n 1)
+chromium=$(scripts/browser-env.sh | tail -n 1)
 echo "llama-server: $llama"
 echo "python:       $python"
 echo "tiny model:   $gguf"
+echo "chromium:     $chromium"
 
 echo "== cargo build and unit tests"
 cargo build --locked
@@ -20,4 +22,5 @@ cargo test --locked
 
 echo "== integration tests (real binary, real llama-server)"
 export DMR_SUPERVISOR_BIN="$PWD/target/debug/dmr-supervisor" DMR_LLAMA_SERVER="$llama" DMR_TINY_GGUF="$gguf"
+export CHROMIUM="$chromium"
 "$python" -m pytest tests/integration -v "$@"

@@ -5,8 +5,8 @@
 //!   `0.0.0.0`, any port, http or https) are always allowed; `[server] allowed_origins` adds exact origins, or `"*"`
 //!   for any. Preflights (`OPTIONS` with `Access-Control-Request-Method`) are answered here, before any key check,
 //!   since browsers send them without credentials. Requests without `Origin` (curl, SDKs) are not CORS requests.
-//! - **API keys**, off by default like DMR: when `[server] api_keys` is set, every route except `GET /health`
-//!   and preflights needs one of them as `Authorization: Bearer KEY` (OpenAI, Ollama clients) or `x-api-key: KEY`
+//! - **API keys**, off by default like DMR: when `[server] api_keys` is set, every route except `GET /health`,
+//!   the static `GET /dashboard` page and preflights needs one of them as `Authorization: Bearer KEY` (OpenAI, Ollama clients) or `x-api-key: KEY`
 //!   (Anthropic clients); else 401 in the caller's dialect. The Unix socket is trusted (its file mode guards it).
 
 use http::{header, HeaderMap, HeaderValue, Method};
@@ -72,8 +72,10 @@ impl Access {
                 return Verdict::Preflight(cors);
             }
         }
-        let open =
-            trusted || self.api_keys.is_empty() || (method == Method::GET && path == "/health");
+        // The dashboard page is static; the data it then fetches needs the key like anything else.
+        let open = trusted
+            || self.api_keys.is_empty()
+            || (method == Method::GET && (path == "/health" || path == "/dashboard"));
         if open || self.key_in(headers) {
             Verdict::Allow(cors)
         } else {

@@ -26,30 +26,38 @@ pub const PER_MODEL: usize = 50;
 /// Bytes kept of each request and answer body.
 pub const CAP: usize = 64 * 1024;
 
+/// Exchanges are kept raw (bytes, not parsed): recording costs a copy of at most [`CAP`] bytes and a push; the
+/// summary is made when someone asks.
+/// One exchange as kept: what was known before the answer, and how it ended.
+type Entry = Arc<(Pending, Done)>;
+
 #[derive(Default)]
 pub struct Inspector {
-    by_model: Mutex<HashMap<String, VecDeque<InspectedRequest>>>,
+    by_model: Mutex<HashMap<String, VecDeque<Entry>>>,
     next: AtomicU64,
 }
 
 impl Inspector {
-    fn record(&self, r: InspectedRequest) {
+    fn record(&self, p: Pending, done: Done) {
         let mut map = self.by_model.lock().unwrap_or_else(|p| p.into_inner());
-        let q = map.entry(r.model.clone()).or_default();
+        let q = map.entry(p.model.clone()).or_default();
         if q.len() == PER_MODEL {
             q.pop_front();
         }
-        q.push_back(r);
+        q.push_back(Arc::new((p, done)));
     }
 
     /// Newest first; one model's, or all.
     pub fn list(&self, model: Option<&str>) -> Vec<InspectedRequest> {
-        let map = self.by_model.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<InspectedRequest> = map
-            .iter()
-            .filter(|(m, _)| model.map_or(true, |want| want == m.as_str()))
-            .flat_map(|(_, q)| q.iter().cloned())
-            .collect();
+        let entries: Vec<Entry> = {
+            let map = self.by_model.lock().unwrap_or_else(|p| p.into_inner());
+            map.iter()
+                .filter(|(m, _)| model.map_or(true, |want| want == m.as_str()))
+                .flat_map(|(_, q)| q.iter().cloned())
+                .collect()
+        };
+        let mut out: Vec<InspectedRequest> =
+            entries.iter().map(|e| summarize(&e.0, &e.1)).collect();
         out.sort_by_key(|r| std::cmp::Reverse(r.id));
         out
     }
@@ -139,10 +147,16 @@ impl Drop for Recorder {
 }
 
 impl Recorder {
-    /// Records the exchange once. The summary (parsing up to two bodies) runs on a separate task, off the path of
-    /// the answer's last bytes.
+    /// Records the exchange, once.
     fn finish(&mut self) {
-        let Some(p) = self.pending.take() else { return };
+        let Some(mut p) = self.pending.take() else {
+            return;
+        };
+        // A copy of the first CAP bytes: a slice would keep the whole (up to max_body_bytes) body alive.
+        if p.request.len() > CAP {
+            p.request = Bytes::copy_from_slice(&p.request[..CAP]);
+            self.truncated = true;
+        }
         let done = Done {
             id: self.inspector.next.fetch_add(1, Ordering::Relaxed) + 1,
             duration: p.started.elapsed(),
@@ -150,14 +164,7 @@ impl Recorder {
             complete: self.complete,
             truncated: self.truncated,
         };
-        let inspector = self.inspector.clone();
-        let work = move || summarize(&inspector, p, done);
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(async move { work() });
-            }
-            Err(_) => work(),
-        }
+        self.inspector.record(p, done);
     }
 }
 
@@ -170,7 +177,7 @@ struct Done {
     truncated: bool,
 }
 
-fn summarize(inspector: &Inspector, p: Pending, done: Done) {
+fn summarize(p: &Pending, done: &Done) -> InspectedRequest {
     let Done {
         id,
         duration,
@@ -179,7 +186,7 @@ fn summarize(inspector: &Inspector, p: Pending, done: Done) {
         truncated,
     } = done;
     {
-        let answer = summary::answer(&kept);
+        let answer = summary::answer(kept);
         let tokens_per_second = answer
             .completion_tokens
             .filter(|_| duration.as_secs_f64() > 0.0)
@@ -190,14 +197,13 @@ fn summarize(inspector: &Inspector, p: Pending, done: Done) {
             }
             _ => None,
         };
-        let truncated_request = p.request.len() > CAP;
-        let request = &p.request[..p.request.len().min(CAP)];
-        inspector.record(InspectedRequest {
-            id,
+        let request = &p.request[..];
+        InspectedRequest {
+            id: *id,
             time: rfc3339(p.arrived),
-            model: p.model,
+            model: p.model.clone(),
             dialect: p.dialect,
-            route: p.route,
+            route: p.route.clone(),
             status: p.status,
             duration_ms: duration.as_secs_f64() * 1000.0,
             prompt: summary::prompt(request),
@@ -208,15 +214,15 @@ fn summarize(inspector: &Inspector, p: Pending, done: Done) {
             context_size: p.context_size,
             context_used_percent,
             streamed: p.streamed,
-            complete,
+            complete: *complete,
             request: as_json(request),
             response: if p.streamed {
-                serde_json::Value::String(String::from_utf8_lossy(&kept).into_owned())
+                serde_json::Value::String(String::from_utf8_lossy(kept).into_owned())
             } else {
-                as_json(&kept)
+                as_json(kept)
             },
-            truncated: truncated_request || truncated,
-        });
+            truncated: *truncated,
+        }
     }
 }
 

@@ -174,6 +174,7 @@ pub fn route_label(path: &str) -> String {
         "/version",
         "/metrics",
         "/logs",
+        "/dashboard",
         "/models",
         "/models/create",
         "/config/reload",

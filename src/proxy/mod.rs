@@ -426,6 +426,7 @@ async fn dispatch(
         (&Method::GET, "/") => Ok(text(StatusCode::OK, "dmr-supervisor is running")),
         (&Method::POST, "/config/reload") => reload::handle(app, caller).await,
         (&Method::GET, "/metrics") => metrics::handle(app).await,
+        (&Method::GET, "/dashboard") => Ok(dashboard()),
         (&Method::GET, "/logs") => logs::handle(app, req.uri().query()).await,
         (&Method::GET, "/health") => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
         (&Method::GET, "/version") => Ok(json(
@@ -472,6 +473,17 @@ async fn dispatch(
         }
         _ => Err(ApiError::not_found(format!("no route for {method} {path}"))),
     }
+}
+
+/// The dashboard: one static page (no build step) that polls `/engines/ps`, `/engines/df`, `/engines/requests`
+/// and `/logs`.
+fn dashboard() -> Response<Body> {
+    let mut resp = Response::new(http::full(include_str!("dashboard.html")));
+    resp.headers_mut().insert(
+        ::http::header::CONTENT_TYPE,
+        ::http::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    resp
 }
 
 /// Splits OpenAI-style paths: `/v1/REST`, `/engines/v1/REST`, `/engines/ENGINE/v1/REST` → (engine, REST).
