@@ -83,7 +83,7 @@ pub async fn acquire(
     };
     let name = launch.model_name.clone();
     super::note_model(&name, launch.context_size);
-    let demand = demand(app, &model, &launch)?;
+    let demand = cached_demand(app, &model, &launch)?;
     let key = RunnerKey {
         model_id: model.id,
         mode,
@@ -109,6 +109,29 @@ pub async fn acquire(
             },
         })?;
     Ok((lease, name))
+}
+
+/// (model id, context size, runtime flags): what a prediction depends on.
+pub type DemandKey = (String, u32, Vec<String>);
+
+/// [`demand`], computed once per (model, context, flags): it reads the file's size and parses metadata, which
+/// requests for a loaded model should not pay for.
+fn cached_demand(app: &App, model: &Model, launch: &LaunchSpec) -> Result<Demand, ApiError> {
+    let key = (
+        model.id.clone(),
+        launch.context_size,
+        launch.runtime_flags.clone(),
+    );
+    let mut cache = app.demands.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(d) = cache.get(&key) {
+        return Ok(d.clone());
+    }
+    let d = demand(app, model, launch)?;
+    if cache.len() >= 1024 {
+        cache.clear();
+    }
+    cache.insert(key, d.clone());
+    Ok(d)
 }
 
 /// What loading `model` with `launch` is expected to take: the GGUF prediction (weights, KV cache, compute

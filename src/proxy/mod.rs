@@ -65,6 +65,9 @@ pub struct App {
     access: arc_swap::ArcSwap<access::Access>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub inspector: Arc<inspector::Inspector>,
+    /// Predictions by (model id, context size, flags), so that requests for loaded models do not redo them.
+    pub demands:
+        std::sync::Mutex<std::collections::HashMap<inference::DemandKey, crate::scheduler::Demand>>,
     /// Cancelled when the server begins shutting down: ends `GET /logs?follow=1` streams so they do not hold the
     /// drain.
     pub shutdown: CancellationToken,
@@ -548,6 +551,7 @@ pub fn build_app(config: Config, source: ConfigSource, store: Store) -> App {
     App {
         metrics,
         inspector: Arc::default(),
+        demands: Default::default(),
         shutdown: CancellationToken::new(),
         access: arc_swap::ArcSwap::from_pointee(access_from(&config)),
         config: arc_swap::ArcSwap::from_pointee(config),
