@@ -1,5 +1,6 @@
-//! The log hub: a `tracing` layer that keeps the last [`KEEP`] lines of the supervisor's own log (info and up) and
-//! of every engine's output (the `engine` target), and broadcasts new ones to followers. `GET /logs` reads it
+//! The log hub: keeps the last [`KEEP`] lines of the supervisor's own log (info and up, through a `tracing`
+//! layer) and of every engine's output (pushed directly by the engine's output reader, which is cheaper than a
+//! tracing event per line), and broadcasts new ones to followers. `GET /logs` reads it
 //! (filtered by model, `follow=1` to stream). stderr logging is separate and unchanged (journald reads that).
 
 use std::collections::VecDeque;
@@ -66,6 +67,17 @@ impl LogHub {
         let _ = self.tx.send(line);
     }
 
+    /// One line of an engine's output.
+    pub fn push_engine(&self, model: &str, line: &str) {
+        self.push(LogLine {
+            time: now_rfc3339(),
+            level: "INFO",
+            source: "engine",
+            model: Some(model.to_string()),
+            message: line.to_string(),
+        });
+    }
+
     /// The last `n` lines kept, oldest first, and a receiver for lines after them.
     pub fn tail(&self, n: usize) -> (Vec<LogLine>, broadcast::Receiver<LogLine>) {
         let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
@@ -82,15 +94,13 @@ pub fn hub() -> &'static LogHub {
     HUB.get_or_init(LogHub::new)
 }
 
-/// The layer that feeds [`hub`]: the supervisor's events at info and up, engines' output lines at any level.
+/// The layer that feeds [`hub`] with the supervisor's own events at info and up.
 pub struct HubLayer;
 
 impl<S: Subscriber> Layer<S> for HubLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let meta = event.metadata();
-        let engine = meta.target() == "engine";
-        if !engine && (*meta.level() > Level::INFO || !meta.target().starts_with("dmr_supervisor"))
-        {
+        if *meta.level() > Level::INFO || !meta.target().starts_with("dmr_supervisor") {
             return;
         }
         let mut v = Fields::default();
@@ -98,7 +108,7 @@ impl<S: Subscriber> Layer<S> for HubLayer {
         hub().push(LogLine {
             time: now_rfc3339(),
             level: level_name(*meta.level()),
-            source: if engine { "engine" } else { "supervisor" },
+            source: "supervisor",
             model: v.model,
             message: v.message + &v.rest,
         });
@@ -169,8 +179,9 @@ mod tests {
             tracing::info!(target: "dmr_supervisor::test", model = "ai/x", port = 5, "engine ready");
             tracing::debug!(target: "dmr_supervisor::test", "not kept: debug");
             tracing::info!(target: "hyper", "not kept: another crate");
-            tracing::debug!(target: "engine", model = %"ai/x", "llama_model_load: loaded");
+            tracing::debug!(target: "engine", model = %"ai/y", "not kept: engine lines come directly");
         });
+        hub().push_engine("ai/x", "llama_model_load: loaded");
         let (lines, _) = hub().tail(KEEP);
         let mine: Vec<_> = lines
             .iter()
@@ -181,10 +192,11 @@ mod tests {
             (mine[0].source, mine[0].message.as_str()),
             ("supervisor", "engine ready port=5")
         );
-        assert_eq!((mine[1].source, mine[1].level), ("engine", "DEBUG"));
+        assert_eq!((mine[1].source, mine[1].level), ("engine", "INFO"));
         assert!(mine[1]
             .text()
             .contains(" engine [ai/x] llama_model_load: loaded"));
         assert!(!lines.iter().any(|l| l.message.starts_with("not kept")));
+        assert!(!lines.iter().any(|l| l.model.as_deref() == Some("ai/y")));
     }
 }

@@ -162,11 +162,8 @@ fn init_logging(format: LogFormat) {
     use tracing_subscriber::filter::{EnvFilter, Targets};
     use tracing_subscriber::prelude::*;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let hub = dmr_supervisor::logs::HubLayer.with_filter(
-        Targets::new()
-            .with_target("dmr_supervisor", Level::INFO)
-            .with_target("engine", Level::DEBUG),
-    );
+    let hub = dmr_supervisor::logs::HubLayer
+        .with_filter(Targets::new().with_target("dmr_supervisor", Level::INFO));
     let stderr = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);

@@ -275,6 +275,7 @@ async fn read_lines(
         line.clear();
         if !text.is_empty() {
             tracing::debug!(target: "engine", model = %label, runner.pid = pid, "{text}");
+            crate::logs::hub().push_engine(&label, &text);
             logs.push(text);
         }
         activity.notify_one();
