@@ -153,6 +153,80 @@ pub fn query_flag(query: Option<&str>, key: &str) -> bool {
     })
 }
 
+/// Something that watches an answer's bytes as they pass to the client (metrics, the request inspector).
+pub trait Tap: Send + Sync + Unpin + 'static {
+    /// A data frame, before the client gets it.
+    fn data(&mut self, bytes: &Bytes);
+    /// Once: the body ended (`complete`), failed, or was dropped early (the client left).
+    fn end(&mut self, complete: bool);
+}
+
+/// `body` with `tap` watching it.
+pub fn tapped<T: Tap>(body: Body, tap: T) -> Body {
+    Tapped {
+        inner: body,
+        tap: Some(tap),
+    }
+    .boxed()
+}
+
+struct Tapped<T: Tap> {
+    inner: Body,
+    /// Taken when told of the end.
+    tap: Option<T>,
+}
+
+impl<T: Tap> Tapped<T> {
+    fn end(&mut self, complete: bool) {
+        if let Some(mut tap) = self.tap.take() {
+            tap.end(complete);
+        }
+    }
+}
+
+impl<T: Tap> http_body::Body for Tapped<T> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(tap), Some(data)) = (this.tap.as_mut(), frame.data_ref()) {
+                    tap.data(data);
+                }
+                // hyper stops polling once a body says it has ended, so the last frame may be all we see.
+                if this.inner.is_end_stream() {
+                    this.end(true);
+                }
+            }
+            Poll::Ready(None) => this.end(true),
+            Poll::Ready(Some(Err(_))) => this.end(false),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<T: Tap> Drop for Tapped<T> {
+    fn drop(&mut self) {
+        self.end(false);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,18 +4,14 @@
 //! lists them, newest first.
 
 use std::collections::{HashMap, VecDeque};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
-use http_body::Frame;
-use http_body_util::BodyExt;
 
-use super::http::{json, percent_decode, ApiError, Body, BoxError};
+use super::http::{json, percent_decode, tapped, ApiError, Body, Tap};
 use super::App;
 use crate::api::native::InspectedRequest;
 use crate::api::summary;
@@ -78,77 +74,33 @@ pub struct Pending {
 
 /// Wraps an answer so that its bytes (up to the cap) are kept and the exchange recorded at its end.
 pub fn record(inspector: Arc<Inspector>, pending: Pending, body: Body) -> Body {
-    Recorder {
-        inner: body,
-        inspector,
-        pending: Some(pending),
-        kept: Vec::new(),
-        truncated: false,
-        complete: false,
-    }
-    .boxed()
+    tapped(
+        body,
+        Recorder {
+            inspector,
+            pending: Some(pending),
+            kept: Vec::new(),
+            truncated: false,
+        },
+    )
 }
 
 struct Recorder {
-    inner: Body,
     inspector: Arc<Inspector>,
     pending: Option<Pending>,
     kept: Vec<u8>,
     truncated: bool,
-    complete: bool,
 }
 
-impl http_body::Body for Recorder {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    let room = CAP.saturating_sub(this.kept.len());
-                    this.kept.extend_from_slice(&data[..data.len().min(room)]);
-                    this.truncated |= data.len() > room;
-                }
-                // hyper stops polling once a body says it has ended, so the last frame may be all we see.
-                if this.inner.is_end_stream() {
-                    this.complete = true;
-                    this.finish();
-                }
-            }
-            Poll::Ready(None) => {
-                this.complete = true;
-                this.finish();
-            }
-            Poll::Ready(Some(Err(_))) => this.finish(),
-            Poll::Pending => {}
-        }
-        polled
+impl Tap for Recorder {
+    fn data(&mut self, data: &Bytes) {
+        let room = CAP.saturating_sub(self.kept.len());
+        self.kept.extend_from_slice(&data[..data.len().min(room)]);
+        self.truncated |= data.len() > room;
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        self.finish();
-    }
-}
-
-impl Recorder {
     /// Records the exchange, once.
-    fn finish(&mut self) {
+    fn end(&mut self, complete: bool) {
         let Some(mut p) = self.pending.take() else {
             return;
         };
@@ -161,7 +113,7 @@ impl Recorder {
             id: self.inspector.next.fetch_add(1, Ordering::Relaxed) + 1,
             duration: p.started.elapsed(),
             kept: std::mem::take(&mut self.kept),
-            complete: self.complete,
+            complete,
             truncated: self.truncated,
         };
         self.inspector.record(p, done);

@@ -4,17 +4,13 @@
 //! of streamed answers, and the route templates used as labels.
 
 use std::collections::BTreeSet;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body::Frame;
-use http_body_util::BodyExt;
 
-use super::http::{ApiError, Body, BoxError};
+use super::http::{tapped, ApiError, Body, Tap};
 use super::App;
 use crate::metrics::{family, relabel, sample, Metrics};
 
@@ -232,19 +228,19 @@ pub fn time_first_byte(
     dialect: &'static str,
     started: Instant,
 ) -> Body {
-    FirstByte {
-        inner: body,
-        seen: false,
-        metrics,
-        route,
-        dialect,
-        started,
-    }
-    .boxed()
+    tapped(
+        body,
+        FirstByte {
+            seen: false,
+            metrics,
+            route,
+            dialect,
+            started,
+        },
+    )
 }
 
 struct FirstByte {
-    inner: Body,
     seen: bool,
     metrics: Arc<Metrics>,
     route: String,
@@ -252,35 +248,16 @@ struct FirstByte {
     started: Instant,
 }
 
-impl http_body::Body for FirstByte {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if !this.seen {
-            if let Poll::Ready(Some(Ok(frame))) = &polled {
-                if frame.data_ref().is_some_and(|d| !d.is_empty()) {
-                    this.seen = true;
-                    this.metrics
-                        .first_byte(&this.route, this.dialect, this.started.elapsed());
-                }
-            }
+impl Tap for FirstByte {
+    fn data(&mut self, bytes: &Bytes) {
+        if !self.seen && !bytes.is_empty() {
+            self.seen = true;
+            self.metrics
+                .first_byte(&self.route, self.dialect, self.started.elapsed());
         }
-        polled
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
+    fn end(&mut self, _complete: bool) {}
 }
 
 #[cfg(test)]
