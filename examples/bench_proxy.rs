@@ -14,8 +14,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+#[path = "common/mod.rs"]
+mod common;
+use common::free_port;
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -92,14 +95,6 @@ async fn post(client: &HttpClient, url: &str, body: &'static str) -> (Duration, 
         }
     }
     (first.unwrap_or_else(|| t0.elapsed()), t0.elapsed())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Runtime flags given to both engines: one compute thread leaves a core for client and proxy (as on a GPU box, where
@@ -238,21 +233,7 @@ async fn main() {
         ),
     )
     .unwrap();
-    let mut sup = Command::new(&a.supervisor)
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn dmr-supervisor");
-    let mut lines = BufReader::new(sup.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next_line().await.unwrap().expect("supervisor exited");
-        if let Some(addr) = line.strip_prefix("listening on ") {
-            break addr.to_string();
-        }
-    };
+    let (mut sup, addr) = common::spawn_supervisor(&a.supervisor, &config).await;
     let proxy_url = format!("http://{addr}/engines/v1/chat/completions");
     let unload = format!("http://{addr}/engines/unload");
 

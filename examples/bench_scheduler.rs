@@ -36,8 +36,10 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+#[path = "common/mod.rs"]
+mod common;
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -337,21 +339,7 @@ async fn start_supervisor(a: &Args, dir: &Path) -> (Child, String) {
         );
     }
     std::fs::write(&config, toml).unwrap();
-    let mut sup = Command::new(&a.supervisor)
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn dmr-supervisor");
-    let mut lines = BufReader::new(sup.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next_line().await.unwrap().expect("supervisor exited");
-        if let Some(addr) = line.strip_prefix("listening on ") {
-            break addr.to_string();
-        }
-    };
+    let (sup, addr) = common::spawn_supervisor(&a.supervisor, &config).await;
     (sup, addr)
 }
 

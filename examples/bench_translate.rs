@@ -23,8 +23,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+#[path = "common/mod.rs"]
+mod common;
+use common::free_port;
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -93,14 +96,6 @@ fn new_client() -> HttpClient {
         .pool_idle_timeout(Duration::from_secs(2)) // below llama-server's and uvicorn's 5 s keep-alive
         .pool_timer(hyper_util::rt::TokioTimer::new())
         .build(c)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -418,21 +413,7 @@ async fn start_supervisor(a: &Args, dir: &Path) -> (Child, String) {
         ),
     )
     .unwrap();
-    let mut sup = Command::new(&a.supervisor)
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn dmr-supervisor");
-    let mut lines = BufReader::new(sup.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next_line().await.unwrap().expect("supervisor exited");
-        if let Some(addr) = line.strip_prefix("listening on ") {
-            break addr.to_string();
-        }
-    };
+    let (sup, addr) = common::spawn_supervisor(&a.supervisor, &config).await;
     (sup, addr)
 }
 
