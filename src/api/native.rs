@@ -284,3 +284,15 @@ pub struct InspectedRequest {
     pub response: serde_json::Value,
     pub truncated: bool,
 }
+
+/// `POST /config/reload`'s answer.
+#[derive(Debug, Serialize)]
+pub struct ReloadReport {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    /// Keys that changed but only take effect after a restart.
+    pub needs_restart: Vec<&'static str>,
+    /// Idle runners stopped to pick up new settings.
+    pub restarted_runners: usize,
+}

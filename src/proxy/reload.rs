@@ -8,25 +8,14 @@
 use std::sync::Arc;
 
 use http::{Response, StatusCode};
-use serde::Serialize;
 
 use super::http::{json, ApiError, Body};
 use super::{access_from, limits, App, Caller};
+use crate::api::native::ReloadReport as Report;
 use crate::api::ErrorKind;
 use crate::config::{Config, ConfigDiff};
 use crate::scheduler::Selector;
 use crate::service;
-
-#[derive(Debug, Serialize)]
-pub struct Report {
-    pub added: Vec<String>,
-    pub changed: Vec<String>,
-    pub removed: Vec<String>,
-    /// Keys that changed but only take effect after a restart.
-    pub needs_restart: Vec<&'static str>,
-    /// Idle runners stopped to pick up new settings.
-    pub restarted_runners: usize,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
