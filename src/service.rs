@@ -119,6 +119,7 @@ mod tests {
             mode: Mode::Completion,
             queued,
             loading,
+            waiting: 0,
             in_flight: 0,
             last_used: None,
             keep_alive: KeepAlive::DEFAULT,

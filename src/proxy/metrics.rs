@@ -40,6 +40,26 @@ pub async fn handle(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
     }
     family(
         &mut out,
+        "dmr_queue_depth",
+        "gauge",
+        "Requests waiting for a runner to be ready: for memory (queued) or for its load.",
+    );
+    for state in ["queued", "loading"] {
+        let n: usize = runners
+            .iter()
+            .filter(|r| {
+                if state == "queued" {
+                    r.queued
+                } else {
+                    r.loading
+                }
+            })
+            .map(|r| r.waiting)
+            .sum();
+        sample(&mut out, "dmr_queue_depth", &[("for", state)], n as f64);
+    }
+    family(
+        &mut out,
         "dmr_requests_in_flight",
         "gauge",
         "Requests being served, by model.",

@@ -82,6 +82,8 @@ pub struct RunnerInfo {
     /// Waiting for memory to start.
     pub queued: bool,
     pub loading: bool,
+    /// Requests waiting for it to be ready (queued or loading).
+    pub waiting: usize,
     pub in_flight: u32,
     pub last_used: Option<SystemTime>,
     pub keep_alive: KeepAlive,
@@ -495,6 +497,10 @@ impl Actor {
             .runners
             .iter()
             .map(|(key, r)| {
+                let waiting = match &r.phase {
+                    Phase::Queued { waiters, .. } | Phase::Loading { waiters } => waiters.len(),
+                    Phase::Ready { .. } => 0,
+                };
                 let (queued, loading, in_flight, endpoint) = match r.phase {
                     Phase::Queued { .. } => (true, false, 0, None),
                     Phase::Loading { .. } => (false, true, 0, None),
@@ -509,6 +515,7 @@ impl Actor {
                     mode: key.mode,
                     queued,
                     loading,
+                    waiting,
                     in_flight,
                     last_used: r.last_used.map(|t| wall - now.saturating_duration_since(t)),
                     keep_alive: r.launch.keep_alive,

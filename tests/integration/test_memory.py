@@ -154,3 +154,32 @@ def test_a_second_out_of_memory_failure_returns_the_engines_message(supervisors,
     # Nothing is left queued or running, and the next request tries again (and now succeeds).
     assert sup.ps() == []
     assert sup.chat(max_tokens=2).status_code == 200
+
+
+def test_a_busy_engine_is_waited_for_not_evicted_and_the_wait_shows_in_metrics(supervisors, tmp_path):
+    import threading
+    from prometheus_client.parser import text_string_to_metric_families
+
+    tiny2 = supervisors.tiny_model(name="ai/tiny2", gguf=str(second_model(tmp_path)))
+    sup = supervisors.start(models=[supervisors.tiny_model(), tiny2],
+                            scheduler={"memory_budget": "30MiB", "memory_reserve": 0})
+    stream = sup.stream("/engines/v1/chat/completions",
+                        {"model": "ai/tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 480,
+                         "stream": True})
+    assert stream.status == 200 and stream.next_data()
+    [busy] = sup.spawns()
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("r", sup.chat(model="ai/tiny2", max_tokens=2)))
+    t.start()
+
+    def depth():
+        text = sup.get("/metrics").text
+        for f in text_string_to_metric_families(text):
+            if f.name == "dmr_queue_depth":
+                return {s.labels["for"]: s.value for s in f.samples}
+    wait_until(lambda: depth() == {"queued": 1, "loading": 0}, 10, "the request for ai/tiny2 to wait for memory")
+    assert not pid_gone(busy.pid) and len(sup.spawns()) == 1  # the busy engine is not evicted
+    assert stream.rest()[-1] == "[DONE]"
+    t.join(30)
+    assert result["r"].status_code == 200, result["r"].text
+    assert pid_gone(busy.pid) and len(sup.spawns()) == 2
