@@ -192,8 +192,16 @@ fn check_anthropic_grammar(out: &[u8]) -> Result<(), String> {
     }
 }
 
+/// `PROPTEST_CASES` scales the runs (`scripts/fuzz`).
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(cases(512)))]
 
     #[test]
     fn arbitrary_json_never_panics_a_request_translator(v in arb_json()) {

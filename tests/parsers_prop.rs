@@ -1,0 +1,124 @@
+//! Property tests for every parser of hostile input besides the translators (`translators_prop.rs`): the GGUF
+//! reader, model names, the config file, runtime flags from the network, API-key and CORS checks, sizes and
+//! durations, and the inspector's summaries. Arbitrary input never panics, and what is accepted keeps its
+//! invariants (a normalised name has no path parts; an accepted flag list carries no path). `PROPTEST_CASES`
+//! scales the runs (`scripts/fuzz`).
+
+use std::io::Cursor;
+use std::path::Path;
+
+use dmr_supervisor::api::summary;
+use dmr_supervisor::config::{parse_bytes, parse_duration, Config, KeepAlive};
+use dmr_supervisor::engines::flags;
+use dmr_supervisor::proxy::access::Access;
+use dmr_supervisor::store::{gguf, name};
+use http::{HeaderMap, HeaderValue, Method};
+use proptest::prelude::*;
+
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A GGUF header (magic, version 3) followed by `counts` and arbitrary bytes: the reader's count and length
+/// checks are hit, not just the magic check.
+fn gguf_like(tensors: u64, kvs: u64, rest: &[u8]) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&tensors.to_le_bytes());
+    b.extend_from_slice(&kvs.to_le_bytes());
+    b.extend_from_slice(rest);
+    b
+}
+
+fn name_chars() -> impl Strategy<Value = String> {
+    prop::collection::vec(
+        prop_oneof![
+            Just('a'),
+            Just('Z'),
+            Just('0'),
+            Just('/'),
+            Just('.'),
+            Just(':'),
+            Just('@'),
+            Just('-'),
+            Just('_'),
+            Just('%'),
+            Just('\\'),
+            Just('\0'),
+            any::<char>()
+        ],
+        0..80,
+    )
+    .prop_map(|v| v.into_iter().collect())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases(256)))]
+
+    #[test]
+    fn the_gguf_reader_never_panics_or_over_allocates(tensors in prop_oneof![Just(1u64 << 60), Just(u64::MAX), 0u64..64],
+                                                       kvs in prop_oneof![Just(1u64 << 60), 0u64..64],
+                                                       rest in prop::collection::vec(any::<u8>(), 0..2048),
+                                                       claimed_len in prop_oneof![Just(u64::MAX), 0u64..1 << 20]) {
+        let bytes = gguf_like(tensors, kvs, &rest);
+        // A header that claims 2^60 tensors is an error, not an allocation.
+        let _ = gguf::read(Cursor::new(&bytes), claimed_len);
+        let _ = gguf::read(Cursor::new(&rest), rest.len() as u64);
+    }
+
+    #[test]
+    fn normalised_names_never_carry_path_parts(s in name_chars()) {
+        let _ = name::parse_reference(&s);
+        if let Ok(n) = name::normalize(&s) {
+            prop_assert!(!n.starts_with('/') && !n.contains("..") && !n.contains('\\') && !n.contains('\0'), "{n:?}");
+            prop_assert!(!n.split('/').any(|part| part.is_empty() || part == "." ), "{n:?}");
+            // Normalising is idempotent.
+            let again = name::normalize(&n);
+            prop_assert_eq!(again.as_deref(), Ok(n.as_str()));
+        }
+    }
+
+    #[test]
+    fn the_config_parser_never_panics(text in "[\\[\\]a-z_.=\"0-9 \\n-]{0,200}") {
+        let _ = Config::parse(&text, Path::new("/tmp"));
+    }
+
+    #[test]
+    fn accepted_network_flags_carry_no_paths(tokens in prop::collection::vec(
+        prop_oneof![
+            Just("--temp".to_string()), Just("--model".to_string()), Just("--log-file".to_string()),
+            Just("-ngl".to_string()), Just("--seed=-1".to_string()), Just("--seed=--model".to_string()),
+            Just("/etc/passwd".to_string()), Just("..\\x".to_string()), "[ -~]{0,12}".prop_map(String::from)
+        ], 0..8)) {
+        if flags::check_untrusted("llama.cpp", &tokens).is_ok() {
+            prop_assert!(tokens.iter().all(|t| !t.contains('/') && !t.contains('\\')), "{tokens:?}");
+            prop_assert!(!tokens.iter().any(|t| t == "--model" || t == "--log-file"), "{tokens:?}");
+        }
+    }
+
+    #[test]
+    fn access_checks_never_panic_and_refuse_without_a_key(origin in "[ -~]{0,40}", auth in "[ -~]{0,40}",
+                                                          path in "/[ -~]{0,30}") {
+        let a = Access { api_keys: vec!["sk-secret".into()], allowed_origins: vec![] };
+        let mut h = HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(&origin) { h.insert(http::header::ORIGIN, v); }
+        if let Ok(v) = HeaderValue::from_str(&auth) { h.insert(http::header::AUTHORIZATION, v); }
+        let verdict = a.check(&Method::POST, &path, &h, false);
+        let has_key = auth.strip_prefix("Bearer ").or_else(|| auth.strip_prefix("bearer ")).map(str::trim) == Some("sk-secret");
+        if !has_key {
+            prop_assert!(!matches!(verdict, dmr_supervisor::proxy::access::Verdict::Allow(_)), "{origin:?} {auth:?}");
+        }
+    }
+
+    #[test]
+    fn sizes_durations_and_summaries_never_panic(s in "[ -~]{0,24}", bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = parse_bytes(&s);
+        let _ = parse_duration(&s);
+        let _ = KeepAlive::parse(&s);
+        let _ = summary::prompt(&bytes);
+        let _ = summary::answer(&bytes);
+    }
+}
