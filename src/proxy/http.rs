@@ -125,6 +125,40 @@ pub fn parse_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, Ap
         .map_err(|e| ApiError::bad_request(format!("invalid JSON in the request body: {e}")))
 }
 
+/// How deep JSON may nest in a body we forward untouched (serde's own limit for the bodies we parse).
+pub const MAX_JSON_DEPTH: usize = 128;
+
+/// Refuses JSON nested deeper than [`MAX_JSON_DEPTH`]: a pass-through body is only partly parsed here, and engines'
+/// parsers may recurse without a limit. One linear scan, aware of strings and escapes.
+pub fn check_depth(body: &[u8]) -> Result<(), ApiError> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Err(ApiError::bad_request(format!(
+                        "the request body nests JSON deeper than {MAX_JSON_DEPTH} levels"
+                    )));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Decodes `%XX` escapes in a path segment; invalid escapes or invalid UTF-8 are a 400.
 pub fn percent_decode(s: &str) -> Result<String, ApiError> {
     let bad = || ApiError::bad_request(format!("invalid percent-encoding in {s:?}"));
@@ -229,6 +263,15 @@ impl<T: Tap> Drop for Tapped<T> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn depth_is_counted_outside_strings_only() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(super::check_depth(deep(128).as_bytes()).is_ok());
+        assert!(super::check_depth(deep(129).as_bytes()).is_err());
+        let in_string = format!("{{\"a\":\"{}\\\"{}\"}}", "[".repeat(500), "{".repeat(500));
+        assert!(super::check_depth(in_string.as_bytes()).is_ok(), "{in_string}");
+    }
+
     use super::*;
 
     #[test]
