@@ -6,11 +6,15 @@ The tiny model never stops by itself (its end tokens are zeroed), so at temperat
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 
 import ollama
-from harness import pid_gone, wait_until
 import pytest
+import requests
+
+from harness import pid_gone, wait_until
 
 OPTS = {"temperature": 0, "num_predict": 5}
 MSGS = [{"role": "user", "content": "Hello"}]
@@ -179,3 +183,24 @@ def test_format_tools_and_images(sup):
 
 
 PNG_1PX = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+
+
+def test_engine_killed_mid_stream_ends_with_an_error_line(supervisors):
+    # As in test_anthropic.py: at --ctx-size 8192 the tiny model streams 4000 tokens in seconds, so an engine killed
+    # right after the first line is killed mid-generation.
+    sup = supervisors.start(models=[supervisors.tiny_model(context_size=8192)])
+    r = requests.post(sup.url("/api/chat"), json={"model": "ai/tiny", "messages": [{"role": "user", "content": "hi"}],
+                                                  "options": {"num_predict": 4000}}, stream=True, timeout=30)
+    assert r.status_code == 200
+    lines = r.iter_lines()
+    first = json.loads(next(lines))
+    assert first["done"] is False
+    [spawn] = sup.spawns()
+    os.kill(spawn.pid, signal.SIGKILL)
+    rest = [json.loads(line) for line in lines if line]
+    assert rest and "error" in rest[-1] and rest[-1]["error"], rest[-3:]
+    assert not any(x.get("done") for x in rest), rest[-3:]
+    wait_until(lambda: pid_gone(spawn.pid), 5.0, "the killed engine to be reaped")
+    r = sup.post("/api/chat", {"model": "ai/tiny", "messages": [{"role": "user", "content": "hi"}], "stream": False,
+                               "options": {"num_predict": 2}})
+    assert r.status_code == 200 and len(sup.spawns()) == 2
