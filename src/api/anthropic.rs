@@ -870,6 +870,7 @@ fn error_type(kind: ErrorKind) -> &'static str {
         ErrorKind::Unavailable => "overloaded_error",
         ErrorKind::NotImplemented
         | ErrorKind::BadGateway
+        | ErrorKind::GatewayTimeout
         | ErrorKind::Internal
         | ErrorKind::InsufficientMemory => "api_error",
     }

@@ -32,6 +32,8 @@ pub enum ErrorKind {
     PayloadTooLarge,
     NotImplemented,
     BadGateway,
+    /// The engine stopped responding while we waited (504).
+    GatewayTimeout,
     Unavailable,
     /// The model can never fit in the memory the scheduler may use (507).
     InsufficientMemory,
@@ -49,6 +51,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::NotImplemented => 501,
             ErrorKind::BadGateway => 502,
+            ErrorKind::GatewayTimeout => 504,
             ErrorKind::Unavailable => 503,
             ErrorKind::InsufficientMemory => 507,
             ErrorKind::Internal => 500,

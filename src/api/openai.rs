@@ -458,9 +458,10 @@ fn error_type(kind: ErrorKind) -> &'static str {
         | ErrorKind::Forbidden => "invalid_request_error",
         ErrorKind::NotFound => "not_found_error",
         ErrorKind::NotImplemented => "not_implemented_error",
-        ErrorKind::BadGateway | ErrorKind::Internal | ErrorKind::InsufficientMemory => {
-            "server_error"
-        }
+        ErrorKind::BadGateway
+        | ErrorKind::GatewayTimeout
+        | ErrorKind::Internal
+        | ErrorKind::InsufficientMemory => "server_error",
         ErrorKind::Unavailable => "unavailable_error",
     }
 }

@@ -68,6 +68,8 @@ pub struct SchedulerConfig {
     /// Requests that may wait for memory before new ones get 503.
     pub max_queue: usize,
     pub queue_timeout: Duration,
+    /// Between health checks of ready engines; three failures in a row and the engine is killed and replaced.
+    pub health_interval: Duration,
 }
 
 /// Per-model settings from `[[models]]`.
@@ -142,6 +144,7 @@ impl Default for Config {
                 max_loaded_models: None,
                 max_queue: 512,
                 queue_timeout: Duration::from_secs(300),
+                health_interval: Duration::from_secs(5),
             },
             models: Vec::new(),
         }
@@ -361,6 +364,14 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             scheduler.queue_timeout.as_ref(),
             s.queue_timeout,
         );
+        s.health_interval = errors.duration(
+            "scheduler.health_interval",
+            scheduler.health_interval.as_ref(),
+            s.health_interval,
+        );
+        if s.health_interval.is_zero() {
+            errors.push("scheduler.health_interval", "must be > 0");
+        }
         if let Some(b) = &scheduler.memory_budget {
             match bytes(b) {
                 Ok(0) => errors.push("scheduler.memory_budget", "must be > 0"),

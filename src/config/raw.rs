@@ -63,6 +63,7 @@ pub struct RawScheduler {
     pub max_loaded_models: Option<i64>,
     pub max_queue: Option<i64>,
     pub queue_timeout: Option<String>,
+    pub health_interval: Option<String>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

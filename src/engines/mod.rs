@@ -54,6 +54,8 @@ pub struct RunnerWishes {
 pub struct Timeouts {
     pub startup: Duration,
     pub stop: Duration,
+    /// Between health checks of a ready engine (three failures in a row: killed and replaced).
+    pub health: Duration,
 }
 
 /// Whether an engine's output says it ran out of memory while loading: CUDA, cuBLAS, Vulkan, Metal and host

@@ -104,7 +104,7 @@ pub async fn forward(
 ) -> Result<Response<Body>, ApiError> {
     let resp = send(
         pools,
-        lease.endpoint,
+        &lease,
         parts.method,
         parts.headers,
         path_and_query,
@@ -134,7 +134,7 @@ pub async fn forward(
 #[allow(clippy::too_many_arguments)]
 pub async fn send(
     pools: &EnginePools,
-    endpoint: Endpoint,
+    lease: &Lease,
     method: http::Method,
     headers: HeaderMap,
     path_and_query: &str,
@@ -142,6 +142,7 @@ pub async fn send(
     model: &str,
     streaming: bool,
 ) -> Result<Response<Incoming>, ApiError> {
+    let endpoint = lease.endpoint;
     let uri = format!("http://127.0.0.1:{}{}", endpoint.port, path_and_query);
     let mut req = Request::builder()
         .method(method)
@@ -162,14 +163,21 @@ pub async fn send(
         req.headers_mut()
             .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
     }
-    pools.get(endpoint).request(req).await.map_err(|e| {
-        ApiError::new(
-            ErrorKind::BadGateway,
-            format!(
-                "the engine serving {model} failed before answering (it may have crashed): {e}"
-            ),
-        )
-    })
+    // An engine that stops answering its health checks while we wait is killed and replaced: 504.
+    tokio::select! {
+        answer = pools.get(endpoint).request(req) => answer.map_err(|e| {
+            ApiError::new(
+                ErrorKind::BadGateway,
+                format!(
+                    "the engine serving {model} failed before answering (it may have crashed): {e}"
+                ),
+            )
+        }),
+        () = lease.unresponsive() => Err(ApiError::new(
+            ErrorKind::GatewayTimeout,
+            format!("the engine serving {model} stopped responding to its health checks; it was killed and will be replaced"),
+        )),
+    }
 }
 
 /// The engine's response body, passed through frame by frame while holding the runner's lease.

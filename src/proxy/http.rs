@@ -269,7 +269,10 @@ mod tests {
         assert!(super::check_depth(deep(128).as_bytes()).is_ok());
         assert!(super::check_depth(deep(129).as_bytes()).is_err());
         let in_string = format!("{{\"a\":\"{}\\\"{}\"}}", "[".repeat(500), "{".repeat(500));
-        assert!(super::check_depth(in_string.as_bytes()).is_ok(), "{in_string}");
+        assert!(
+            super::check_depth(in_string.as_bytes()).is_ok(),
+            "{in_string}"
+        );
     }
 
     use super::*;

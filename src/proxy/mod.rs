@@ -534,6 +534,7 @@ pub fn build_app(config: Config, source: ConfigSource, store: Store) -> App {
     let timeouts = crate::engines::Timeouts {
         startup: config.scheduler.startup_timeout,
         stop: config.scheduler.stop_timeout,
+        health: config.scheduler.health_interval,
     };
     let limits = limits(&config.scheduler);
     let memory: Arc<dyn crate::gpu::GpuProbe> = Arc::from(crate::gpu::detect());

@@ -53,7 +53,7 @@ pub async fn post<T: Serialize>(
     );
     let resp = send(
         pools,
-        lease.endpoint,
+        lease,
         Method::POST,
         headers,
         path,

@@ -63,6 +63,18 @@ pub struct Lease {
     pub endpoint: Endpoint,
     runner: RunnerId,
     tx: mpsc::UnboundedSender<Msg>,
+    /// Turns true when the runner's engine stopped answering its health checks.
+    hung: watch::Receiver<bool>,
+}
+
+impl Lease {
+    /// Resolves if the engine is declared unresponsive (and is being killed); never otherwise.
+    pub async fn unresponsive(&self) {
+        let mut hung = self.hung.clone();
+        if hung.wait_for(|h| *h).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 impl Drop for Lease {
@@ -272,6 +284,8 @@ pub type OnStop = Box<dyn Fn(Endpoint) + Send>;
 struct RunnerHandle {
     cancel: CancellationToken,
     exited: watch::Receiver<bool>,
+    /// Set by the runner when its engine stops answering health checks.
+    hung: watch::Receiver<bool>,
     /// Known once it is ready.
     endpoint: Option<Endpoint>,
 }
@@ -407,10 +421,15 @@ impl Actor {
                     runner,
                     endpoint,
                 } => {
+                    let hung = match self.runners.get(&runner) {
+                        Some(h) => h.hung.clone(),
+                        None => watch::channel(false).1,
+                    };
                     let lease = Lease {
                         endpoint,
                         runner,
                         tx: self.tx.clone(),
+                        hung,
                     };
                     // If the client left, the returned lease is dropped here, which releases it.
                     if let Some(w) = self.waiters.remove(&waiter) {
@@ -465,11 +484,13 @@ impl Actor {
     fn spawn(&mut self, runner: RunnerId, launch: LaunchSpec, pin: Option<Vec<u32>>) {
         let cancel = CancellationToken::new();
         let (exited_tx, exited) = watch::channel(false);
+        let (hung_tx, hung) = watch::channel(false);
         self.runners.insert(
             runner,
             RunnerHandle {
                 cancel: cancel.clone(),
                 exited,
+                hung,
                 endpoint: None,
             },
         );
@@ -483,6 +504,7 @@ impl Actor {
             env,
             timeouts: self.timeouts,
             metrics: self.metrics.clone(),
+            hung: hung_tx,
         };
         let task = run_runner(runner, launch, engine, self.tx.clone(), cancel);
         self.tracker.spawn(async move {
@@ -545,6 +567,34 @@ struct EngineSetup {
     env: Vec<(String, String)>,
     timeouts: Timeouts,
     metrics: Arc<Metrics>,
+    /// Told when the engine stops answering its health checks (leases waiting on it answer 504).
+    hung: watch::Sender<bool>,
+}
+
+/// Consecutive failed health checks after which a ready engine is declared unresponsive and killed.
+const HEALTH_FAILURES: u32 = 3;
+
+/// Resolves once `port` has failed [`HEALTH_FAILURES`] health checks in a row, `every` apart (each may take up
+/// to `every`); returns how long the engine was silent.
+async fn unresponsive(port: u16, every: Duration) -> Duration {
+    let mut failures = 0;
+    let mut since = Instant::now();
+    loop {
+        tokio::time::sleep(every).await;
+        let ok = matches!(
+            tokio::time::timeout(every, crate::engines::process::probe_health(port)).await,
+            Ok(Some(200))
+        );
+        if ok {
+            failures = 0;
+            since = Instant::now();
+        } else {
+            failures += 1;
+            if failures >= HEALTH_FAILURES {
+                return since.elapsed();
+            }
+        }
+    }
 }
 
 async fn run_runner(
@@ -559,6 +609,7 @@ async fn run_runner(
         env,
         timeouts,
         metrics,
+        hung,
     } = engine;
     let send = |event| {
         let _ = tx.send(Msg::Event(event));
@@ -632,6 +683,13 @@ async fn run_runner(
             format!("the engine for {model} {status}")
         }
         _ = cancel.cancelled() => process.stop(timeouts.stop).await,
+        silent = unresponsive(port, timeouts.health) => {
+            tracing::error!(model, silent_ms = silent.as_millis() as u64, "the engine stopped answering its health checks; killing it");
+            let _ = hung.send(true);
+            // A stopped or wedged process ignores SIGTERM: no grace.
+            process.stop(Duration::ZERO).await;
+            format!("the engine for {model} stopped responding for {silent:?} and was killed")
+        }
     };
     send(Event::Exited { runner, reason });
 }

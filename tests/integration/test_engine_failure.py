@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import threading
+import time
 
 import requests
 
@@ -133,3 +134,25 @@ def test_client_disconnect_cancels_the_engine_request(supervisors):
     # The same engine serves the next request.
     assert sup.chat(max_tokens=4).status_code == 200
     assert len(sup.spawns()) == 1
+
+
+def test_a_hung_engine_is_killed_and_replaced_and_its_request_gets_504(supervisors):
+    sup = supervisors.start(scheduler={"health_interval": "300ms"})
+    assert sup.chat(max_tokens=2).status_code == 200
+    [hung] = sup.spawns()
+    os.kill(hung.pid, signal.SIGSTOP)  # wedged: accepts connections (the kernel does), answers nothing
+    try:
+        started = time.monotonic()
+        r = sup.chat(max_tokens=2)
+        err = assert_openai_error(r, 504, "server_error")
+        assert "stopped responding to its health checks" in err["message"], err
+        # Three failed checks, 300 ms apart, each allowed 300 ms.
+        assert time.monotonic() - started < 5
+        wait_until(lambda: pid_gone(hung.pid), 5, "the hung engine to be killed")
+    finally:
+        if not pid_gone(hung.pid):
+            os.kill(hung.pid, signal.SIGCONT)
+    # The next request gets a new engine.
+    assert sup.chat(max_tokens=2).status_code == 200
+    assert len(sup.spawns()) == 2
+    assert "stopped answering its health checks; killing it" in sup.stderr_text()
