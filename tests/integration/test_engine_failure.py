@@ -156,3 +156,30 @@ def test_a_hung_engine_is_killed_and_replaced_and_its_request_gets_504(superviso
     assert sup.chat(max_tokens=2).status_code == 200
     assert len(sup.spawns()) == 2
     assert "stopped answering its health checks; killing it" in sup.stderr_text()
+
+
+STUBBORN = """#!/bin/sh
+# An engine that ignores SIGTERM and leaves a grandchild that ignores it too; the real engine runs as its child.
+trap '' TERM
+sh -c 'trap "" TERM; exec sleep 1000' &
+echo $! > {grandchild}
+{wrapper} "$@" &
+while :; do sleep 1; done
+"""
+
+
+def test_an_engine_that_ignores_sigterm_and_leaves_a_grandchild_is_killed_with_its_group(supervisors, tmp_path):
+    grandchild = tmp_path / "grandchild.pid"
+    engine = tmp_path / "stubborn.sh"
+    engine.write_text(STUBBORN.format(grandchild=grandchild, wrapper=tmp_path / "stubborn" / "llama-server-wrapper.sh"))
+    engine.chmod(0o755)
+    sup = supervisors.start(name="stubborn", engine_binary=str(engine), scheduler={"stop_timeout": "1s"})
+    assert sup.chat(max_tokens=2).status_code == 200
+    [ps] = sup.ps()
+    leader, real, orphan = ps["pid"], sup.spawns()[0].pid, int(grandchild.read_text())
+    assert all(not pid_gone(p) for p in (leader, real, orphan))
+    started = time.monotonic()
+    assert sup.post("/engines/unload", {"all": True}).json()["unloaded_runners"] == 1
+    # SIGTERM is ignored; after stop_timeout the whole process group gets SIGKILL.
+    assert 0.9 < time.monotonic() - started < 5
+    wait_until(lambda: all(pid_gone(p) for p in (leader, real, orphan)), 5, "every process of the engine's group to go")
