@@ -52,6 +52,7 @@ const EXIT_CONFIG: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    raise_fd_limit();
     let source = dmr_supervisor::proxy::ConfigSource {
         path: cli.config.clone(),
         listen: cli.listen,
@@ -138,6 +139,20 @@ async fn watch_signals(shutdown: CancellationToken) {
         } else {
             tracing::warn!("second signal; exiting now");
             std::process::exit(130);
+        }
+    }
+}
+
+/// Each proxied request holds two sockets (client and engine): lift the soft open-files limit to the hard one, as
+/// Go's runtime does, so a burst of connections is not refused at the default 1024.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-files limit"),
+                Err(e) => tracing::warn!(error = %e, soft, "cannot raise the open-files limit"),
+            }
         }
     }
 }

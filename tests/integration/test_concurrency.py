@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-N = 20
+N = 100
 
 
 def test_concurrent_cold_requests_spawn_one_engine(sup):
