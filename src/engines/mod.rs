@@ -77,6 +77,12 @@ pub fn out_of_memory(output: &str) -> bool {
         .any(|s| lower.contains(&s.to_ascii_lowercase()))
 }
 
+/// Whether an engine's output says it could not bind its port (another process took it first).
+pub fn port_taken(output: &str) -> bool {
+    let lower = output.to_ascii_lowercase();
+    lower.contains("couldn't bind") || lower.contains("address already in use")
+}
+
 /// The environment that pins an engine to these GPUs, numbered as NVML numbers them (PCI bus order; CUDA's own
 /// default order, fastest first, can differ).
 pub fn cuda_pin(devices: &[u32]) -> Vec<(String, String)> {
@@ -89,6 +95,17 @@ pub fn cuda_pin(devices: &[u32]) -> Vec<(String, String)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_taken_port_is_recognised() {
+        assert!(super::port_taken(
+            "start: couldn't bind HTTP server socket, hostname: 127.0.0.1, port: 40000"
+        ));
+        assert!(super::port_taken(
+            "OSError: [Errno 98] Address already in use"
+        ));
+        assert!(!super::port_taken("error loading model"));
+    }
+
     #[test]
     fn pinning_uses_nvml_numbering() {
         assert_eq!(

@@ -571,6 +571,9 @@ struct EngineSetup {
     hung: watch::Sender<bool>,
 }
 
+/// Engine starts tried when the port picked for it turns out to be taken.
+const PORT_ATTEMPTS: u32 = 3;
+
 /// Consecutive failed health checks after which a ready engine is declared unresponsive and killed.
 const HEALTH_FAILURES: u32 = 3;
 
@@ -616,28 +619,48 @@ async fn run_runner(
     };
     let model = launch.model_name.as_str();
     let started = Instant::now();
-    let spawned = binary.and_then(|binary| {
-        let port = free_port().map_err(|e| format!("no free port for the engine: {e}"))?;
-        let args = llamacpp::argv(&launch, port);
-        EngineProcess::spawn(&binary, &args, &env, model)
-            .map(|p| (p, port))
-            .map_err(|e| e.to_string())
-    });
-    let (mut process, port) = match spawned {
-        Ok(p) => p,
-        Err(error) => {
-            tracing::error!(model, error, "cannot start the engine");
-            metrics.load(model, "failed", None);
-            return send(Event::LoadFailed {
-                runner,
-                error,
-                oom: false,
-            });
+    // The port is free when we pick it but another process may take it before the engine binds it: an engine that
+    // says so is started again on another port.
+    let mut attempt = 1;
+    let (mut process, port, ready) = loop {
+        let spawned = binary.clone().and_then(|binary| {
+            let port = free_port().map_err(|e| format!("no free port for the engine: {e}"))?;
+            let args = llamacpp::argv(&launch, port);
+            EngineProcess::spawn(&binary, &args, &env, model)
+                .map(|p| (p, port))
+                .map_err(|e| e.to_string())
+        });
+        let (mut process, port) = match spawned {
+            Ok(p) => p,
+            Err(error) => {
+                tracing::error!(model, error, "cannot start the engine");
+                metrics.load(model, "failed", None);
+                return send(Event::LoadFailed {
+                    runner,
+                    error,
+                    oom: false,
+                });
+            }
+        };
+        let ready = tokio::select! {
+            r = process.wait_ready(port, timeouts.startup) => Some(r),
+            _ = cancel.cancelled() => None,
+        };
+        if matches!(ready, Some(Err(_)))
+            && attempt < PORT_ATTEMPTS
+            && engines::port_taken(&process.logs().tail(20))
+        {
+            process.stop(timeouts.stop).await;
+            tracing::warn!(
+                model,
+                port,
+                attempt,
+                "the engine's port was taken; starting it on another one"
+            );
+            attempt += 1;
+            continue;
         }
-    };
-    let ready = tokio::select! {
-        r = process.wait_ready(port, timeouts.startup) => Some(r),
-        _ = cancel.cancelled() => None,
+        break (process, port, ready);
     };
     match ready {
         None => {

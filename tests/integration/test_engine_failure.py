@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -183,3 +184,30 @@ def test_an_engine_that_ignores_sigterm_and_leaves_a_grandchild_is_killed_with_i
     # SIGTERM is ignored; after stop_timeout the whole process group gets SIGKILL.
     assert 0.9 < time.monotonic() - started < 5
     wait_until(lambda: all(pid_gone(p) for p in (leader, real, orphan)), 5, "every process of the engine's group to go")
+
+
+PORT_THIEF = """#!/bin/sh
+# On the first start, another process takes the engine's port just before the engine binds it.
+port=""
+prev=""
+for a in "$@"; do [ "$prev" = "--port" ] && port=$a; prev=$a; done
+if [ ! -f {mark} ]; then
+  touch {mark}
+  {python} -c 'import socket, sys, time; s = socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(); time.sleep(60)' "$port" &
+  sleep 0.5
+fi
+exec {wrapper} "$@"
+"""
+
+
+def test_a_port_taken_before_the_engine_binds_it_is_retried_on_another(supervisors, tmp_path):
+    engine = tmp_path / "thief.sh"
+    engine.write_text(PORT_THIEF.format(mark=tmp_path / "stolen", python=sys.executable,
+                                        wrapper=tmp_path / "thief" / "llama-server-wrapper.sh"))
+    engine.chmod(0o755)
+    sup = supervisors.start(name="thief", engine_binary=str(engine))
+    r = sup.chat(max_tokens=2)
+    assert r.status_code == 200, r.text
+    first, second = sup.spawns()
+    assert first.port != second.port
+    assert "the engine's port was taken; starting it on another one" in sup.stderr_text()
