@@ -156,15 +156,7 @@ impl Visit for Fields {
 }
 
 fn now_rfc3339() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let base = crate::store::rfc3339(now.as_secs() as i64);
-    // "2026-11-25T01:02:03Z" → "2026-11-25T01:02:03.456Z"
-    match base.strip_suffix('Z') {
-        Some(b) => format!("{b}.{:03}Z", now.subsec_millis()),
-        None => base,
-    }
+    crate::store::rfc3339_at(std::time::SystemTime::now(), true)
 }
 
 #[cfg(test)]

@@ -152,7 +152,7 @@ fn summarize(p: &Pending, done: &Done) -> InspectedRequest {
         let request = &p.request[..];
         InspectedRequest {
             id: *id,
-            time: rfc3339(p.arrived),
+            time: crate::store::rfc3339_at(p.arrived, false),
             model: p.model.clone(),
             dialect: p.dialect,
             route: p.route.clone(),
@@ -182,14 +182,6 @@ fn summarize(p: &Pending, done: &Done) -> InspectedRequest {
 fn as_json(bytes: &[u8]) -> serde_json::Value {
     serde_json::from_slice(bytes)
         .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned()))
-}
-
-fn rfc3339(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    crate::store::rfc3339(secs as i64)
 }
 
 /// `GET /engines/requests[?model=NAME]`.

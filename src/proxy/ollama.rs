@@ -214,12 +214,7 @@ struct Generation<'a> {
 }
 
 fn now_rfc3339() -> String {
-    store::rfc3339(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0),
-    )
+    store::rfc3339_at(SystemTime::now(), false)
 }
 
 fn require_model(requested: &str) -> Result<(), ApiError> {

@@ -521,7 +521,13 @@ pub fn decide(state: &mut State, event: Event, now: Instant) -> Vec<Action> {
 /// Starts queued runners in arrival order while memory admits them; stops idle runners the head of the queue
 /// needs gone; refuses those that can never fit.
 fn admit(state: &mut State, actions: &mut Vec<Action>) {
-    if state.shutting_down {
+    // Most events find nothing queued: decide that before copying the devices.
+    let queued = |s: &State| {
+        s.runners
+            .values()
+            .any(|r| matches!(r.phase, Phase::Queued { .. }))
+    };
+    if state.shutting_down || !queued(state) {
         return;
     }
     let devices = state.admission_devices();

@@ -150,6 +150,16 @@ pub(super) fn digest_hex(digest: &str) -> Option<&str> {
 }
 
 /// Unix seconds as an RFC 3339 UTC timestamp (`1970-01-01T00:00:00Z`).
+/// `t` in RFC 3339 (UTC), to the second, or to the millisecond with `millis`.
+pub fn rfc3339_at(t: std::time::SystemTime, millis: bool) -> String {
+    let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let base = rfc3339(since.as_secs() as i64);
+    match base.strip_suffix('Z') {
+        Some(b) if millis => format!("{b}.{:03}Z", since.subsec_millis()),
+        _ => base,
+    }
+}
+
 pub fn rfc3339(unix: i64) -> String {
     let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
     // Howard Hinnant's civil_from_days.

@@ -24,7 +24,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use thiserror::Error;
 
 use artifact::{digest_hex, sha256_digest, ConfigFile, Manifest};
-pub use artifact::{rfc3339, ModelConfig};
+pub use artifact::{rfc3339, rfc3339_at, ModelConfig};
 use fsutil::{io_err, remove_quietly, remove_temps, sync_dir, write_new};
 use gguf::GgufError;
 use index::{Entry, Index};
