@@ -9,7 +9,7 @@ use std::sync::Arc;
 use http::{Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::http::{json, parse_json, read_body, ApiError, Body};
+use super::http::{json, parse_json, query_value, read_body, ApiError, Body};
 use super::{inference, App};
 use crate::api::{native, ErrorKind};
 use crate::config::KeepAlive;
@@ -139,12 +139,8 @@ fn listed(name: &str, c: RuntimeConfig) -> native::ConfiguredModel {
 
 /// `GET /engines/_configure[?model=NAME]`.
 pub async fn list(app: &Arc<App>, query: Option<&str>) -> Result<Response<Body>, ApiError> {
-    let only = match query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("model="))) {
-        Some(m) => Some(
-            app.resolve(&super::http::percent_decode(m)?)
-                .map_err(ApiError::from)?
-                .id,
-        ),
+    let only = match query_value(query, "model")? {
+        Some(m) => Some(app.resolve(&m).map_err(ApiError::from)?.id),
         None => None,
     };
     let mut out = Vec::new();

@@ -187,6 +187,16 @@ pub fn query_flag(query: Option<&str>, key: &str) -> bool {
     })
 }
 
+/// The percent-decoded value of `key` in the query string, if given (`?model=ai%2Ftiny` → `ai/tiny`).
+pub fn query_value(query: Option<&str>, key: &str) -> Result<Option<String>, ApiError> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+        .map(percent_decode)
+        .transpose()
+}
+
 /// Something that watches an answer's bytes as they pass to the client (metrics, the request inspector).
 pub trait Tap: Send + Sync + Unpin + 'static {
     /// A data frame, before the client gets it.

@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use http::{Response, StatusCode};
 
-use super::http::{json, percent_decode, tapped, ApiError, Body, Tap};
+use super::http::{json, query_value, tapped, ApiError, Body, Tap};
 use super::App;
 use crate::api::native::InspectedRequest;
 use crate::api::summary;
@@ -186,11 +186,10 @@ fn as_json(bytes: &[u8]) -> serde_json::Value {
 
 /// `GET /engines/requests[?model=NAME]`.
 pub async fn list(app: &Arc<App>, query: Option<&str>) -> Result<Response<Body>, ApiError> {
-    let model = match query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("model="))) {
-        Some(m) => Some(
-            name::normalize(&percent_decode(m)?)
-                .map_err(|e| ApiError::bad_request(format!("model: {e}")))?,
-        ),
+    let model = match query_value(query, "model")? {
+        Some(m) => {
+            Some(name::normalize(&m).map_err(|e| ApiError::bad_request(format!("model: {e}")))?)
+        }
         None => None,
     };
     Ok(json(StatusCode::OK, &app.inspector.list(model.as_deref())))
