@@ -49,6 +49,28 @@ impl EnginePools {
         client
     }
 
+    /// A GET on the engine over its pool; the body as text when it answers 200 (its `/metrics`).
+    pub async fn get_text(&self, endpoint: Endpoint, path: &str) -> Result<String, String> {
+        let uri = format!("http://127.0.0.1:{}{path}", endpoint.port);
+        let req = Request::get(uri)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let resp = self
+            .get(endpoint)
+            .request(req)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(resp.status().to_string());
+        }
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&body.to_bytes()).into_owned())
+    }
+
     /// Drops the pool of an engine about to be stopped, closing its idle connections: llama-server exits several
     /// milliseconds sooner on SIGTERM when no idle keep-alive connection is open, and a swap waits for that exit.
     pub fn forget(&self, endpoint: Endpoint) {

@@ -134,9 +134,8 @@ pub async fn handle(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
         }
     }
     let mut seen = BTreeSet::new();
-    for r in runners.iter().filter(|r| r.endpoint.is_some()) {
-        let ep = r.endpoint.expect("filtered on it"); // invariant: filtered just above
-        match tokio::time::timeout(ENGINE_TIMEOUT, engine_metrics(ep.port)).await {
+    for (r, ep) in runners.iter().filter_map(|r| r.endpoint.map(|e| (r, e))) {
+        match tokio::time::timeout(ENGINE_TIMEOUT, app.engines.get_text(ep, "/metrics")).await {
             Ok(Ok(text)) => relabel(
                 &text,
                 &[("model", &r.model_name), ("mode", r.mode.as_str())],
@@ -158,28 +157,6 @@ pub async fn handle(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     Ok(resp)
-}
-
-async fn engine_metrics(port: u16) -> Result<String, String> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| e.to_string())?;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .await
-        .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP head")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(head.lines().next().unwrap_or("").to_string());
-    }
-    Ok(body.to_string())
 }
 
 /// A route template for labels: fixed paths as they are, parameters as `{name}`, anything unknown as `other`.
