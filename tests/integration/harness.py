@@ -19,6 +19,7 @@ import queue
 import shlex
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -379,6 +380,15 @@ class SupervisorFactory:
         }
         m.update(over)
         return m
+
+    def other_tiny_model(self, **over) -> dict[str, Any]:
+        """A second tiny model, `ai/tiny2`: the same shape with other weights (`make-tiny-gguf.py --seed 1`), so
+        another digest and another model in the store."""
+        gguf = self.tmp / "tiny-seed1.gguf"
+        if not gguf.exists():
+            subprocess.run([sys.executable, str(REPO / "scripts/make-tiny-gguf.py"), str(gguf), "--seed", "1"],
+                           check=True, capture_output=True)
+        return self.tiny_model(**{"name": "ai/tiny2", "gguf": str(gguf), **over})
 
     def write_config(self, *, models: list[dict] | None = None, server: dict | None = None,
                      scheduler: dict | None = None, store: Path | None = None, extra: str = "",

@@ -7,11 +7,9 @@ still running: the proof that the first was stopped (its process gone) before th
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-from harness import REPO, assert_openai_error, pid_gone, wait_until
+from harness import assert_openai_error, pid_gone, wait_until
 
 MIB = 1 << 20
 
@@ -31,13 +29,6 @@ exec {wrapper} "$@"
 """
 
 
-def second_model(tmp_path: Path) -> Path:
-    """Another tiny GGUF (other weights: another digest, so another model in the store)."""
-    out = tmp_path / "tiny-seed1.gguf"
-    subprocess.run([sys.executable, str(REPO / "scripts/make-tiny-gguf.py"), str(out), "--seed", "1"],
-                   check=True, capture_output=True)
-    return out
-
 
 def checked_start(supervisors, tmp_path: Path, scheduler: dict, models: list[dict]):
     log = tmp_path / "alive.log"
@@ -51,7 +42,7 @@ def checked_start(supervisors, tmp_path: Path, scheduler: dict, models: list[dic
 
 
 def test_a_small_budget_makes_the_second_model_evict_the_first(supervisors, tmp_path):
-    tiny2 = supervisors.tiny_model(name="ai/tiny2", gguf=str(second_model(tmp_path)))
+    tiny2 = supervisors.other_tiny_model()
     sup, log = checked_start(supervisors, tmp_path, {"memory_budget": "30MiB", "memory_reserve": 0},
                              [supervisors.tiny_model(), tiny2])
     order = ["ai/tiny", "ai/tiny2", "ai/tiny", "ai/tiny2"]
@@ -99,7 +90,7 @@ def test_a_model_that_can_never_fit_gets_507_in_each_dialect(supervisors):
 
 
 def test_max_loaded_models_keeps_one_runner(supervisors, tmp_path):
-    tiny2 = supervisors.tiny_model(name="ai/tiny2", gguf=str(second_model(tmp_path)))
+    tiny2 = supervisors.other_tiny_model()
     sup, log = checked_start(supervisors, tmp_path, {"max_loaded_models": 1}, [supervisors.tiny_model(), tiny2])
     for model in ("ai/tiny", "ai/tiny2"):
         assert sup.chat(model=model, max_tokens=2).status_code == 200
@@ -129,7 +120,7 @@ def oom_start(supervisors, tmp_path: Path, fail: int):
     count = tmp_path / "oom-count"
     engine.write_text(OOM_ENGINE.format(fail=fail, count=count, wrapper=tmp_path / name / "llama-server-wrapper.sh"))
     engine.chmod(0o755)
-    tiny2 = supervisors.tiny_model(name="ai/tiny2", gguf=str(second_model(tmp_path)))
+    tiny2 = supervisors.other_tiny_model()
     sup = supervisors.start(name=name, models=[supervisors.tiny_model(), tiny2], engine_binary=str(engine))
     return sup, count
 
@@ -160,7 +151,7 @@ def test_a_busy_engine_is_waited_for_not_evicted_and_the_wait_shows_in_metrics(s
     import threading
     from prometheus_client.parser import text_string_to_metric_families
 
-    tiny2 = supervisors.tiny_model(name="ai/tiny2", gguf=str(second_model(tmp_path)))
+    tiny2 = supervisors.other_tiny_model()
     sup = supervisors.start(models=[supervisors.tiny_model(), tiny2],
                             scheduler={"memory_budget": "30MiB", "memory_reserve": 0})
     stream = sup.stream("/engines/v1/chat/completions",

@@ -4,12 +4,7 @@ relabelled with the model."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 from prometheus_client.parser import text_string_to_metric_families
-
-from harness import REPO
 
 
 def scrape(sup) -> dict[str, list]:
@@ -60,10 +55,7 @@ def test_requests_loads_gauges_and_engine_metrics(sup):
 
 
 def test_evictions_are_counted(supervisors, tmp_path):
-    gguf2 = tmp_path / "tiny2.gguf"
-    subprocess.run([sys.executable, str(REPO / "scripts/make-tiny-gguf.py"), str(gguf2), "--seed", "1"],
-                   check=True, capture_output=True)
-    sup = supervisors.start(models=[supervisors.tiny_model(), supervisors.tiny_model(name="ai/tiny2", gguf=str(gguf2))],
+    sup = supervisors.start(models=[supervisors.tiny_model(), supervisors.other_tiny_model()],
                             scheduler={"memory_budget": "30MiB", "memory_reserve": 0})
     for model in ("ai/tiny", "ai/tiny2"):
         assert sup.chat(model=model, max_tokens=2).status_code == 200

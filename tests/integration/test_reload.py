@@ -4,18 +4,9 @@ changed settings restart idle runners, busy ones are not cut, an invalid file ch
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
-from harness import REPO, assert_openai_error, pid_gone, render_toml, wait_until
+from harness import assert_openai_error, pid_gone, render_toml, wait_until
 
-
-def second_model(tmp_path: Path) -> Path:
-    out = tmp_path / "tiny-seed1.gguf"
-    subprocess.run([sys.executable, str(REPO / "scripts/make-tiny-gguf.py"), str(out), "--seed", "1"],
-                   check=True, capture_output=True)
-    return out
 
 
 def rewrite(sup, models: list[dict], server: dict | None = None, scheduler: dict | None = None) -> None:
@@ -34,7 +25,7 @@ def test_sighup_adds_models_and_restarts_idle_runners_with_new_settings(supervis
     assert sup.chat(max_tokens=2).status_code == 200
     [first] = sup.spawns()
     assert first.flag("--ctx-size") == "512"
-    tiny2 = supervisors.tiny_model(name="ai/tiny2", gguf=str(second_model(tmp_path)))
+    tiny2 = supervisors.other_tiny_model()
     rewrite(sup, [supervisors.tiny_model(context_size=1024), tiny2])
     sup.signal(signal.SIGHUP)
     # The idle runner of the changed model is stopped; the new model is imported.
