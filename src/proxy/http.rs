@@ -205,6 +205,32 @@ pub trait Tap: Send + Sync + Unpin + 'static {
     fn end(&mut self, complete: bool);
 }
 
+/// No tap.
+impl<T: Tap> Tap for Option<T> {
+    fn data(&mut self, bytes: &Bytes) {
+        if let Some(t) = self {
+            t.data(bytes);
+        }
+    }
+    fn end(&mut self, complete: bool) {
+        if let Some(t) = self {
+            t.end(complete);
+        }
+    }
+}
+
+/// Two taps on one wrapper.
+impl<A: Tap, B: Tap> Tap for (A, B) {
+    fn data(&mut self, bytes: &Bytes) {
+        self.0.data(bytes);
+        self.1.data(bytes);
+    }
+    fn end(&mut self, complete: bool) {
+        self.0.end(complete);
+        self.1.end(complete);
+    }
+}
+
 /// `body` with `tap` watching it.
 pub fn tapped<T: Tap>(body: Body, tap: T) -> Body {
     Tapped {

@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use http::{Response, StatusCode};
 
-use super::http::{json, query_value, tapped, ApiError, Body, Tap};
+use super::http::{json, query_value, ApiError, Body, Tap};
 use super::App;
 use crate::api::native::InspectedRequest;
 use crate::api::summary;
@@ -72,20 +72,17 @@ pub struct Pending {
     pub streamed: bool,
 }
 
-/// Wraps an answer so that its bytes (up to the cap) are kept and the exchange recorded at its end.
-pub fn record(inspector: Arc<Inspector>, pending: Pending, body: Body) -> Body {
-    tapped(
-        body,
-        Recorder {
-            inspector,
-            pending: Some(pending),
-            kept: Vec::new(),
-            truncated: false,
-        },
-    )
+/// A tap (`http::Tap`) that keeps an answer's bytes (up to the cap) and records the exchange at its end.
+pub fn recorder(inspector: Arc<Inspector>, pending: Pending) -> Recorder {
+    Recorder {
+        inspector,
+        pending: Some(pending),
+        kept: Vec::new(),
+        truncated: false,
+    }
 }
 
-struct Recorder {
+pub struct Recorder {
     inspector: Arc<Inspector>,
     pending: Option<Pending>,
     kept: Vec<u8>,

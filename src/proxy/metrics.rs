@@ -1,6 +1,6 @@
 //! `GET /metrics`: our counters and histograms (`crate::metrics`), gauges read now (runners by state, loads
 //! waiting for memory, each runner's predicted and measured memory, each device's memory), then every ready
-//! engine's own `/metrics` with `model` and `mode` labels added. Also the body wrapper that times the first byte
+//! engine's own `/metrics` with `model` and `mode` labels added. Also the tap that times the first byte
 //! of streamed answers, and the route templates used as labels.
 
 use std::collections::BTreeSet;
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
-use super::http::{tapped, ApiError, Body, Tap};
+use super::http::{ApiError, Body, Tap};
 use super::App;
 use crate::metrics::{family, relabel, sample, Metrics};
 
@@ -217,27 +217,23 @@ pub fn route_label(path: &str) -> String {
     "other".into()
 }
 
-/// Wraps a streamed answer to time its first body byte.
-pub fn time_first_byte(
-    body: Body,
+/// A tap (`http::Tap`) that times a streamed answer's first body byte.
+pub fn first_byte_timer(
     metrics: Arc<Metrics>,
     route: String,
     dialect: &'static str,
     started: Instant,
-) -> Body {
-    tapped(
-        body,
-        FirstByte {
-            seen: false,
-            metrics,
-            route,
-            dialect,
-            started,
-        },
-    )
+) -> FirstByte {
+    FirstByte {
+        seen: false,
+        metrics,
+        route,
+        dialect,
+        started,
+    }
 }
 
-struct FirstByte {
+pub struct FirstByte {
     seen: bool,
     metrics: Arc<Metrics>,
     route: String,

@@ -358,35 +358,32 @@ async fn route(app: Arc<App>, req: Request<Incoming>, caller: Caller) -> Respons
         .is_some_and(|t| {
             t.starts_with("text/event-stream") || t.starts_with("application/x-ndjson")
         });
+    // Inference answers are watched as they pass, by one wrapper: streams are timed to their first byte, and
+    // exchanges of a resolved model are recorded for the inspector.
     let inference = route.starts_with("/v1/") || route.starts_with("/api/");
-    if streamed && inference {
+    let timer = (streamed && inference).then(|| {
+        metrics::first_byte_timer(app.metrics.clone(), route.clone(), dialect_label, started)
+    });
+    let recorder = match (inference, note.model, note.body) {
+        (true, Some((model, context_size)), Some(request)) => {
+            let pending = inspector::Pending {
+                model,
+                dialect: dialect_label,
+                route,
+                status: resp.status().as_u16(),
+                context_size: Some(context_size),
+                request,
+                started,
+                arrived,
+                streamed,
+            };
+            Some(inspector::recorder(app.inspector.clone(), pending))
+        }
+        _ => None,
+    };
+    if timer.is_some() || recorder.is_some() {
         let (parts, body) = resp.into_parts();
-        let body = metrics::time_first_byte(
-            body,
-            app.metrics.clone(),
-            route.clone(),
-            dialect_label,
-            started,
-        );
-        resp = Response::from_parts(parts, body);
-    }
-    if let (true, Some((model, context_size)), Some(request)) = (inference, note.model, note.body) {
-        let (parts, body) = resp.into_parts();
-        let pending = inspector::Pending {
-            model,
-            dialect: dialect_label,
-            route,
-            status: parts.status.as_u16(),
-            context_size: Some(context_size),
-            request,
-            started,
-            arrived,
-            streamed,
-        };
-        resp = Response::from_parts(
-            parts,
-            inspector::record(app.inspector.clone(), pending, body),
-        );
+        resp = Response::from_parts(parts, http::tapped(body, (timer, recorder)));
     }
     tracing::debug!(%method, path, status = resp.status().as_u16(), us = started.elapsed().as_micros() as u64, "request");
     resp
