@@ -36,10 +36,8 @@ pub async fn set(app: &Arc<App>, req: http::Request<Incoming>) -> Result<Respons
     };
     let previous = app
         .store
-        .runtime_configs()
-        .map_err(ApiError::from)?
-        .into_iter()
-        .find(|c| c.model_id == config.model_id && c.mode == config.mode);
+        .runtime_config(&config.model_id, &config.mode)
+        .map_err(ApiError::from)?;
     if previous.as_ref() != Some(&config) {
         let busy =
             app.scheduler.snapshot().await.iter().any(|r| {

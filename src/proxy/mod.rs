@@ -125,14 +125,14 @@ impl App {
             .unwrap_or_else(|| {
                 ModelSettings::defaults_for(requested.as_deref().unwrap_or_default())
             });
-        let stored = self.store.runtime_configs().unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "cannot read runtime configs");
-            Vec::new()
-        });
-        if let Some(c) = stored
-            .into_iter()
-            .find(|c| c.model_id == model.id && c.mode == mode.as_str())
-        {
+        let stored = self
+            .store
+            .runtime_config(&model.id, mode.as_str())
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read runtime configs");
+                None
+            });
+        if let Some(c) = stored {
             if c.context_size.is_some() {
                 settings.context_size = c.context_size;
             }

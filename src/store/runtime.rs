@@ -45,11 +45,29 @@ impl Store {
 
     /// Every stored runtime config (from memory after the first read).
     pub fn runtime_configs(&self) -> Result<Vec<RuntimeConfig>, StoreError> {
+        self.with_runtime(|all| all.to_vec())
+    }
+
+    /// The stored config of one model in one mode (per request: one lookup, no copy of the others).
+    pub fn runtime_config(
+        &self,
+        model_id: &str,
+        mode: &str,
+    ) -> Result<Option<RuntimeConfig>, StoreError> {
+        self.with_runtime(|all| {
+            all.iter()
+                .find(|c| c.model_id == model_id && c.mode == mode)
+                .cloned()
+        })
+    }
+
+    /// Runs `f` on the configs, read from disk only when the cache is empty.
+    fn with_runtime<T>(&self, f: impl FnOnce(&[RuntimeConfig]) -> T) -> Result<T, StoreError> {
         let mut cache = self.lock();
         if cache.runtime.is_none() {
             cache.runtime = Some(load(&self.runtime_path())?);
         }
-        Ok(cache.runtime.clone().unwrap_or_default())
+        Ok(f(cache.runtime.as_deref().unwrap_or_default()))
     }
 
     /// Stores `config`, replacing the one for the same (model, mode).
