@@ -11,6 +11,12 @@ llama=$(engines/llama.cpp/install.sh | tail -n 1)
 python=$(scripts/python-env.sh | tail -n 1)
 gguf=$(scripts/ensure-tiny-model.sh | tail -n 1)
 chromium=$(scripts/browser-env.sh | tail -n 1)
+if ! command -v systemd-analyze >/dev/null; then  # the unit-file test runs `systemd-analyze verify`
+  echo "installing Debian's systemd (for systemd-analyze)" >&2
+  as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >&2
+fi
 echo "llama-server: $llama"
 echo "python:       $python"
 echo "tiny model:   $gguf"
