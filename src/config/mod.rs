@@ -67,6 +67,8 @@ pub struct SchedulerConfig {
     pub max_loaded_models: Option<usize>,
     /// Requests that may wait for memory before new ones get 503.
     pub max_queue: usize,
+    /// Requests one loaded model serves at once; more wait in the queue (and count against `max_queue`).
+    pub max_in_flight: u32,
     pub queue_timeout: Duration,
     /// Between health checks of ready engines; three failures in a row and the engine is killed and replaced.
     pub health_interval: Duration,
@@ -143,6 +145,7 @@ impl Default for Config {
                 memory_reserve: 512 << 20,
                 max_loaded_models: None,
                 max_queue: 512,
+                max_in_flight: 512,
                 queue_timeout: Duration::from_secs(300),
                 health_interval: Duration::from_secs(5),
             },
@@ -395,6 +398,11 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             Some(n) if n >= 0 => s.max_queue = n as usize,
             Some(_) => errors.push("scheduler.max_queue", "must be >= 0"),
         }
+        match scheduler.max_in_flight {
+            None => {}
+            Some(n) if n > 0 && n <= u32::MAX as i64 => s.max_in_flight = n as u32,
+            Some(_) => errors.push("scheduler.max_in_flight", "must be > 0"),
+        }
     }
 
     for (i, model) in raw.models.unwrap_or_default().into_iter().enumerate() {
@@ -640,7 +648,7 @@ mod tests {
         assert_eq!(parse_bytes("24GB"), Ok(24_000_000_000));
         assert_eq!(parse_bytes("1000"), Ok(1000));
         let c = parse(
-            "[scheduler]\nmemory_budget = \"30MiB\"\nmemory_reserve = 0\nmax_loaded_models = 2\nmax_queue = 4\nqueue_timeout = \"1m\"\n",
+            "[scheduler]\nmemory_budget = \"30MiB\"\nmemory_reserve = 0\nmax_loaded_models = 2\nmax_queue = 4\nmax_in_flight = 3\nqueue_timeout = \"1m\"\n",
         )
         .unwrap();
         let s = &c.scheduler;
@@ -650,6 +658,7 @@ mod tests {
             (0, Some(2), 4)
         );
         assert_eq!(s.queue_timeout, Duration::from_secs(60));
+        assert_eq!(s.max_in_flight, 3);
         let err = parse(
             "[scheduler]\nmemory_budget = \"lots\"\nmemory_reserve = \"5 parsecs\"\nmax_loaded_models = 0\n",
         )

@@ -62,6 +62,7 @@ pub struct RawScheduler {
     pub memory_reserve: Option<RawBytes>,
     pub max_loaded_models: Option<i64>,
     pub max_queue: Option<i64>,
+    pub max_in_flight: Option<i64>,
     pub queue_timeout: Option<String>,
     pub health_interval: Option<String>,
     #[serde(flatten)]

@@ -42,17 +42,16 @@ pub async fn handle(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
         &mut out,
         "dmr_queue_depth",
         "gauge",
-        "Requests waiting for a runner to be ready: for memory (queued) or for its load.",
+        "Requests waiting: for memory (queued), for their model's load (loading), or for a free slot on a \
+         loaded model (slot, past max_in_flight).",
     );
-    for state in ["queued", "loading"] {
+    for state in ["queued", "loading", "slot"] {
         let n: usize = runners
             .iter()
-            .filter(|r| {
-                if state == "queued" {
-                    r.queued
-                } else {
-                    r.loading
-                }
+            .filter(|r| match state {
+                "queued" => r.queued,
+                "loading" => r.loading,
+                _ => r.endpoint.is_some(),
             })
             .map(|r| r.waiting)
             .sum();

@@ -507,6 +507,7 @@ pub fn limits(s: &crate::config::SchedulerConfig) -> crate::scheduler::Limits {
         max_loaded_models: s.max_loaded_models,
         max_queue: s.max_queue,
         queue_timeout: s.queue_timeout,
+        max_in_flight: s.max_in_flight,
     }
 }
 

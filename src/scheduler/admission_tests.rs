@@ -343,3 +343,103 @@ fn a_second_gpu_takes_the_load_instead_of_an_eviction() {
         "{actions:?}"
     );
 }
+
+fn grants(actions: &[Action]) -> Vec<WaiterId> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Grant { waiter, .. } => Some(*waiter),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_loaded_model_serves_at_most_max_in_flight_and_the_rest_wait_in_order() {
+    let limits = Limits {
+        max_in_flight: 2,
+        max_queue: 2,
+        queue_timeout: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    let (mut s, t) = one_gpu(24 * GIB, limits);
+    // Three requests join the load: two are granted when it is ready, the third waits for a slot.
+    for w in 1..=3 {
+        decide(&mut s, want(w, "a", GIB), t);
+    }
+    assert_eq!(grants(&decide(&mut s, loaded(1), t)), [1, 2]);
+    assert_eq!(s.queued(), 1);
+    assert_eq!(decide(&mut s, want(4, "a", GIB), t), []);
+    // The queue (max_queue = 2) is full: the next one is refused at once, with 503's reason.
+    let refused = decide(&mut s, want(5, "a", GIB), t);
+    assert!(
+        matches!(&refused[..], [Action::Reject { waiter: 5, why: Rejection::Busy(m) }] if m.contains("2 requests are already waiting")),
+        "{refused:?}"
+    );
+    // Each release hands its slot to the oldest waiter; the idle runner is never stopped while they wait.
+    assert_eq!(
+        grants(&decide(&mut s, Event::Released { runner: 1 }, t)),
+        [3]
+    );
+    assert_eq!(
+        grants(&decide(&mut s, Event::Released { runner: 1 }, t)),
+        [4]
+    );
+    for _ in 0..2 {
+        assert_eq!(decide(&mut s, Event::Released { runner: 1 }, t), []);
+    }
+    assert!(matches!(
+        s.runners[&key("a")].phase,
+        Phase::Ready { in_flight: 0, ref waiting, .. } if waiting.is_empty()
+    ));
+}
+
+#[test]
+fn a_request_waiting_for_a_slot_gives_up_after_the_queue_timeout_and_raising_the_limit_grants_the_rest(
+) {
+    let limits = Limits {
+        max_in_flight: 1,
+        queue_timeout: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    let (mut s, t) = one_gpu(24 * GIB, limits);
+    decide(&mut s, want(1, "a", GIB), t);
+    decide(&mut s, loaded(1), t);
+    decide(&mut s, want(2, "a", GIB), t);
+    decide(&mut s, want(3, "a", GIB), t + Duration::from_secs(30));
+    assert_eq!(s.next_deadline(), Some(t + Duration::from_secs(60)));
+    let actions = decide(&mut s, Event::Tick, t + Duration::from_secs(60));
+    assert!(
+        matches!(&actions[..], [Action::Reject { waiter: 2, why: Rejection::Busy(m) }] if m.starts_with("waited 1m0s for one of the 1 requests in flight on a")),
+        "{actions:?}"
+    );
+    let raised = Limits {
+        max_in_flight: 4,
+        ..limits
+    };
+    assert_eq!(grants(&decide(&mut s, Event::Limits(raised), t)), [3]);
+}
+
+#[test]
+fn requests_waiting_for_a_slot_are_refused_when_their_engine_dies() {
+    let limits = Limits {
+        max_in_flight: 1,
+        ..Limits::default()
+    };
+    let (mut s, t) = one_gpu(24 * GIB, limits);
+    decide(&mut s, want(1, "a", GIB), t);
+    decide(&mut s, loaded(1), t);
+    decide(&mut s, want(2, "a", GIB), t);
+    let actions = decide(&mut s, exited(1), t);
+    assert!(
+        matches!(
+            &actions[..],
+            [Action::Reject {
+                waiter: 2,
+                why: Rejection::EngineFailed(_)
+            }]
+        ),
+        "{actions:?}"
+    );
+    assert_eq!(s.queued(), 0);
+}

@@ -7,13 +7,14 @@
 //! for another context size or other flags restarts an idle runner with them. A new runner is *queued* until
 //! memory admits it (`memory::plan`): it starts when it fits; idle runners are evicted (LRU) when that makes it fit,
 //! and it starts once they have exited; it waits while only busy runners could make room; it is refused (507) when
-//! it can never fit. The queue is FIFO, bounded (`max_queue`, 503) and timed (`queue_timeout`, 503). A load that
+//! it can never fit. A ready runner serves at most `max_in_flight` requests at once; more wait for a free slot, in
+//! arrival order. Both queues are FIFO, bounded together (`max_queue`, 503) and timed (`queue_timeout`, 503). A load that
 //! fails for lack of memory evicts every idle runner on its devices and is retried once. A runner is stopped when
 //! idle past its keep-alive, when unloaded (idle only, unless forced), or at shutdown; a runner that fails or
 //! exits is forgotten at once so the next request starts a new one. Measurements replace predictions and are
 //! remembered per (model, mode, context, flags).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::memory::{self, Demand, Device, Hold, Holder, Limits, Plan, Usage};
@@ -55,6 +56,8 @@ pub enum Phase {
     Ready {
         endpoint: Endpoint,
         in_flight: u32,
+        /// Requests waiting for a free slot (`in_flight` is at `max_in_flight`), with when they arrived.
+        waiting: VecDeque<(WaiterId, Instant)>,
     },
 }
 
@@ -209,18 +212,22 @@ impl State {
             .values()
             .filter_map(|r| match &r.phase {
                 Phase::Queued { since, .. } => Some(*since + timeout),
+                Phase::Ready { waiting, .. } if !waiting.is_empty() => {
+                    waiting.front().map(|(_, since)| *since + timeout)
+                }
                 _ => idle_deadline(r),
             })
             .min()
     }
 
-    /// Requests waiting for memory.
+    /// Requests waiting: for memory to load their model, or for a free slot on a loaded one.
     pub fn queued(&self) -> usize {
         self.runners
             .values()
             .map(|r| match &r.phase {
                 Phase::Queued { waiters, .. } => waiters.len(),
-                _ => 0,
+                Phase::Ready { waiting, .. } => waiting.len(),
+                Phase::Loading { .. } => 0,
             })
             .sum()
     }
@@ -238,7 +245,9 @@ impl State {
         match r.phase {
             Phase::Queued { waiters, .. } => return reject(waiters, why, actions),
             Phase::Loading { waiters } => reject(waiters, why, actions),
-            Phase::Ready { .. } => {}
+            Phase::Ready { waiting, .. } => {
+                reject(waiting.into_iter().map(|(w, _)| w).collect(), why, actions)
+            }
         }
         self.stopping.insert(
             r.id,
@@ -340,41 +349,51 @@ pub fn decide(state: &mut State, event: Event, now: Instant) -> Vec<Action> {
             if reload && !state.shutting_down {
                 state.stop(&key, &mut actions, Rejection::Unloaded);
             }
-            let queue_full = state.queued() >= state.limits.max_queue;
+            let queued = state.queued();
+            let queue_full = queued >= state.limits.max_queue;
             let busy = || {
                 Rejection::Busy(format!(
-                    "{} requests are already waiting for memory to load a model",
-                    state.queued()
+                    "{queued} requests are already waiting (for memory to load a model, or for a free slot on a loaded one)"
                 ))
             };
+            let max_in_flight = state.limits.max_in_flight;
             if state.shutting_down {
                 actions.push(Action::Reject {
                     waiter,
                     why: Rejection::ShuttingDown,
                 });
-            } else if state.runners.contains_key(&key) {
-                let why = busy();
-                let r = state.runners.get_mut(&key).expect("just got it"); // invariant: checked above
-                                                                           // The latest request's keep-alive wins, as in Ollama.
+            } else if let Some(r) = state.runners.get_mut(&key) {
+                // The latest request's keep-alive wins, as in Ollama.
                 r.launch.keep_alive = launch.keep_alive;
                 match &mut r.phase {
-                    Phase::Queued { .. } if queue_full => {
-                        actions.push(Action::Reject { waiter, why })
-                    }
+                    Phase::Queued { .. } if queue_full => actions.push(Action::Reject {
+                        waiter,
+                        why: busy(),
+                    }),
                     Phase::Queued { waiters, .. } | Phase::Loading { waiters } => {
                         waiters.push(waiter)
                     }
                     Phase::Ready {
                         endpoint,
                         in_flight,
+                        waiting,
                     } => {
-                        *in_flight += 1;
                         r.last_used = Some(now);
-                        actions.push(Action::Grant {
-                            waiter,
-                            runner: r.id,
-                            endpoint: *endpoint,
-                        });
+                        if *in_flight < max_in_flight && waiting.is_empty() {
+                            *in_flight += 1;
+                            actions.push(Action::Grant {
+                                waiter,
+                                runner: r.id,
+                                endpoint: *endpoint,
+                            });
+                        } else if queue_full {
+                            actions.push(Action::Reject {
+                                waiter,
+                                why: busy(),
+                            });
+                        } else {
+                            waiting.push_back((waiter, now));
+                        }
                     }
                 }
             } else if queue_full {
@@ -412,16 +431,24 @@ pub fn decide(state: &mut State, event: Event, now: Instant) -> Vec<Action> {
                 let r = state.runners.get_mut(&key).expect("find returned this key"); // invariant: just found
                 if let Phase::Loading { waiters } = &mut r.phase {
                     let waiters = std::mem::take(waiters);
-                    r.phase = Phase::Ready {
-                        endpoint,
-                        in_flight: waiters.len() as u32,
-                    };
-                    r.last_used = Some(now);
-                    actions.extend(waiters.into_iter().map(|waiter| Action::Grant {
-                        waiter,
+                    // Requests that joined the load are granted up to `max_in_flight`; the rest wait for a slot.
+                    let mut waiting: VecDeque<(WaiterId, Instant)> =
+                        waiters.into_iter().map(|w| (w, now)).collect();
+                    let mut in_flight = 0;
+                    grant_waiting(
                         runner,
                         endpoint,
-                    }));
+                        &mut in_flight,
+                        &mut waiting,
+                        state.limits.max_in_flight,
+                        &mut actions,
+                    );
+                    r.phase = Phase::Ready {
+                        endpoint,
+                        in_flight,
+                        waiting,
+                    };
+                    r.last_used = Some(now);
                     // A keep-alive of 0 with nobody left waiting (all clients gone) stops at once.
                     release_if_idle_and_done(state, &key, &mut actions);
                 }
@@ -445,23 +472,57 @@ pub fn decide(state: &mut State, event: Event, now: Instant) -> Vec<Action> {
         Event::Exited { runner, reason } => {
             state.stopping.remove(&runner);
             if let Some(r) = state.remove(runner) {
-                if let Phase::Loading { waiters } = r.phase {
-                    reject(waiters, Rejection::EngineFailed(reason), &mut actions);
+                match r.phase {
+                    Phase::Loading { waiters } => {
+                        reject(waiters, Rejection::EngineFailed(reason), &mut actions)
+                    }
+                    Phase::Ready { waiting, .. } => reject(
+                        waiting.into_iter().map(|(w, _)| w).collect(),
+                        Rejection::EngineFailed(reason),
+                        &mut actions,
+                    ),
+                    Phase::Queued { .. } => {}
                 }
             }
         }
         Event::Released { runner } => {
             if let Some(key) = state.find(runner).cloned() {
                 let r = state.runners.get_mut(&key).expect("find returned this key"); // invariant: just found
-                if let Phase::Ready { in_flight, .. } = &mut r.phase {
+                if let Phase::Ready {
+                    endpoint,
+                    in_flight,
+                    waiting,
+                } = &mut r.phase
+                {
                     *in_flight = in_flight.saturating_sub(1);
                     r.last_used = Some(now);
+                    grant_waiting(
+                        runner,
+                        *endpoint,
+                        in_flight,
+                        waiting,
+                        state.limits.max_in_flight,
+                        &mut actions,
+                    );
                 }
                 release_if_idle_and_done(state, &key, &mut actions);
             }
         }
         Event::Measured { devices, runners } => measured(state, devices, runners),
-        Event::Limits(limits) => state.limits = limits,
+        Event::Limits(limits) => {
+            state.limits = limits;
+            let max = state.limits.max_in_flight;
+            for r in state.runners.values_mut() {
+                if let Phase::Ready {
+                    endpoint,
+                    in_flight,
+                    waiting,
+                } = &mut r.phase
+                {
+                    grant_waiting(r.id, *endpoint, in_flight, waiting, max, &mut actions);
+                }
+            }
+        }
         Event::Tick => {
             let timeout = state.limits.queue_timeout;
             let expired: Vec<RunnerKey> = state
@@ -486,6 +547,27 @@ pub fn decide(state: &mut State, event: Event, now: Instant) -> Vec<Action> {
                     state.runners[&key].launch.model_name
                 ));
                 state.stop(&key, &mut actions, why);
+            }
+            for r in state.runners.values_mut() {
+                if let Phase::Ready {
+                    waiting, in_flight, ..
+                } = &mut r.phase
+                {
+                    while waiting
+                        .front()
+                        .is_some_and(|(_, since)| *since + timeout <= now)
+                    {
+                        let (waiter, _) = waiting.pop_front().expect("front checked above"); // invariant
+                        actions.push(Action::Reject {
+                            waiter,
+                            why: Rejection::Busy(format!(
+                                "waited {} for one of the {in_flight} requests in flight on {} to finish",
+                                crate::config::format_go(timeout),
+                                r.launch.model_name
+                            )),
+                        });
+                    }
+                }
             }
         }
         Event::Unload { selector, force } => {
@@ -664,6 +746,28 @@ fn measured(state: &mut State, devices: Vec<DeviceMemory>, runners: BTreeMap<Run
         .collect();
 }
 
+/// Grants waiting requests, oldest first, while the runner has free slots.
+fn grant_waiting(
+    runner: RunnerId,
+    endpoint: Endpoint,
+    in_flight: &mut u32,
+    waiting: &mut VecDeque<(WaiterId, Instant)>,
+    max_in_flight: u32,
+    actions: &mut Vec<Action>,
+) {
+    while *in_flight < max_in_flight {
+        let Some((waiter, _)) = waiting.pop_front() else {
+            break;
+        };
+        *in_flight += 1;
+        actions.push(Action::Grant {
+            waiter,
+            runner,
+            endpoint,
+        });
+    }
+}
+
 fn release_if_idle_and_done(state: &mut State, key: &RunnerKey, actions: &mut Vec<Action>) {
     let done = state.runners.get(key).is_some_and(|r| {
         matches!(r.phase, Phase::Ready { in_flight: 0, .. })
@@ -744,7 +848,8 @@ mod tests {
             s.runners[&key("m")].phase,
             Phase::Ready {
                 endpoint: EP,
-                in_flight: 20
+                in_flight: 20,
+                waiting: VecDeque::new(),
             }
         );
         // A ready runner is granted at once.

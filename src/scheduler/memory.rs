@@ -55,6 +55,8 @@ pub struct Limits {
     pub max_queue: usize,
     /// How long such a request waits before it gets 503.
     pub queue_timeout: Duration,
+    /// Requests one loaded model serves at once; more wait (counted in `max_queue`).
+    pub max_in_flight: u32,
 }
 
 impl Default for Limits {
@@ -65,6 +67,7 @@ impl Default for Limits {
             max_loaded_models: None,
             max_queue: 512,
             queue_timeout: Duration::from_secs(300),
+            max_in_flight: u32::MAX,
         }
     }
 }

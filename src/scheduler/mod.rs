@@ -521,15 +521,16 @@ impl Actor {
             .map(|(key, r)| {
                 let waiting = match &r.phase {
                     Phase::Queued { waiters, .. } | Phase::Loading { waiters } => waiters.len(),
-                    Phase::Ready { .. } => 0,
+                    Phase::Ready { waiting, .. } => waiting.len(),
                 };
-                let (queued, loading, in_flight, endpoint) = match r.phase {
+                let (queued, loading, in_flight, endpoint) = match &r.phase {
                     Phase::Queued { .. } => (true, false, 0, None),
                     Phase::Loading { .. } => (false, true, 0, None),
                     Phase::Ready {
                         endpoint,
                         in_flight,
-                    } => (false, false, in_flight, Some(endpoint)),
+                        ..
+                    } => (false, false, *in_flight, Some(*endpoint)),
                 };
                 RunnerInfo {
                     model_id: key.model_id.clone(),

@@ -413,19 +413,22 @@ class SupervisorFactory:
         cfg.write_text(render_toml(tables, models, extra))
         return cfg, store, wrapper_log
 
-    def start(self, env: dict[str, str] | None = None, **kw) -> Supervisor:
+    def start(self, env: dict[str, str] | None = None, launcher: list[str] | None = None, **kw) -> Supervisor:
         cfg, store, wrapper_log = self.write_config(**kw)
-        return self.start_with(cfg, store, wrapper_log, env)
+        return self.start_with(cfg, store, wrapper_log, env, launcher)
 
-    def start_with(self, cfg: Path, store: Path, wrapper_log: Path, extra_env: dict[str, str] | None = None) -> Supervisor:
+    def start_with(self, cfg: Path, store: Path, wrapper_log: Path, extra_env: dict[str, str] | None = None,
+                   launcher: list[str] | None = None) -> Supervisor:
+        """`launcher`: a command that ends by exec-ing the argv appended to it (so the pid stays the daemon's)."""
         stderr_path = cfg.parent / f"supervisor-{len(self.started)}.stderr.log"
         errf = open(stderr_path, "ab")
         env = dict(os.environ, **(extra_env or {}))
         env.setdefault("RUST_LOG", "info,dmr_supervisor=debug")
         env.setdefault("RUST_BACKTRACE", "1")
         env.setdefault("NO_COLOR", "1")  # plain stderr logs, readable in failure reports
-        proc = subprocess.Popen([str(self.prereqs.supervisor), "--config", str(cfg)], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=errf, env=env, cwd=cfg.parent)
+        proc = subprocess.Popen([*(launcher or []), str(self.prereqs.supervisor), "--config", str(cfg)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errf, env=env,
+                                cwd=cfg.parent)
         errf.close()
         lines: "queue.Queue[str | None]" = queue.Queue()
 

@@ -1,6 +1,7 @@
 """1 000 concurrent streams through the supervisor to a streaming stand-in engine (tests/load/stand_in_engine.py; the
 real llama-server has a handful of slots): all complete, one engine is spawned, and the supervisor's memory stays
-bounded (its resident set is sampled throughout)."""
+bounded (its resident set is sampled throughout). Past `max_in_flight` requests wait, and past `max_queue` waiting
+ones get 503 with Retry-After at once: never a hang."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def rss(pid: int) -> int:
 
 
 async def one_stream(port: int) -> int:
-    """Chunks received before [DONE]; -1 if the stream broke."""
+    """Chunks received before [DONE]; -1 if the stream broke; -503 for a 503 with Retry-After and an OpenAI error."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     body = json.dumps({"model": "ai/tiny", "messages": [{"role": "user", "content": "hi"}], "stream": True}).encode()
     writer.write(b"POST /engines/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -32,6 +33,11 @@ async def one_stream(port: int) -> int:
     await writer.drain()
     data = await reader.read()  # until the server closes
     writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    if head.startswith(b"HTTP/1.1 503"):
+        retry = [l for l in head.split(b"\r\n") if l.lower().startswith(b"retry-after:")]
+        error = json.loads(body)["error"]
+        return -503 if retry and "waiting" in error["message"] and error["type"] else -1
     if b"data: [DONE]" not in data:
         return -1
     return data.count(b'"content": "t')
@@ -41,11 +47,15 @@ async def all_streams(port: int) -> list[int]:
     return await asyncio.gather(*(one_stream(port) for _ in range(STREAMS)))
 
 
-def test_a_thousand_concurrent_streams_complete_with_bounded_memory(supervisors, tmp_path):
+def stand_in(tmp_path: Path) -> Path:
     engine = tmp_path / "stand-in.sh"
     engine.write_text(f"#!/bin/sh\nexec {sys.executable} {REPO / 'tests/load/stand_in_engine.py'} \"$@\"\n")
     engine.chmod(0o755)
-    sup = supervisors.start(engine_binary=str(engine))
+    return engine
+
+
+def test_a_thousand_concurrent_streams_complete_with_bounded_memory(supervisors, tmp_path):
+    sup = supervisors.start(engine_binary=str(stand_in(tmp_path)))
     pid = sup.proc.pid
     assert sup.chat(max_tokens=2).status_code == 200  # loads the stand-in
     before = rss(pid)
@@ -74,3 +84,23 @@ def test_a_thousand_concurrent_streams_complete_with_bounded_memory(supervisors,
     # About 100 KiB per concurrent stream at the peak, at most; most of it returned afterwards.
     assert peak[0] - before < STREAMS * 100 * 1024, (before, peak[0])
     assert after - before < 64 << 20, (before, after)
+
+
+def test_past_max_in_flight_requests_wait_and_past_max_queue_they_get_503_at_once(supervisors, tmp_path):
+    stats = tmp_path / "most-streams-at-once"
+    # Streams of 2 s, so that the 1 000 requests arrive while the first ones still hold their slots.
+    sup = supervisors.start(engine_binary=str(stand_in(tmp_path)),
+                            env={"STAND_IN_STATS": str(stats), "STAND_IN_DELAY": "0.1"},
+                            scheduler={"max_in_flight": 100, "max_queue": 300, "queue_timeout": "1m"})
+    assert sup.chat(max_tokens=2).status_code == 200  # loads the stand-in
+    started = time.monotonic()
+    results = asyncio.run(all_streams(sup.port))
+    took = time.monotonic() - started
+    complete, refused = results.count(20), results.count(-503)
+    print(f"\n{STREAMS} streams in {took:.1f}s: {complete} complete, {refused} refused with 503, "
+          f"the engine held at most {stats.read_text()} at once")
+    assert complete + refused == STREAMS, f"{sum(r == -1 for r in results)} broken or malformed"
+    # 100 in flight and 300 waiting are always served; the rest get 503 unless slots freed up while they arrived.
+    assert complete >= 400 and refused > 0, (complete, refused)
+    assert int(stats.read_text()) <= 100
+    assert sup.ps()[0]["in_flight"] == 0

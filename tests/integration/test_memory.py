@@ -168,7 +168,7 @@ def test_a_busy_engine_is_waited_for_not_evicted_and_the_wait_shows_in_metrics(s
         for f in text_string_to_metric_families(text):
             if f.name == "dmr_queue_depth":
                 return {s.labels["for"]: s.value for s in f.samples}
-    wait_until(lambda: depth() == {"queued": 1, "loading": 0}, 10, "the request for ai/tiny2 to wait for memory")
+    wait_until(lambda: depth() == {"queued": 1, "loading": 0, "slot": 0}, 10, "the request for ai/tiny2 to wait for memory")
     assert not pid_gone(busy.pid) and len(sup.spawns()) == 1  # the busy engine is not evicted
     assert stream.rest()[-1] == "[DONE]"
     t.join(30)

@@ -2,7 +2,8 @@
 """A streaming stand-in for an OpenAI-compatible engine, for load tests the real llama-server cannot hold (it has a
 few slots; this holds thousands of streams): started with llama-server's argv (only `--port` and `--alias` are
 read), it answers `GET /health` and `/metrics`, and streams `POST /v1/chat/completions` as SSE: CHUNKS chunks,
-DELAY seconds apart, then a usage chunk and `[DONE]`. One response per connection (`Connection: close`)."""
+DELAY seconds apart, then a usage chunk and `[DONE]`. One response per connection (`Connection: close`). With
+STAND_IN_STATS set, the most streams it ever held at once is written to that file after each stream."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import sys
 
 CHUNKS = int(os.environ.get("STAND_IN_CHUNKS", "20"))
 DELAY = float(os.environ.get("STAND_IN_DELAY", "0.01"))
+STATS = os.environ.get("STAND_IN_STATS")
+streams = {"now": 0, "max": 0}
 
 
 def arg(name: str, default: str) -> str:
@@ -48,10 +51,18 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         elif method == "POST" and path.startswith("/v1/chat/completions"):
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
             writer.write(chunk({"role": "assistant", "content": ""}))
-            for i in range(CHUNKS):
-                await asyncio.sleep(DELAY)
-                writer.write(chunk({"content": f"t{i} "}))
-                await writer.drain()
+            streams["now"] += 1
+            streams["max"] = max(streams["max"], streams["now"])
+            try:
+                for i in range(CHUNKS):
+                    await asyncio.sleep(DELAY)
+                    writer.write(chunk({"content": f"t{i} "}))
+                    await writer.drain()
+            finally:
+                streams["now"] -= 1
+                if STATS:
+                    with open(STATS, "w") as f:
+                        f.write(str(streams["max"]))
             writer.write(chunk({}, finish="length"))
             writer.write(chunk({}, usage={"prompt_tokens": 3, "completion_tokens": CHUNKS, "total_tokens": CHUNKS + 3}))
             writer.write(b"data: [DONE]\n\n")
