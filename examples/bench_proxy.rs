@@ -105,6 +105,8 @@ const FLAGS: [&str; 6] = ["--temp", "0", "--threads", "1", "--threads-http", "32
 fn engine_args(gguf: &std::path::Path, port: u16) -> Vec<String> {
     let spec = dmr_supervisor::engines::LaunchSpec {
         model_name: "ai/tiny:latest".into(),
+        engine: dmr_supervisor::engines::EngineKind::LlamaCpp,
+        vllm: Default::default(),
         model_path: gguf.to_path_buf(),
         mode: dmr_supervisor::engines::Mode::Completion,
         context_size: 512,

@@ -52,8 +52,8 @@ pub async fn start(config: Config, source: proxy::ConfigSource) -> Result<Runnin
     let store = tokio::task::spawn_blocking(move || {
         let store = Store::open(&store_path)?;
         for m in models.iter() {
-            let Some(gguf) = &m.gguf else { continue };
-            match store.import_gguf(gguf, &m.name, &mut |_| {}) {
+            let Some(gguf) = &m.path else { continue };
+            match store.import(gguf, &m.name, &mut |_| {}) {
                 Ok(model) => tracing::info!(model = m.name, id = model.id, path = %gguf.display(), "model ready"),
                 // One broken entry must not take the others down; requests for it answer 404.
                 Err(e) => tracing::error!(model = m.name, path = %gguf.display(), error = %e, "cannot import model"),

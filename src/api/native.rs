@@ -228,6 +228,26 @@ pub struct ConfigureRequest {
     pub raw_runtime_flags: Option<String>,
     #[serde(default)]
     pub keep_alive: Option<String>,
+    #[serde(default)]
+    pub vllm: Option<VllmSettings>,
+}
+
+/// `_configure`'s `"vllm"` object.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VllmSettings {
+    #[serde(
+        default,
+        rename = "hf-overrides",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub hf_overrides: Option<serde_json::Value>,
+    #[serde(
+        default,
+        rename = "gpu-memory-utilization",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub gpu_memory_utilization: Option<f64>,
 }
 
 /// One entry of `GET /engines/_configure`, with DMR's capitalised keys (its Go struct has no JSON tags).
@@ -253,6 +273,8 @@ pub struct ConfiguredSettings {
     pub runtime_flags: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keep_alive: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vllm: Option<VllmSettings>,
 }
 
 /// One exchange as `GET /engines/requests` shows it (newest first).

@@ -47,6 +47,25 @@ pub struct StoreConfig {
 #[derive(Debug, Clone, Default)]
 pub struct EnginesConfig {
     pub llamacpp: LlamaCppConfig,
+    pub vllm: VllmConfig,
+    pub diffusers: DiffusersConfig,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VllmConfig {
+    /// The `vllm` executable (or a Python, with `args = ["-m", "vllm.entrypoints.cli.main"]`); resolution against
+    /// PATH and the install dir happens in `engines::vllm`.
+    pub binary: Option<PathBuf>,
+    /// Arguments placed before `serve`.
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DiffusersConfig {
+    /// The Python that runs the runner (default: the install dir's venv).
+    pub python: Option<PathBuf>,
+    /// `runner.py` (default: the install dir's copy).
+    pub runner: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -79,22 +98,25 @@ pub struct SchedulerConfig {
 pub struct ModelSettings {
     /// Normalised (`ai/tiny:latest`).
     pub name: String,
-    /// A GGUF file imported into the store at start-up under `name`.
-    pub gguf: Option<PathBuf>,
-    /// `None`: the engine's default.
+    /// A model imported into the store at start-up under `name`: a GGUF file (`gguf` or `path`), a safetensors
+    /// or diffusers directory, or a `.dduf` file (`path`).
+    pub path: Option<PathBuf>,
+    /// `None`: the engine's default (for vLLM, the model's `max_position_embeddings`).
     pub context_size: Option<u32>,
     pub runtime_flags: Vec<String>,
     pub keep_alive: Option<KeepAlive>,
+    pub vllm: crate::engines::vllm::VllmOptions,
 }
 
 impl ModelSettings {
     pub fn defaults_for(name: &str) -> ModelSettings {
         ModelSettings {
             name: name.to_string(),
-            gguf: None,
+            path: None,
             context_size: None,
             runtime_flags: Vec::new(),
             keep_alive: None,
+            vllm: Default::default(),
         }
     }
 }
@@ -341,6 +363,38 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
                 }
             }
         }
+        if let Some(vllm) = engines.vllm {
+            errors.unknown("engines.vllm", &vllm.unknown);
+            if let Some(binary) = vllm.binary {
+                match resolve_path(&binary, base) {
+                    Ok(p) => config.engines.vllm.binary = Some(p),
+                    Err(e) => errors.push("engines.vllm.binary", e),
+                }
+            }
+            config.engines.vllm.args = vllm.args.unwrap_or_default();
+        }
+        if let Some(diffusers) = engines.diffusers {
+            errors.unknown("engines.diffusers", &diffusers.unknown);
+            for (key, value, slot) in [
+                (
+                    "engines.diffusers.python",
+                    diffusers.python,
+                    &mut config.engines.diffusers.python,
+                ),
+                (
+                    "engines.diffusers.runner",
+                    diffusers.runner,
+                    &mut config.engines.diffusers.runner,
+                ),
+            ] {
+                if let Some(v) = value {
+                    match resolve_path(&v, base) {
+                        Ok(p) => *slot = Some(p),
+                        Err(e) => errors.push(key, e),
+                    }
+                }
+            }
+        }
     }
 
     if let Some(scheduler) = raw.scheduler {
@@ -422,14 +476,36 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         if config.models.iter().any(|m| m.name == name) {
             errors.push(key("name"), format!("{name} is configured twice"));
         }
-        let gguf = match model.gguf.as_deref().map(|p| resolve_path(p, base)) {
+        let (field, given) = match (model.gguf, model.path) {
+            (Some(_), Some(_)) => {
+                errors.push(key("path"), "give path or gguf, not both");
+                ("path", None)
+            }
+            (Some(g), None) => ("gguf", Some(g)),
+            (None, p) => ("path", p),
+        };
+        let path = match given.as_deref().map(|p| resolve_path(p, base)) {
             None => None,
             Some(Ok(p)) => Some(p),
             Some(Err(e)) => {
-                errors.push(key("gguf"), e);
+                errors.push(key(field), e);
                 None
             }
         };
+        if let Some(u) = model.gpu_memory_utilization {
+            if let Err(e) = crate::engines::vllm::check_utilization(u) {
+                errors.push(key("gpu_memory_utilization"), e);
+            }
+        }
+        let hf_overrides = model.hf_overrides.map(|t| {
+            // Invariant: a TOML table always has a JSON form (TOML dates become strings).
+            serde_json::to_value(t).expect("TOML converts to JSON")
+        });
+        if let Some(h) = &hf_overrides {
+            if let Err(e) = crate::engines::vllm::check_hf_overrides(h) {
+                errors.push(key("hf_overrides"), e);
+            }
+        }
         let context_size = match model.context_size {
             None | Some(-1) => None,
             Some(n) if n > 0 && n <= u32::MAX as i64 => Some(n as u32),
@@ -454,10 +530,14 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         };
         config.models.push(ModelSettings {
             name,
-            gguf,
+            path,
             context_size,
             runtime_flags,
             keep_alive,
+            vllm: crate::engines::vllm::VllmOptions {
+                gpu_memory_utilization: model.gpu_memory_utilization,
+                hf_overrides,
+            },
         });
     }
 
@@ -523,6 +603,11 @@ impl Config {
             (
                 "engines.llamacpp.binary",
                 self.engines.llamacpp.binary == new.engines.llamacpp.binary,
+            ),
+            ("engines.vllm", self.engines.vllm == new.engines.vllm),
+            (
+                "engines.diffusers",
+                self.engines.diffusers == new.engines.diffusers,
             ),
         ] {
             if !same {
@@ -627,7 +712,7 @@ mod tests {
             parse("[[models]]\nname = \"tiny\"\ngguf = \"m/t.gguf\"\ncontext_size = -1\n").unwrap();
         assert_eq!(c.models[0].context_size, None);
         assert_eq!(
-            c.models[0].gguf.as_deref(),
+            c.models[0].path.as_deref(),
             Some(Path::new("/etc/dmr/m/t.gguf"))
         );
     }

@@ -42,6 +42,8 @@ pub struct RawStore {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawEngines {
     pub llamacpp: Option<RawLlamaCpp>,
+    pub vllm: Option<RawVllm>,
+    pub diffusers: Option<RawDiffusers>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }
@@ -49,6 +51,22 @@ pub struct RawEngines {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawLlamaCpp {
     pub binary: Option<String>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawVllm {
+    pub binary: Option<String>,
+    pub args: Option<Vec<String>>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawDiffusers {
+    pub python: Option<String>,
+    pub runner: Option<String>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }
@@ -73,7 +91,10 @@ pub struct RawScheduler {
 pub struct RawModel {
     pub name: Option<String>,
     pub gguf: Option<String>,
+    pub path: Option<String>,
     pub context_size: Option<i64>,
+    pub gpu_memory_utilization: Option<f64>,
+    pub hf_overrides: Option<toml::Table>,
     pub runtime_flags: Option<Vec<String>>,
     pub keep_alive: Option<String>,
     #[serde(flatten)]

@@ -158,10 +158,40 @@ const LLAMACPP: &[&str] = &[
     "--log-timestamps",
 ];
 
-/// The allowlist of an engine, by its name in URLs.
+/// vLLM flags a caller may set (DMR's list): parallelism, lengths and batching, dtype and quantization, KV cache,
+/// and switches. `--served-model-name` is left out: the supervisor names the model.
+const VLLM: &[&str] = &[
+    "--tensor-parallel-size",
+    "-tp",
+    "--pipeline-parallel-size",
+    "-pp",
+    "--max-model-len",
+    "--max-num-batched-tokens",
+    "--max-num-seqs",
+    "--block-size",
+    "--swap-space",
+    "--seed",
+    "--dtype",
+    "--quantization",
+    "-q",
+    "--kv-cache-dtype",
+    "--enforce-eager",
+    "--enable-prefix-caching",
+    "--enable-chunked-prefill",
+    "--disable-custom-all-reduce",
+    "--tokenizer-mode",
+    "--max-logprobs",
+    "--revision",
+    "--load-format",
+    "--disable-log-stats",
+    "--gpu-memory-utilization",
+];
+
+/// The allowlist of an engine, by its name in URLs. The diffusers runner takes no flags.
 pub fn allowlist(engine: &str) -> Option<&'static [&'static str]> {
     match engine {
         super::llamacpp::NAME => Some(LLAMACPP),
+        super::vllm::NAME => Some(VLLM),
         _ => None,
     }
 }
@@ -246,6 +276,12 @@ mod tests {
             let err = check(flags).unwrap_err();
             assert!(err.contains(why), "{flags:?}: {err}");
         }
-        assert!(check_untrusted("vllm", &["--seed".into()]).is_err());
+        assert!(check_untrusted(
+            "vllm",
+            &["--enforce-eager".into(), "-tp".into(), "2".into()]
+        )
+        .is_ok());
+        assert!(check_untrusted("vllm", &["--ctx-size".into(), "8".into()]).is_err());
+        assert!(check_untrusted("diffusers", &["--seed".into()]).is_err());
     }
 }

@@ -61,12 +61,7 @@ pub fn resolve_binary(
             ))
         };
     }
-    if let Some(found) = path_var
-        .into_iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join("llama-server"))
-        .find(|p| is_executable(p))
-    {
+    if let Some(found) = super::on_path("llama-server", path_var) {
         return Ok(found);
     }
     let installed = install_dir(data_dir).join("current/bin/llama-server");
@@ -83,12 +78,7 @@ pub fn install_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("engines/llama.cpp")
 }
 
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
+use super::is_executable;
 
 #[cfg(test)]
 mod tests {
@@ -98,11 +88,13 @@ mod tests {
     fn spec(mode: Mode, flags: &[&str]) -> LaunchSpec {
         LaunchSpec {
             model_name: "ai/tiny:latest".into(),
+            engine: crate::engines::EngineKind::LlamaCpp,
             model_path: "/store/blobs/sha256/abc".into(),
             mode,
             context_size: 512,
             runtime_flags: flags.iter().map(|s| s.to_string()).collect(),
             keep_alive: KeepAlive::DEFAULT,
+            vllm: Default::default(),
         }
     }
 

@@ -1,15 +1,131 @@
-//! Engines: what runs beside us. `llamacpp` knows llama-server's command line and where to find the binary;
-//! `process` spawns an engine in its own process group, captures its output, waits for readiness and stops the
-//! whole group. Nothing here decides *when* to start or stop an engine: that is the scheduler's job.
+//! Engines: what runs beside us. `llamacpp`, `vllm` and `diffusers` know their engine's command line and where
+//! its executable is found; which one serves a model follows its format (GGUF → llama.cpp, safetensors → vLLM,
+//! diffusers pipelines → diffusers), as in DMR. `process` spawns an engine in its own process group, captures its
+//! output, waits for readiness and stops the whole group. Nothing here decides *when* to start or stop an engine:
+//! that is the scheduler's job.
 
+pub mod diffusers;
 pub mod flags;
 pub mod llamacpp;
 pub mod process;
+pub mod vllm;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::KeepAlive;
+use crate::store::ModelFormat;
+
+/// An inference engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EngineKind {
+    LlamaCpp,
+    Vllm,
+    Diffusers,
+}
+
+impl EngineKind {
+    pub const ALL: [EngineKind; 3] = [
+        EngineKind::LlamaCpp,
+        EngineKind::Vllm,
+        EngineKind::Diffusers,
+    ];
+
+    /// Its name in URLs (`/engines/vllm/v1/...`), in `/engines/ps` and in `/engines/status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::LlamaCpp => llamacpp::NAME,
+            EngineKind::Vllm => vllm::NAME,
+            EngineKind::Diffusers => diffusers::NAME,
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<EngineKind> {
+        EngineKind::ALL.into_iter().find(|e| e.name() == name)
+    }
+
+    /// The engine that runs a model of this format.
+    pub fn for_format(format: ModelFormat) -> EngineKind {
+        match format {
+            ModelFormat::Gguf => EngineKind::LlamaCpp,
+            ModelFormat::Safetensors => EngineKind::Vllm,
+            ModelFormat::Diffusers | ModelFormat::Dduf => EngineKind::Diffusers,
+        }
+    }
+
+    /// The modes it can serve.
+    pub fn serves(self, mode: Mode) -> bool {
+        match self {
+            EngineKind::LlamaCpp | EngineKind::Vllm => mode != Mode::ImageGeneration,
+            EngineKind::Diffusers => mode == Mode::ImageGeneration,
+        }
+    }
+}
+
+/// How to run an engine: an executable and the arguments that come before the engine's own (`python runner.py`,
+/// `python -m vllm.entrypoints.cli.main`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineCommand {
+    pub program: PathBuf,
+    pub prefix: Vec<String>,
+}
+
+/// How each engine is started, or why it cannot be (reported to the request that needs it).
+pub type EngineCommands = std::collections::BTreeMap<EngineKind, Result<EngineCommand, String>>;
+
+/// Resolves every engine's command from the configuration, `$PATH` and the install directories.
+pub fn resolve_all(
+    config: &crate::config::EnginesConfig,
+    path_var: Option<&str>,
+    data_dir: &std::path::Path,
+) -> EngineCommands {
+    let llama = llamacpp::resolve_binary(config.llamacpp.binary.as_deref(), path_var, data_dir)
+        .map(|program| EngineCommand {
+            program,
+            prefix: vec![],
+        });
+    let vllm = vllm::resolve(
+        config.vllm.binary.as_deref(),
+        &config.vllm.args,
+        path_var,
+        data_dir,
+    );
+    let diffusers = diffusers::resolve(
+        config.diffusers.python.as_deref(),
+        config.diffusers.runner.as_deref(),
+        data_dir,
+    );
+    EngineCommands::from([
+        (EngineKind::LlamaCpp, llama),
+        (EngineKind::Vllm, vllm),
+        (EngineKind::Diffusers, diffusers),
+    ])
+}
+
+/// The argv (after the program) that starts `spec`'s engine on `port`.
+pub fn argv(command: &EngineCommand, spec: &LaunchSpec, port: u16) -> Vec<String> {
+    let own = match spec.engine {
+        EngineKind::LlamaCpp => llamacpp::argv(spec, port),
+        EngineKind::Vllm => vllm::argv(spec, port),
+        EngineKind::Diffusers => diffusers::argv(spec, port),
+    };
+    command.prefix.iter().cloned().chain(own).collect()
+}
+
+/// Whether `path` is a file this process may execute.
+pub fn is_executable(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The first executable called `name` in the directories of `path_var` (`$PATH`).
+pub fn on_path(name: &str, path_var: Option<&str>) -> Option<PathBuf> {
+    path_var
+        .into_iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
+}
 
 /// What a runner serves, derived from the request path (DMR does the same): a model in completion mode and in
 /// embedding mode are two engine processes.
@@ -17,6 +133,7 @@ use crate::config::KeepAlive;
 pub enum Mode {
     Completion,
     Embedding,
+    ImageGeneration,
 }
 
 impl Mode {
@@ -24,6 +141,7 @@ impl Mode {
         match self {
             Mode::Completion => "completion",
             Mode::Embedding => "embedding",
+            Mode::ImageGeneration => "image-generation",
         }
     }
 }
@@ -33,12 +151,15 @@ impl Mode {
 pub struct LaunchSpec {
     /// The model's display name (its first tag), for logs and `/engines/ps`.
     pub model_name: String,
-    /// The GGUF weights file in the store.
+    pub engine: EngineKind,
+    /// What the engine loads: the GGUF weights file, the safetensors or pipeline directory, or the `.dduf` file.
     pub model_path: PathBuf,
     pub mode: Mode,
     pub context_size: u32,
     pub runtime_flags: Vec<String>,
     pub keep_alive: KeepAlive,
+    /// vLLM's own settings (`--gpu-memory-utilization`, `--hf-overrides`).
+    pub vllm: vllm::VllmOptions,
 }
 
 /// What a request asks of its runner beyond the model (Ollama's `options.num_ctx` and `keep_alive`): they

@@ -1,5 +1,6 @@
 //! `POST /engines/_configure` and `GET /engines/_configure[?model=]`, DMR's per-model runtime settings: context
-//! size, runtime flags (checked against the engine's allowlist: `engines::flags`), keep-alive, for a mode. Unlike
+//! size, runtime flags (checked against the allowlist of the engine the URL names, else of the model's own engine:
+//! `engines::flags`), keep-alive, vLLM's `gpu-memory-utilization` and `hf-overrides`, for a mode. Unlike
 //! DMR, they are persisted in the store (`store::RuntimeConfig`) and survive restarts. A changed setting for a
 //! model whose runner is busy is refused with 409 (as DMR does); otherwise it is stored, answered with 202, and
 //! the model is preloaded in the background with it (an idle runner with other settings is restarted).
@@ -13,10 +14,14 @@ use super::http::{json, parse_json, query_value, read_body, ApiError, Body};
 use super::{inference, App};
 use crate::api::{native, ErrorKind};
 use crate::config::KeepAlive;
-use crate::engines::{flags, llamacpp, Mode, RunnerWishes};
+use crate::engines::{flags, vllm, EngineKind, Mode, RunnerWishes};
 use crate::store::{RuntimeConfig, StoreError};
 
-pub async fn set(app: &Arc<App>, req: http::Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub async fn set(
+    app: &Arc<App>,
+    req: http::Request<Incoming>,
+    in_path: Option<EngineKind>,
+) -> Result<Response<Body>, ApiError> {
     let (_, body) = read_body(req, app.config().server.max_body_bytes).await?;
     let input: native::ConfigureRequest = parse_json(&body)?;
     let requested = input
@@ -28,7 +33,16 @@ pub async fn set(app: &Arc<App>, req: http::Request<Incoming>) -> Result<Respons
         StoreError::NotFound(_) => ApiError::not_found(format!("model {requested:?} not found")),
         other => ApiError::from(other),
     })?;
-    let config = validate(&input, &model.id)?;
+    let engine = EngineKind::for_format(model.format);
+    if let Some(named) = in_path.filter(|e| *e != engine) {
+        return Err(ApiError::bad_request(format!(
+            "model {requested} runs on {}, not {}; configure it with /engines/{}/_configure or /engines/_configure",
+            engine.name(),
+            named.name(),
+            engine.name()
+        )));
+    }
+    let config = validate(&input, &model.id, engine)?;
     let mode = if config.mode == Mode::Embedding.as_str() {
         Mode::Embedding
     } else {
@@ -65,11 +79,18 @@ pub async fn set(app: &Arc<App>, req: http::Request<Incoming>) -> Result<Respons
             );
         }
     });
-    Ok(json(StatusCode::ACCEPTED, &listed(&requested, config)))
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &listed(&requested, config, engine),
+    ))
 }
 
 /// The stored config for `model_id`, or the first reason it is not acceptable (400).
-fn validate(input: &native::ConfigureRequest, model_id: &str) -> Result<RuntimeConfig, ApiError> {
+fn validate(
+    input: &native::ConfigureRequest,
+    model_id: &str,
+    engine: EngineKind,
+) -> Result<RuntimeConfig, ApiError> {
     let flags = match (&input.runtime_flags, &input.raw_runtime_flags) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(
@@ -84,7 +105,7 @@ fn validate(input: &native::ConfigureRequest, model_id: &str) -> Result<RuntimeC
         (None, None) => None,
     };
     if let Some(f) = &flags {
-        flags::check_untrusted(llamacpp::NAME, f)
+        flags::check_untrusted(engine.name(), f)
             .map_err(|e| ApiError::bad_request(format!("runtime flags: {e}")))?;
     }
     let wants_embeddings = flags
@@ -112,18 +133,41 @@ fn validate(input: &native::ConfigureRequest, model_id: &str) -> Result<RuntimeC
     if let Some(k) = &input.keep_alive {
         KeepAlive::parse(k).map_err(|e| ApiError::bad_request(format!("keep_alive: {e}")))?;
     }
+    let v = input.vllm.clone().unwrap_or_default();
+    if (v.gpu_memory_utilization.is_some() || v.hf_overrides.is_some())
+        && engine != EngineKind::Vllm
+    {
+        return Err(ApiError::bad_request(format!(
+            "\"vllm\" settings apply to vLLM models; this one runs on {}",
+            engine.name()
+        )));
+    }
+    if let Some(u) = v.gpu_memory_utilization {
+        vllm::check_utilization(u).map_err(ApiError::bad_request)?;
+    }
+    if let Some(h) = &v.hf_overrides {
+        vllm::check_hf_overrides(h).map_err(ApiError::bad_request)?;
+    }
     Ok(RuntimeConfig {
         model_id: model_id.to_string(),
         mode: mode.as_str().to_string(),
         context_size,
         runtime_flags: flags,
         keep_alive: input.keep_alive.clone(),
+        gpu_memory_utilization: v.gpu_memory_utilization,
+        hf_overrides: v.hf_overrides,
     })
 }
 
-fn listed(name: &str, c: RuntimeConfig) -> native::ConfiguredModel {
+fn listed(name: &str, c: RuntimeConfig, engine: EngineKind) -> native::ConfiguredModel {
+    let vllm = (c.gpu_memory_utilization.is_some() || c.hf_overrides.is_some()).then(|| {
+        native::VllmSettings {
+            hf_overrides: c.hf_overrides.clone(),
+            gpu_memory_utilization: c.gpu_memory_utilization,
+        }
+    });
     native::ConfiguredModel {
-        backend: llamacpp::NAME,
+        backend: engine.name(),
         model: name.to_string(),
         model_id: c.model_id,
         mode: c.mode,
@@ -131,6 +175,7 @@ fn listed(name: &str, c: RuntimeConfig) -> native::ConfiguredModel {
             context_size: c.context_size,
             runtime_flags: c.runtime_flags,
             keep_alive: c.keep_alive,
+            vllm,
         },
     }
 }
@@ -146,12 +191,13 @@ pub async fn list(app: &Arc<App>, query: Option<&str>) -> Result<Response<Body>,
         if only.as_ref().is_some_and(|id| *id != c.model_id) {
             continue;
         }
-        let name = app
-            .resolve(&c.model_id)
-            .ok()
+        let model = app.resolve(&c.model_id).ok();
+        let name = model
+            .as_ref()
             .and_then(|m| m.tags.first().cloned())
             .unwrap_or_else(|| c.model_id.clone());
-        out.push(listed(&name, c));
+        let engine = model.map_or(EngineKind::LlamaCpp, |m| EngineKind::for_format(m.format));
+        out.push(listed(&name, c, engine));
     }
     Ok(json(StatusCode::OK, &out))
 }
@@ -169,6 +215,7 @@ mod tests {
         let c = validate(
             &req(serde_json::json!({"model": "m", "context-size": 8192, "raw-runtime-flags": "--temp 0.5 --embeddings", "keep_alive": "10m"})),
             "sha256:x",
+            EngineKind::LlamaCpp,
         )
         .unwrap();
         assert_eq!(c.context_size, Some(8192));
@@ -177,7 +224,11 @@ mod tests {
             Some(&["--temp".to_string(), "0.5".into(), "--embeddings".into()][..])
         );
         assert_eq!(c.mode, "embedding");
-        let bad = |v: serde_json::Value| validate(&req(v), "id").unwrap_err().message;
+        let bad = |v: serde_json::Value| {
+            validate(&req(v), "id", EngineKind::LlamaCpp)
+                .unwrap_err()
+                .message
+        };
         assert!(
             bad(serde_json::json!({"runtime-flags": ["--log-file", "/etc/x"]}))
                 .contains("may not carry paths")
@@ -191,6 +242,34 @@ mod tests {
         assert!(bad(serde_json::json!({"context-size": 0})).contains("must be > 0 or -1"));
         assert!(bad(serde_json::json!({"mode": "reranking"})).contains("not supported"));
         assert!(bad(serde_json::json!({"keep_alive": "soon"})).starts_with("keep_alive"));
+        assert!(
+            bad(serde_json::json!({"vllm": {"gpu-memory-utilization": 0.5}}))
+                .contains("apply to vLLM")
+        );
+        let vllm_bad = |v: serde_json::Value| {
+            validate(&req(v), "id", EngineKind::Vllm)
+                .unwrap_err()
+                .message
+        };
+        assert!(
+            vllm_bad(serde_json::json!({"vllm": {"hf-overrides": {"a-b": 1}}}))
+                .contains("not an identifier")
+        );
+        assert!(
+            vllm_bad(serde_json::json!({"vllm": {"gpu-memory-utilization": 2}}))
+                .contains("must be > 0")
+        );
+        assert!(
+            vllm_bad(serde_json::json!({"runtime-flags": ["--ctx-size", "8"]}))
+                .contains("not an allowed runtime flag for vllm")
+        );
+        let ok = validate(
+            &req(serde_json::json!({"vllm": {"hf-overrides": {"rope_theta": 1}, "gpu-memory-utilization": 0.5}, "runtime-flags": ["--enforce-eager"]})),
+            "id",
+            EngineKind::Vllm,
+        )
+        .unwrap();
+        assert_eq!(ok.gpu_memory_utilization, Some(0.5));
         assert!(serde_json::from_value::<native::ConfigureRequest>(
             serde_json::json!({"speculative": {}})
         )

@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use super::http::{json, parse_json, read_body, ApiError, Body};
 use super::App;
 use crate::api::{native, ErrorKind};
-use crate::engines::llamacpp;
+use crate::engines::EngineKind;
 use crate::gpu;
 use crate::scheduler::Selector;
 
@@ -20,7 +20,7 @@ pub async fn ps(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
         .await
         .into_iter()
         .map(|r| native::RunnerStatus {
-            backend_name: llamacpp::NAME,
+            backend_name: r.engine.name(),
             model_name: r.model_name,
             mode: r.mode.as_str(),
             last_used: r
@@ -57,7 +57,7 @@ pub async fn unload(
     if let Some(b) = request
         .backend
         .as_deref()
-        .filter(|b| !b.is_empty() && *b != llamacpp::NAME)
+        .filter(|b| !b.is_empty() && EngineKind::from_name(b).is_none())
     {
         return Err(ApiError::bad_request(format!("unknown backend {b:?}")));
     }
@@ -81,11 +81,13 @@ pub async fn unload(
 
 pub async fn status(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
     let mut s = native::EngineStatus::new();
-    let line = match &app.llama_binary {
-        Ok(p) => format!("Running: {}", p.display()),
-        Err(e) => format!("Not Installed: {e}"),
-    };
-    s.insert(llamacpp::NAME, line);
+    for (engine, command) in app.commands.iter() {
+        let line = match command {
+            Ok(c) => format!("Running: {}", c.program.display()),
+            Err(e) => format!("Not Installed: {e}"),
+        };
+        s.insert(engine.name(), line);
+    }
     Ok(json(StatusCode::OK, &s))
 }
 

@@ -1,6 +1,7 @@
-//! Inference routes (`/engines[/{engine}]/v1/{chat/completions,completions,embeddings}` and `/v1/...`): read the
-//! body under the limit, check it is JSON with a `model`, resolve the model in the store, get a lease on a ready
-//! runner from the scheduler (starting one if needed), and forward the untouched body to the engine.
+//! Inference routes (`/engines[/{engine}]/v1/{chat/completions,completions,embeddings,images/generations}` and
+//! `/v1/...`): read the body under the limit, check it is JSON with a `model`, resolve the model in the store, pick
+//! its engine by format (an engine named in the path must agree), get a lease on a ready runner from the scheduler
+//! (starting one if needed), and forward the untouched body to the engine.
 
 use std::sync::Arc;
 
@@ -11,11 +12,11 @@ use super::forward::forward;
 use super::http::{parse_json, read_body, ApiError, Body};
 use super::App;
 use crate::api::{openai, ErrorKind};
-use crate::engines::{LaunchSpec, Mode, RunnerWishes};
+use crate::engines::{EngineKind, LaunchSpec, Mode, RunnerWishes};
 use crate::gpu::estimate::{self, LlamaFlags, ModelShape};
 use crate::gpu::ProbeKind;
 use crate::scheduler::{AcquireError, Demand, Lease, RunnerKey, Usage};
-use crate::store::{Model, StoreError};
+use crate::store::{Model, ModelFormat, StoreError};
 
 /// Seconds a client is told to wait (`Retry-After`) when the queue for memory is full.
 const RETRY_AFTER_SECS: u64 = 5;
@@ -24,6 +25,7 @@ pub async fn handle(
     app: &Arc<App>,
     req: http::Request<Incoming>,
     mode: Mode,
+    engine: Option<EngineKind>,
     upstream: String,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = read_body(req, app.config().server.max_body_bytes).await?;
@@ -33,7 +35,7 @@ pub async fn handle(
         Some(m) if !m.is_empty() => m,
         _ => return Err(ApiError::bad_request("\"model\" is required")),
     };
-    let (lease, name) = acquire(app, &requested, mode, &RunnerWishes::default()).await?;
+    let (lease, name) = acquire_on(app, &requested, mode, engine, &RunnerWishes::default()).await?;
     let path_and_query = match parts.uri.query() {
         Some(q) => format!("{upstream}?{q}"),
         None => upstream,
@@ -59,28 +61,75 @@ pub async fn acquire(
     mode: Mode,
     wishes: &RunnerWishes,
 ) -> Result<(Lease, String), ApiError> {
+    acquire_on(app, requested, mode, None, wishes).await
+}
+
+/// [`acquire`], for a request whose path names an engine (`/engines/vllm/v1/...`): it must be the model's.
+pub async fn acquire_on(
+    app: &Arc<App>,
+    requested: &str,
+    mode: Mode,
+    in_path: Option<EngineKind>,
+    wishes: &RunnerWishes,
+) -> Result<(Lease, String), ApiError> {
     let model = app.resolve(requested).map_err(|e| match e {
         StoreError::NotFound(_) => ApiError::not_found(format!("model {requested:?} not found")),
         other => ApiError::from(other),
     })?;
+    let engine = EngineKind::for_format(model.format);
+    if let Some(named) = in_path.filter(|e| *e != engine) {
+        return Err(ApiError::bad_request(format!(
+            "model {requested} is a {} model, served by {}, not {}; use /engines/{}/v1/... or /engines/v1/...",
+            model.format.as_str(),
+            engine.name(),
+            named.name(),
+            engine.name()
+        )));
+    }
+    if !engine.serves(mode) {
+        let what = if mode == Mode::ImageGeneration {
+            "cannot generate images (only diffusers models can)".to_string()
+        } else {
+            format!(
+                "is an image model: use /v1/images/generations, not {} requests",
+                mode.as_str()
+            )
+        };
+        return Err(ApiError::bad_request(format!("model {requested} {what}")));
+    }
     let settings = app.settings_for(requested, &model, mode);
+    let context_size = match engine {
+        EngineKind::LlamaCpp => wishes
+            .context_size
+            .or(settings.context_size)
+            .unwrap_or(crate::config::DEFAULT_CONTEXT_SIZE),
+        // vLLM's default is the model's own maximum (`max_position_embeddings`): 0 leaves the flag out.
+        EngineKind::Vllm => wishes
+            .context_size
+            .or(settings.context_size)
+            .or(model
+                .config
+                .context_size
+                .and_then(|c| u32::try_from(c).ok()))
+            .unwrap_or(0),
+        EngineKind::Diffusers => 0,
+    };
     let launch = LaunchSpec {
         model_name: model
             .tags
             .first()
             .cloned()
             .unwrap_or_else(|| model.id.clone()),
+        engine,
         model_path: model.weights.clone(),
         mode,
-        context_size: wishes
-            .context_size
-            .or(settings.context_size)
-            .unwrap_or(crate::config::DEFAULT_CONTEXT_SIZE),
+        context_size,
         runtime_flags: settings.runtime_flags,
         keep_alive: wishes
             .keep_alive
             .or(settings.keep_alive)
             .unwrap_or(app.config().scheduler.keep_alive),
+        vllm: settings.vllm,
     };
     let name = launch.model_name.clone();
     super::note_model(&name, launch.context_size);
@@ -135,11 +184,47 @@ fn cached_demand(app: &App, model: &Model, launch: &LaunchSpec) -> Result<Demand
     Ok(d)
 }
 
+/// What a vLLM or diffusers model is expected to take. vLLM takes `gpu_memory_utilization` (0.9 by default) of
+/// the GPU whatever the model, so on a GPU that share of the largest device is its demand; otherwise (and for
+/// diffusers) the weights plus a quarter for activations and the engine's own footprint. The first measurement
+/// replaces it.
+fn files_demand(app: &App, model: &Model, launch: &LaunchSpec) -> u64 {
+    let weights: u64 = model
+        .files
+        .iter()
+        .filter_map(|d| d.strip_prefix("sha256:"))
+        .filter_map(|hex| std::fs::metadata(app.store.root().join("blobs/sha256").join(hex)).ok())
+        .map(|m| m.len())
+        .sum();
+    let gpu = app.scheduler.probe_kind() == ProbeKind::Nvml;
+    if gpu && launch.engine == EngineKind::Vllm {
+        let share = launch.vllm.gpu_memory_utilization.unwrap_or(0.9);
+        let largest = app
+            .memory
+            .snapshot(&[])
+            .ok()
+            .and_then(|s| s.devices.iter().map(|d| d.total).max())
+            .unwrap_or(0);
+        if largest > 0 {
+            return (largest as f64 * share) as u64;
+        }
+    }
+    let overhead = if gpu {
+        estimate::ENGINE_OVERHEAD_GPU
+    } else {
+        estimate::ENGINE_OVERHEAD_CPU
+    };
+    weights + weights / 4 + overhead
+}
+
 /// What loading `model` with `launch` is expected to take: the GGUF prediction (weights, KV cache, compute
 /// buffers, per the runtime flags) plus the engine's own overhead. In CPU mode that is host memory. Flags that pin
 /// GPUs (`--main-gpu`, `--tensor-split`) pin the demand; otherwise the scheduler places it. An unknown
 /// architecture counts its file size. Flags with bad values are the caller's error (400).
 fn demand(app: &App, model: &Model, launch: &LaunchSpec) -> Result<Demand, ApiError> {
+    if model.format != ModelFormat::Gguf {
+        return Ok(Demand::Any(files_demand(app, model, launch)));
+    }
     let flags =
         LlamaFlags::parse(&launch.runtime_flags, launch.context_size as u64).map_err(|e| {
             ApiError::bad_request(format!("runtime flags of {}: {e}", launch.model_name))

@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use self::http::{json, percent_decode, text, ApiError, Body};
 use crate::api::{native, Dialect};
 use crate::config::{Config, KeepAlive, ModelSettings};
-use crate::engines::{llamacpp, Mode};
+use crate::engines::{EngineKind, Mode};
 use crate::scheduler::Scheduler;
 use crate::store::{name, Model, Store, StoreError};
 
@@ -58,7 +58,8 @@ pub struct App {
     pub store: Store,
     pub scheduler: Scheduler,
     pub engines: Arc<forward::EnginePools>,
-    pub llama_binary: Result<PathBuf, String>,
+    /// How each engine is started (or why it cannot be).
+    pub commands: Arc<crate::engines::EngineCommands>,
     /// What measures memory: NVML on NVIDIA machines, host memory otherwise.
     pub memory: Arc<dyn crate::gpu::GpuProbe>,
     /// CORS and API keys (swapped by a reload).
@@ -145,6 +146,12 @@ impl App {
                 .and_then(|k| KeepAlive::parse(k).ok())
             {
                 settings.keep_alive = Some(k);
+            }
+            if c.gpu_memory_utilization.is_some() {
+                settings.vllm.gpu_memory_utilization = c.gpu_memory_utilization;
+            }
+            if c.hf_overrides.is_some() {
+                settings.vllm.hf_overrides = c.hf_overrides;
             }
         }
         settings
@@ -396,26 +403,30 @@ async fn dispatch(
     caller: Caller,
 ) -> Result<Response<Body>, ApiError> {
     let method = req.method().clone();
-    if let Some((engine, rest)) = openai_route(path) {
-        if let Some(e) = engine.filter(|e| *e != llamacpp::NAME) {
-            return Err(ApiError::not_found(format!(
-                "unknown engine {e:?}; this server runs {}",
-                llamacpp::NAME
-            )));
-        }
+    if let Some((named, rest)) = openai_route(path) {
+        let engine = match named {
+            None => None,
+            Some(e) => Some(EngineKind::from_name(e).ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "unknown engine {e:?}; engines are {}",
+                    EngineKind::ALL.map(EngineKind::name).join(", ")
+                ))
+            })?),
+        };
+        let upstream = format!("/v1/{rest}");
         return match (&method, rest) {
             (&Method::GET, "models") => models::list_openai(app).await,
             (&Method::GET, r) if r.starts_with("models/") => {
                 models::get_openai(app, percent_decode(&r["models/".len()..])?).await
             }
-            (&Method::POST, "chat/completions") => {
-                inference::handle(app, req, Mode::Completion, format!("/v1/{rest}")).await
-            }
-            (&Method::POST, "completions") => {
-                inference::handle(app, req, Mode::Completion, format!("/v1/{rest}")).await
+            (&Method::POST, "chat/completions" | "completions") => {
+                inference::handle(app, req, Mode::Completion, engine, upstream).await
             }
             (&Method::POST, "embeddings") => {
-                inference::handle(app, req, Mode::Embedding, format!("/v1/{rest}")).await
+                inference::handle(app, req, Mode::Embedding, engine, upstream).await
+            }
+            (&Method::POST, "images/generations") => {
+                inference::handle(app, req, Mode::ImageGeneration, engine, upstream).await
             }
             (&Method::POST, "messages") => anthropic::messages(app, req).await,
             (&Method::POST, "messages/count_tokens") => anthropic::count_tokens(app, req).await,
@@ -442,14 +453,17 @@ async fn dispatch(
         (&Method::GET, "/engines/status") => engines::status(app).await,
         (&Method::GET, "/engines/df") => engines::df(app).await,
         (&Method::GET, "/engines/requests") => inspector::list(app, req.uri().query()).await,
-        (&Method::POST, "/engines/_configure")
-        | (&Method::POST, "/engines/llama.cpp/_configure") => configure::set(app, req).await,
+        (&Method::POST, "/engines/_configure") => configure::set(app, req, None).await,
         (&Method::GET, "/engines/_configure") => configure::list(app, req.uri().query()).await,
         (&Method::POST, p) if p.starts_with("/engines/") && p.ends_with("/_configure") => {
-            Err(ApiError::bad_request(format!(
-                "unknown engine in {p}; this server runs {}",
-                llamacpp::NAME
-            )))
+            let named = &p["/engines/".len()..p.len() - "/_configure".len()];
+            match EngineKind::from_name(named) {
+                Some(engine) => configure::set(app, req, Some(engine)).await,
+                None => Err(ApiError::bad_request(format!(
+                    "unknown engine {named:?} in {p}; engines are {}",
+                    EngineKind::ALL.map(EngineKind::name).join(", ")
+                ))),
+            }
         }
         (&Method::GET, "/api/version") => ollama::version().await,
         (&Method::GET, "/api/tags") => ollama::tags(app).await,
@@ -520,15 +534,24 @@ fn access_from(config: &Config) -> access::Access {
 
 /// Opens the store, imports configured GGUF files, resolves the engine binary and starts the scheduler.
 pub fn build_app(config: Config, source: ConfigSource, store: Store) -> App {
-    let llama_binary = llamacpp::resolve_binary(
-        config.engines.llamacpp.binary.as_deref(),
+    let commands = crate::engines::resolve_all(
+        &config.engines,
         std::env::var("PATH").ok().as_deref(),
         &crate::config::data_dir(),
     );
-    match &llama_binary {
-        Ok(p) => tracing::info!(binary = %p.display(), "llama.cpp engine"),
-        Err(e) => tracing::warn!(error = e, "llama.cpp engine not available; loads will fail"),
+    for (engine, command) in &commands {
+        match command {
+            Ok(c) => {
+                tracing::info!(engine = engine.name(), binary = %c.program.display(), args = ?c.prefix, "engine")
+            }
+            Err(e) => tracing::info!(
+                engine = engine.name(),
+                error = e,
+                "engine not available; its models will not load"
+            ),
+        }
     }
+    let commands = Arc::new(commands);
     let timeouts = crate::engines::Timeouts {
         startup: config.scheduler.startup_timeout,
         stop: config.scheduler.stop_timeout,
@@ -540,7 +563,7 @@ pub fn build_app(config: Config, source: ConfigSource, store: Store) -> App {
     let pools = engines.clone();
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let scheduler = Scheduler::start(
-        llama_binary.clone(),
+        commands.clone(),
         timeouts,
         limits,
         memory.clone(),
@@ -558,7 +581,7 @@ pub fn build_app(config: Config, source: ConfigSource, store: Store) -> App {
         store,
         scheduler,
         engines,
-        llama_binary,
+        commands,
         memory,
     }
 }

@@ -130,7 +130,8 @@ pub async fn delete(
     Ok(json(StatusCode::OK, &removed))
 }
 
-/// `POST /models/create {"from": "/abs/path.gguf", "name"?: "ai/x"}`: imports a local GGUF, streaming DMR's
+/// `POST /models/create {"from": "/abs/path", "name"?: "ai/x"}`: imports a local GGUF file, safetensors or
+/// diffusers directory, or `.dduf` file, streaming DMR's
 /// NDJSON progress lines. Registry references are refused with 501 until registries are supported.
 pub async fn create(
     app: &Arc<App>,
@@ -162,9 +163,16 @@ pub async fn create(
             "{from:?} is not an absolute path"
         )));
     }
-    if !src.is_file() {
-        return Err(ApiError::not_found(format!("no file at {from}")));
+    if !src.exists() {
+        return Err(ApiError::not_found(format!(
+            "no file or directory at {from}"
+        )));
     }
+    let probe = src.clone();
+    tokio::task::spawn_blocking(move || store::format::detect(&probe))
+        .await
+        .map_err(|e| ApiError::new(ErrorKind::Internal, format!("store task failed: {e}")))?
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let tag = match &create.name {
         Some(n) => name::normalize(n),
         None => name::normalize(&default_name(&src)),
@@ -182,7 +190,7 @@ pub async fn create(
             let _ =
                 tx.blocking_send(native::ProgressLine::progress(p.total, id, p.current).to_line());
         };
-        let line = match app.store.import_gguf(&src, &tag, &mut report) {
+        let line = match app.store.import(&src, &tag, &mut report) {
             Ok(model) => {
                 tracing::info!(model = tag, id = model.id, "model imported");
                 native::ProgressLine::success()

@@ -66,12 +66,12 @@ async fn apply(app: &Arc<App>, path: &std::path::Path) -> Result<Report, ReloadE
         .models
         .iter()
         .filter(|m| added.contains(&m.name) || changed.contains(&m.name))
-        .filter_map(|m| m.gguf.clone().map(|g| (m.name.clone(), g)))
+        .filter_map(|m| m.path.clone().map(|g| (m.name.clone(), g)))
         .collect();
     let store = app.clone();
     tokio::task::spawn_blocking(move || {
         for (name, gguf) in imports {
-            if let Err(e) = store.store.import_gguf(&gguf, &name, &mut |_| {}) {
+            if let Err(e) = store.store.import(&gguf, &name, &mut |_| {}) {
                 tracing::error!(model = name, path = %gguf.display(), error = %e, "cannot import model");
             }
         }

@@ -8,11 +8,13 @@ const MIB: u64 = 1 << 20;
 fn launch(model: &str) -> LaunchSpec {
     LaunchSpec {
         model_name: model.into(),
+        engine: crate::engines::EngineKind::LlamaCpp,
         model_path: format!("/blobs/{model}").into(),
         mode: Mode::Completion,
         context_size: 512,
         runtime_flags: vec![],
         keep_alive: KeepAlive::DEFAULT,
+        vllm: Default::default(),
     }
 }
 

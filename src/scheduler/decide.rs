@@ -785,11 +785,13 @@ mod tests {
     fn launch(model: &str, keep_alive: KeepAlive) -> LaunchSpec {
         LaunchSpec {
             model_name: model.into(),
+            engine: crate::engines::EngineKind::LlamaCpp,
             model_path: format!("/blobs/{model}").into(),
             mode: Mode::Completion,
             context_size: 512,
             runtime_flags: vec![],
             keep_alive,
+            vllm: Default::default(),
         }
     }
 

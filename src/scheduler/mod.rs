@@ -8,7 +8,6 @@ pub mod decide;
 pub mod memory;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -20,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::KeepAlive;
 use crate::engines::process::{free_port, EngineProcess};
-use crate::engines::{self, llamacpp, LaunchSpec, Mode, Timeouts};
+use crate::engines::{self, EngineCommand, EngineCommands, LaunchSpec, Mode, Timeouts};
 use crate::gpu::{self, GpuProbe, ProbeKind};
 use crate::metrics::Metrics;
 use decide::{decide, Action, Event, Phase, RunnerId, State, WaiterId};
@@ -90,6 +89,7 @@ impl Drop for Lease {
 pub struct RunnerInfo {
     pub model_id: String,
     pub model_name: String,
+    pub engine: engines::EngineKind,
     pub mode: Mode,
     /// Waiting for memory to start.
     pub queued: bool,
@@ -138,11 +138,11 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts the actor. `binary` is the resolved llama-server (or why none was found, reported per load); `probe`
+    /// Starts the actor. `commands` start each engine (or say why one cannot, reported per load); `probe`
     /// measures memory, read once here so that admission knows the devices from the first request; `on_stop` is
     /// told of a ready engine about to be stopped (the proxy drops its connections to it).
     pub fn start(
-        binary: Result<PathBuf, String>,
+        commands: Arc<EngineCommands>,
         timeouts: Timeouts,
         limits: Limits,
         probe: Arc<dyn GpuProbe>,
@@ -186,7 +186,7 @@ impl Scheduler {
             next_waiter: AtomicU64::new(0),
             shutdown_waiters: Vec::new(),
             tx: tx.clone(),
-            binary,
+            commands,
             timeouts,
             tracker: TaskTracker::new(),
         };
@@ -302,7 +302,7 @@ struct Actor {
     next_waiter: AtomicU64,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
     tx: mpsc::UnboundedSender<Msg>,
-    binary: Result<PathBuf, String>,
+    commands: Arc<EngineCommands>,
     timeouts: Timeouts,
     tracker: TaskTracker,
 }
@@ -499,8 +499,13 @@ impl Actor {
             Some(devices) if self.probe.kind() == ProbeKind::Nvml => engines::cuda_pin(&devices),
             _ => Vec::new(),
         };
+        let command = self
+            .commands
+            .get(&launch.engine)
+            .cloned()
+            .unwrap_or_else(|| Err(format!("no command for {}", launch.engine.name())));
         let engine = EngineSetup {
-            binary: self.binary.clone(),
+            command,
             env,
             timeouts: self.timeouts,
             metrics: self.metrics.clone(),
@@ -535,6 +540,7 @@ impl Actor {
                 RunnerInfo {
                     model_id: key.model_id.clone(),
                     model_name: r.launch.model_name.clone(),
+                    engine: r.launch.engine,
                     mode: key.mode,
                     queued,
                     loading,
@@ -563,7 +569,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 /// Reports `Loaded`/`LoadFailed` and then `Exited` back to the actor. Never restarts the engine itself.
 /// How a runner starts its engine, and where it reports.
 struct EngineSetup {
-    binary: Result<PathBuf, String>,
+    command: Result<EngineCommand, String>,
     /// Added to the engine's environment (GPU pinning).
     env: Vec<(String, String)>,
     timeouts: Timeouts,
@@ -609,7 +615,7 @@ async fn run_runner(
     cancel: CancellationToken,
 ) {
     let EngineSetup {
-        binary,
+        command,
         env,
         timeouts,
         metrics,
@@ -624,10 +630,10 @@ async fn run_runner(
     // says so is started again on another port.
     let mut attempt = 1;
     let (mut process, port, ready) = loop {
-        let spawned = binary.clone().and_then(|binary| {
+        let spawned = command.clone().and_then(|command| {
             let port = free_port().map_err(|e| format!("no free port for the engine: {e}"))?;
-            let args = llamacpp::argv(&launch, port);
-            EngineProcess::spawn(&binary, &args, &env, model)
+            let args = engines::argv(&command, &launch, port);
+            EngineProcess::spawn(&command.program, &args, &env, model)
                 .map(|p| (p, port))
                 .map_err(|e| e.to_string())
         });

@@ -13,6 +13,13 @@ use super::gguf::{self, GgufInfo};
 pub(super) const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 pub(super) const CONFIG_MEDIA_TYPE: &str = "application/vnd.docker.ai.model.config.v0.1+json";
 pub(super) const GGUF_MEDIA_TYPE: &str = "application/vnd.docker.ai.gguf.v3";
+/// The config of a model packaged one layer per file, each naming its path (safetensors, diffusers).
+pub(super) const CONFIG_V2_MEDIA_TYPE: &str = "application/vnd.docker.ai.model.config.v0.2+json";
+pub(super) const SAFETENSORS_MEDIA_TYPE: &str = "application/vnd.docker.ai.safetensors";
+pub(super) const DDUF_MEDIA_TYPE: &str = "application/vnd.docker.ai.dduf";
+pub(super) const FILE_MEDIA_TYPE: &str = "application/vnd.docker.ai.model.file";
+/// The annotation that gives a layer's path inside the model directory.
+pub(super) const FILEPATH_ANNOTATION: &str = "org.cncf.model.filepath";
 
 /// The `config` object of a model's config blob (DMR's `types.Config`, GGUF subset).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,6 +31,10 @@ pub struct ModelConfig {
     pub architecture: String,
     pub size: String,
     pub gguf: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub safetensors: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub diffusers: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context_size: Option<u64>,
 }
@@ -71,6 +82,17 @@ pub(super) struct Descriptor {
     pub media_type: String,
     pub size: u64,
     pub digest: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Descriptor {
+    /// The path a layer of a one-layer-per-file model has in the model directory.
+    pub fn filepath(&self) -> Option<&str> {
+        self.annotations
+            .get(FILEPATH_ANNOTATION)
+            .map(String::as_str)
+    }
 }
 
 impl Manifest {
@@ -93,12 +115,18 @@ pub(super) fn model_config(info: &GgufInfo, file_size: u64) -> ModelConfig {
         context_size: info
             .context_length()
             .filter(|c| (1..=i32::MAX as u64).contains(c)),
+        ..Default::default()
     }
 }
 
 /// Serialises a config blob; `created` (unix seconds) is an input so that the same file
 /// imported twice yields the same bytes, hence the same model id.
 pub(super) fn config_bytes(config: &ModelConfig, weights_digest: &str, created: i64) -> Vec<u8> {
+    config_bytes_for(config, &[weights_digest.to_string()], created)
+}
+
+/// A config blob naming every layer's digest in `diff_ids`.
+pub(super) fn config_bytes_for(config: &ModelConfig, diff_ids: &[String], created: i64) -> Vec<u8> {
     let file = ConfigFile {
         config: config.clone(),
         descriptor: ConfigDescriptor {
@@ -106,7 +134,7 @@ pub(super) fn config_bytes(config: &ModelConfig, weights_digest: &str, created: 
         },
         rootfs: RootFs {
             kind: "rootfs".to_string(),
-            diff_ids: vec![weights_digest.to_string()],
+            diff_ids: diff_ids.to_vec(),
         },
     };
     // Invariant: these types hold only strings, integers and string-keyed maps, which
@@ -120,12 +148,56 @@ pub(super) fn manifest_bytes(config: (&str, u64), weights: (&str, u64)) -> Vec<u
         media_type: media_type.to_string(),
         size,
         digest: digest.to_string(),
+        annotations: BTreeMap::new(),
     };
     let manifest = Manifest {
         schema_version: 2,
         media_type: MANIFEST_MEDIA_TYPE.to_string(),
         config: descriptor(CONFIG_MEDIA_TYPE, config),
         layers: vec![descriptor(GGUF_MEDIA_TYPE, weights)],
+    };
+    // Invariant: plain strings and integers always serialise.
+    serde_json::to_vec(&manifest).expect("manifest serialisation cannot fail")
+}
+
+/// One file of a one-layer-per-file model: its path in the model directory, digest and size.
+pub(super) struct FileLayer {
+    pub path: String,
+    pub digest: String,
+    pub size: u64,
+}
+
+/// The layer media type DMR gives a file of a one-layer-per-file model.
+pub(super) fn file_media_type(path: &str) -> &'static str {
+    if path.ends_with(".safetensors") {
+        SAFETENSORS_MEDIA_TYPE
+    } else if path.ends_with(".dduf") {
+        DDUF_MEDIA_TYPE
+    } else {
+        FILE_MEDIA_TYPE
+    }
+}
+
+/// Serialises the manifest of a one-layer-per-file model (config v0.2, each layer annotated with its path).
+pub(super) fn manifest_bytes_for_files(config: (&str, u64), files: &[FileLayer]) -> Vec<u8> {
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: MANIFEST_MEDIA_TYPE.to_string(),
+        config: Descriptor {
+            media_type: CONFIG_V2_MEDIA_TYPE.to_string(),
+            size: config.1,
+            digest: config.0.to_string(),
+            annotations: BTreeMap::new(),
+        },
+        layers: files
+            .iter()
+            .map(|f| Descriptor {
+                media_type: file_media_type(&f.path).to_string(),
+                size: f.size,
+                digest: f.digest.clone(),
+                annotations: BTreeMap::from([(FILEPATH_ANNOTATION.to_string(), f.path.clone())]),
+            })
+            .collect(),
     };
     // Invariant: plain strings and integers always serialise.
     serde_json::to_vec(&manifest).expect("manifest serialisation cannot fail")
@@ -213,6 +285,7 @@ mod tests {
             size: "256.35MiB".into(),
             gguf: BTreeMap::from([("general.name".to_string(), "x".to_string())]),
             context_size: Some(8192),
+            ..Default::default()
         };
         let bytes = config_bytes(&config, "sha256:w", 0);
         let want = concat!(

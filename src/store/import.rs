@@ -4,7 +4,7 @@
 //! is `fsutil`) or how the index and artifacts are encoded (`index`, `artifact`).
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use super::artifact::{self, sha256_hex};
@@ -57,7 +57,7 @@ impl Store {
         let manifest = artifact::manifest_bytes((&config_digest, config_len), (&weights, len));
         let id_hex = sha256_hex(&manifest);
         let id = format!("sha256:{id_hex}");
-        let mut entry = Entry {
+        let entry = Entry {
             id: id.clone(),
             tags: vec![tag.clone()],
             files: vec![weights.clone(), config_digest.clone()],
@@ -65,11 +65,7 @@ impl Store {
             source: Some(source),
         };
 
-        let mut cache = self.lock();
-        // Whatever happens below, the next read goes back to disk.
-        cache.invalidate();
-        let mut created = Vec::new();
-        let result = (|| -> Result<(Index, Vec<Entry>), StoreError> {
+        let entry = self.commit(entry, &tag, |created| {
             let weights_path = self.blob_path(&hex);
             if temp.persist_new(&weights_path)? {
                 created.push(weights_path);
@@ -82,12 +78,40 @@ impl Store {
             if write_new(&manifest_path, &manifest)? {
                 created.push(manifest_path);
             }
+            Ok(())
+        })?;
+        Ok(Model {
+            id,
+            tags: entry.tags,
+            created: entry.created,
+            config,
+            format: super::ModelFormat::Gguf,
+            weights: self.blob_path(&hex),
+            files: entry.files,
+        })
+    }
+
+    /// Writes a new model's files with `write` (which records each file or directory it created), then moves
+    /// `tag` to the model in the index (a model left without tags is deleted). On any error everything recorded is
+    /// removed, so the store is as it was. Returns the model's entry as the index now holds it.
+    pub(super) fn commit(
+        &self,
+        mut entry: Entry,
+        tag: &str,
+        write: impl FnOnce(&mut Vec<PathBuf>) -> Result<(), StoreError>,
+    ) -> Result<Entry, StoreError> {
+        let mut cache = self.lock();
+        // Whatever happens below, the next read goes back to disk.
+        cache.invalidate();
+        let mut created = Vec::new();
+        let result = (|| -> Result<(Index, Vec<Entry>), StoreError> {
+            write(&mut created)?;
             let mut index = Index::load(&self.index_path())?;
-            let orphans = index.take_tag(&tag, Some(&id));
-            if let Some(i) = index.position_of_id(&id) {
+            let orphans = index.take_tag(tag, Some(&entry.id));
+            if let Some(i) = index.position_of_id(&entry.id) {
                 let existing = &mut index.models[i];
-                if !existing.tags.contains(&tag) {
-                    existing.tags.push(tag.clone());
+                if !existing.tags.iter().any(|t| t == tag) {
+                    existing.tags.push(tag.to_string());
                 }
                 existing.source = entry.source.take();
                 entry = existing.clone();
@@ -100,24 +124,21 @@ impl Store {
         let (index, orphans) = match result {
             Ok(done) => done,
             Err(e) => {
-                created.iter().for_each(|p| remove_quietly(p));
+                created.iter().rev().for_each(|p| remove_quietly(p));
                 return Err(e);
             }
         };
         self.collect_garbage(&index, &orphans);
-        Ok(Model {
-            id,
-            tags: entry.tags,
-            created: entry.created,
-            config,
-            weights: self.blob_path(&hex),
-            files: entry.files,
-        })
+        Ok(entry)
     }
 
     /// A fast-path hit: a model imported from this very file (same path, size, mtime) that
     /// already carries `tag` and whose files are intact.
-    fn cached_import(&self, source: &Source, tag: &str) -> Result<Option<Model>, StoreError> {
+    pub(super) fn cached_import(
+        &self,
+        source: &Source,
+        tag: &str,
+    ) -> Result<Option<Model>, StoreError> {
         let _guard = self.lock();
         let index = Index::load(&self.index_path())?;
         let hit = index
@@ -129,7 +150,7 @@ impl Store {
 }
 
 /// The identity of a source file for the re-import fast path.
-fn source_of(path: &Path) -> Result<Source, StoreError> {
+pub(super) fn source_of(path: &Path) -> Result<Source, StoreError> {
     let meta = fs::metadata(path).map_err(io_err(path))?;
     if !meta.is_file() {
         return Err(StoreError::NotAFile {

@@ -5,15 +5,18 @@
 //! `std::fs` code (the server calls it from `spawn_blocking`) and must not know about HTTP,
 //! engines, scheduling or how a model is run.
 
+pub mod format;
 pub mod gguf;
 pub mod name;
 
 mod artifact;
 mod fsutil;
 mod import;
+mod import_files;
 mod index;
 mod runtime;
 
+pub use format::ModelFormat;
 pub use runtime::RuntimeConfig;
 
 use std::fs;
@@ -47,6 +50,8 @@ pub enum StoreError {
     NotAFile { path: PathBuf },
     #[error("{path} is not a usable GGUF file: {source}")]
     Gguf { path: PathBuf, source: GgufError },
+    #[error("{path} is not a model: {detail}")]
+    NotAModel { path: PathBuf, detail: String },
     #[error("source file {path} changed while it was being imported")]
     SourceChanged { path: PathBuf },
     #[error("I/O error on {path}: {source}")]
@@ -74,7 +79,9 @@ pub struct Model {
     /// Unix seconds (the source file's mtime for imports; 0 when unknown).
     pub created: i64,
     pub config: ModelConfig,
-    /// Absolute path of the GGUF weights blob.
+    pub format: ModelFormat,
+    /// What the engine is given: the GGUF weights blob, the bundle's `model/` directory (safetensors, diffusers),
+    /// or the `.dduf` file in it.
     pub weights: PathBuf,
     /// The blob digests the model owns (weights and config).
     pub files: Vec<String>,
@@ -142,6 +149,19 @@ impl Store {
             root,
             lock: Mutex::new(Cache::default()),
         };
+        let bundles = store.bundle_dir();
+        if bundles.is_dir() {
+            // Bundles being built when the process died.
+            for entry in fs::read_dir(&bundles).map_err(io_err(&bundles))?.flatten() {
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(fsutil::TEMP_PREFIX)
+                {
+                    remove_quietly(&entry.path());
+                }
+            }
+        }
         for dir in [store.root.clone(), store.blob_dir(), store.manifest_dir()] {
             let n = remove_temps(&dir)?;
             if n > 0 {
@@ -255,7 +275,7 @@ impl Store {
             };
             if index.position_of_id(&orphan.id).is_none() {
                 remove_quietly(&self.manifest_path(id_hex));
-                remove_quietly(&self.root.join("bundles/sha256").join(id_hex));
+                remove_quietly(&self.bundle_dir().join(id_hex));
             }
             for file in index.unreferenced(orphan) {
                 if let Some(hex) = digest_hex(file) {
@@ -281,6 +301,36 @@ impl Store {
             .ok_or_else(|| corrupt(&manifest_path, "bad config digest"))?;
         let config: ConfigFile =
             self.read_verified(&self.blob_path(config_hex), &manifest.config.digest)?;
+        let format = ModelFormat::parse(&config.config.format).ok_or_else(|| {
+            corrupt(
+                &manifest_path,
+                &format!("unknown model format {:?}", config.config.format),
+            )
+        })?;
+        if format != ModelFormat::Gguf {
+            // The bundle is rebuilt from the blobs if it went missing.
+            self.make_bundle(id_hex, &manifest)?;
+            let model_dir = self.bundle_dir().join(id_hex).join("model");
+            let weights = match format {
+                ModelFormat::Dduf => manifest
+                    .layers
+                    .iter()
+                    .filter_map(|l| l.filepath())
+                    .find(|p| p.ends_with(".dduf"))
+                    .map(|p| model_dir.join(p))
+                    .ok_or_else(|| corrupt(&manifest_path, "no .dduf layer"))?,
+                _ => model_dir,
+            };
+            return Ok(Model {
+                id: entry.id.clone(),
+                tags: entry.tags.clone(),
+                created: entry.created,
+                config: config.config,
+                format,
+                weights,
+                files: entry.files.clone(),
+            });
+        }
         let layer = manifest
             .weights()
             .ok_or_else(|| corrupt(&manifest_path, "no GGUF layer"))?;
@@ -295,6 +345,7 @@ impl Store {
             tags: entry.tags.clone(),
             created: entry.created,
             config: config.config,
+            format,
             weights,
             files: entry.files.clone(),
         })
@@ -329,6 +380,10 @@ impl Store {
 
     fn blob_dir(&self) -> PathBuf {
         self.root.join("blobs/sha256")
+    }
+
+    fn bundle_dir(&self) -> PathBuf {
+        self.root.join("bundles/sha256")
     }
 
     fn manifest_dir(&self) -> PathBuf {

@@ -12,7 +12,7 @@ use super::{Store, StoreError};
 pub(super) const FILE: &str = "runtime-configs.json";
 
 /// One model's settings in one mode, as configured.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RuntimeConfig {
     pub model_id: String,
     /// `completion` or `embedding`.
@@ -24,6 +24,12 @@ pub struct RuntimeConfig {
     /// As given (`"5m"`, `"-1"`, `"0"`), validated before it is stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_alive: Option<String>,
+    /// vLLM's `--gpu-memory-utilization`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_memory_utilization: Option<f64>,
+    /// vLLM's `--hf-overrides` (a JSON object whose keys are identifiers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hf_overrides: Option<serde_json::Value>,
 }
 
 fn load(path: &Path) -> Result<Vec<RuntimeConfig>, StoreError> {

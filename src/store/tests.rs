@@ -374,3 +374,119 @@ fn open_sweeps_temps_and_checks_the_layout() {
     let err = Store::open(&f.root).expect_err("unknown layout");
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
 }
+
+/// A tiny safetensors model directory (config, weights in a subdirectory too, tokenizer).
+fn safetensors_dir(root: &Path) -> PathBuf {
+    let dir = root.join("qwen");
+    fs::create_dir_all(dir.join("sub")).expect("mkdir");
+    fs::write(
+        dir.join("config.json"),
+        r#"{"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2","max_position_embeddings":4096}"#,
+    )
+    .expect("config");
+    let header = r#"{"w":{"dtype":"F32","shape":[4,4],"data_offsets":[0,64]}}"#;
+    let mut weights = (header.len() as u64).to_le_bytes().to_vec();
+    weights.extend_from_slice(header.as_bytes());
+    weights.extend_from_slice(&[1u8; 64]);
+    fs::write(dir.join("model.safetensors"), &weights).expect("weights");
+    fs::write(dir.join("sub/extra.safetensors"), &weights).expect("weights");
+    fs::write(dir.join("tokenizer.json"), "{}").expect("tokenizer");
+    dir
+}
+
+#[test]
+fn a_safetensors_directory_is_imported_one_layer_per_file_with_a_bundle() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&tmp.path().join("store")).expect("open");
+    let src = safetensors_dir(tmp.path());
+    let mut reports = 0;
+    let model = store
+        .import(&src, "ai/qwen", &mut |_| reports += 1)
+        .expect("import");
+    assert!(reports >= 4, "one report per file at least: {reports}");
+    assert_eq!(model.format, ModelFormat::Safetensors);
+    assert_eq!(model.config.format, "safetensors");
+    assert_eq!(model.config.architecture, "Qwen2ForCausalLM");
+    assert_eq!(model.config.context_size, Some(4096));
+    assert_eq!(model.config.parameters, "32");
+    // The engine gets a directory laid out like the source, its files hard links to the blobs.
+    assert!(
+        model.weights.ends_with("model"),
+        "{}",
+        model.weights.display()
+    );
+    for rel in [
+        "config.json",
+        "model.safetensors",
+        "sub/extra.safetensors",
+        "tokenizer.json",
+    ] {
+        assert_eq!(
+            fs::read(model.weights.join(rel)).expect("bundle file"),
+            fs::read(src.join(rel)).expect("source file"),
+            "{rel}"
+        );
+    }
+    // Identical files share one blob; 3 distinct files + the config blob.
+    assert_eq!(blob_count(&store), 4);
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &fs::read(store.manifest_path(model.id.strip_prefix("sha256:").unwrap())).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.docker.ai.model.config.v0.2+json"
+    );
+    assert_eq!(
+        manifest["layers"][1]["mediaType"],
+        "application/vnd.docker.ai.safetensors"
+    );
+    assert_eq!(
+        manifest["layers"][2]["annotations"]["org.cncf.model.filepath"],
+        "sub/extra.safetensors"
+    );
+
+    // Importing again is the fast path: same id, nothing rewritten.
+    let again = store.import(&src, "ai/qwen", &mut |_| {}).expect("again");
+    assert_eq!(again.id, model.id);
+    // A lost bundle is rebuilt from the blobs.
+    fs::remove_dir_all(model.weights.parent().unwrap()).unwrap();
+    let reopened = Store::open(&tmp.path().join("store")).expect("reopen");
+    assert!(reopened
+        .get("ai/qwen")
+        .expect("get")
+        .weights
+        .join("model.safetensors")
+        .is_file());
+    // Deleting the last tag removes blobs, manifest and bundle.
+    reopened.delete("ai/qwen", false).expect("delete");
+    assert_eq!(blob_count(&reopened), 0);
+    assert!(fs::read_dir(reopened.bundle_dir())
+        .unwrap()
+        .next()
+        .is_none());
+}
+
+#[test]
+fn a_dduf_file_is_a_diffusers_model_and_junk_directories_are_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&tmp.path().join("store")).expect("open");
+    let dduf = tmp.path().join("sd.dduf");
+    fs::write(
+        &dduf,
+        b"PK\x03\x04 not really a zip, the store does not care",
+    )
+    .unwrap();
+    let model = store.import(&dduf, "ai/sd", &mut |_| {}).expect("import");
+    assert_eq!(model.format, ModelFormat::Dduf);
+    assert!(model.weights.ends_with("model/sd.dduf"));
+    assert_eq!(fs::read(&model.weights).unwrap(), fs::read(&dduf).unwrap());
+
+    let junk = tmp.path().join("junk");
+    fs::create_dir(&junk).unwrap();
+    fs::write(junk.join("notes.txt"), "x").unwrap();
+    let before = snapshot(&tmp.path().join("store"));
+    let err = store.import(&junk, "ai/junk", &mut |_| {}).unwrap_err();
+    assert!(matches!(err, StoreError::NotAModel { .. }), "{err}");
+    assert_eq!(snapshot(&tmp.path().join("store")), before);
+}

@@ -58,8 +58,11 @@ def test_bad_configurations_are_refused_and_nothing_is_stored(sup, body, status,
 def test_malformed_json_and_unknown_engine(sup):
     status, _, body = sup.raw("POST", "/engines/_configure", b"{nope")
     assert status == 400, body
-    r = sup.post("/engines/vllm/_configure", {"model": "ai/tiny"})
+    r = sup.post("/engines/nope/_configure", {"model": "ai/tiny"})
     assert r.status_code == 400 and "unknown engine" in r.text
+    # A known engine that is not the model's own: its flags would reach the wrong engine.
+    r = sup.post("/engines/vllm/_configure", {"model": "ai/tiny", "runtime-flags": ["--enforce-eager"]})
+    assert r.status_code == 400 and "runs on llama.cpp, not vllm" in r.text, r.text
 
 
 def test_a_busy_runner_is_not_reconfigured(sup):

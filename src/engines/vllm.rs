@@ -1,0 +1,202 @@
+//! vLLM: the argv DMR builds for it (`vllm serve MODEL_DIR --host 127.0.0.1 --port P --served-model-name NAME
+//! [--max-model-len CTX] [--gpu-memory-utilization X] [--hf-overrides JSON]`, then the model's runtime flags
+//! verbatim; embedding runners add `--runner pooling`), where its executable is found, and the check DMR applies
+//! to `hf-overrides` (keys are identifiers, at every depth). Pure functions.
+
+use std::path::{Path, PathBuf};
+
+use super::{EngineCommand, LaunchSpec, Mode};
+
+/// The engine's name in URLs (`/engines/vllm/v1/...`) and in `/engines/ps`.
+pub const NAME: &str = "vllm";
+
+/// vLLM settings beyond context size and flags, from `[[models]]` or `_configure`'s `"vllm"` object.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VllmOptions {
+    /// The share of each GPU's memory vLLM may take (0 < x ≤ 1); vLLM's default is 0.9.
+    pub gpu_memory_utilization: Option<f64>,
+    /// Merged into the model's Hugging Face config by vLLM (a JSON object).
+    pub hf_overrides: Option<serde_json::Value>,
+}
+
+/// Arguments after the executable (and its prefix).
+pub fn argv(spec: &LaunchSpec, port: u16) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "serve".into(),
+        spec.model_path.display().to_string(),
+        "--host".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        port.to_string(),
+        "--served-model-name".into(),
+        spec.model_name.clone(),
+    ];
+    if spec.mode == Mode::Embedding {
+        args.extend(["--runner".into(), "pooling".into()]);
+    }
+    if spec.context_size > 0 {
+        args.extend(["--max-model-len".into(), spec.context_size.to_string()]);
+    }
+    if let Some(u) = spec.vllm.gpu_memory_utilization {
+        args.extend(["--gpu-memory-utilization".into(), u.to_string()]);
+    }
+    if let Some(h) = &spec.vllm.hf_overrides {
+        args.extend(["--hf-overrides".into(), h.to_string()]);
+    }
+    args.extend(spec.runtime_flags.iter().cloned());
+    args
+}
+
+/// Checks a `gpu-memory-utilization` value: 0 < x ≤ 1.
+pub fn check_utilization(x: f64) -> Result<(), String> {
+    if x > 0.0 && x <= 1.0 {
+        Ok(())
+    } else {
+        Err(format!("gpu-memory-utilization {x}: must be > 0 and <= 1"))
+    }
+}
+
+/// Checks `hf-overrides` as DMR does: a JSON object whose keys, at every depth, match `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn check_hf_overrides(value: &serde_json::Value) -> Result<(), String> {
+    fn walk(v: &serde_json::Value, at: &str) -> Result<(), String> {
+        match v {
+            serde_json::Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+                let ident = k
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !ident {
+                    return Err(format!("hf-overrides key {at}{k:?} is not an identifier"));
+                }
+                walk(v, &format!("{at}{k}."))
+            }),
+            serde_json::Value::Array(items) => items.iter().try_for_each(|v| walk(v, at)),
+            _ => Ok(()),
+        }
+    }
+    if !value.is_object() {
+        return Err("hf-overrides must be a JSON object".into());
+    }
+    walk(value, "")
+}
+
+/// Where vLLM is looked for, in order: the configured executable, `vllm` on PATH, then the venv that
+/// `engines/vllm/install.sh` makes (`<data dir>/engines/vllm/bin/vllm`).
+pub fn resolve(
+    configured: Option<&Path>,
+    prefix: &[String],
+    path_var: Option<&str>,
+    data_dir: &Path,
+) -> Result<EngineCommand, String> {
+    let command = |program: PathBuf| EngineCommand {
+        program,
+        prefix: prefix.to_vec(),
+    };
+    if let Some(p) = configured {
+        return if super::is_executable(p) {
+            Ok(command(p.to_path_buf()))
+        } else {
+            Err(format!(
+                "engines.vllm.binary {} is not an executable file",
+                p.display()
+            ))
+        };
+    }
+    if let Some(found) = super::on_path("vllm", path_var) {
+        return Ok(command(found));
+    }
+    let installed = install_dir(data_dir).join("bin/vllm");
+    if super::is_executable(&installed) {
+        return Ok(command(installed));
+    }
+    Err(format!(
+        "vLLM not found (not configured, not on PATH, not in {}); install it with engines/vllm/install.sh on a \
+         machine with an NVIDIA GPU",
+        install_dir(data_dir).display()
+    ))
+}
+
+pub fn install_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("engines/vllm")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::KeepAlive;
+    use crate::engines::EngineKind;
+
+    fn spec(mode: Mode, ctx: u32, flags: &[&str], vllm: VllmOptions) -> LaunchSpec {
+        LaunchSpec {
+            model_name: "ai/qwen:latest".into(),
+            engine: EngineKind::Vllm,
+            model_path: "/store/bundles/sha256/ab/model".into(),
+            mode,
+            context_size: ctx,
+            runtime_flags: flags.iter().map(|s| s.to_string()).collect(),
+            keep_alive: KeepAlive::DEFAULT,
+            vllm,
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_dmrs() {
+        let options = VllmOptions {
+            gpu_memory_utilization: Some(0.5),
+            hf_overrides: Some(serde_json::json!({"rope_scaling": {"factor": 2}})),
+        };
+        assert_eq!(
+            argv(
+                &spec(
+                    Mode::Completion,
+                    4096,
+                    &["--enforce-eager", "-tp", "2"],
+                    options
+                ),
+                8001
+            ),
+            [
+                "serve",
+                "/store/bundles/sha256/ab/model",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "8001",
+                "--served-model-name",
+                "ai/qwen:latest",
+                "--max-model-len",
+                "4096",
+                "--gpu-memory-utilization",
+                "0.5",
+                "--hf-overrides",
+                r#"{"rope_scaling":{"factor":2}}"#,
+                "--enforce-eager",
+                "-tp",
+                "2"
+            ]
+        );
+        let embed = argv(&spec(Mode::Embedding, 0, &[], VllmOptions::default()), 1);
+        assert_eq!(&embed[8..], ["--runner", "pooling"]);
+    }
+
+    #[test]
+    fn hf_overrides_keys_must_be_identifiers_at_every_depth() {
+        use serde_json::json;
+        assert!(check_hf_overrides(&json!({"a_1": {"_b": [1, {"c": null}]}})).is_ok());
+        for bad in [
+            json!({"a-b": 1}),
+            json!({"x": {"1a": 2}}),
+            json!({"x": [{"$y": 1}]}),
+            json!([1]),
+            json!("s"),
+        ] {
+            assert!(check_hf_overrides(&bad).is_err(), "{bad}");
+        }
+        assert!(
+            check_utilization(0.9).is_ok()
+                && check_utilization(0.0).is_err()
+                && check_utilization(1.5).is_err()
+        );
+    }
+}
