@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use dmr_supervisor::config::Config;
@@ -38,6 +38,63 @@ struct Cli {
     /// Validate the configuration, print the problems (if any) and exit.
     #[arg(long)]
     check_config: bool,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Engines: install one (runs its recipe, printing its progress).
+    Engines {
+        #[command(subcommand)]
+        action: EnginesAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EnginesAction {
+    /// Install an engine: llama.cpp (built from pinned source), vllm (a venv with pinned vLLM; needs an NVIDIA
+    /// GPU) or diffusers (a venv with pinned torch and diffusers, and the runner).
+    Install {
+        /// llama.cpp, vllm or diffusers.
+        name: String,
+        /// Passed to the recipe (e.g. --force for vllm without a GPU driver).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// `engines install NAME`: runs the recipe here (no daemon needed); exit 0 once installed.
+fn install_engine(name: &str, args: &[String]) -> ExitCode {
+    use dmr_supervisor::engines::{install, EngineKind};
+    let Some(engine) = EngineKind::from_name(name) else {
+        eprintln!(
+            "error: unknown engine {name:?}; engines are {}",
+            EngineKind::ALL.map(EngineKind::name).join(", ")
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(install::run(engine, args, |line| eprintln!("{line}"))) {
+        Ok(at) => {
+            println!("{at}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -51,6 +108,12 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Engines {
+        action: EnginesAction::Install { name, args },
+    }) = &cli.command
+    {
+        return install_engine(name, args);
+    }
     init_logging(cli.log_format);
     raise_fd_limit();
     let source = dmr_supervisor::proxy::ConfigSource {

@@ -80,6 +80,17 @@ impl ProgressLine {
         }
     }
 
+    /// A line of an engine install's output.
+    pub fn message(kind: &'static str, message: String) -> Self {
+        ProgressLine {
+            kind,
+            message,
+            total: None,
+            layer: None,
+            mode: None,
+        }
+    }
+
     pub fn to_line(&self) -> Vec<u8> {
         let mut line = serde_json::to_vec(self).unwrap_or_default();
         line.push(b'\n');
@@ -141,6 +152,16 @@ pub struct Version {
 
 /// `GET /engines/status`: engine name → "Running: …" / "Not Installed: …".
 pub type EngineStatus = BTreeMap<&'static str, String>;
+
+/// `POST /engines/install-backend`, as DMR's `install-runner` sends it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallRequest {
+    pub backend: String,
+    /// Only `latest` (or absent): each recipe installs its pinned version.
+    #[serde(default)]
+    pub version: Option<String>,
+}
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,7 @@
 
 pub mod diffusers;
 pub mod flags;
+pub mod install;
 pub mod llamacpp;
 pub mod process;
 pub mod vllm;
@@ -73,33 +74,48 @@ pub struct EngineCommand {
 /// How each engine is started, or why it cannot be (reported to the request that needs it).
 pub type EngineCommands = std::collections::BTreeMap<EngineKind, Result<EngineCommand, String>>;
 
-/// Resolves every engine's command from the configuration, `$PATH` and the install directories.
-pub fn resolve_all(
-    config: &crate::config::EnginesConfig,
-    path_var: Option<&str>,
-    data_dir: &std::path::Path,
-) -> EngineCommands {
-    let llama = llamacpp::resolve_binary(config.llamacpp.binary.as_deref(), path_var, data_dir)
-        .map(|program| EngineCommand {
-            program,
-            prefix: vec![],
-        });
-    let vllm = vllm::resolve(
-        config.vllm.binary.as_deref(),
-        &config.vllm.args,
-        path_var,
-        data_dir,
-    );
-    let diffusers = diffusers::resolve(
-        config.diffusers.python.as_deref(),
-        config.diffusers.runner.as_deref(),
-        data_dir,
-    );
-    EngineCommands::from([
-        (EngineKind::LlamaCpp, llama),
-        (EngineKind::Vllm, vllm),
-        (EngineKind::Diffusers, diffusers),
-    ])
+/// Finds how to start an engine from the configuration, `$PATH` and the install directories. It looks again at
+/// every start, so an engine installed while the daemon runs (`POST /engines/install-backend`) is found.
+#[derive(Debug, Clone)]
+pub struct EngineFinder {
+    pub config: crate::config::EnginesConfig,
+    pub path_var: Option<String>,
+    pub data_dir: PathBuf,
+}
+
+impl EngineFinder {
+    pub fn find(&self, engine: EngineKind) -> Result<EngineCommand, String> {
+        let path_var = self.path_var.as_deref();
+        match engine {
+            EngineKind::LlamaCpp => llamacpp::resolve_binary(
+                self.config.llamacpp.binary.as_deref(),
+                path_var,
+                &self.data_dir,
+            )
+            .map(|program| EngineCommand {
+                program,
+                prefix: vec![],
+            }),
+            EngineKind::Vllm => vllm::resolve(
+                self.config.vllm.binary.as_deref(),
+                &self.config.vllm.args,
+                path_var,
+                &self.data_dir,
+            ),
+            EngineKind::Diffusers => diffusers::resolve(
+                self.config.diffusers.python.as_deref(),
+                self.config.diffusers.runner.as_deref(),
+                &self.data_dir,
+            ),
+        }
+    }
+
+    pub fn all(&self) -> EngineCommands {
+        EngineKind::ALL
+            .into_iter()
+            .map(|e| (e, self.find(e)))
+            .collect()
+    }
 }
 
 /// The argv (after the program) that starts `spec`'s engine on `port`.

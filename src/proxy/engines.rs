@@ -1,4 +1,5 @@
-//! Engine management routes: `/engines/ps`, `/engines/unload`, `/engines/status`, `/engines/df`.
+//! Engine management routes: `/engines/ps`, `/engines/unload`, `/engines/status`, `/engines/df`,
+//! `/engines/install-backend`.
 
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -7,9 +8,9 @@ use http::{Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::http::{json, parse_json, read_body, ApiError, Body};
-use super::App;
+use super::{App, Caller};
 use crate::api::{native, ErrorKind};
-use crate::engines::EngineKind;
+use crate::engines::{install, EngineKind};
 use crate::gpu;
 use crate::scheduler::Selector;
 
@@ -81,9 +82,23 @@ pub async fn unload(
 
 pub async fn status(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
     let mut s = native::EngineStatus::new();
-    for (engine, command) in app.commands.iter() {
+    let finder = app.finder.clone();
+    let found = tokio::task::spawn_blocking(move || finder.all())
+        .await
+        .map_err(|e| ApiError::new(ErrorKind::Internal, format!("engine lookup failed: {e}")))?;
+    let installing = app
+        .installing
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    for (engine, command) in found {
         let line = match command {
-            Ok(c) => format!("Running: {}", c.program.display()),
+            _ if installing.contains(&engine) => "Installing".to_string(),
+            Ok(c) => {
+                let version =
+                    install::version(&c.program).unwrap_or_else(|| "version unknown".into());
+                format!("Running: {} {version}", c.program.display())
+            }
             Err(e) => format!("Not Installed: {e}"),
         };
         s.insert(engine.name(), line);
@@ -154,4 +169,98 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
             _ => 0,
         })
         .sum()
+}
+
+/// `POST /engines/install-backend {"backend": "vllm"}`: runs the engine's install recipe, streaming its output as
+/// NDJSON lines (`{"type":"progress","message":…}`, then `success` or `error`). Allowed from loopback, the Unix
+/// socket, or with an API key, like a reload; one install per engine at a time (409 otherwise).
+pub async fn install_backend(
+    app: &Arc<App>,
+    req: http::Request<Incoming>,
+    caller: Caller,
+) -> Result<Response<Body>, ApiError> {
+    if !caller.local && app.config().server.api_keys.is_empty() {
+        return Err(ApiError::new(
+            ErrorKind::Forbidden,
+            "installing engines is only allowed from loopback, the Unix socket, or with an API key",
+        ));
+    }
+    let (_, body) = read_body(req, app.config().server.max_body_bytes).await?;
+    let request: native::InstallRequest = parse_json(&body)?;
+    let engine = EngineKind::from_name(&request.backend).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "unknown backend {:?}; backends are {}",
+            request.backend,
+            EngineKind::ALL.map(EngineKind::name).join(", ")
+        ))
+    })?;
+    if let Some(v) = request
+        .version
+        .as_deref()
+        .filter(|v| !v.is_empty() && *v != "latest")
+    {
+        return Err(ApiError::bad_request(format!(
+            "version {v:?}: each recipe installs its pinned version; ask for \"latest\""
+        )));
+    }
+    if !app
+        .installing
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(engine)
+    {
+        return Err(ApiError::new(
+            ErrorKind::Conflict,
+            format!("{} is already being installed", engine.name()),
+        ));
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let app2 = app.clone();
+    tokio::spawn(async move {
+        tracing::info!(engine = engine.name(), "installing engine");
+        let progress = |line: String| {
+            tracing::info!(engine = engine.name(), "{line}");
+            let _ = tx.send(native::ProgressLine::message("progress", line).to_line());
+        };
+        let result = install::run(engine, &[], progress).await;
+        app2.installing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&engine);
+        let line = match result {
+            Ok(at) => {
+                tracing::info!(engine = engine.name(), at, "engine installed");
+                native::ProgressLine::message(
+                    "success",
+                    format!("installed {}: {at}", engine.name()),
+                )
+            }
+            Err(e) => {
+                tracing::error!(engine = engine.name(), error = e, "engine install failed");
+                native::ProgressLine::message("error", e)
+            }
+        };
+        let _ = tx.send(line.to_line());
+    });
+    let lines = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|line| {
+            (
+                Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(
+                    line,
+                ))),
+                rx,
+            )
+        })
+    });
+    let mut resp = Response::new(http_body_util::BodyExt::boxed(
+        http_body_util::BodyExt::map_err(
+            http_body_util::StreamBody::new(lines),
+            |never| match never {},
+        ),
+    ));
+    resp.headers_mut().insert(
+        ::http::header::CONTENT_TYPE,
+        ::http::HeaderValue::from_static("application/x-ndjson"),
+    );
+    Ok(resp)
 }

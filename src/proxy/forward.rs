@@ -152,6 +152,22 @@ pub async fn forward(
     Ok(Response::from_parts(parts, body.boxed()))
 }
 
+/// `body` with its `model` set to `name` (engines such as vLLM answer only to the name they serve, while callers
+/// may say `qwen`, `ai/qwen` or an id). Bodies that are not JSON objects with a `model` go as they are.
+fn with_model(body: Bytes, name: &str) -> Bytes {
+    let Ok(serde_json::Value::Object(mut map)) = serde_json::from_slice::<serde_json::Value>(&body)
+    else {
+        return body;
+    };
+    match map.get("model") {
+        Some(serde_json::Value::String(m)) if m != name => {
+            map.insert("model".into(), name.into());
+            serde_json::to_vec(&map).map(Bytes::from).unwrap_or(body)
+        }
+        _ => body,
+    }
+}
+
 /// One request to an engine; the answer's body is left to the caller (who must hold the lease while reading it).
 #[allow(clippy::too_many_arguments)]
 pub async fn send(
@@ -165,6 +181,10 @@ pub async fn send(
     streaming: bool,
 ) -> Result<Response<Incoming>, ApiError> {
     let endpoint = lease.endpoint;
+    let body = match &lease.served_name {
+        Some(name) => with_model(body, name),
+        None => body,
+    };
     let uri = format!("http://127.0.0.1:{}{}", endpoint.port, path_and_query);
     let mut req = Request::builder()
         .method(method)

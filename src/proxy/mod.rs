@@ -58,8 +58,10 @@ pub struct App {
     pub store: Store,
     pub scheduler: Scheduler,
     pub engines: Arc<forward::EnginePools>,
-    /// How each engine is started (or why it cannot be).
-    pub commands: Arc<crate::engines::EngineCommands>,
+    /// Finds how each engine is started (or why it cannot be).
+    pub finder: Arc<crate::engines::EngineFinder>,
+    /// Engines being installed (one install per engine at a time).
+    pub installing: std::sync::Mutex<std::collections::BTreeSet<EngineKind>>,
     /// What measures memory: NVML on NVIDIA machines, host memory otherwise.
     pub memory: Arc<dyn crate::gpu::GpuProbe>,
     /// CORS and API keys (swapped by a reload).
@@ -451,6 +453,9 @@ async fn dispatch(
         (&Method::GET, "/engines/ps") => engines::ps(app).await,
         (&Method::POST, "/engines/unload") => engines::unload(app, req).await,
         (&Method::GET, "/engines/status") => engines::status(app).await,
+        (&Method::POST, "/engines/install-backend") => {
+            engines::install_backend(app, req, caller).await
+        }
         (&Method::GET, "/engines/df") => engines::df(app).await,
         (&Method::GET, "/engines/requests") => inspector::list(app, req.uri().query()).await,
         (&Method::POST, "/engines/_configure") => configure::set(app, req, None).await,
@@ -534,12 +539,12 @@ fn access_from(config: &Config) -> access::Access {
 
 /// Opens the store, imports configured GGUF files, resolves the engine binary and starts the scheduler.
 pub fn build_app(config: Config, source: ConfigSource, store: Store) -> App {
-    let commands = crate::engines::resolve_all(
-        &config.engines,
-        std::env::var("PATH").ok().as_deref(),
-        &crate::config::data_dir(),
-    );
-    for (engine, command) in &commands {
+    let finder = crate::engines::EngineFinder {
+        config: config.engines.clone(),
+        path_var: std::env::var("PATH").ok(),
+        data_dir: crate::config::data_dir(),
+    };
+    for (engine, command) in &finder.all() {
         match command {
             Ok(c) => {
                 tracing::info!(engine = engine.name(), binary = %c.program.display(), args = ?c.prefix, "engine")
@@ -551,7 +556,7 @@ pub fn build_app(config: Config, source: ConfigSource, store: Store) -> App {
             ),
         }
     }
-    let commands = Arc::new(commands);
+    let finder = Arc::new(finder);
     let timeouts = crate::engines::Timeouts {
         startup: config.scheduler.startup_timeout,
         stop: config.scheduler.stop_timeout,
@@ -563,7 +568,7 @@ pub fn build_app(config: Config, source: ConfigSource, store: Store) -> App {
     let pools = engines.clone();
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let scheduler = Scheduler::start(
-        commands.clone(),
+        finder.clone(),
         timeouts,
         limits,
         memory.clone(),
@@ -581,7 +586,8 @@ pub fn build_app(config: Config, source: ConfigSource, store: Store) -> App {
         store,
         scheduler,
         engines,
-        commands,
+        finder,
+        installing: Default::default(),
         memory,
     }
 }

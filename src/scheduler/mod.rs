@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::KeepAlive;
 use crate::engines::process::{free_port, EngineProcess};
-use crate::engines::{self, EngineCommand, EngineCommands, LaunchSpec, Mode, Timeouts};
+use crate::engines::{self, EngineCommand, EngineFinder, LaunchSpec, Mode, Timeouts};
 use crate::gpu::{self, GpuProbe, ProbeKind};
 use crate::metrics::Metrics;
 use decide::{decide, Action, Event, Phase, RunnerId, State, WaiterId};
@@ -60,6 +60,9 @@ impl From<Rejection> for AcquireError {
 #[derive(Debug)]
 pub struct Lease {
     pub endpoint: Endpoint,
+    /// The only model name the engine answers to, for engines that check it (vLLM, diffusers): the request's
+    /// `model` is rewritten to it. `None` for llama.cpp, which answers to any.
+    pub served_name: Option<String>,
     runner: RunnerId,
     tx: mpsc::UnboundedSender<Msg>,
     /// Turns true when the runner's engine stopped answering its health checks.
@@ -138,11 +141,11 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts the actor. `commands` start each engine (or say why one cannot, reported per load); `probe`
+    /// Starts the actor. `finder` finds how to start each engine (or why it cannot, reported per load); `probe`
     /// measures memory, read once here so that admission knows the devices from the first request; `on_stop` is
     /// told of a ready engine about to be stopped (the proxy drops its connections to it).
     pub fn start(
-        commands: Arc<EngineCommands>,
+        finder: Arc<EngineFinder>,
         timeouts: Timeouts,
         limits: Limits,
         probe: Arc<dyn GpuProbe>,
@@ -186,7 +189,7 @@ impl Scheduler {
             next_waiter: AtomicU64::new(0),
             shutdown_waiters: Vec::new(),
             tx: tx.clone(),
-            commands,
+            finder,
             timeouts,
             tracker: TaskTracker::new(),
         };
@@ -302,7 +305,7 @@ struct Actor {
     next_waiter: AtomicU64,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
     tx: mpsc::UnboundedSender<Msg>,
-    commands: Arc<EngineCommands>,
+    finder: Arc<EngineFinder>,
     timeouts: Timeouts,
     tracker: TaskTracker,
 }
@@ -425,8 +428,15 @@ impl Actor {
                         Some(h) => h.hung.clone(),
                         None => watch::channel(false).1,
                     };
+                    let served_name = self
+                        .state
+                        .find(runner)
+                        .and_then(|key| self.state.runners.get(key))
+                        .filter(|r| r.launch.engine != engines::EngineKind::LlamaCpp)
+                        .map(|r| r.launch.model_name.clone());
                     let lease = Lease {
                         endpoint,
+                        served_name,
                         runner,
                         tx: self.tx.clone(),
                         hung,
@@ -499,11 +509,7 @@ impl Actor {
             Some(devices) if self.probe.kind() == ProbeKind::Nvml => engines::cuda_pin(&devices),
             _ => Vec::new(),
         };
-        let command = self
-            .commands
-            .get(&launch.engine)
-            .cloned()
-            .unwrap_or_else(|| Err(format!("no command for {}", launch.engine.name())));
+        let command = self.finder.find(launch.engine);
         let engine = EngineSetup {
             command,
             env,

@@ -153,6 +153,8 @@ def toml_value(v: Any) -> str:
         return json.dumps(v)  # a JSON string is a valid TOML basic string
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(x)}" for k, x in v.items()) + "}"
     raise TypeError(f"no TOML rendering for {v!r}")
 
 
@@ -392,7 +394,8 @@ class SupervisorFactory:
 
     def write_config(self, *, models: list[dict] | None = None, server: dict | None = None,
                      scheduler: dict | None = None, store: Path | None = None, extra: str = "",
-                     name: str | None = None, engine_binary: str | None = None) -> tuple[Path, Path, Path]:
+                     name: str | None = None, engine_binary: str | None = None,
+                     engines: dict[str, dict] | None = None) -> tuple[Path, Path, Path]:
         self._n += 1
         d = self.tmp / (name or f"sup{self._n}")
         d.mkdir(parents=True, exist_ok=True)
@@ -407,6 +410,7 @@ class SupervisorFactory:
             "store": {"path": str(store)},
             "engines.llamacpp": {"binary": engine_binary or str(wrapper)},
             "scheduler": {"keep_alive": "5m", "startup_timeout": "60s", "stop_timeout": "5s", **(scheduler or {})},
+            **{f"engines.{k}": v for k, v in (engines or {}).items()},
         }
         models = [self.tiny_model()] if models is None else models
         cfg = d / "config.toml"
