@@ -26,7 +26,7 @@ echo "== cargo build and unit tests"
 cargo build --locked
 cargo test --locked
 
-echo "== integration tests (real binary, real llama-server)"
+echo "== integration tests (real binary, real llama-server), and the vLLM stand-in's own tests"
 export DMR_SUPERVISOR_BIN="$PWD/target/debug/dmr-supervisor" DMR_LLAMA_SERVER="$llama" DMR_TINY_GGUF="$gguf"
 export CHROMIUM="$chromium"
-"$python" -m pytest tests/integration -v "$@"
+"$python" -m pytest tests/integration tests/engines -v "$@"

@@ -1,5 +1,5 @@
 //! Property tests for every parser of hostile input besides the translators (`translators_prop.rs`): the GGUF
-//! reader, model names, the config file, runtime flags from the network, API-key and CORS checks, sizes and
+//! reader, the safetensors header reader, vLLM's hf-overrides check, model names, the config file, runtime flags from the network, API-key and CORS checks, sizes and
 //! durations, and the inspector's summaries. Arbitrary input never panics, and what is accepted keeps its
 //! invariants (a normalised name has no path parts; an accepted flag list carries no path). `PROPTEST_CASES`
 //! scales the runs (`scripts/fuzz`).
@@ -10,8 +10,9 @@ use std::path::Path;
 use dmr_supervisor::api::summary;
 use dmr_supervisor::config::{parse_bytes, parse_duration, Config, KeepAlive};
 use dmr_supervisor::engines::flags;
+use dmr_supervisor::engines::vllm;
 use dmr_supervisor::proxy::access::Access;
-use dmr_supervisor::store::{gguf, name};
+use dmr_supervisor::store::{format, gguf, name};
 use http::{HeaderMap, HeaderValue, Method};
 use proptest::prelude::*;
 
@@ -67,6 +68,24 @@ proptest! {
         // A header that claims 2^60 tensors is an error, not an allocation.
         let _ = gguf::read(Cursor::new(&bytes), claimed_len);
         let _ = gguf::read(Cursor::new(&rest), rest.len() as u64);
+    }
+
+    #[test]
+    fn the_safetensors_header_reader_never_panics_or_over_allocates(claimed in prop_oneof![Just(1u64 << 60), Just(u64::MAX), 0u64..4096],
+                                                                    rest in prop::collection::vec(any::<u8>(), 0..2048),
+                                                                    json in "[\\{\\}\\[\\]\":,a-z0-9_ ]{0,200}") {
+        let mut bytes = claimed.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&rest);
+        let _ = format::safetensors_header_parameters(Cursor::new(&bytes), bytes.len() as u64);
+        // A header that parses as JSON: shapes of any size saturate, never overflow.
+        let mut framed = (json.len() as u64).to_le_bytes().to_vec();
+        framed.extend_from_slice(json.as_bytes());
+        let _ = format::safetensors_header_parameters(Cursor::new(&framed), framed.len() as u64);
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&json) {
+            if vllm::check_hf_overrides(&v).is_ok() {
+                prop_assert!(v.is_object());
+            }
+        }
     }
 
     #[test]

@@ -210,23 +210,29 @@ pub fn describe(
 /// The number of parameters a safetensors file holds, from its header (8-byte little-endian length, then JSON
 /// `{"name": {"dtype", "shape", "data_offsets"}, "__metadata__": {...}}`).
 pub fn safetensors_parameters(path: &Path) -> Result<u64, StoreError> {
-    let bad = |detail: String| StoreError::NotAModel {
+    let file = File::open(path).map_err(io_err(path))?;
+    let len = file.metadata().map_err(io_err(path))?.len();
+    safetensors_header_parameters(file, len).map_err(|detail| StoreError::NotAModel {
         path: path.to_path_buf(),
         detail,
-    };
-    let mut file = File::open(path).map_err(io_err(path))?;
-    let len = file.metadata().map_err(io_err(path))?.len();
+    })
+}
+
+/// [`safetensors_parameters`] over any reader of `len` bytes: a header length beyond the file or beyond 100 MB is
+/// an error, never an allocation.
+pub fn safetensors_header_parameters(mut r: impl Read, len: u64) -> Result<u64, String> {
     let mut head = [0u8; 8];
-    file.read_exact(&mut head)
-        .map_err(|_| bad("too short for a safetensors file".into()))?;
+    r.read_exact(&mut head)
+        .map_err(|_| "too short for a safetensors file".to_string())?;
     let n = u64::from_le_bytes(head);
     if n > MAX_HEADER || n > len.saturating_sub(8) {
-        return Err(bad(format!("safetensors header of {n} bytes")));
+        return Err(format!("safetensors header of {n} bytes"));
     }
     let mut header = vec![0u8; n as usize];
-    file.read_exact(&mut header).map_err(io_err(path))?;
+    r.read_exact(&mut header)
+        .map_err(|e| format!("safetensors header: {e}"))?;
     let parsed: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&header)
-        .map_err(|e| bad(format!("safetensors header does not parse: {e}")))?;
+        .map_err(|e| format!("safetensors header does not parse: {e}"))?;
     Ok(parsed
         .iter()
         .filter(|(k, _)| *k != "__metadata__")
