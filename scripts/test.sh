@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run). Installs what the tests need, cached so a second run costs nothing:
 # cmake and a compiler (Debian), llama-server built from pinned source, a Python venv with pinned test packages,
-# the tiny GGUF model, and Debian's chromium with playwright-core for the dashboard test. Then runs the Rust unit tests and the integration tests, which drive the real
+# the tiny GGUF model, Debian's chromium with playwright-core for the dashboard test, and the diffusers runner's venv. Then runs the Rust unit tests and the integration tests, which drive the real
 # dmr-supervisor binary against the real llama-server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,10 @@ llama=$(engines/llama.cpp/install.sh | tail -n 1)
 python=$(scripts/python-env.sh | tail -n 1)
 gguf=$(scripts/ensure-tiny-model.sh | tail -n 1)
 chromium=$(scripts/browser-env.sh | tail -n 1)
+# The diffusers runner's venv (torch, diffusers; about 3 min and 4.7 GB cold, seconds when cached), with pytest for
+# the runner's own tests. A prefix of its own, so the tests never touch a user's installed runner.
+diffusers_py=$(engines/diffusers/install.sh "${XDG_CACHE_HOME:-$HOME/.cache}/dmr-supervisor/diffusers-test" | tail -n 1)
+"$diffusers_py" -c 'import pytest' 2>/dev/null || "$diffusers_py" -m pip install -q pytest==9.2.0 >&2
 if ! command -v systemd-analyze >/dev/null; then  # the unit-file test runs `systemd-analyze verify`
   echo "installing Debian's systemd (for systemd-analyze)" >&2
   as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -20,6 +24,7 @@ fi
 echo "llama-server: $llama"
 echo "python:       $python"
 echo "tiny model:   $gguf"
+echo "diffusers:    $diffusers_py"
 echo "chromium:     $chromium"
 
 echo "== cargo build and unit tests"
@@ -28,5 +33,8 @@ cargo test --locked
 
 echo "== integration tests (real binary, real llama-server), and the vLLM stand-in's own tests"
 export DMR_SUPERVISOR_BIN="$PWD/target/debug/dmr-supervisor" DMR_LLAMA_SERVER="$llama" DMR_TINY_GGUF="$gguf"
-export CHROMIUM="$chromium"
+export CHROMIUM="$chromium" DMR_DIFFUSERS_PYTHON="$diffusers_py"
 "$python" -m pytest tests/integration tests/engines -v "$@"
+
+echo "== the diffusers runner's own tests (real torch and diffusers, tiny random pipeline)"
+"$diffusers_py" -m pytest engines/diffusers -v
