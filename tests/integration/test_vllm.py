@@ -176,3 +176,16 @@ def test_a_context_longer_than_the_model_is_the_engines_error(supervisors, tmp_p
     assert r.status_code == 502, r.text
     assert "max_model_len" in r.json()["error"]["message"]
     assert sup.ps() == []
+
+
+def test_ollama_and_anthropic_clients_reach_a_vllm_model_too(supervisors, tmp_path, qwen):
+    sup, log = start(supervisors, tmp_path, qwen)
+    r = sup.post("/api/chat", {"model": "ai/qwen", "messages": [{"role": "user", "content": "hi"}], "stream": False,
+                               "options": {"num_predict": 3}})
+    assert r.status_code == 200, r.text
+    assert r.json()["done"] is True and r.json()["message"]["content"]
+    r = sup.post("/v1/messages", {"model": "ai/qwen", "max_tokens": 3,
+                                  "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["type"] == "message" and r.json()["content"][0]["text"]
+    assert len(starts(log)) == 1
