@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run). Installs what the tests need, cached so a second run costs nothing:
 # cmake and a compiler (Debian), llama-server built from pinned source, a Python venv with pinned test packages,
-# the tiny GGUF model, Debian's chromium with playwright-core for the dashboard test, and the diffusers runner's venv. Then runs the Rust unit tests and the integration tests, which drive the real
+# the tiny GGUF model, Debian's chromium with playwright-core for the dashboard test, Debian's docker-registry, and
+# the diffusers runner's venv. Then runs the Rust unit tests and the integration tests, which drive the real
 # dmr-supervisor binary against the real llama-server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,7 @@ llama=$(engines/llama.cpp/install.sh | tail -n 1)
 python=$(scripts/python-env.sh | tail -n 1)
 gguf=$(scripts/ensure-tiny-model.sh | tail -n 1)
 chromium=$(scripts/browser-env.sh | tail -n 1)
+registry=$(scripts/registry-env.sh | tail -n 1)  # Debian's docker-registry, for the pull/push tests
 # The diffusers runner's venv (torch, diffusers; about 3 min and 4.7 GB cold, seconds when cached), with pytest for
 # the runner's own tests. A prefix of its own, so the tests never touch a user's installed runner.
 diffusers_py=$(engines/diffusers/install.sh "${XDG_CACHE_HOME:-$HOME/.cache}/dmr-supervisor/diffusers-test" | tail -n 1)
@@ -26,6 +28,7 @@ echo "python:       $python"
 echo "tiny model:   $gguf"
 echo "diffusers:    $diffusers_py"
 echo "chromium:     $chromium"
+echo "registry:     $registry"
 
 echo "== cargo build and unit tests"
 cargo build --locked
@@ -33,8 +36,8 @@ cargo test --locked
 
 echo "== integration tests (real binary, real llama-server), and the vLLM stand-in's own tests"
 export DMR_SUPERVISOR_BIN="$PWD/target/debug/dmr-supervisor" DMR_LLAMA_SERVER="$llama" DMR_TINY_GGUF="$gguf"
-export CHROMIUM="$chromium" DMR_DIFFUSERS_PYTHON="$diffusers_py"
-"$python" -m pytest tests/integration tests/engines -v "$@"
+export CHROMIUM="$chromium" DMR_DIFFUSERS_PYTHON="$diffusers_py" DMR_REGISTRY_BIN="$registry"
+"$python" -m pytest tests/integration tests/engines tests/hf -v "$@"
 
 echo "== the diffusers runner's own tests (real torch and diffusers, tiny random pipeline)"
 "$diffusers_py" -m pytest engines/diffusers -v

@@ -9,6 +9,7 @@ pub mod gpu;
 pub mod logs;
 pub mod metrics;
 pub mod proxy;
+pub mod registry;
 pub mod scheduler;
 pub mod service;
 pub mod store;

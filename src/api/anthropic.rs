@@ -862,7 +862,9 @@ impl StreamTranslate for StreamTranslator {
 
 fn error_type(kind: ErrorKind) -> &'static str {
     match kind {
-        ErrorKind::BadRequest | ErrorKind::Conflict => "invalid_request_error",
+        ErrorKind::BadRequest | ErrorKind::Conflict | ErrorKind::Unprocessable => {
+            "invalid_request_error"
+        }
         ErrorKind::Unauthorized => "authentication_error",
         ErrorKind::Forbidden => "permission_error",
         ErrorKind::NotFound => "not_found_error",

@@ -30,6 +30,8 @@ pub enum ErrorKind {
     NotFound,
     Conflict,
     PayloadTooLarge,
+    /// Understood but not supported (422): e.g. an artifact that is not a model.
+    Unprocessable,
     NotImplemented,
     BadGateway,
     /// The engine stopped responding while we waited (504).
@@ -49,6 +51,7 @@ impl ErrorKind {
             ErrorKind::NotFound => 404,
             ErrorKind::Conflict => 409,
             ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::Unprocessable => 422,
             ErrorKind::NotImplemented => 501,
             ErrorKind::BadGateway => 502,
             ErrorKind::GatewayTimeout => 504,

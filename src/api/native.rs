@@ -24,6 +24,14 @@ pub struct CreateRequest {
     pub bearer_token: Option<String>,
 }
 
+/// `POST /models/{name}/push` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushRequest {
+    #[serde(rename = "bearer-token", default)]
+    pub bearer_token: Option<String>,
+}
+
 /// One NDJSON line of pull/import progress.
 #[derive(Debug, Serialize)]
 pub struct ProgressLine {
@@ -54,6 +62,21 @@ impl ProgressLine {
             layer: Some(Layer {
                 id: layer_id,
                 size: total,
+                current,
+            }),
+            mode: Some("pull"),
+        }
+    }
+
+    /// A pull's progress: bytes of one layer, and of all layers.
+    pub fn download(total: u64, layer_id: String, size: u64, current: u64, done: u64) -> Self {
+        ProgressLine {
+            kind: "progress",
+            message: format!("Downloaded: {:.2} MB", done as f64 / 1e6),
+            total: Some(total),
+            layer: Some(Layer {
+                id: layer_id,
+                size,
                 current,
             }),
             mode: Some("pull"),

@@ -983,3 +983,17 @@ mod tests {
         );
     }
 }
+
+/// `POST /api/pull`.
+#[derive(Debug, Deserialize)]
+pub struct PullIn {
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    /// Accepted for compatibility; loopback and `[registry] insecure` hosts decide plain HTTP.
+    #[serde(default)]
+    pub insecure: Option<bool>,
+}

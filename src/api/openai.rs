@@ -453,6 +453,7 @@ fn error_type(kind: ErrorKind) -> &'static str {
     match kind {
         ErrorKind::BadRequest
         | ErrorKind::PayloadTooLarge
+        | ErrorKind::Unprocessable
         | ErrorKind::Conflict
         | ErrorKind::Unauthorized
         | ErrorKind::Forbidden => "invalid_request_error",

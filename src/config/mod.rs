@@ -22,6 +22,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub store: StoreConfig,
     pub engines: EnginesConfig,
+    pub registry: RegistryConfig,
     pub scheduler: SchedulerConfig,
     pub models: Vec<ModelSettings>,
 }
@@ -42,6 +43,28 @@ pub struct ServerConfig {
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
     pub path: PathBuf,
+}
+
+/// `[registry]`: pulling and pushing models.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryConfig {
+    /// Pulls (and pushes) that run at once; more wait.
+    pub max_pulls: usize,
+    /// Registry hosts (`host[:port]`) spoken to over plain HTTP, besides loopback ones.
+    pub insecure: Vec<String>,
+    /// The docker `config.json` whose `auths` give credentials (default `$DOCKER_CONFIG/config.json` or
+    /// `~/.docker/config.json`).
+    pub docker_config: Option<PathBuf>,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            max_pulls: 2,
+            insecure: Vec::new(),
+            docker_config: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -159,6 +182,7 @@ impl Default for Config {
                 path: default_store_path(),
             },
             engines: EnginesConfig::default(),
+            registry: RegistryConfig::default(),
             scheduler: SchedulerConfig {
                 keep_alive: KeepAlive::DEFAULT,
                 startup_timeout: Duration::from_secs(300),
@@ -393,6 +417,22 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
                         Err(e) => errors.push(key, e),
                     }
                 }
+            }
+        }
+    }
+
+    if let Some(registry) = raw.registry {
+        errors.unknown("registry", &registry.unknown);
+        match registry.max_pulls {
+            None => {}
+            Some(n) if n > 0 => config.registry.max_pulls = n as usize,
+            Some(_) => errors.push("registry.max_pulls", "must be > 0"),
+        }
+        config.registry.insecure = registry.insecure.unwrap_or_default();
+        if let Some(p) = registry.docker_config {
+            match resolve_path(&p, base) {
+                Ok(p) => config.registry.docker_config = Some(p),
+                Err(e) => errors.push("registry.docker_config", e),
             }
         }
     }

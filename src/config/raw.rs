@@ -14,6 +14,7 @@ pub struct RawConfig {
     pub server: Option<RawServer>,
     pub store: Option<RawStore>,
     pub engines: Option<RawEngines>,
+    pub registry: Option<RawRegistry>,
     pub scheduler: Option<RawScheduler>,
     pub models: Option<Vec<RawModel>>,
     #[serde(flatten)]
@@ -51,6 +52,15 @@ pub struct RawEngines {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawLlamaCpp {
     pub binary: Option<String>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRegistry {
+    pub max_pulls: Option<i64>,
+    pub insecure: Option<Vec<String>>,
+    pub docker_config: Option<String>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

@@ -55,7 +55,8 @@ pub struct App {
     /// The running configuration; a reload swaps it (`config()` reads it).
     config: arc_swap::ArcSwap<Config>,
     pub source: ConfigSource,
-    pub store: Store,
+    pub store: Arc<Store>,
+    pub registries: Arc<crate::registry::Registries>,
     pub scheduler: Scheduler,
     pub engines: Arc<forward::EnginePools>,
     /// Finds how each engine is started (or why it cannot be).
@@ -477,11 +478,20 @@ async fn dispatch(
         (&Method::POST, "/api/chat") => ollama::chat(app, req).await,
         (&Method::POST, "/api/generate") => ollama::generate(app, req).await,
         (&Method::DELETE, "/api/delete") => ollama::delete(app, req).await,
+        (&Method::POST, "/api/pull") => ollama::pull(app, req).await,
         (&Method::POST, "/api/embed") => ollama::embed(app, req, false).await,
         (&Method::POST, "/api/embeddings") => ollama::embed(app, req, true).await,
         (&Method::POST, "/anthropic/v1/messages") => anthropic::messages(app, req).await,
         (&Method::POST, "/anthropic/v1/messages/count_tokens") => {
             anthropic::count_tokens(app, req).await
+        }
+        (&Method::POST, p) if p.starts_with("/models/") && p.ends_with("/tag") => {
+            let query = req.uri().query().map(str::to_string);
+            models::tag(app, percent_decode(&p[8..p.len() - 4])?, query.as_deref()).await
+        }
+        (&Method::POST, p) if p.starts_with("/models/") && p.ends_with("/push") => {
+            let name = percent_decode(&p[8..p.len() - 5])?;
+            models::push(app, req, name).await
         }
         (&Method::GET, p) if p.starts_with("/models/") => {
             models::get_native(app, percent_decode(&p[8..])?).await
@@ -563,6 +573,7 @@ pub fn build_app(config: Config, source: ConfigSource, store: Store) -> App {
         health: config.scheduler.health_interval,
     };
     let limits = limits(&config.scheduler);
+    let config_registry = config.registry.clone();
     let memory: Arc<dyn crate::gpu::GpuProbe> = Arc::from(crate::gpu::detect());
     let engines = Arc::new(forward::EnginePools::default());
     let pools = engines.clone();
@@ -583,7 +594,8 @@ pub fn build_app(config: Config, source: ConfigSource, store: Store) -> App {
         access: arc_swap::ArcSwap::from_pointee(access_from(&config)),
         config: arc_swap::ArcSwap::from_pointee(config),
         source,
-        store,
+        registries: Arc::new(crate::registry::Registries::new(config_registry)),
+        store: Arc::new(store),
         scheduler,
         engines,
         finder,

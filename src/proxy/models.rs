@@ -150,12 +150,7 @@ pub async fn create(
     }
     let looks_like_path = from.starts_with('/') || from.starts_with('.') || from.ends_with(".gguf");
     if !looks_like_path {
-        name::parse_reference(from)
-            .map_err(|e| ApiError::bad_request(format!("invalid reference {from:?}: {e}")))?;
-        return Err(ApiError::new(
-            ErrorKind::NotImplemented,
-            format!("pulling {from} from a registry is not supported yet; pass the absolute path of a local GGUF file"),
-        ));
+        return pull(app, from, create.bearer_token.as_deref(), wants_json).await;
     }
     let src = PathBuf::from(from);
     if !src.is_absolute() {
@@ -223,6 +218,225 @@ pub async fn create(
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
     Ok(resp)
+}
+
+/// What a running pull reports.
+pub enum PullEvent {
+    Progress(crate::registry::Progress),
+    /// The model, and whether every blob was already there (nothing downloaded).
+    Done(Result<(Box<store::Model>, bool), String>),
+}
+
+/// Runs a prepared pull in the background, reporting as it goes.
+pub fn start_pull(
+    app: &Arc<App>,
+    prepared: crate::registry::Prepared,
+) -> tokio::sync::mpsc::UnboundedReceiver<PullEvent> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = app.clone();
+    tokio::spawn(async move {
+        let store = app.store.clone();
+        let digests = prepared.layer_digests();
+        let cached = tokio::task::spawn_blocking(move || digests.iter().all(|d| store.has_blob(d)))
+            .await
+            .unwrap_or(false);
+        let tag = prepared.tag().to_string();
+        let report = |p: crate::registry::Progress| {
+            let _ = tx.send(PullEvent::Progress(p));
+        };
+        let result = app
+            .registries
+            .pull(app.store.clone(), prepared, &report)
+            .await;
+        match &result {
+            Ok(model) => tracing::info!(model = tag, id = model.id, cached, "model pulled"),
+            Err(e) => tracing::warn!(model = tag, error = %e, "pull failed"),
+        }
+        let _ = tx.send(PullEvent::Done(
+            result
+                .map(|m| (Box::new(m), cached))
+                .map_err(|e| e.to_string()),
+        ));
+    });
+    rx
+}
+
+/// A registry pull: the manifest and config are fetched and checked first (their failures are HTTP statuses:
+/// 400 bad reference, 401, 404, 422 not a model, 502), then layers stream as DMR's NDJSON progress lines, ending
+/// with `success` (or "Using cached model" when nothing had to be downloaded) or an `error` line.
+pub async fn pull(
+    app: &Arc<App>,
+    from: &str,
+    bearer: Option<&str>,
+    wants_json: bool,
+) -> Result<Response<Body>, ApiError> {
+    if name::normalize(from).is_ok_and(|t| t.starts_with("huggingface.co/")) {
+        return Err(ApiError::new(
+            ErrorKind::NotImplemented,
+            format!("pulling {from} from Hugging Face is not supported yet"),
+        ));
+    }
+    let prepared = app
+        .registries
+        .prepare(from, bearer)
+        .await
+        .map_err(registry_error)?;
+    let total = prepared.total();
+    let mut events = start_pull(app, prepared);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            let line = match event {
+                PullEvent::Progress(p) => native::ProgressLine::download(
+                    p.total,
+                    p.layer,
+                    p.layer_size,
+                    p.layer_done,
+                    p.done,
+                ),
+                PullEvent::Done(Ok((_, true))) => native::ProgressLine::message(
+                    "success",
+                    format!("Using cached model: {}", store::gguf::format_size(total)),
+                ),
+                PullEvent::Done(Ok((_, false))) => native::ProgressLine::success(),
+                PullEvent::Done(Err(e)) => native::ProgressLine::error(&e),
+            };
+            if tx.send(line.to_line()).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(ndjson(rx, wants_json))
+}
+
+/// `POST /models/{name}/tag?repo=R&tag=T` → 201 `{"message","target":"R:T"}`.
+pub async fn tag(
+    app: &Arc<App>,
+    reference: String,
+    query: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    let repo = super::http::query_value(query, "repo")?
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| ApiError::bad_request("the \"repo\" query parameter is required"))?;
+    let target = match super::http::query_value(query, "tag")?.filter(|t| !t.is_empty()) {
+        Some(t) => format!("{repo}:{t}"),
+        None => repo,
+    };
+    let target = name::normalize(&target)
+        .map_err(|e| ApiError::bad_request(format!("invalid target {target:?}: {e}")))?;
+    let t = target.clone();
+    blocking(app, move |s| s.tag(&reference, &t)).await?;
+    Ok(json(
+        StatusCode::CREATED,
+        &serde_json::json!({"message": "Model tagged successfully", "target": target}),
+    ))
+}
+
+/// `POST /models/{name}/push` (`{"bearer-token"?}`): pushes the model to the registry its name gives, streaming
+/// "Uploaded" progress lines, then `success` or `error`.
+pub async fn push(
+    app: &Arc<App>,
+    req: http::Request<Incoming>,
+    reference: String,
+) -> Result<Response<Body>, ApiError> {
+    let wants_json = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"));
+    let (_, body) = read_body(req, app.config().server.max_body_bytes).await?;
+    let bearer = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        parse_json::<native::PushRequest>(&body)?.bearer_token
+    };
+    let r = reference.clone();
+    let model = blocking(app, move |s| s.get(&r)).await?;
+    let target = if model
+        .tags
+        .iter()
+        .any(|t| name::normalize(&reference).is_ok_and(|n| n == *t))
+    {
+        name::normalize(&reference).unwrap_or(reference.clone())
+    } else {
+        model
+            .tags
+            .first()
+            .cloned()
+            .ok_or_else(|| ApiError::bad_request("the model has no tag to push to"))?
+    };
+    app.registries.resolve(&target).map_err(registry_error)?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let app2 = app.clone();
+    tokio::spawn(async move {
+        let report = |p: crate::registry::Progress| {
+            let mut line = native::ProgressLine::download(
+                p.total,
+                p.layer,
+                p.layer_size,
+                p.layer_done,
+                p.done,
+            );
+            line.message = format!("Uploaded: {:.2} MB", p.done as f64 / 1e6);
+            line.mode = Some("push");
+            let _ = tx.send(line.to_line());
+        };
+        let result = app2
+            .registries
+            .push(app2.store.clone(), &target, bearer.as_deref(), &report)
+            .await;
+        let line = match result {
+            Ok(id) => {
+                tracing::info!(model = target, id, "model pushed");
+                native::ProgressLine::message("success", "Model pushed successfully".into())
+            }
+            Err(e) => {
+                tracing::warn!(model = target, error = %e, "push failed");
+                native::ProgressLine::error(&e.to_string())
+            }
+        };
+        let _ = tx.send(line.to_line());
+    });
+    Ok(ndjson(rx, wants_json))
+}
+
+/// A registry failure as the HTTP status DMR gives it.
+pub fn registry_error(e: crate::registry::RegistryError) -> ApiError {
+    use crate::registry::RegistryError as R;
+    let kind = match &e {
+        R::BadReference(..) => ErrorKind::BadRequest,
+        R::Unauthorized(_) => ErrorKind::Unauthorized,
+        R::NotFound(_) => ErrorKind::NotFound,
+        R::Unsupported(_) => ErrorKind::Unprocessable,
+        R::Registry(_) => ErrorKind::BadGateway,
+        R::Store(_) => ErrorKind::Internal,
+    };
+    ApiError::new(kind, e.to_string())
+}
+
+/// A streamed NDJSON body from a channel of lines.
+fn ndjson(rx: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>, wants_json: bool) -> Response<Body> {
+    let lines = stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|line| {
+            (
+                Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(line))),
+                rx,
+            )
+        })
+    });
+    let mut resp = Response::new(
+        StreamBody::new(lines)
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    let ct = if wants_json {
+        "application/json"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    resp
 }
 
 /// `ai/<file stem>`, lower-cased, with characters names may not hold replaced by `-`.

@@ -347,3 +347,73 @@ pub async fn embed(
         },
     ))
 }
+
+/// `POST /api/pull {"model"|"name", "stream"?, "insecure"?}`: a registry pull with its progress re-encoded in
+/// Ollama's shape (`{"status":"pulling <12 hex>","digest","total","completed"}`, then `{"status":"success"}`, or
+/// `{"error":…}`); with `"stream": false`, only the last line.
+pub async fn pull(
+    app: &Arc<App>,
+    req: http::Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let (_, body) = read_body(req, app.config().server.max_body_bytes).await?;
+    let input: ollama::PullIn = parse_json(&body)?;
+    let from = input
+        .model
+        .or(input.name)
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| ApiError::bad_request("model is required"))?;
+    let prepared = app
+        .registries
+        .prepare(&from, None)
+        .await
+        .map_err(super::models::registry_error)?;
+    let mut events = super::models::start_pull(app, prepared);
+    let line = |v: serde_json::Value| {
+        let mut b = serde_json::to_vec(&v).unwrap_or_default();
+        b.push(b'\n');
+        b
+    };
+    let encode = move |e: super::models::PullEvent| match e {
+        super::models::PullEvent::Progress(p) => line(serde_json::json!({
+            "status": format!("pulling {}", p.layer.trim_start_matches("sha256:").chars().take(12).collect::<String>()),
+            "digest": p.layer,
+            "total": p.layer_size,
+            "completed": p.layer_done,
+        })),
+        super::models::PullEvent::Done(Ok(_)) => line(serde_json::json!({"status": "success"})),
+        super::models::PullEvent::Done(Err(e)) => line(serde_json::json!({"error": e})),
+    };
+    if input.stream == Some(false) {
+        let mut last = Vec::new();
+        while let Some(e) = events.recv().await {
+            if let super::models::PullEvent::Done(_) = &e {
+                last = encode(e);
+            }
+        }
+        let mut resp = Response::new(super::http::full(Bytes::from(last)));
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        return Ok(resp);
+    }
+    let lines = futures_util::stream::unfold(events, move |mut rx| async move {
+        rx.recv().await.map(|e| {
+            (
+                Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(encode(e)))),
+                rx,
+            )
+        })
+    });
+    let mut resp = Response::new(http_body_util::BodyExt::boxed(
+        http_body_util::BodyExt::map_err(
+            http_body_util::StreamBody::new(lines),
+            |never| match never {},
+        ),
+    ));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/x-ndjson"),
+    );
+    Ok(resp)
+}

@@ -113,7 +113,9 @@ impl Store {
                 if !existing.tags.iter().any(|t| t == tag) {
                     existing.tags.push(tag.to_string());
                 }
-                existing.source = entry.source.take();
+                if entry.source.is_some() {
+                    existing.source = entry.source.take();
+                }
                 entry = existing.clone();
             } else {
                 index.models.push(entry.clone());

@@ -8,6 +8,7 @@
 pub mod format;
 pub mod gguf;
 pub mod name;
+pub mod pulled;
 
 mod artifact;
 mod fsutil;

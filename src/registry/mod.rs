@@ -1,0 +1,584 @@
+//! Registries: pulling and pushing models as OCI artifacts with DMR's media types (through `oci-client`, the
+//! successor of `oci-distribution`). A pull resolves the reference (Docker Hub and the `ai/` namespace by default,
+//! `host:port/ns/name:tag` for others; loopback registries and `[registry] insecure` hosts over plain HTTP), fetches
+//! the manifest and config and checks their media types *before* answering (401, 404, 422 and 502 are HTTP
+//! statuses), then streams each missing layer into `<hex>.incomplete` — resumed with a Range request after a cut,
+//! verified against its digest before it enters the store — and commits the model under its tag. At most
+//! `max_pulls` pulls run at once and one blob is never downloaded twice at the same time. Credentials: a bearer
+//! token from the request, else the user's docker `config.json` for that host, else anonymous (with the registry's
+//! token flow). Progress goes to a callback as DMR's NDJSON lines are built from it.
+
+pub mod auth;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
+use oci_client::manifest::OciDescriptor;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use tokio::sync::Semaphore;
+
+use crate::store::{self, name, Model, Store, StoreError};
+
+/// Media types asked for when fetching a manifest.
+const MANIFEST_TYPES: [&str; 2] = [
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
+
+/// Times a layer download is resumed within one pull after its connection breaks.
+const RESUMES: u32 = 3;
+
+pub use crate::config::RegistryConfig;
+
+/// Why a pull or push failed, with the HTTP status it maps to (before streaming starts).
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("invalid reference {0:?}: {1}")]
+    BadReference(String, String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Registry(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A progress report: bytes done of one layer, and of the whole pull.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    pub layer: String,
+    pub layer_size: u64,
+    pub layer_done: u64,
+    pub total: u64,
+    pub done: u64,
+}
+
+/// A pull whose manifest and config are fetched and checked: what is left is downloading.
+pub struct Prepared {
+    tag: String,
+    reference: Reference,
+    client: Client,
+    manifest: Vec<u8>,
+    config: Vec<u8>,
+    info: store::pulled::ManifestInfo,
+}
+
+impl Prepared {
+    /// Bytes in all layers.
+    pub fn total(&self) -> u64 {
+        self.info.layers.iter().map(|l| l.size).sum()
+    }
+
+    pub fn layer_digests(&self) -> Vec<String> {
+        self.info.layers.iter().map(|l| l.digest.clone()).collect()
+    }
+
+    /// The store tag it will get.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+}
+
+pub struct Registries {
+    config: RegistryConfig,
+    slots: Semaphore,
+    /// One lock per blob being downloaded.
+    blobs: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Registries {
+    pub fn new(config: RegistryConfig) -> Registries {
+        Registries {
+            slots: Semaphore::new(config.max_pulls.max(1)),
+            config,
+            blobs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The store tag and the registry reference for what the user typed (`ai/smollm2`, `host:5000/ns/m:tag`,
+    /// `name@sha256:…`).
+    pub fn resolve(&self, from: &str) -> Result<(String, Reference), RegistryError> {
+        let bad = |e: String| RegistryError::BadReference(from.to_string(), e);
+        let tag = name::normalize(from).map_err(|e| bad(e.to_string()))?;
+        let reference: Reference = tag
+            .parse()
+            .map_err(|e: oci_client::ParseError| bad(e.to_string()))?;
+        Ok((tag, reference))
+    }
+
+    fn client(&self, reference: &Reference) -> Client {
+        let host = reference.resolve_registry().to_string();
+        let plain = is_loopback(&host) || self.config.insecure.contains(&host);
+        Client::new(ClientConfig {
+            protocol: if plain {
+                ClientProtocol::Http
+            } else {
+                ClientProtocol::Https
+            },
+            connect_timeout: Some(Duration::from_secs(30)),
+            read_timeout: Some(Duration::from_secs(60)),
+            ..Default::default()
+        })
+    }
+
+    /// The credentials for `reference`: the request's bearer token, else docker's config.json, else anonymous.
+    pub fn credentials(&self, reference: &Reference, bearer: Option<&str>) -> RegistryAuth {
+        if let Some(t) = bearer.filter(|t| !t.is_empty()) {
+            return RegistryAuth::Bearer(t.to_string());
+        }
+        let path = self
+            .config
+            .docker_config
+            .clone()
+            .or_else(auth::default_docker_config);
+        match path.and_then(|p| auth::from_docker_config(&p, reference.resolve_registry())) {
+            Some((user, pass)) => RegistryAuth::Basic(user, pass),
+            None => RegistryAuth::Anonymous,
+        }
+    }
+
+    /// Fetches and checks the manifest and config of `from`.
+    pub async fn prepare(
+        &self,
+        from: &str,
+        bearer: Option<&str>,
+    ) -> Result<Prepared, RegistryError> {
+        let (tag, reference) = self.resolve(from)?;
+        let client = self.client(&reference);
+        let auth = self.credentials(&reference, bearer);
+        let (manifest, digest) = client
+            .pull_manifest_raw(&reference, &auth, &MANIFEST_TYPES)
+            .await
+            .map_err(|e| classify(e, &tag))?;
+        if let Some(want) = reference.digest() {
+            if want != digest {
+                return Err(RegistryError::Registry(format!(
+                    "the registry sent manifest {digest} for {want}"
+                )));
+            }
+        }
+        let info = store::pulled::check_manifest(&manifest).map_err(RegistryError::Unsupported)?;
+        let mut config = Vec::new();
+        let descriptor = OciDescriptor {
+            digest: info.config_digest.clone(),
+            media_type: info.config_media_type.clone(),
+            ..Default::default()
+        };
+        client
+            .pull_blob(&reference, &descriptor, &mut config)
+            .await
+            .map_err(|e| classify(e, &tag))?;
+        Ok(Prepared {
+            tag,
+            reference,
+            client,
+            manifest: manifest.to_vec(),
+            config,
+            info,
+        })
+    }
+
+    /// Downloads what the store lacks of a prepared pull and commits the model. `progress` is called at most every
+    /// 100 ms or 1 MiB per layer, and at each layer's end. A failure leaves the store's models as they were;
+    /// a layer cut off midway stays as `<hex>.incomplete` for the next pull to resume.
+    pub async fn pull(
+        &self,
+        store: Arc<Store>,
+        p: Prepared,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> Result<Model, RegistryError> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| RegistryError::Registry("shutting down".into()))?;
+        let total = p.total();
+        let mut done = 0u64;
+        for layer in &p.info.layers {
+            let lock = self.blob_lock(&layer.digest);
+            let _held = lock.lock().await;
+            if !store.has_blob(&layer.digest) {
+                self.download(&store, &p, layer, total, done, progress)
+                    .await?;
+            }
+            done += layer.size;
+            progress(Progress {
+                layer: layer.digest.clone(),
+                layer_size: layer.size,
+                layer_done: layer.size,
+                total,
+                done,
+            });
+        }
+        let (tag, manifest, config) = (p.tag.clone(), p.manifest.clone(), p.config.clone());
+        let model =
+            tokio::task::spawn_blocking(move || store.commit_pulled(&tag, &manifest, &config))
+                .await
+                .map_err(|e| RegistryError::Registry(format!("store task failed: {e}")))??;
+        Ok(model)
+    }
+
+    /// Pushes the stored model `reference` to the registry its tag names (`host:port/ns/name:tag`): each layer the
+    /// registry lacks is streamed from its blob, then the config and the very manifest bytes (so the model keeps
+    /// its id). `progress` reports bytes uploaded.
+    pub async fn push(
+        &self,
+        store: Arc<Store>,
+        reference: &str,
+        bearer: Option<&str>,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> Result<String, RegistryError> {
+        let (tag, target) = self.resolve(reference)?;
+        let s = store.clone();
+        let artifact = tokio::task::spawn_blocking(move || s.artifact(&tag))
+            .await
+            .map_err(|e| RegistryError::Registry(format!("store task failed: {e}")))??;
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| RegistryError::Registry("shutting down".into()))?;
+        let client = self.client(&target);
+        let auth = self.credentials(&target, bearer);
+        client
+            .auth(&target, &auth, oci_client::RegistryOperation::Push)
+            .await
+            .map_err(|e| classify(e, reference))?;
+        let total: u64 = artifact.layers.iter().map(|(_, size, _)| *size).sum();
+        let mut done = 0u64;
+        for (digest, size, path) in &artifact.layers {
+            let exists = client
+                .blob_exists(&target, digest)
+                .await
+                .map_err(|e| classify(e, reference))?;
+            if !exists {
+                let file = tokio::fs::File::open(path).await.map_err(|e| io(e, path))?;
+                let before = done;
+                let (layer, layer_size) = (digest.clone(), *size);
+                let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                let counter = sent.clone();
+                let stream =
+                    tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).map(move |chunk| {
+                        if let Ok(c) = &chunk {
+                            counter.fetch_add(c.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        chunk.map_err(OciDistributionError::from)
+                    });
+                let upload = client.push_blob_stream(&target, stream, digest, Some(*size));
+                tokio::pin!(upload);
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                loop {
+                    tokio::select! {
+                        r = &mut upload => { r.map_err(|e| classify(e, reference))?; break; }
+                        _ = tick.tick() => {
+                            let now = sent.load(std::sync::atomic::Ordering::Relaxed);
+                            progress(Progress { layer: layer.clone(), layer_size, layer_done: now, total, done: before + now });
+                        }
+                    }
+                }
+            }
+            done += size;
+            progress(Progress {
+                layer: digest.clone(),
+                layer_size: *size,
+                layer_done: *size,
+                total,
+                done,
+            });
+        }
+        client
+            .push_blob(
+                &target,
+                artifact.config_bytes.clone(),
+                &artifact.config_digest,
+            )
+            .await
+            .map_err(|e| classify(e, reference))?;
+        let media_type = if artifact.manifest_media_type.is_empty() {
+            MANIFEST_TYPES[0].to_string()
+        } else {
+            artifact.manifest_media_type.clone()
+        };
+        let content_type = http::HeaderValue::from_str(&media_type).map_err(|e| {
+            RegistryError::Registry(format!("manifest media type {media_type:?}: {e}"))
+        })?;
+        client
+            .push_manifest_raw(&target, artifact.manifest_bytes.clone(), content_type)
+            .await
+            .map_err(|e| classify(e, reference))?;
+        Ok(artifact.model.id)
+    }
+
+    fn blob_lock(&self, digest: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut blobs = self.blobs.lock().unwrap_or_else(|p| p.into_inner());
+        blobs.retain(|_, l| Arc::strong_count(l) > 1);
+        blobs.entry(digest.to_string()).or_default().clone()
+    }
+
+    async fn download(
+        &self,
+        store: &Arc<Store>,
+        p: &Prepared,
+        layer: &store::pulled::LayerInfo,
+        total: u64,
+        before: u64,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> Result<(), RegistryError> {
+        let (s, digest) = (store.clone(), layer.digest.clone());
+        let mut d = tokio::task::spawn_blocking(move || s.open_download(&digest))
+            .await
+            .map_err(|e| RegistryError::Registry(format!("store task failed: {e}")))??;
+        let descriptor = OciDescriptor {
+            digest: layer.digest.clone(),
+            media_type: layer.media_type.clone(),
+            size: layer.size as i64,
+            ..Default::default()
+        };
+        let mut attempt = 0;
+        loop {
+            if d.have > layer.size {
+                d = store.restart_download(d)?;
+            }
+            if d.have == layer.size {
+                // All there already (an earlier pull broke after the last byte): verify, do not ask for more.
+                break;
+            }
+            let result = self
+                .fetch_into(&mut d, p, &descriptor, layer, total, before, progress)
+                .await;
+            match result {
+                Ok(()) if d.have == layer.size => break,
+                Ok(()) => {
+                    // The registry closed the body early without an error: resume like a cut.
+                    tracing::warn!(
+                        digest = layer.digest,
+                        have = d.have,
+                        size = layer.size,
+                        "layer body ended early"
+                    );
+                }
+                Err(Fetch::Fatal(e)) => return Err(e),
+                Err(Fetch::Cut(e)) => {
+                    tracing::warn!(digest = layer.digest, have = d.have, error = %e, "layer download broke; resuming");
+                }
+            }
+            attempt += 1;
+            if attempt > RESUMES {
+                return Err(RegistryError::Registry(format!(
+                    "downloading {} broke {attempt} times; {} of {} bytes are kept for the next pull",
+                    layer.digest, d.have, layer.size
+                )));
+            }
+        }
+        let (s, digest) = (store.clone(), layer.digest.clone());
+        tokio::task::spawn_blocking(move || s.finish_download(d, &digest))
+            .await
+            .map_err(|e| RegistryError::Registry(format!("store task failed: {e}")))??;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_into(
+        &self,
+        d: &mut store::pulled::Download,
+        p: &Prepared,
+        descriptor: &OciDescriptor,
+        layer: &store::pulled::LayerInfo,
+        total: u64,
+        before: u64,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> Result<(), Fetch> {
+        use std::io::Write;
+        let to_fetch = |e| match e {
+            OciDistributionError::RequestError(e) => Fetch::Cut(e.to_string()),
+            other => Fetch::Fatal(classify(other, &p.tag)),
+        };
+        // No Range header for a fresh download (some registries and proxies treat `bytes=0-` differently).
+        let response = if d.have == 0 {
+            BlobResponse::Full(
+                p.client
+                    .pull_blob_stream(&p.reference, descriptor)
+                    .await
+                    .map_err(to_fetch)?,
+            )
+        } else {
+            p.client
+                .pull_blob_stream_partial(&p.reference, descriptor, d.have, None)
+                .await
+                .map_err(to_fetch)?
+        };
+        let mut stream = match response {
+            BlobResponse::Partial(s) => s.stream,
+            BlobResponse::Full(s) => {
+                if d.have > 0 {
+                    tracing::info!(
+                        digest = layer.digest,
+                        "the registry ignored the range; starting the layer over"
+                    );
+                    let file = d
+                        .file
+                        .try_clone()
+                        .map_err(|e| Fetch::Fatal(io(e, &d.path)))?;
+                    file.set_len(0).map_err(|e| Fetch::Fatal(io(e, &d.path)))?;
+                    d.hasher = sha2::Sha256::default();
+                    d.have = 0;
+                }
+                s.stream
+            }
+        };
+        let mut last = Instant::now();
+        let mut reported = d.have;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| Fetch::Cut(e.to_string()))?;
+            if d.have + chunk.len() as u64 > layer.size {
+                return Err(Fetch::Fatal(RegistryError::Registry(format!(
+                    "layer {} is larger than the {} bytes its manifest says",
+                    layer.digest, layer.size
+                ))));
+            }
+            sha2::Digest::update(&mut d.hasher, &chunk);
+            d.file
+                .write_all(&chunk)
+                .map_err(|e| Fetch::Fatal(io(e, &d.path)))?;
+            d.have += chunk.len() as u64;
+            if d.have - reported >= 1 << 20 || last.elapsed() >= Duration::from_millis(100) {
+                reported = d.have;
+                last = Instant::now();
+                progress(Progress {
+                    layer: layer.digest.clone(),
+                    layer_size: layer.size,
+                    layer_done: d.have,
+                    total,
+                    done: before + d.have,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why one fetch of a layer stopped.
+enum Fetch {
+    /// The connection broke: resume.
+    Cut(String),
+    Fatal(RegistryError),
+}
+
+fn io(e: std::io::Error, path: &std::path::Path) -> RegistryError {
+    RegistryError::Store(StoreError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })
+}
+
+/// Whether `host[:port]` is a loopback address (spoken to over plain HTTP, like docker does for localhost).
+fn is_loopback(host: &str) -> bool {
+    let name = host.rsplit_once(':').map_or(host, |(h, p)| {
+        if p.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Maps oci-client's errors to ours (and so to HTTP statuses).
+fn classify(e: OciDistributionError, what: &str) -> RegistryError {
+    match e {
+        OciDistributionError::UnauthorizedError { url } => RegistryError::Unauthorized(format!(
+            "not authorized to pull {what} ({url}): log in or pass a token"
+        )),
+        OciDistributionError::AuthenticationFailure(m) => {
+            RegistryError::Unauthorized(format!("authentication failed for {what}: {m}"))
+        }
+        OciDistributionError::ImageManifestNotFoundError(m) => {
+            RegistryError::NotFound(format!("model {what} not found in its registry: {m}"))
+        }
+        OciDistributionError::RegistryError { envelope, url } => {
+            let codes: Vec<String> = envelope
+                .errors
+                .iter()
+                .map(|e| format!("{:?}", e.code))
+                .collect();
+            if codes
+                .iter()
+                .any(|c| c.contains("Unauthorized") || c.contains("Denied"))
+            {
+                RegistryError::Unauthorized(format!(
+                    "not authorized for {what} ({url}): {envelope}"
+                ))
+            } else if codes.iter().any(|c| c.contains("Unknown")) {
+                RegistryError::NotFound(format!(
+                    "model {what} not found in its registry ({url}): {envelope}"
+                ))
+            } else {
+                RegistryError::Registry(format!("registry error for {what} ({url}): {envelope}"))
+            }
+        }
+        OciDistributionError::ServerError { code, url, message } => match code {
+            401 | 403 => RegistryError::Unauthorized(format!(
+                "not authorized to pull {what} ({url}): {message}"
+            )),
+            404 => RegistryError::NotFound(format!("model {what} not found ({url})")),
+            _ => RegistryError::Registry(format!(
+                "the registry answered {code} for {what} ({url}): {message}"
+            )),
+        },
+        OciDistributionError::UnsupportedMediaTypeError(m) => RegistryError::Unsupported(m),
+        other => RegistryError::Registry(format!("pulling {what}: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_resolve_like_dmr() {
+        let r = Registries::new(RegistryConfig::default());
+        let (tag, reference) = r.resolve("smollm2").unwrap();
+        assert_eq!(tag, "ai/smollm2:latest");
+        assert_eq!(reference.resolve_registry(), "index.docker.io");
+        assert_eq!(reference.repository(), "ai/smollm2");
+        let (tag, reference) = r.resolve("127.0.0.1:5000/test/tiny:v1").unwrap();
+        assert_eq!(tag, "127.0.0.1:5000/test/tiny:v1");
+        assert_eq!(
+            (
+                reference.registry(),
+                reference.repository(),
+                reference.tag()
+            ),
+            ("127.0.0.1:5000", "test/tiny", Some("v1"))
+        );
+        assert!(r.resolve("../x").is_err());
+    }
+
+    #[test]
+    fn loopback_registries_are_plain_http() {
+        for h in [
+            "127.0.0.1:5000",
+            "localhost:5000",
+            "localhost",
+            "[::1]:5000",
+        ] {
+            assert!(is_loopback(h), "{h}");
+        }
+        for h in ["index.docker.io", "10.0.0.1:5000", "registry.example.com"] {
+            assert!(!is_loopback(h), "{h}");
+        }
+    }
+}
