@@ -3,6 +3,7 @@
 //! the daemon, callable in-process by tests. See ARCHITECTURE.md for the map and the invariants.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod engines;
 pub mod gpu;

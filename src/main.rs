@@ -39,6 +39,15 @@ struct Cli {
     #[arg(long)]
     check_config: bool,
 
+    /// The daemon the client commands talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "DMR_HOST",
+        default_value = "http://127.0.0.1:12434"
+    )]
+    host: String,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -49,6 +58,73 @@ enum Command {
     Engines {
         #[command(subcommand)]
         action: EnginesAction,
+    },
+    /// Pull a model from a registry (ai/smollm2, host:port/ns/name:tag), with a progress bar per layer.
+    Pull { model: String },
+    /// Push a model to the registry its name gives.
+    Push { model: String },
+    /// Give a model another name (the name a push goes to).
+    Tag { source: String, target: String },
+    /// Import a local GGUF file under a name (and push it with --push).
+    Package {
+        #[arg(long)]
+        gguf: String,
+        target: String,
+        #[arg(long)]
+        push: bool,
+    },
+    /// List the models in the store.
+    #[command(alias = "list")]
+    Ls {
+        /// Only the model ids.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Remove models (a tag, or a model by id; --force for a model with several tags or one that is loaded).
+    Rm {
+        #[arg(required = true)]
+        models: Vec<String>,
+        #[arg(long, short)]
+        force: bool,
+    },
+    /// Show a model's details.
+    Inspect { model: String },
+    /// List running engines.
+    Ps,
+    /// Stop idle engines of these models (or --all).
+    Unload {
+        models: Vec<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Set a model's context size and runtime flags (kept across restarts).
+    Configure {
+        #[arg(long)]
+        context_size: Option<i64>,
+        /// One flag or value per use: --runtime-flag=--temp --runtime-flag=0.5
+        #[arg(long = "runtime-flag", allow_hyphen_values = true)]
+        runtime_flags: Vec<String>,
+        model: String,
+        /// Flags after `--` are runtime flags too.
+        #[arg(last = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
+    },
+    /// Show the daemon's and engines' logs.
+    Logs {
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Is the daemon running, and which engines are installed.
+    Status,
+    /// Chat with a model: one prompt, or an interactive chat without one.
+    Run {
+        model: String,
+        prompt: Option<String>,
+        /// Stop each answer after this many tokens.
+        #[arg(long)]
+        max_tokens: Option<u32>,
     },
 }
 
@@ -63,6 +139,64 @@ enum EnginesAction {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+/// A client command: one call to the daemon at `host`.
+fn client(host: &str, command: Command) -> ExitCode {
+    use dmr_supervisor::cli::Action;
+    let action = match command {
+        Command::Engines { .. } => unreachable!("handled before"),
+        Command::Pull { model } => Action::Pull { model },
+        Command::Push { model } => Action::Push { model },
+        Command::Tag { source, target } => Action::Tag { source, target },
+        Command::Package { gguf, target, push } => Action::Package { gguf, target, push },
+        Command::Ls { quiet } => Action::Ls { quiet },
+        Command::Rm { models, force } => Action::Rm { models, force },
+        Command::Inspect { model } => Action::Inspect { model },
+        Command::Ps => Action::Ps,
+        Command::Unload { models, all } => Action::Unload { models, all },
+        Command::Configure {
+            context_size,
+            mut runtime_flags,
+            model,
+            rest,
+        } => {
+            runtime_flags.extend(rest);
+            Action::Configure {
+                model,
+                context_size,
+                runtime_flags,
+            }
+        }
+        Command::Logs { model, follow } => Action::Logs { model, follow },
+        Command::Status => Action::Status,
+        Command::Run {
+            model,
+            prompt,
+            max_tokens,
+        } => Action::Run {
+            model,
+            prompt,
+            max_tokens,
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dmr_supervisor::cli::Cli::new(host).run(action)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(dmr_supervisor::cli::Failure(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `engines install NAME`: runs the recipe here (no daemon needed); exit 0 once installed.
@@ -108,11 +242,13 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Engines {
-        action: EnginesAction::Install { name, args },
-    }) = &cli.command
-    {
-        return install_engine(name, args);
+    if let Some(command) = cli.command {
+        return match command {
+            Command::Engines {
+                action: EnginesAction::Install { name, args },
+            } => install_engine(&name, &args),
+            other => client(&cli.host, other),
+        };
     }
     init_logging(cli.log_format);
     raise_fd_limit();

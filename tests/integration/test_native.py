@@ -78,8 +78,8 @@ def test_create_default_name_and_text_plain(supervisors, prereqs, tmp_path):
         ({"from": "../models/tiny.gguf", "name": "ai/x"}, 400),  # relative path
         ({"name": "ai/x"}, 400),  # missing `from`
         ({"from": "/nonexistent/dir/model.gguf"}, 404),
-        ({"from": "ai/smollm2:360M-Q4_K_M"}, 501),  # a registry reference
-        ({"from": "docker.io/ai/smollm2:latest"}, 501),
+        ({"from": "127.0.0.1:1/ai/smollm2:360M-Q4_K_M"}, 502),  # a registry that does not answer
+        ({"from": "hf.co/org/repo"}, 501),  # Hugging Face pulls: not yet
     ],
 )
 def test_create_rejections(supervisors, body, status):

@@ -1,0 +1,664 @@
+//! The command line for humans, like `docker model`: each subcommand is one call to a running daemon's API
+//! (`--host`, `$DMR_HOST`, default `http://127.0.0.1:12434`). `pull` and `push` draw a progress bar per layer
+//! with sizes and rates from DMR's NDJSON progress lines; `run MODEL PROMPT` streams the answer; `run MODEL`
+//! alone is an interactive chat (stdin lines; `/bye` or end of input quits). Errors are one line on stderr and a
+//! non-zero exit.
+
+use std::collections::HashMap;
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{json, Value};
+
+/// A subcommand, as main.rs parsed it.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Pull {
+        model: String,
+    },
+    Push {
+        model: String,
+    },
+    Tag {
+        source: String,
+        target: String,
+    },
+    Package {
+        gguf: String,
+        target: String,
+        push: bool,
+    },
+    Ls {
+        quiet: bool,
+    },
+    Rm {
+        models: Vec<String>,
+        force: bool,
+    },
+    Inspect {
+        model: String,
+    },
+    Ps,
+    Unload {
+        models: Vec<String>,
+        all: bool,
+    },
+    Configure {
+        model: String,
+        context_size: Option<i64>,
+        runtime_flags: Vec<String>,
+    },
+    Logs {
+        model: Option<String>,
+        follow: bool,
+    },
+    Status,
+    Run {
+        model: String,
+        prompt: Option<String>,
+        max_tokens: Option<u32>,
+    },
+}
+
+/// Why a command failed: printed as one line.
+pub struct Failure(pub String);
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure(e.to_string())
+    }
+}
+
+pub struct Cli {
+    host: String,
+    http: reqwest::Client,
+}
+
+impl Cli {
+    pub fn new(host: &str) -> Cli {
+        Cli {
+            host: host.trim_end_matches('/').to_string(),
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.host)
+    }
+
+    /// Sends a request; a non-2xx answer is a failure carrying the daemon's message.
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, Failure> {
+        let resp = req.send().await.map_err(|e| {
+            if e.is_connect() {
+                Failure(format!(
+                    "cannot reach dmr-supervisor at {}: is it running? ({e})",
+                    self.host
+                ))
+            } else {
+                Failure(e.to_string())
+            }
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        Err(Failure(
+            error_message(&text).unwrap_or_else(|| format!("{status}")),
+        ))
+    }
+
+    pub async fn run(&self, action: Action) -> Result<(), Failure> {
+        match action {
+            Action::Pull { model } => {
+                let mut body = json!({"from": model});
+                if let Ok(t) = std::env::var("HF_TOKEN") {
+                    if name_is_hf(&model) {
+                        body["bearer-token"] = json!(t);
+                    }
+                }
+                let resp = self
+                    .send(self.http.post(self.url("/models/create")).json(&body))
+                    .await?;
+                progress(resp, "Downloaded").await
+            }
+            Action::Push { model } => {
+                let resp = self
+                    .send(
+                        self.http
+                            .post(self.url(&format!("/models/{model}/push")))
+                            .json(&json!({})),
+                    )
+                    .await?;
+                progress(resp, "Uploaded").await
+            }
+            Action::Tag { source, target } => {
+                let (repo, tag) = split_tag(&target);
+                let mut url = reqwest::Url::parse(&self.url(&format!("/models/{source}/tag")))?;
+                url.query_pairs_mut().append_pair("repo", repo);
+                if let Some(t) = tag {
+                    url.query_pairs_mut().append_pair("tag", t);
+                }
+                let resp = self.send(self.http.post(url)).await?;
+                let v: Value = resp.json().await?;
+                println!(
+                    "Model \"{source}\" tagged successfully with \"{}\"",
+                    v["target"].as_str().unwrap_or(&target)
+                );
+                Ok(())
+            }
+            Action::Package { gguf, target, push } => {
+                let path =
+                    std::fs::canonicalize(&gguf).map_err(|e| Failure(format!("{gguf}: {e}")))?;
+                let body = json!({"from": path.display().to_string(), "name": target});
+                let resp = self
+                    .send(self.http.post(self.url("/models/create")).json(&body))
+                    .await?;
+                progress(resp, "Packaged").await?;
+                if push {
+                    let resp = self
+                        .send(
+                            self.http
+                                .post(self.url(&format!("/models/{target}/push")))
+                                .json(&json!({})),
+                        )
+                        .await?;
+                    progress(resp, "Uploaded").await?;
+                }
+                Ok(())
+            }
+            Action::Ls { quiet } => {
+                let models: Vec<Value> = self
+                    .send(self.http.get(self.url("/models")))
+                    .await?
+                    .json()
+                    .await?;
+                if quiet {
+                    for m in &models {
+                        println!("{}", short_id(m["id"].as_str().unwrap_or_default()));
+                    }
+                    return Ok(());
+                }
+                let mut rows = vec![vec![
+                    "MODEL NAME".to_string(),
+                    "PARAMETERS".into(),
+                    "QUANTIZATION".into(),
+                    "ARCHITECTURE".into(),
+                    "MODEL ID".into(),
+                    "CREATED".into(),
+                    "SIZE".into(),
+                ]];
+                for m in &models {
+                    let c = &m["config"];
+                    let tags: Vec<&str> = m["tags"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    for name in if tags.is_empty() {
+                        vec!["<none>"]
+                    } else {
+                        tags
+                    } {
+                        rows.push(vec![
+                            name.to_string(),
+                            c["parameters"].as_str().unwrap_or("").into(),
+                            c["quantization"].as_str().unwrap_or("").into(),
+                            c["architecture"].as_str().unwrap_or("").into(),
+                            short_id(m["id"].as_str().unwrap_or_default()),
+                            ago(m["created"].as_i64().unwrap_or(0)),
+                            c["size"].as_str().unwrap_or("").into(),
+                        ]);
+                    }
+                }
+                print_table(&rows);
+                Ok(())
+            }
+            Action::Rm { models, force } => {
+                for m in models {
+                    let path = format!("/models/{m}{}", if force { "?force=true" } else { "" });
+                    let removed: Vec<Value> = self
+                        .send(self.http.delete(self.url(&path)))
+                        .await?
+                        .json()
+                        .await?;
+                    for r in removed {
+                        if let Some(t) = r["Untagged"].as_str() {
+                            println!("Untagged: {t}");
+                        }
+                        if let Some(d) = r["Deleted"].as_str() {
+                            println!("Deleted: {d}");
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Action::Inspect { model } => {
+                let v: Value = self
+                    .send(self.http.get(self.url(&format!("/models/{model}"))))
+                    .await?
+                    .json()
+                    .await?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                Ok(())
+            }
+            Action::Ps => {
+                let runners: Vec<Value> = self
+                    .send(self.http.get(self.url("/engines/ps")))
+                    .await?
+                    .json()
+                    .await?;
+                let mut rows = vec![vec![
+                    "MODEL NAME".to_string(),
+                    "BACKEND".into(),
+                    "MODE".into(),
+                    "STATE".into(),
+                    "IN FLIGHT".into(),
+                    "MEMORY".into(),
+                    "UNTIL".into(),
+                ]];
+                for r in &runners {
+                    let state = if r["queued"].as_bool() == Some(true) {
+                        "queued"
+                    } else if r["loading"].as_bool() == Some(true) {
+                        "loading"
+                    } else {
+                        "ready"
+                    };
+                    let memory = r["measured_memory"]
+                        .as_u64()
+                        .or(r["predicted_memory"].as_u64())
+                        .unwrap_or(0);
+                    rows.push(vec![
+                        r["model_name"].as_str().unwrap_or("").into(),
+                        r["backend_name"].as_str().unwrap_or("").into(),
+                        r["mode"].as_str().unwrap_or("").into(),
+                        state.into(),
+                        r["in_flight"].to_string(),
+                        human(memory),
+                        r["keep_alive"].as_str().unwrap_or("").into(),
+                    ]);
+                }
+                print_table(&rows);
+                Ok(())
+            }
+            Action::Unload { models, all } => {
+                if models.is_empty() && !all {
+                    return Err(Failure("name models to unload, or --all".into()));
+                }
+                let v: Value = self
+                    .send(
+                        self.http
+                            .post(self.url("/engines/unload"))
+                            .json(&json!({"all": all, "models": models})),
+                    )
+                    .await?
+                    .json()
+                    .await?;
+                println!("Unloaded {} model runner(s)", v["unloaded_runners"]);
+                Ok(())
+            }
+            Action::Configure {
+                model,
+                context_size,
+                runtime_flags,
+            } => {
+                let mut body = json!({"model": model});
+                if let Some(c) = context_size {
+                    body["context-size"] = json!(c);
+                }
+                if !runtime_flags.is_empty() {
+                    body["runtime-flags"] = json!(runtime_flags);
+                }
+                self.send(self.http.post(self.url("/engines/_configure")).json(&body))
+                    .await?;
+                println!("Configured {model}");
+                Ok(())
+            }
+            Action::Logs { model, follow } => {
+                let mut url = reqwest::Url::parse(&self.url("/logs"))?;
+                if let Some(m) = &model {
+                    url.query_pairs_mut().append_pair("model", m);
+                }
+                if follow {
+                    url.query_pairs_mut().append_pair("follow", "1");
+                }
+                let resp = self.send(self.http.get(url)).await?;
+                let mut body = resp.bytes_stream();
+                let mut out = std::io::stdout();
+                while let Some(chunk) = body.next().await {
+                    out.write_all(&chunk?)?;
+                    out.flush()?;
+                }
+                Ok(())
+            }
+            Action::Status => {
+                let version: Value = self
+                    .send(self.http.get(self.url("/version")))
+                    .await?
+                    .json()
+                    .await?;
+                println!(
+                    "dmr-supervisor {} is running at {}",
+                    version["version"].as_str().unwrap_or("?"),
+                    self.host
+                );
+                let engines: Value = self
+                    .send(self.http.get(self.url("/engines/status")))
+                    .await?
+                    .json()
+                    .await?;
+                for (name, status) in engines.as_object().into_iter().flatten() {
+                    println!("{name}: {}", status.as_str().unwrap_or(""));
+                }
+                Ok(())
+            }
+            Action::Run {
+                model,
+                prompt,
+                max_tokens,
+            } => match prompt {
+                Some(p) => {
+                    let mut messages = vec![json!({"role": "user", "content": p})];
+                    self.chat(&model, &mut messages, max_tokens).await?;
+                    Ok(())
+                }
+                None => self.interactive(&model, max_tokens).await,
+            },
+        }
+    }
+
+    /// Streams one answer to stdout and returns it.
+    async fn chat(
+        &self,
+        model: &str,
+        messages: &mut Vec<Value>,
+        max_tokens: Option<u32>,
+    ) -> Result<String, Failure> {
+        let mut body = json!({"model": model, "messages": messages, "stream": true});
+        if let Some(n) = max_tokens {
+            body["max_tokens"] = json!(n);
+        }
+        let resp = self
+            .send(
+                self.http
+                    .post(self.url("/engines/v1/chat/completions"))
+                    .json(&body),
+            )
+            .await?;
+        let mut stream = resp.bytes_stream();
+        let (mut buf, mut answer) = (Vec::new(), String::new());
+        let mut out = std::io::stdout();
+        while let Some(chunk) = stream.next().await {
+            buf.extend_from_slice(&chunk?);
+            while let Some(i) = buf.windows(2).position(|w| w == b"\n\n") {
+                let frame: Vec<u8> = buf.drain(..i + 2).collect();
+                let text = String::from_utf8_lossy(&frame);
+                for line in text.lines() {
+                    let Some(data) = line.strip_prefix("data: ") else {
+                        continue;
+                    };
+                    if data == "[DONE]" {
+                        continue;
+                    }
+                    let v: Value = serde_json::from_str(data)?;
+                    if let Some(e) = v.get("error") {
+                        return Err(Failure(
+                            e["message"]
+                                .as_str()
+                                .unwrap_or("the engine failed")
+                                .to_string(),
+                        ));
+                    }
+                    if let Some(delta) = v["choices"][0]["delta"]["content"].as_str() {
+                        answer.push_str(delta);
+                        out.write_all(delta.as_bytes())?;
+                        out.flush()?;
+                    }
+                }
+            }
+        }
+        println!();
+        messages.push(json!({"role": "assistant", "content": answer}));
+        Ok(answer)
+    }
+
+    async fn interactive(&self, model: &str, max_tokens: Option<u32>) -> Result<(), Failure> {
+        let tty = std::io::stdin().is_terminal();
+        if tty {
+            eprintln!("Interactive chat with {model}. Type /bye to quit.");
+        }
+        let mut messages = Vec::new();
+        let stdin = std::io::stdin();
+        let mut lines = stdin.lock().lines();
+        loop {
+            if tty {
+                print!("> ");
+                std::io::stdout().flush()?;
+            }
+            let Some(line) = lines.next() else { break };
+            let line = line?;
+            let line = line.trim();
+            if line == "/bye" {
+                break;
+            }
+            if line.is_empty() {
+                continue;
+            }
+            messages.push(json!({"role": "user", "content": line}));
+            self.chat(model, &mut messages, max_tokens).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Renders DMR's NDJSON progress: one bar per layer with bytes, rate and time left; the final line's message.
+async fn progress(resp: reqwest::Response, verb: &str) -> Result<(), Failure> {
+    let bars = MultiProgress::with_draw_target(if std::io::stderr().is_terminal() {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    });
+    let style = ProgressStyle::with_template(
+        "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    let mut layers: HashMap<String, ProgressBar> = HashMap::new();
+    let mut last_percent = None;
+    let mut stream = resp.bytes_stream();
+    let mut buf = Vec::new();
+    let mut outcome: Option<Result<String, String>> = None;
+    while let Some(chunk) = stream.next().await {
+        buf.extend_from_slice(&chunk?);
+        while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            let Ok(v) = serde_json::from_slice::<Value>(&line) else {
+                continue;
+            };
+            match v["type"].as_str() {
+                Some("progress") => {
+                    let (id, size, current) = (
+                        v["layer"]["id"].as_str().unwrap_or("").to_string(),
+                        v["layer"]["size"].as_u64().unwrap_or(0),
+                        v["layer"]["current"].as_u64().unwrap_or(0),
+                    );
+                    let bar = layers.entry(id.clone()).or_insert_with(|| {
+                        let b = bars.add(ProgressBar::new(size));
+                        b.set_style(style.clone());
+                        b.set_prefix(short_id(&id));
+                        b
+                    });
+                    bar.set_position(current);
+                    let (total, done) = (
+                        v["total"].as_u64().unwrap_or(0),
+                        v["message"].as_str().unwrap_or(""),
+                    );
+                    if !std::io::stderr().is_terminal() && total > 0 {
+                        // Without a terminal: a plain line at each new 10 %, and always at 100 %.
+                        let all: u64 = layers.values().map(|b| b.position()).sum();
+                        let percent = (all * 100 / total.max(1)).min(100);
+                        if last_percent.line_due(percent) {
+                            eprintln!(
+                                "{verb}: {percent:>3}% {} of {} ({done})",
+                                human(all),
+                                human(total)
+                            );
+                            last_percent = Some(percent);
+                        }
+                    }
+                }
+                Some("success") => {
+                    outcome = Some(Ok(v["message"].as_str().unwrap_or("done").to_string()))
+                }
+                Some("error") => {
+                    outcome = Some(Err(v["message"].as_str().unwrap_or("failed").to_string()))
+                }
+                _ => {}
+            }
+        }
+    }
+    for b in layers.values() {
+        b.finish();
+    }
+    match outcome {
+        Some(Ok(m)) => {
+            println!("{m}");
+            Ok(())
+        }
+        Some(Err(m)) => Err(Failure(m.trim_start_matches("Error: ").to_string())),
+        None => Err(Failure(
+            "the daemon closed the stream before it finished".into(),
+        )),
+    }
+}
+
+trait PercentStep {
+    fn line_due(&self, percent: u64) -> bool;
+}
+
+impl PercentStep for Option<u64> {
+    /// A new line is due: none yet, a tenth further on, or the end.
+    fn line_due(&self, percent: u64) -> bool {
+        match self {
+            None => true,
+            Some(p) => percent / 10 > p / 10 || (percent == 100 && *p < 100),
+        }
+    }
+}
+
+/// The message of an error body in any of the daemon's dialects (plain text, OpenAI, Ollama).
+fn error_message(text: &str) -> Option<String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    match serde_json::from_str::<Value>(text) {
+        Ok(v) => v["error"]["message"]
+            .as_str()
+            .or(v["error"].as_str())
+            .map(str::to_string)
+            .or(Some(text.to_string())),
+        Err(_) => Some(text.to_string()),
+    }
+}
+
+fn name_is_hf(model: &str) -> bool {
+    model.starts_with("hf.co/") || model.starts_with("huggingface.co/")
+}
+
+/// `repo[:tag]`, the colon after the last slash being the tag's.
+fn split_tag(target: &str) -> (&str, Option<&str>) {
+    let last_slash = target.rfind('/').map_or(0, |i| i + 1);
+    match target[last_slash..].rfind(':') {
+        Some(i) => (
+            &target[..last_slash + i],
+            Some(&target[last_slash + i + 1..]),
+        ),
+        None => (target, None),
+    }
+}
+
+fn short_id(id: &str) -> String {
+    id.trim_start_matches("sha256:").chars().take(12).collect()
+}
+
+fn human(bytes: u64) -> String {
+    indicatif::HumanBytes(bytes).to_string()
+}
+
+fn ago(unix: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    if unix <= 0 {
+        return String::new();
+    }
+    let d = Duration::from_secs((now - unix).max(0) as u64);
+    format!("{} ago", indicatif::HumanDuration(d))
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let cols = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_split_at_the_tag_colon_not_the_port() {
+        assert_eq!(
+            split_tag("127.0.0.1:5000/ns/m:v1"),
+            ("127.0.0.1:5000/ns/m", Some("v1"))
+        );
+        assert_eq!(
+            split_tag("127.0.0.1:5000/ns/m"),
+            ("127.0.0.1:5000/ns/m", None)
+        );
+        assert_eq!(split_tag("ai/x"), ("ai/x", None));
+    }
+
+    #[test]
+    fn error_bodies_of_every_dialect_give_their_message() {
+        assert_eq!(
+            error_message(r#"{"error":{"message":"nope","type":"x"}}"#).as_deref(),
+            Some("nope")
+        );
+        assert_eq!(
+            error_message(r#"{"error":"gone"}"#).as_deref(),
+            Some("gone")
+        );
+        assert_eq!(
+            error_message("model not found\n").as_deref(),
+            Some("model not found")
+        );
+        assert_eq!(error_message(""), None);
+    }
+
+    #[test]
+    fn plain_progress_lines_every_tenth() {
+        assert!(None.line_due(0));
+        assert!(!Some(10).line_due(19));
+        assert!(Some(10).line_due(20));
+        assert!(Some(95).line_due(100));
+        assert!(!Some(100).line_due(100));
+    }
+}

@@ -1,0 +1,88 @@
+"""The command line (`dmr-supervisor pull|push|tag|package|ls|rm|inspect|ps|unload|configure|logs|status|run`),
+run as the real binary against a running daemon: progress ends with a 100 % line, `run` streams, `run` without a
+prompt chats over stdin, and every failure is one `error:` line with a non-zero exit."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from registry import Registry, get_manifest
+
+
+def cli(supervisors, sup, *args: str, input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([str(supervisors.prereqs.supervisor), "--host", f"http://127.0.0.1:{sup.port}", *args],
+                          capture_output=True, text=True, input=input, timeout=timeout)
+
+
+def ok(p: subprocess.CompletedProcess) -> str:
+    assert p.returncode == 0, f"exit {p.returncode}: {p.stderr[-2000:]}"
+    return p.stdout
+
+
+def failed(p: subprocess.CompletedProcess, why: str) -> None:
+    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and why in lines[0], p.stderr
+
+
+def test_status_ls_inspect_and_rm(supervisors):
+    sup = supervisors.start()
+    out = ok(cli(supervisors, sup, "status"))
+    assert "is running" in out and "llama.cpp: Running" in out
+    table = ok(cli(supervisors, sup, "ls")).splitlines()
+    assert table[0].split()[:2] == ["MODEL", "NAME"] and table[1].startswith("ai/tiny:latest")
+    assert ok(cli(supervisors, sup, "ls", "-q")).strip() == sup.get("/models").json()[0]["id"][7:19]
+    assert '"format": "gguf"' in ok(cli(supervisors, sup, "inspect", "ai/tiny"))
+    failed(cli(supervisors, sup, "rm", "ai/nope"), "not found")
+    ok(cli(supervisors, sup, "tag", "ai/tiny", "ai/tiny:second"))
+    assert "Untagged: ai/tiny:second" in ok(cli(supervisors, sup, "rm", "ai/tiny:second"))
+    failed(subprocess.run([str(supervisors.prereqs.supervisor), "--host", "http://127.0.0.1:1", "ls"],
+                          capture_output=True, text=True, timeout=30), "cannot reach dmr-supervisor")
+
+
+def test_run_streams_an_answer_and_chats_over_stdin(supervisors):
+    sup = supervisors.start()
+    out = ok(cli(supervisors, sup, "run", "--max-tokens", "8", "ai/tiny", "Say hi"))
+    assert out.strip(), "an answer"
+    assert "ai/tiny:latest" in ok(cli(supervisors, sup, "ps"))
+    chat = ok(cli(supervisors, sup, "run", "--max-tokens", "8", "ai/tiny", input="hello\nand again\n/bye\nnever sent\n"))
+    assert len([l for l in chat.splitlines() if l.strip()]) >= 2, chat
+    logged = [r for r in sup.get("/engines/requests").json() if r.get("model", "").startswith("ai/tiny")]
+    assert len(logged) >= 3  # one prompt, then two chat turns; the line after /bye is never sent
+    assert "Unloaded 1" in ok(cli(supervisors, sup, "unload", "--all"))
+    failed(cli(supervisors, sup, "run", "ai/nope", "x"), "not found")
+
+
+def test_configure_persists_settings(supervisors):
+    sup = supervisors.start()
+    ok(cli(supervisors, sup, "configure", "--context-size", "1024", "ai/tiny", "--", "--temp", "0.5"))
+    [c] = sup.get("/engines/_configure?model=ai/tiny").json()
+    assert c["Config"] == {"context-size": 1024, "runtime-flags": ["--temp", "0.5"]}
+    failed(cli(supervisors, sup, "configure", "ai/tiny", "--", "--log-file", "/etc/x"), "may not carry paths")
+    assert "listening" in ok(cli(supervisors, sup, "logs"))
+
+
+def test_pull_and_push_show_progress_to_100_percent(supervisors, tmp_path):
+    with Registry(tmp_path / "registry") as reg:
+        a = supervisors.start(name="a")
+        target = f"{reg.host}/cli/tiny:v1"
+        ok(cli(supervisors, a, "tag", "ai/tiny", target))
+        p = cli(supervisors, a, "push", target)
+        assert ok(p).strip() == "Model pushed successfully"
+        assert p.stderr.strip().splitlines()[-1].startswith("Uploaded: 100%"), p.stderr
+        get_manifest(reg, "cli/tiny", "v1")
+
+        b = supervisors.start(name="b", models=[])
+        p = cli(supervisors, b, "pull", target)
+        assert ok(p).strip() == "Model pulled successfully"
+        assert p.stderr.strip().splitlines()[-1].startswith("Downloaded: 100%"), p.stderr
+        assert target in ok(cli(supervisors, b, "ls"))
+        failed(cli(supervisors, b, "pull", f"{reg.host}/cli/missing:v1"), "not found")
+
+        # package: a local GGUF under a registry name, pushed in one go.
+        p = cli(supervisors, b, "package", "--gguf", str(supervisors.prereqs.tiny_gguf), f"{reg.host}/cli/packaged:v2",
+                "--push")
+        assert ok(p).strip().splitlines()[-1] == "Model pushed successfully", p.stdout
+        get_manifest(reg, "cli/packaged", "v2")
