@@ -28,6 +28,8 @@ pub enum Action {
     Package {
         gguf: String,
         target: String,
+        license: Option<String>,
+        chat_template: Option<String>,
         push: bool,
     },
     Ls {
@@ -152,10 +154,25 @@ impl Cli {
                 );
                 Ok(())
             }
-            Action::Package { gguf, target, push } => {
-                let path =
-                    std::fs::canonicalize(&gguf).map_err(|e| Failure(format!("{gguf}: {e}")))?;
-                let body = json!({"from": path.display().to_string(), "name": target});
+            Action::Package {
+                gguf,
+                target,
+                license,
+                chat_template,
+                push,
+            } => {
+                let abs = |p: &str| {
+                    std::fs::canonicalize(p)
+                        .map(|p| p.display().to_string())
+                        .map_err(|e| Failure(format!("{p}: {e}")))
+                };
+                let mut body = json!({"from": abs(&gguf)?, "name": target});
+                if let Some(l) = &license {
+                    body["license"] = json!(abs(l)?);
+                }
+                if let Some(t) = &chat_template {
+                    body["chat_template"] = json!(abs(t)?);
+                }
                 let resp = self
                     .send(self.http.post(self.url("/models/create")).json(&body))
                     .await?;

@@ -70,6 +70,12 @@ enum Command {
         #[arg(long)]
         gguf: String,
         target: String,
+        /// A license file, packaged as DMR's license layer.
+        #[arg(long)]
+        license: Option<String>,
+        /// A Jinja chat template, packaged as DMR's chat-template layer.
+        #[arg(long)]
+        chat_template: Option<String>,
         #[arg(long)]
         push: bool,
     },
@@ -149,7 +155,19 @@ fn client(host: &str, command: Command) -> ExitCode {
         Command::Pull { model } => Action::Pull { model },
         Command::Push { model } => Action::Push { model },
         Command::Tag { source, target } => Action::Tag { source, target },
-        Command::Package { gguf, target, push } => Action::Package { gguf, target, push },
+        Command::Package {
+            gguf,
+            target,
+            license,
+            chat_template,
+            push,
+        } => Action::Package {
+            gguf,
+            target,
+            license,
+            chat_template,
+            push,
+        },
         Command::Ls { quiet } => Action::Ls { quiet },
         Command::Rm { models, force } => Action::Rm { models, force },
         Command::Inspect { model } => Action::Inspect { model },

@@ -22,6 +22,12 @@ pub struct CreateRequest {
     pub name: Option<String>,
     #[serde(rename = "bearer-token", default)]
     pub bearer_token: Option<String>,
+    /// Our extension for packaging a local GGUF: a license file and a chat template (absolute paths), added as
+    /// DMR's license and chat-template layers.
+    #[serde(default)]
+    pub license: Option<String>,
+    #[serde(default)]
+    pub chat_template: Option<String>,
 }
 
 /// `POST /models/{name}/push` body.

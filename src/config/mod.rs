@@ -55,6 +55,8 @@ pub struct RegistryConfig {
     /// The docker `config.json` whose `auths` give credentials (default `$DOCKER_CONFIG/config.json` or
     /// `~/.docker/config.json`).
     pub docker_config: Option<PathBuf>,
+    /// Hugging Face's endpoint for `hf.co/...` pulls (default `$HF_ENDPOINT`, else https://huggingface.co).
+    pub hf_endpoint: Option<String>,
 }
 
 impl Default for RegistryConfig {
@@ -63,6 +65,7 @@ impl Default for RegistryConfig {
             max_pulls: 2,
             insecure: Vec::new(),
             docker_config: None,
+            hf_endpoint: None,
         }
     }
 }
@@ -429,6 +432,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             Some(_) => errors.push("registry.max_pulls", "must be > 0"),
         }
         config.registry.insecure = registry.insecure.unwrap_or_default();
+        config.registry.hf_endpoint = registry.hf_endpoint;
         if let Some(p) = registry.docker_config {
             match resolve_path(&p, base) {
                 Ok(p) => config.registry.docker_config = Some(p),

@@ -61,6 +61,7 @@ pub struct RawRegistry {
     pub max_pulls: Option<i64>,
     pub insecure: Option<Vec<String>>,
     pub docker_config: Option<String>,
+    pub hf_endpoint: Option<String>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

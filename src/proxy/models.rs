@@ -174,6 +174,26 @@ pub async fn create(
     }
     .map_err(|e| ApiError::bad_request(format!("invalid model name: {e}")))?;
 
+    let mut extras: (Option<PathBuf>, Option<PathBuf>) = (None, None);
+    for (given, slot, what) in [
+        (&create.license, &mut extras.0, "license"),
+        (&create.chat_template, &mut extras.1, "chat_template"),
+    ] {
+        if let Some(p) = given {
+            let path = PathBuf::from(p);
+            if !path.is_absolute() || !path.is_file() {
+                return Err(ApiError::bad_request(format!(
+                    "{what} {p:?} is not an absolute path to a file"
+                )));
+            }
+            *slot = Some(path);
+        }
+    }
+    if (extras.0.is_some() || extras.1.is_some()) && src.is_dir() {
+        return Err(ApiError::bad_request(
+            "a license or chat template can only be packaged with a GGUF file",
+        ));
+    }
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
     let app = app.clone();
     tokio::task::spawn_blocking(move || {
@@ -185,7 +205,18 @@ pub async fn create(
             let _ =
                 tx.blocking_send(native::ProgressLine::progress(p.total, id, p.current).to_line());
         };
-        let line = match app.store.import(&src, &tag, &mut report) {
+        let imported = if extras.0.is_some() || extras.1.is_some() {
+            app.store.package_gguf(
+                &src,
+                &tag,
+                extras.0.as_deref(),
+                extras.1.as_deref(),
+                &mut report,
+            )
+        } else {
+            app.store.import(&src, &tag, &mut report)
+        };
+        let line = match imported {
             Ok(model) => {
                 tracing::info!(model = tag, id = model.id, "model imported");
                 native::ProgressLine::success()
@@ -261,6 +292,37 @@ pub fn start_pull(
     rx
 }
 
+/// Runs a planned Hugging Face pull in the background, reporting as it goes.
+pub fn start_hf_pull(
+    app: &Arc<App>,
+    tag: String,
+    plan: crate::registry::hf::Plan,
+) -> tokio::sync::mpsc::UnboundedReceiver<PullEvent> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = app.clone();
+    tokio::spawn(async move {
+        let report = |p: crate::registry::Progress| {
+            let _ = tx.send(PullEvent::Progress(p));
+        };
+        let result = app
+            .registries
+            .pull_hf(app.store.clone(), &tag, plan, &report)
+            .await;
+        match &result {
+            Ok(model) => {
+                tracing::info!(model = tag, id = model.id, "model pulled from Hugging Face")
+            }
+            Err(e) => tracing::warn!(model = tag, error = %e, "Hugging Face pull failed"),
+        }
+        let _ = tx.send(PullEvent::Done(
+            result
+                .map(|m| (Box::new(m), false))
+                .map_err(|e| e.to_string()),
+        ));
+    });
+    rx
+}
+
 /// A registry pull: the manifest and config are fetched and checked first (their failures are HTTP statuses:
 /// 400 bad reference, 401, 404, 422 not a model, 502), then layers stream as DMR's NDJSON progress lines, ending
 /// with `success` (or "Using cached model" when nothing had to be downloaded) or an `error` line.
@@ -270,19 +332,22 @@ pub async fn pull(
     bearer: Option<&str>,
     wants_json: bool,
 ) -> Result<Response<Body>, ApiError> {
-    if name::normalize(from).is_ok_and(|t| t.starts_with("huggingface.co/")) {
-        return Err(ApiError::new(
-            ErrorKind::NotImplemented,
-            format!("pulling {from} from Hugging Face is not supported yet"),
-        ));
-    }
-    let prepared = app
-        .registries
-        .prepare(from, bearer)
-        .await
-        .map_err(registry_error)?;
-    let total = prepared.total();
-    let mut events = start_pull(app, prepared);
+    let hf = from.starts_with("hf.co/") || from.starts_with("huggingface.co/");
+    let (total, mut events) = if hf {
+        let (tag, plan) = app
+            .registries
+            .prepare_hf(from, bearer)
+            .await
+            .map_err(registry_error)?;
+        (plan.total(), start_hf_pull(app, tag, plan))
+    } else {
+        let prepared = app
+            .registries
+            .prepare(from, bearer)
+            .await
+            .map_err(registry_error)?;
+        (prepared.total(), start_pull(app, prepared))
+    };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {

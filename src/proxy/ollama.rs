@@ -362,12 +362,21 @@ pub async fn pull(
         .or(input.name)
         .filter(|m| !m.is_empty())
         .ok_or_else(|| ApiError::bad_request("model is required"))?;
-    let prepared = app
-        .registries
-        .prepare(&from, None)
-        .await
-        .map_err(super::models::registry_error)?;
-    let mut events = super::models::start_pull(app, prepared);
+    let mut events = if from.starts_with("hf.co/") || from.starts_with("huggingface.co/") {
+        let (tag, plan) = app
+            .registries
+            .prepare_hf(&from, None)
+            .await
+            .map_err(super::models::registry_error)?;
+        super::models::start_hf_pull(app, tag, plan)
+    } else {
+        let prepared = app
+            .registries
+            .prepare(&from, None)
+            .await
+            .map_err(super::models::registry_error)?;
+        super::models::start_pull(app, prepared)
+    };
     let line = |v: serde_json::Value| {
         let mut b = serde_json::to_vec(&v).unwrap_or_default();
         b.push(b'\n');

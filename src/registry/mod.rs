@@ -9,6 +9,7 @@
 //! token flow). Progress goes to a callback as DMR's NDJSON lines are built from it.
 
 pub mod auth;
+pub mod hf;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -316,6 +317,47 @@ impl Registries {
             .await
             .map_err(|e| classify(e, reference))?;
         Ok(artifact.model.id)
+    }
+
+    /// The Hugging Face endpoint: `[registry] hf_endpoint`, else `$HF_ENDPOINT`, else huggingface.co.
+    pub fn hf_endpoint(&self) -> String {
+        self.config
+            .hf_endpoint
+            .clone()
+            .or_else(|| std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()))
+            .unwrap_or_else(|| "https://huggingface.co".into())
+    }
+
+    /// Plans a Hugging Face pull of `from` (`hf.co/org/repo[:tag]`): the token is the request's, else `$HF_TOKEN`.
+    pub async fn prepare_hf(
+        &self,
+        from: &str,
+        bearer: Option<&str>,
+    ) -> Result<(String, hf::Plan), RegistryError> {
+        let bad = |e: String| RegistryError::BadReference(from.to_string(), e);
+        let (repo, tag) =
+            hf::parse(from).ok_or_else(|| bad("expected hf.co/ORG/REPO[:TAG]".into()))?;
+        let store_tag = name::normalize(from).map_err(|e| bad(e.to_string()))?;
+        let env_token = std::env::var("HF_TOKEN").ok();
+        let token = bearer.filter(|t| !t.is_empty()).or(env_token.as_deref());
+        let plan = hf::prepare(&self.hf_endpoint(), &repo, &tag, token).await?;
+        Ok((store_tag, plan))
+    }
+
+    /// Runs a planned Hugging Face pull (one at a time per slot, like registry pulls).
+    pub async fn pull_hf(
+        &self,
+        store: Arc<Store>,
+        store_tag: &str,
+        plan: hf::Plan,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> Result<Model, RegistryError> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| RegistryError::Registry("shutting down".into()))?;
+        hf::pull(store, plan, store_tag, progress).await
     }
 
     fn blob_lock(&self, digest: &str) -> Arc<tokio::sync::Mutex<()>> {

@@ -121,6 +121,7 @@ pub(super) fn model_config(info: &GgufInfo, file_size: u64) -> ModelConfig {
 
 /// Serialises a config blob; `created` (unix seconds) is an input so that the same file
 /// imported twice yields the same bytes, hence the same model id.
+#[cfg(test)]
 pub(super) fn config_bytes(config: &ModelConfig, weights_digest: &str, created: i64) -> Vec<u8> {
     config_bytes_for(config, &[weights_digest.to_string()], created)
 }
@@ -142,8 +143,19 @@ pub(super) fn config_bytes_for(config: &ModelConfig, diff_ids: &[String], create
     serde_json::to_vec(&file).expect("config serialisation cannot fail")
 }
 
+/// DMR's layer type for a license file.
+pub(super) const LICENSE_MEDIA_TYPE: &str = "application/vnd.docker.ai.license";
+/// DMR's layer type for a chat template.
+pub(super) const CHAT_TEMPLATE_MEDIA_TYPE: &str = "application/vnd.docker.ai.chat.template.jinja";
+
 /// Serialises the manifest naming the config blob and the single GGUF layer.
+#[cfg(test)]
 pub(super) fn manifest_bytes(config: (&str, u64), weights: (&str, u64)) -> Vec<u8> {
+    manifest_bytes_with(config, &[(GGUF_MEDIA_TYPE, weights.0, weights.1)])
+}
+
+/// Serialises a v0.1 manifest: the config blob and typed layers (media type, digest, size), in order.
+pub(super) fn manifest_bytes_with(config: (&str, u64), layers: &[(&str, &str, u64)]) -> Vec<u8> {
     let descriptor = |media_type: &str, (digest, size): (&str, u64)| Descriptor {
         media_type: media_type.to_string(),
         size,
@@ -154,7 +166,10 @@ pub(super) fn manifest_bytes(config: (&str, u64), weights: (&str, u64)) -> Vec<u
         schema_version: 2,
         media_type: MANIFEST_MEDIA_TYPE.to_string(),
         config: descriptor(CONFIG_MEDIA_TYPE, config),
-        layers: vec![descriptor(GGUF_MEDIA_TYPE, weights)],
+        layers: layers
+            .iter()
+            .map(|(media, digest, size)| descriptor(media, (digest, *size)))
+            .collect(),
     };
     // Invariant: plain strings and integers always serialise.
     serde_json::to_vec(&manifest).expect("manifest serialisation cannot fail")

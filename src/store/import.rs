@@ -25,13 +25,39 @@ impl Store {
         tag: &str,
         progress: &mut dyn FnMut(ImportProgress),
     ) -> Result<Model, StoreError> {
+        self.package_gguf(src, tag, None, None, progress)
+    }
+
+    /// [`import_gguf`](Self::import_gguf) with DMR's optional extra layers: a license file and a chat template,
+    /// packaged as `application/vnd.docker.ai.license` and `…chat.template.jinja` after the weights (DMR's order),
+    /// so that the artifact is one DMR itself would pull.
+    pub fn package_gguf(
+        &self,
+        src: &Path,
+        tag: &str,
+        license: Option<&Path>,
+        chat_template: Option<&Path>,
+        progress: &mut dyn FnMut(ImportProgress),
+    ) -> Result<Model, StoreError> {
+        let extras: Vec<(&Path, &'static str)> = [
+            (license, artifact::LICENSE_MEDIA_TYPE),
+            (chat_template, artifact::CHAT_TEMPLATE_MEDIA_TYPE),
+        ]
+        .into_iter()
+        .filter_map(|(p, media)| p.map(|p| (p, media)))
+        .collect();
         let tag = name::normalize(tag)?;
         if tag.contains('@') {
             return Err(NameError::NotATag(tag).into());
         }
         let src = fs::canonicalize(src).map_err(io_err(src))?;
         let source = source_of(&src)?;
-        if let Some(model) = self.cached_import(&source, &tag)? {
+        let cached = if extras.is_empty() {
+            self.cached_import(&source, &tag)?
+        } else {
+            None
+        };
+        if let Some(model) = cached {
             let (total, digest) = (source.size, model.files.first().cloned());
             progress(ImportProgress {
                 digest,
@@ -49,26 +75,50 @@ impl Store {
             return Err(StoreError::SourceChanged { path: src });
         }
         let weights = format!("sha256:{hex}");
+        let mut extra_temps = Vec::new();
+        let mut layers: Vec<(&str, String, u64)> =
+            vec![(artifact::GGUF_MEDIA_TYPE, weights.clone(), len)];
+        for (path, media) in &extras {
+            let size = fs::metadata(path).map_err(io_err(path))?.len();
+            let (temp, hex, n) = fsutil::copy_hashed(path, &self.blob_dir(), size, progress)?;
+            layers.push((media, format!("sha256:{hex}"), n));
+            extra_temps.push((temp, hex));
+        }
         let config = artifact::model_config(&info, len);
-        let config_bytes = artifact::config_bytes(&config, &weights, source.mtime);
+        let diff_ids: Vec<String> = layers.iter().map(|(_, d, _)| d.clone()).collect();
+        let config_bytes = artifact::config_bytes_for(&config, &diff_ids, source.mtime);
         let config_hex = sha256_hex(&config_bytes);
         let config_digest = format!("sha256:{config_hex}");
         let config_len = config_bytes.len() as u64;
-        let manifest = artifact::manifest_bytes((&config_digest, config_len), (&weights, len));
+        let layer_refs: Vec<(&str, &str, u64)> = layers
+            .iter()
+            .map(|(m, d, n)| (*m, d.as_str(), *n))
+            .collect();
+        let manifest = artifact::manifest_bytes_with((&config_digest, config_len), &layer_refs);
         let id_hex = sha256_hex(&manifest);
         let id = format!("sha256:{id_hex}");
+        let mut files = diff_ids.clone();
+        files.push(config_digest.clone());
+        files.dedup();
         let entry = Entry {
             id: id.clone(),
             tags: vec![tag.clone()],
-            files: vec![weights.clone(), config_digest.clone()],
+            files,
             created: source.mtime,
-            source: Some(source),
+            // Only a plain import is found again by its source file.
+            source: extras.is_empty().then_some(source),
         };
 
         let entry = self.commit(entry, &tag, |created| {
             let weights_path = self.blob_path(&hex);
             if temp.persist_new(&weights_path)? {
                 created.push(weights_path);
+            }
+            for (temp, hex) in extra_temps {
+                let path = self.blob_path(&hex);
+                if temp.persist_new(&path)? {
+                    created.push(path);
+                }
             }
             let config_path = self.blob_path(&config_hex);
             if write_new(&config_path, &config_bytes)? {

@@ -81,8 +81,19 @@ def test_pull_and_push_show_progress_to_100_percent(supervisors, tmp_path):
         assert target in ok(cli(supervisors, b, "ls"))
         failed(cli(supervisors, b, "pull", f"{reg.host}/cli/missing:v1"), "not found")
 
-        # package: a local GGUF under a registry name, pushed in one go.
-        p = cli(supervisors, b, "package", "--gguf", str(supervisors.prereqs.tiny_gguf), f"{reg.host}/cli/packaged:v2",
-                "--push")
+        # package: a local GGUF with a license and a chat template under a registry name, pushed in one go, with
+        # DMR's layer types in DMR's order.
+        (tmp_path / "LICENSE").write_text("MIT\n")
+        (tmp_path / "template.jinja").write_text("{{ messages }}")
+        p = cli(supervisors, b, "package", "--gguf", str(supervisors.prereqs.tiny_gguf), "--license",
+                str(tmp_path / "LICENSE"), "--chat-template", str(tmp_path / "template.jinja"),
+                f"{reg.host}/cli/packaged:v2", "--push")
         assert ok(p).strip().splitlines()[-1] == "Model pushed successfully", p.stdout
-        get_manifest(reg, "cli/packaged", "v2")
+        manifest, _ = get_manifest(reg, "cli/packaged", "v2")
+        assert [l["mediaType"] for l in manifest["layers"]] == [
+            "application/vnd.docker.ai.gguf.v3", "application/vnd.docker.ai.license",
+            "application/vnd.docker.ai.chat.template.jinja"]
+        # And it pulls back into an empty store and serves.
+        c = supervisors.start(name="c", models=[])
+        assert ok(cli(supervisors, c, "pull", f"{reg.host}/cli/packaged:v2")).strip() == "Model pulled successfully"
+        assert ok(cli(supervisors, c, "run", "--max-tokens", "4", f"{reg.host}/cli/packaged:v2", "hi")).strip()

@@ -79,7 +79,7 @@ def test_create_default_name_and_text_plain(supervisors, prereqs, tmp_path):
         ({"name": "ai/x"}, 400),  # missing `from`
         ({"from": "/nonexistent/dir/model.gguf"}, 404),
         ({"from": "127.0.0.1:1/ai/smollm2:360M-Q4_K_M"}, 502),  # a registry that does not answer
-        ({"from": "hf.co/org/repo"}, 501),  # Hugging Face pulls: not yet
+        ({"from": "hf.co/org"}, 400),  # not hf.co/ORG/REPO
     ],
 )
 def test_create_rejections(supervisors, body, status):

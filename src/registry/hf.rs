@@ -1,0 +1,491 @@
+//! Hugging Face pulls (`hf.co/org/repo[:quant]`), as DMR does them: not through HF's OCI endpoint but its HTTP
+//! API — the repository's file tree (`/api/models/<repo>/tree/main?recursive=true`), then each file from
+//! `/<repo>/resolve/main/<path>`. A GGUF repository gives one file, chosen by the tag (`latest`, `main` or none →
+//! the `Q4_K_M` file, else the first GGUF; another tag → the GGUF whose name contains it); any other repository is
+//! taken whole (a safetensors or diffusers model). Files are staged in the store's `hf-staging/` directory
+//! (`.incomplete` until done, resumed with Range), LFS files checked against their sha256, stamped with the
+//! repository's `lastModified` (so the model id is the same on every machine), then imported like a local model.
+//! `HF_TOKEN` (or the request's bearer token) is sent as `Authorization: Bearer`; the endpoint is configurable.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::{Progress, RegistryError};
+use crate::store::{Model, Store};
+
+/// One entry of HF's tree listing.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TreeEntry {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub path: String,
+    #[serde(default)]
+    pub size: u64,
+    #[serde(default)]
+    pub lfs: Option<Lfs>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Lfs {
+    /// The file's sha256, hex.
+    pub oid: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Info {
+    #[serde(rename = "lastModified", default)]
+    last_modified: Option<String>,
+}
+
+/// `hf.co/org/repo[:tag]` or `huggingface.co/...` → (`org/repo` as typed, tag).
+pub fn parse(from: &str) -> Option<(String, String)> {
+    let rest = from
+        .strip_prefix("hf.co/")
+        .or_else(|| from.strip_prefix("huggingface.co/"))?;
+    let (repo, tag) = match rest.rsplit_once(':') {
+        Some((r, t)) if !r.is_empty() && !t.contains('/') => (r, t),
+        _ => (rest, "latest"),
+    };
+    let parts: Vec<&str> = repo.split('/').collect();
+    let ok = parts.len() == 2
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && *p != "."
+                && *p != ".."
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        });
+    ok.then(|| (repo.to_string(), tag.to_string()))
+}
+
+/// The files to fetch from a repository's tree for `tag`; an error names why none fit.
+pub fn choose(tree: &[TreeEntry], tag: &str) -> Result<Vec<TreeEntry>, String> {
+    let files: Vec<&TreeEntry> = tree.iter().filter(|e| e.kind == "file").collect();
+    let ggufs: Vec<&TreeEntry> = files
+        .iter()
+        .copied()
+        .filter(|e| e.path.ends_with(".gguf") && !e.path.to_ascii_lowercase().contains("mmproj"))
+        .collect();
+    if ggufs.is_empty() {
+        let model: Vec<TreeEntry> = files
+            .into_iter()
+            .filter(|e| {
+                let name = e.path.rsplit('/').next().unwrap_or(&e.path);
+                !name.starts_with('.') && !name.eq_ignore_ascii_case("README.md")
+            })
+            .cloned()
+            .collect();
+        if model.is_empty() {
+            return Err("the repository has no files".into());
+        }
+        return Ok(model);
+    }
+    let wanted = match tag {
+        "" | "latest" | "main" => "Q4_K_M",
+        t => t,
+    };
+    let lower = wanted.to_ascii_lowercase();
+    let found = ggufs
+        .iter()
+        .find(|e| e.path.to_ascii_lowercase().contains(&lower))
+        .or(if wanted == "Q4_K_M" {
+            ggufs.first()
+        } else {
+            None
+        });
+    match found {
+        Some(e) => Ok(vec![(*e).clone()]),
+        None => Err(format!(
+            "no GGUF file in the repository matches {tag:?} (it has {})",
+            ggufs
+                .iter()
+                .map(|e| e.path.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// What a Hugging Face pull will fetch, found before anything is downloaded (so its failures are HTTP statuses).
+pub struct Plan {
+    http: reqwest::Client,
+    endpoint: String,
+    repo: String,
+    token: Option<String>,
+    files: Vec<TreeEntry>,
+    created: SystemTime,
+}
+
+impl Plan {
+    pub fn total(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+}
+
+/// Lists `org/repo` on `endpoint` and chooses the files for `tag`.
+pub async fn prepare(
+    endpoint: &str,
+    repo: &str,
+    tag: &str,
+    token: Option<&str>,
+) -> Result<Plan, RegistryError> {
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(30))
+        .read_timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| RegistryError::Registry(e.to_string()))?;
+    let endpoint = endpoint.trim_end_matches('/').to_string();
+    let token = token.filter(|t| !t.is_empty()).map(str::to_string);
+    let get = |url: String| {
+        let req = http.get(url);
+        match &token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    };
+    let what = format!("hf.co/{repo}");
+    let tree: Vec<TreeEntry> = json(
+        get(format!(
+            "{endpoint}/api/models/{repo}/tree/main?recursive=true"
+        )),
+        &what,
+    )
+    .await?;
+    let info: Info = json(get(format!("{endpoint}/api/models/{repo}")), &what).await?;
+    let files = choose(&tree, tag).map_err(RegistryError::NotFound)?;
+    if let Some(bad) = files
+        .iter()
+        .find(|f| !crate::store::format::safe_relative(&f.path))
+    {
+        return Err(RegistryError::Registry(format!(
+            "the repository lists an unsafe path {:?}",
+            bad.path
+        )));
+    }
+    let created = info
+        .last_modified
+        .as_deref()
+        .and_then(parse_rfc3339)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    Ok(Plan {
+        http,
+        endpoint,
+        repo: repo.to_string(),
+        token,
+        files,
+        created,
+    })
+}
+
+/// Downloads a planned pull and imports it under `store_tag`.
+pub async fn pull(
+    store: Arc<Store>,
+    plan: Plan,
+    store_tag: &str,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<Model, RegistryError> {
+    let Plan {
+        http,
+        endpoint,
+        repo,
+        token,
+        files,
+        created,
+    } = plan;
+    let get = |url: String| {
+        let req = http.get(url);
+        match &token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    };
+    let what = format!("hf.co/{repo}");
+    let staging = store
+        .root()
+        .join("hf-staging")
+        .join(repo.replace('/', "--"));
+    std::fs::create_dir_all(&staging).map_err(|e| io(e, &staging))?;
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    let mut done = 0u64;
+    for f in &files {
+        let target = staging.join(&f.path);
+        if !target.is_file() {
+            fetch(
+                &get,
+                &format!("{endpoint}/{repo}/resolve/main/{}", f.path),
+                f,
+                &target,
+                total,
+                done,
+                progress,
+                &what,
+            )
+            .await?;
+        }
+        set_mtime(&target, created)?;
+        done += f.size;
+        progress(Progress {
+            layer: layer_id(f),
+            layer_size: f.size,
+            layer_done: f.size,
+            total,
+            done,
+        });
+    }
+    // A single GGUF is imported as a file; anything else as the repository's directory.
+    let src: PathBuf = if files.len() == 1 && files[0].path.ends_with(".gguf") {
+        staging.join(&files[0].path)
+    } else {
+        staging.clone()
+    };
+    let (s, tag) = (store.clone(), store_tag.to_string());
+    let model = tokio::task::spawn_blocking(move || s.import(&src, &tag, &mut |_| {}))
+        .await
+        .map_err(|e| RegistryError::Registry(format!("store task failed: {e}")))??;
+    let _ = std::fs::remove_dir_all(&staging);
+    Ok(model)
+}
+
+fn layer_id(f: &TreeEntry) -> String {
+    match &f.lfs {
+        Some(l) => format!("sha256:{}", l.oid),
+        None => f.path.clone(),
+    }
+}
+
+async fn json<T: serde::de::DeserializeOwned>(
+    req: reqwest::RequestBuilder,
+    what: &str,
+) -> Result<T, RegistryError> {
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| RegistryError::Registry(format!("Hugging Face ({what}): {e}")))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let body = resp.text().await.unwrap_or_default();
+        return Err(status_error(status.as_u16(), what, &body));
+    }
+    resp.json()
+        .await
+        .map_err(|e| RegistryError::Registry(format!("Hugging Face ({what}): {e}")))
+}
+
+fn status_error(status: u16, what: &str, body: &str) -> RegistryError {
+    let detail = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| body.trim().to_string());
+    match status {
+        401 | 403 => RegistryError::Unauthorized(format!(
+            "not authorized for {what}: {detail} (set HF_TOKEN, or pass a bearer token)"
+        )),
+        404 => RegistryError::NotFound(format!("{what} not found on Hugging Face: {detail}")),
+        s => RegistryError::Registry(format!("Hugging Face answered {s} for {what}: {detail}")),
+    }
+}
+
+/// Downloads one file to `target` through `<target>.incomplete`, resuming it with a Range request; LFS files are
+/// checked against their sha256.
+#[allow(clippy::too_many_arguments)]
+async fn fetch(
+    get: &impl Fn(String) -> reqwest::RequestBuilder,
+    url: &str,
+    f: &TreeEntry,
+    target: &Path,
+    total: u64,
+    before: u64,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+    what: &str,
+) -> Result<(), RegistryError> {
+    let partial = PathBuf::from(format!("{}.incomplete", target.display()));
+    if let Some(dir) = partial.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| io(e, dir))?;
+    }
+    for attempt in 1..=4 {
+        let mut have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        if have > f.size {
+            std::fs::remove_file(&partial).map_err(|e| io(e, &partial))?;
+            have = 0;
+        }
+        if have < f.size || f.size == 0 {
+            let mut req = get(url.to_string());
+            if have > 0 {
+                req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
+            }
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) if attempt < 4 => {
+                    tracing::warn!(url, error = %e, "download failed; retrying");
+                    continue;
+                }
+                Err(e) => return Err(RegistryError::Registry(format!("downloading {url}: {e}"))),
+            };
+            let status = resp.status().as_u16();
+            if !(200..300).contains(&status) {
+                let body = resp.text().await.unwrap_or_default();
+                return Err(status_error(status, what, &body));
+            }
+            let append = status == 206;
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(append)
+                .truncate(!append)
+                .open(&partial)
+                .map_err(|e| io(e, &partial))?;
+            if !append {
+                have = 0;
+            }
+            let mut stream = resp.bytes_stream();
+            let mut cut = false;
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(c) => {
+                        file.write_all(&c).map_err(|e| io(e, &partial))?;
+                        have += c.len() as u64;
+                        progress(Progress {
+                            layer: layer_id(f),
+                            layer_size: f.size,
+                            layer_done: have.min(f.size),
+                            total,
+                            done: before + have.min(f.size),
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(url, have, error = %e, "download broke; resuming");
+                        cut = true;
+                        break;
+                    }
+                }
+            }
+            file.sync_all().map_err(|e| io(e, &partial))?;
+            if cut || have < f.size {
+                continue;
+            }
+        }
+        if let Some(lfs) = &f.lfs {
+            let actual = sha256_file(&partial)?;
+            if actual != lfs.oid {
+                std::fs::remove_file(&partial).map_err(|e| io(e, &partial))?;
+                return Err(RegistryError::Registry(format!(
+                    "{} from {what} has sha256 {actual}, expected {}",
+                    f.path, lfs.oid
+                )));
+            }
+        }
+        std::fs::rename(&partial, target).map_err(|e| io(e, target))?;
+        return Ok(());
+    }
+    Err(RegistryError::Registry(format!(
+        "downloading {url} kept breaking; what arrived is kept for the next pull"
+    )))
+}
+
+fn sha256_file(path: &Path) -> Result<String, RegistryError> {
+    let mut f = std::fs::File::open(path).map_err(|e| io(e, path))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(|e| io(e, path))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+fn set_mtime(path: &Path, t: SystemTime) -> Result<(), RegistryError> {
+    let f = std::fs::File::options()
+        .write(true)
+        .open(path)
+        .map_err(|e| io(e, path))?;
+    f.set_modified(t).map_err(|e| io(e, path))
+}
+
+fn io(e: std::io::Error, path: &Path) -> RegistryError {
+    RegistryError::Store(crate::store::StoreError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })
+}
+
+/// `2024-05-01T12:34:56.000Z` → a time (UTC; fractions ignored).
+fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let time = time.trim_end_matches('Z');
+    let time = time.split(['.', '+']).next()?;
+    let mut t = time.split(':').map(|p| p.parse::<i64>());
+    let (hh, mm, ss) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
+    // Days from civil (Howard Hinnant's algorithm).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str) -> TreeEntry {
+        TreeEntry {
+            kind: "file".into(),
+            path: path.into(),
+            size: 1,
+            lfs: None,
+        }
+    }
+
+    #[test]
+    fn references_and_quantisation_choice_follow_dmr() {
+        assert_eq!(
+            parse("hf.co/Org/Repo-GGUF:Q8_0"),
+            Some(("Org/Repo-GGUF".into(), "Q8_0".into()))
+        );
+        assert_eq!(
+            parse("huggingface.co/a/b"),
+            Some(("a/b".into(), "latest".into()))
+        );
+        assert_eq!(parse("hf.co/a/../b"), None);
+        assert_eq!(parse("hf.co/a"), None);
+        let tree = vec![
+            entry("README.md"),
+            entry("m-Q8_0.gguf"),
+            entry("m-Q4_K_M.gguf"),
+            entry("mmproj-f16.gguf"),
+        ];
+        assert_eq!(choose(&tree, "latest").unwrap()[0].path, "m-Q4_K_M.gguf");
+        assert_eq!(choose(&tree, "q8_0").unwrap()[0].path, "m-Q8_0.gguf");
+        assert!(choose(&tree, "Q2_K").unwrap_err().contains("no GGUF file"));
+        let only = vec![entry("x-f16.gguf")];
+        assert_eq!(choose(&only, "latest").unwrap()[0].path, "x-f16.gguf");
+        let st = vec![
+            entry(".gitattributes"),
+            entry("README.md"),
+            entry("config.json"),
+            entry("model.safetensors"),
+        ];
+        let paths: Vec<_> = choose(&st, "latest")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
+        assert_eq!(paths, ["config.json", "model.safetensors"]);
+    }
+
+    #[test]
+    fn hf_timestamps_parse() {
+        let t = parse_rfc3339("2024-05-01T12:34:56.000Z").unwrap();
+        assert_eq!(
+            t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs(),
+            1_714_566_896
+        );
+    }
+}

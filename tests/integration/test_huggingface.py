@@ -1,0 +1,101 @@
+"""Hugging Face pulls (`hf.co/org/repo[:quant]`) against a local server that speaks HF's file API
+(tests/hf/hf_server.py): the quantisation chosen by tag, deterministic ids from the repo's lastModified, HF_TOKEN,
+errors, a cut download resumed with Range, and a safetensors repository pulled whole. The pulled GGUF is served
+by the real llama-server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import REPO, sha256_file
+from registry import FaultProxy
+
+sys.path.insert(0, str(REPO / "tests/hf"))
+from hf_server import HfServer  # noqa: E402
+
+PINNED = 1_714_566_896  # the repo's files' mtime: HF's lastModified, so model ids are reproducible
+
+
+@pytest.fixture
+def hf_root(tmp_path, supervisors) -> Path:
+    root = tmp_path / "hf"
+    repo = root / "testorg/tiny-GGUF"
+    repo.mkdir(parents=True)
+    shutil.copy(supervisors.prereqs.tiny_gguf, repo / "tiny-Q4_K_M.gguf")
+    shutil.copy(supervisors.other_tiny_model()["gguf"], repo / "tiny-Q8_0.gguf")
+    (repo / "README.md").write_text("# tiny\n")
+    st = root / "testorg/tiny-st"
+    subprocess.run([sys.executable, str(REPO / "scripts/make-tiny-safetensors-model.py"), str(st)], check=True,
+                   capture_output=True)
+    for p in root.rglob("*"):
+        if p.is_file():
+            os.utime(p, (PINNED, PINNED))
+    return root
+
+
+def lines(r) -> list[dict]:
+    return [json.loads(line) for line in r.text.splitlines() if line.strip()]
+
+
+def start(supervisors, endpoint: str, **kw):
+    return supervisors.start(models=[], extra=f'[registry]\nhf_endpoint = "{endpoint}"\n', **kw)
+
+
+def test_a_gguf_repo_gives_the_q4_k_m_file_by_default_and_another_by_tag(supervisors, hf_root):
+    with HfServer(hf_root) as hf:
+        sup = start(supervisors, hf.url)
+        out = lines(sup.post("/models/create", {"from": "hf.co/testorg/tiny-GGUF"}, timeout=120))
+        assert out[-1] == {"type": "success", "message": "Model pulled successfully"}, out[-3:]
+        m = sup.get("/models/huggingface.co/testorg/tiny-gguf:latest").json()
+        r = sup.post("/engines/v1/chat/completions", {"model": "hf.co/testorg/tiny-GGUF", "max_tokens": 4,
+                                                     "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200, r.text
+        # The Q4_K_M file, byte for byte, with the weights' digest as its one layer.
+        weights = [p for p in (sup.store / "blobs/sha256").iterdir()
+                   if sha256_file(p) == supervisors.prereqs.tiny_sha256]
+        assert weights, "the Q4_K_M file is in the store"
+        out = lines(sup.post("/models/create", {"from": "hf.co/testorg/tiny-GGUF:Q8_0"}, timeout=120))
+        assert out[-1]["type"] == "success", out[-3:]
+        other = sup.get("/models/huggingface.co/testorg/tiny-gguf:Q8_0").json()
+        assert other["id"] != m["id"]
+        # Another machine pulling the same repo gets the very same model id.
+        again = start(supervisors, hf.url, name="again")
+        assert lines(again.post("/models/create", {"from": "hf.co/testorg/tiny-GGUF"}, timeout=120))[-1]["type"] == "success"
+        assert again.get("/models/huggingface.co/testorg/tiny-gguf:latest").json()["id"] == m["id"]
+        r = sup.post("/models/create", {"from": "hf.co/testorg/tiny-GGUF:Q2_K"})
+        assert r.status_code == 404 and "no GGUF file" in r.text, r.text
+        r = sup.post("/models/create", {"from": "hf.co/testorg/missing"})
+        assert r.status_code == 404, r.text
+        assert not (sup.store / "hf-staging").exists() or not any((sup.store / "hf-staging").iterdir())
+
+
+def test_hf_token_is_sent_and_required_when_the_repo_is_private(supervisors, hf_root):
+    with HfServer(hf_root, token="hf_secret") as hf:
+        sup = start(supervisors, hf.url, name="anonymous")
+        r = sup.post("/models/create", {"from": "hf.co/testorg/tiny-GGUF"})
+        assert r.status_code == 401 and "HF_TOKEN" in r.text, r.text
+        with_env = start(supervisors, hf.url, name="env", env={"HF_TOKEN": "hf_secret"})
+        assert lines(with_env.post("/models/create", {"from": "hf.co/testorg/tiny-GGUF"}, timeout=120))[-1]["type"] == "success"
+        out = lines(sup.post("/models/create", {"from": "hf.co/testorg/tiny-GGUF", "bearer-token": "hf_secret"},
+                             timeout=120))
+        assert out[-1]["type"] == "success", out[-3:]
+
+
+def test_a_cut_download_resumes_and_a_safetensors_repo_comes_whole(supervisors, hf_root):
+    with HfServer(hf_root) as hf, FaultProxy(hf.url) as proxy:
+        proxy.cut_after("/resolve/main/tiny-Q4_K_M.gguf", 100_000)
+        sup = start(supervisors, proxy.url)
+        out = lines(sup.post("/models/create", {"from": "hf.co/testorg/tiny-GGUF"}, timeout=120))
+        assert out[-1]["type"] == "success", out[-3:]
+        assert "bytes=100000-" in proxy.ranges, proxy.ranges
+        out = lines(sup.post("/models/create", {"from": "hf.co/testorg/tiny-st"}, timeout=120))
+        assert out[-1]["type"] == "success", out[-3:]
+        m = sup.get("/models/huggingface.co/testorg/tiny-st:latest").json()
+        assert m["config"]["format"] == "safetensors" and m["config"]["context_size"] == 2048
