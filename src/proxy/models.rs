@@ -275,10 +275,12 @@ pub fn start_pull(
         let report = |p: crate::registry::Progress| {
             let _ = tx.send(PullEvent::Progress(p));
         };
-        let result = app
-            .registries
-            .pull(app.store.clone(), prepared, &report)
-            .await;
+        // A client that goes away cancels the pull: nothing is committed, and what arrived of the current layer
+        // stays as `.incomplete` for the next pull to resume.
+        let result = tokio::select! {
+            r = app.registries.pull(app.store.clone(), prepared, &report) => r,
+            _ = tx.closed() => Err(crate::registry::RegistryError::Registry("cancelled: the client went away".into())),
+        };
         match &result {
             Ok(model) => tracing::info!(model = tag, id = model.id, cached, "model pulled"),
             Err(e) => tracing::warn!(model = tag, error = %e, "pull failed"),
@@ -304,10 +306,10 @@ pub fn start_hf_pull(
         let report = |p: crate::registry::Progress| {
             let _ = tx.send(PullEvent::Progress(p));
         };
-        let result = app
-            .registries
-            .pull_hf(app.store.clone(), &tag, plan, &report)
-            .await;
+        let result = tokio::select! {
+            r = app.registries.pull_hf(app.store.clone(), &tag, plan, &report) => r,
+            _ = tx.closed() => Err(crate::registry::RegistryError::Registry("cancelled: the client went away".into())),
+        };
         match &result {
             Ok(model) => {
                 tracing::info!(model = tag, id = model.id, "model pulled from Hugging Face")

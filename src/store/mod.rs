@@ -163,6 +163,24 @@ impl Store {
                 }
             }
         }
+        // Downloads a pull left behind are kept for the next pull to resume, for a week (as DMR does).
+        let week = std::time::Duration::from_secs(7 * 24 * 3600);
+        for entry in fs::read_dir(store.blob_dir())
+            .map_err(io_err(&store.blob_dir()))?
+            .flatten()
+        {
+            let stale = entry.file_name().to_string_lossy().ends_with(".incomplete")
+                && entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > week);
+            if stale {
+                tracing::info!(file = %entry.path().display(), "removing a download older than a week");
+                remove_quietly(&entry.path());
+            }
+        }
         for dir in [store.root.clone(), store.blob_dir(), store.manifest_dir()] {
             let n = remove_temps(&dir)?;
             if n > 0 {

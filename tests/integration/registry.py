@@ -759,8 +759,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
         fault = p._take("fail", method, path)
         if fault is not None:
-            self._send_error(fault, method)
+            # Logged before answering, so a client that has its answer always finds the request logged.
             p._log(method, path, fault.status, req_headers)
+            self._send_error(fault, method)
             return
 
         conn = http.client.HTTPConnection(p._up_host, p._up_port, timeout=HTTP_TIMEOUT)
@@ -778,16 +779,16 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         except OSError as e:
             conn.close()
             err = json.dumps({"errors": [{"code": "UNAVAILABLE", "message": f"fault proxy: upstream: {e}"}]}).encode()
+            p._log(method, path, 502, req_headers)
             self.send_response(502)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(err)))
             self.end_headers()
             self.wfile.write(err)
-            p._log(method, path, 502, req_headers)
             return
+        p._log(method, path, resp.status, req_headers)
         try:
             self._relay(resp, method, path, rng)
-            p._log(method, path, resp.status, req_headers)
         finally:
             conn.close()
 

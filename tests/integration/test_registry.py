@@ -4,14 +4,18 @@ the real llama-server."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from harness import sha256_file
+from harness import REPO, sha256_file, wait_until
 from registry import (DMR_CONFIG_V01, FaultProxy, Registry, blob_exists, get_manifest, push_dmr_gguf_model,
                       push_manifest, push_blob)
 
@@ -172,3 +176,52 @@ def test_ollama_pull_reencodes_the_progress(supervisors, reg):
     assert r.status_code == 404 and "error" in r.json(), r.text
     r = sup.post("/api/pull", {"model": f"{reg.host}/test/ollama:v1", "stream": False})
     assert r.json() == {"status": "success"}
+
+
+def test_a_cancelled_pull_commits_nothing_and_the_next_one_resumes(supervisors, reg):
+    gguf = supervisors.prereqs.tiny_gguf.read_bytes()
+    push_dmr_gguf_model(reg, "test/cancel", "v1", gguf)
+    partial_name = hashlib.sha256(gguf).hexdigest() + ".incomplete"
+    with FaultProxy(reg) as proxy:
+        proxy.throttle(100_000)  # about 5 s for the weights
+        sup = supervisors.start(models=[])
+        partial = sup.store / "blobs/sha256" / partial_name
+        stream = sup.stream("/models/create", {"from": f"{proxy.host}/test/cancel:v1"})
+        assert json.loads(stream.resp.readline())["type"] == "progress"
+        wait_until(lambda: partial.exists() and partial.stat().st_size > 0, 20, "the download to start")
+        stream.close()  # the client goes away
+
+        def stopped() -> int | None:
+            before = partial.stat().st_size
+            time.sleep(0.5)
+            return before if partial.stat().st_size == before else None
+
+        size = wait_until(stopped, 20, "the download to stop")
+        assert 0 < size < len(gguf)
+        assert sup.get("/models").json() == []
+        proxy.throttle(None)
+        out = lines(pull(sup, f"{proxy.host}/test/cancel:v1"))
+        assert out[-1]["type"] == "success", out[-3:]
+        assert f"bytes={size}-" in proxy.ranges, (size, proxy.ranges)
+        assert not partial.exists()
+
+
+def test_a_safetensors_model_round_trips_one_layer_per_file(supervisors, reg, tmp_path):
+    src = tmp_path / "qwen"
+    subprocess.run([sys.executable, str(REPO / "scripts/make-tiny-safetensors-model.py"), str(src)], check=True,
+                   capture_output=True)
+    a = supervisors.start(name="st-pusher", models=[{"name": f"{reg.host}/test/qwen:v1", "path": str(src)}])
+    out = lines(a.post(f"/models/{reg.host}/test/qwen:v1/push", {}))
+    assert out[-1]["type"] == "success", out[-3:]
+    manifest, digest = get_manifest(reg, "test/qwen", "v1")
+    assert manifest["config"]["mediaType"] == "application/vnd.docker.ai.model.config.v0.2+json"
+    paths = sorted(l["annotations"]["org.cncf.model.filepath"] for l in manifest["layers"])
+    assert "config.json" in paths and "model.safetensors" in paths
+    b = supervisors.start(name="st-puller", models=[])
+    assert lines(pull(b, f"{reg.host}/test/qwen:v1"))[-1]["type"] == "success"
+    m = b.get(f"/models/{reg.host}/test/qwen:v1").json()
+    assert m["id"] == digest and m["config"]["format"] == "safetensors"
+    # The engine's bundle is rebuilt from the pulled blobs, file for file.
+    bundle = b.store / "bundles/sha256" / digest.split(":")[1] / "model"
+    assert sorted(str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()) == paths
+    assert (bundle / "model.safetensors").read_bytes() == (src / "model.safetensors").read_bytes()
