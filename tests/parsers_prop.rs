@@ -1,5 +1,6 @@
 //! Property tests for every parser of hostile input besides the translators (`translators_prop.rs`): the GGUF
-//! reader, the safetensors header reader, vLLM's hf-overrides check, model names, the config file, runtime flags from the network, API-key and CORS checks, sizes and
+//! reader, the safetensors header reader, vLLM's hf-overrides check, pulled manifests, Hugging Face references,
+//! model names, the config file, runtime flags from the network, API-key and CORS checks, sizes and
 //! durations, and the inspector's summaries. Arbitrary input never panics, and what is accepted keeps its
 //! invariants (a normalised name has no path parts; an accepted flag list carries no path). `PROPTEST_CASES`
 //! scales the runs (`scripts/fuzz`).
@@ -12,7 +13,8 @@ use dmr_supervisor::config::{parse_bytes, parse_duration, Config, KeepAlive};
 use dmr_supervisor::engines::flags;
 use dmr_supervisor::engines::vllm;
 use dmr_supervisor::proxy::access::Access;
-use dmr_supervisor::store::{format, gguf, name};
+use dmr_supervisor::registry::hf;
+use dmr_supervisor::store::{format, gguf, name, pulled};
 use http::{HeaderMap, HeaderValue, Method};
 use proptest::prelude::*;
 
@@ -85,6 +87,21 @@ proptest! {
             if vllm::check_hf_overrides(&v).is_ok() {
                 prop_assert!(v.is_object());
             }
+        }
+    }
+
+    #[test]
+    fn pulled_manifests_and_hf_references_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512),
+                                                      json in "[\\{\\}\\[\\]\":,a-zA-Z0-9_./+ -]{0,300}",
+                                                      reference in "[a-zA-Z0-9_./:@-]{0,80}") {
+        let _ = pulled::check_manifest(&bytes);
+        if let Ok(info) = pulled::check_manifest(json.as_bytes()) {
+            // Whatever is accepted names only sha256 digests and known media types.
+            prop_assert!(info.layers.iter().all(|l| l.digest.starts_with("sha256:") && l.digest.len() == 71));
+            prop_assert!(pulled::LAYER_MEDIA_TYPES.iter().any(|m| info.layers.iter().any(|l| l.media_type == *m)));
+        }
+        if let Some((repo, _)) = hf::parse(&format!("hf.co/{reference}")) {
+            prop_assert!(!repo.split('/').any(|p| p.is_empty() || p == "." || p == ".."), "{repo}");
         }
     }
 
