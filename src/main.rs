@@ -198,23 +198,28 @@ fn client(host: &str, command: Command) -> ExitCode {
             max_tokens,
         },
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let cli = dmr_supervisor::cli::Cli::new(host);
+    match block_on(async { cli.run(action).await.map_err(|failure| failure.0) }) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => code,
+    }
+}
+
+/// Runs one command's task to the end on a single-threaded runtime; a failure is printed as one `error:` line.
+fn block_on<T, E: std::fmt::Display>(
+    task: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
+        .map_err(|e| {
             eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(dmr_supervisor::cli::Cli::new(host).run(action)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(dmr_supervisor::cli::Failure(message)) => {
-            eprintln!("error: {message}");
             ExitCode::FAILURE
-        }
-    }
+        })?;
+    runtime.block_on(task).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 /// `engines install NAME`: runs the recipe here (no daemon needed); exit 0 once installed.
@@ -227,25 +232,12 @@ fn install_engine(name: &str, args: &[String]) -> ExitCode {
         );
         return ExitCode::from(EXIT_CONFIG);
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(install::run(engine, args, |line| eprintln!("{line}"))) {
+    match block_on(install::run(engine, args, |line| eprintln!("{line}"))) {
         Ok(at) => {
             println!("{at}");
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
+        Err(code) => code,
     }
 }
 

@@ -15,7 +15,7 @@ use super::{inference, App};
 use crate::api::{native, ErrorKind};
 use crate::config::KeepAlive;
 use crate::engines::{flags, vllm, EngineKind, Mode, RunnerWishes};
-use crate::store::{RuntimeConfig, StoreError};
+use crate::store::RuntimeConfig;
 
 pub async fn set(
     app: &Arc<App>,
@@ -29,10 +29,7 @@ pub async fn set(
         .clone()
         .filter(|m| !m.is_empty())
         .ok_or_else(|| ApiError::bad_request("\"model\" is required"))?;
-    let model = app.resolve(&requested).map_err(|e| match e {
-        StoreError::NotFound(_) => ApiError::not_found(format!("model {requested:?} not found")),
-        other => ApiError::from(other),
-    })?;
+    let model = app.model_named(&requested)?;
     let engine = EngineKind::for_format(model.format);
     if let Some(named) = in_path.filter(|e| *e != engine) {
         return Err(ApiError::bad_request(format!(

@@ -242,25 +242,5 @@ pub async fn install_backend(
         };
         let _ = tx.send(line.to_line());
     });
-    let lines = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|line| {
-            (
-                Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(
-                    line,
-                ))),
-                rx,
-            )
-        })
-    });
-    let mut resp = Response::new(http_body_util::BodyExt::boxed(
-        http_body_util::BodyExt::map_err(
-            http_body_util::StreamBody::new(lines),
-            |never| match never {},
-        ),
-    ));
-    resp.headers_mut().insert(
-        ::http::header::CONTENT_TYPE,
-        ::http::HeaderValue::from_static("application/x-ndjson"),
-    );
-    Ok(resp)
+    Ok(super::http::ndjson(rx, "application/x-ndjson"))
 }

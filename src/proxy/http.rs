@@ -55,6 +55,28 @@ impl ApiError {
     }
 }
 
+/// A streamed body of NDJSON lines as they arrive on `rx` (the progress of imports, pulls, pushes and installs);
+/// it ends when every sender is gone.
+pub fn ndjson(
+    rx: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    content_type: &'static str,
+) -> Response<Body> {
+    let lines = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|line| {
+            let frame = hyper::body::Frame::data(Bytes::from(line));
+            (Ok::<_, std::convert::Infallible>(frame), rx)
+        })
+    });
+    let mut resp = Response::new(
+        http_body_util::StreamBody::new(lines)
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never| match never {})

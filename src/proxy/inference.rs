@@ -16,7 +16,7 @@ use crate::engines::{EngineKind, LaunchSpec, Mode, RunnerWishes};
 use crate::gpu::estimate::{self, LlamaFlags, ModelShape};
 use crate::gpu::ProbeKind;
 use crate::scheduler::{AcquireError, Demand, Lease, RunnerKey, Usage};
-use crate::store::{Model, ModelFormat, StoreError};
+use crate::store::{Model, ModelFormat};
 
 /// Seconds a client is told to wait (`Retry-After`) when the queue for memory is full.
 const RETRY_AFTER_SECS: u64 = 5;
@@ -72,10 +72,7 @@ pub async fn acquire_on(
     in_path: Option<EngineKind>,
     wishes: &RunnerWishes,
 ) -> Result<(Lease, String), ApiError> {
-    let model = app.resolve(requested).map_err(|e| match e {
-        StoreError::NotFound(_) => ApiError::not_found(format!("model {requested:?} not found")),
-        other => ApiError::from(other),
-    })?;
+    let model = app.model_named(requested)?;
     let engine = EngineKind::for_format(model.format);
     if let Some(named) = in_path.filter(|e| *e != engine) {
         return Err(ApiError::bad_request(format!(

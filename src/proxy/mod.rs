@@ -115,6 +115,16 @@ impl App {
         self.store.get(reference)
     }
 
+    /// The model a request names; an unknown one is the caller's 404.
+    pub fn model_named(&self, requested: &str) -> Result<Model, http::ApiError> {
+        self.resolve(requested).map_err(|e| match e {
+            StoreError::NotFound(_) => {
+                http::ApiError::not_found(format!("model {requested:?} not found"))
+            }
+            other => http::ApiError::from(other),
+        })
+    }
+
     /// A model's settings in `mode`: the `[[models]]` entry of the name asked for, else of any of the model's tags,
     /// else defaults; then what `POST /engines/_configure` stored for the model and mode, which wins.
     pub fn settings_for(&self, requested: &str, model: &Model, mode: Mode) -> ModelSettings {

@@ -4,13 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::Bytes;
-use futures_util::stream;
-use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http::{header, Response, StatusCode};
+use hyper::body::Incoming;
 
-use super::http::{json, parse_json, query_flag, read_body, ApiError, Body};
+use super::http::{json, ndjson, parse_json, query_flag, read_body, ApiError, Body};
 use super::App;
 use crate::api::{native, openai, ErrorKind};
 use crate::scheduler::Selector;
@@ -137,11 +134,7 @@ pub async fn create(
     app: &Arc<App>,
     req: http::Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let wants_json = req
-        .headers()
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("application/json"));
+    let content_type = progress_type(req.headers());
     let (_, body) = read_body(req, app.config().server.max_body_bytes).await?;
     let create: native::CreateRequest = parse_json(&body)?;
     let from = create.from.trim();
@@ -150,7 +143,7 @@ pub async fn create(
     }
     let looks_like_path = from.starts_with('/') || from.starts_with('.') || from.ends_with(".gguf");
     if !looks_like_path {
-        return pull(app, from, create.bearer_token.as_deref(), wants_json).await;
+        return pull(app, from, create.bearer_token.as_deref(), content_type).await;
     }
     let src = PathBuf::from(from);
     if !src.is_absolute() {
@@ -194,7 +187,7 @@ pub async fn create(
             "a license or chat template can only be packaged with a GGUF file",
         ));
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
     let app = app.clone();
     tokio::task::spawn_blocking(move || {
         let mut report = |p: store::ImportProgress| {
@@ -202,8 +195,7 @@ pub async fn create(
                 .digest
                 .clone()
                 .unwrap_or_else(|| src.display().to_string());
-            let _ =
-                tx.blocking_send(native::ProgressLine::progress(p.total, id, p.current).to_line());
+            let _ = tx.send(native::ProgressLine::progress(p.total, id, p.current).to_line());
         };
         let imported = if extras.0.is_some() || extras.1.is_some() {
             app.store.package_gguf(
@@ -226,154 +218,141 @@ pub async fn create(
                 native::ProgressLine::error(&e.to_string())
             }
         };
-        let _ = tx.blocking_send(line.to_line());
+        let _ = tx.send(line.to_line());
     });
-    let lines = stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|line| {
-            (
-                Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(line))),
-                rx,
-            )
-        })
-    });
-    let mut resp = Response::new(
-        StreamBody::new(lines)
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    let ct = if wants_json {
+    Ok(ndjson(rx, content_type))
+}
+
+/// DMR's progress streams are `application/json` when the request accepts it, else `text/plain` (both NDJSON).
+fn progress_type(headers: &http::HeaderMap) -> &'static str {
+    let json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"));
+    if json {
         "application/json"
     } else {
         "text/plain; charset=utf-8"
-    };
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
-    Ok(resp)
+    }
 }
 
 /// What a running pull reports.
 pub enum PullEvent {
     Progress(crate::registry::Progress),
-    /// The model, and whether every blob was already there (nothing downloaded).
-    Done(Result<(Box<store::Model>, bool), String>),
+    /// Finished: whether every blob was already there (nothing downloaded), or why it failed.
+    Done(Result<bool, String>),
 }
 
-/// Runs a prepared pull in the background, reporting as it goes.
+/// A pull whose source has answered: a registry's manifest and config, or a Hugging Face repository's file list.
+pub enum Pull {
+    Registry(crate::registry::Prepared),
+    HuggingFace(String, crate::registry::hf::Plan),
+}
+
+impl Pull {
+    /// Resolves `from` (`hf.co/...` goes to Hugging Face, anything else to a registry) and fetches what must be
+    /// known before streaming, so that its failures are HTTP statuses: 400 bad reference, 401, 404, 422 not a
+    /// model, 502.
+    pub async fn prepare(app: &App, from: &str, bearer: Option<&str>) -> Result<Pull, ApiError> {
+        if from.starts_with("hf.co/") || from.starts_with("huggingface.co/") {
+            let (tag, plan) = app
+                .registries
+                .prepare_hf(from, bearer)
+                .await
+                .map_err(registry_error)?;
+            return Ok(Pull::HuggingFace(tag, plan));
+        }
+        let prepared = app
+            .registries
+            .prepare(from, bearer)
+            .await
+            .map_err(registry_error)?;
+        Ok(Pull::Registry(prepared))
+    }
+
+    /// Bytes to download at most.
+    pub fn total(&self) -> u64 {
+        match self {
+            Pull::Registry(p) => p.total(),
+            Pull::HuggingFace(_, plan) => plan.total(),
+        }
+    }
+}
+
+/// Runs a pull in the background; `encode` turns each event into a line of the returned channel. A client that
+/// goes away (the receiver dropped) cancels the pull: nothing is committed, and what arrived of the current layer
+/// stays as `.incomplete` for the next pull to resume.
 pub fn start_pull(
     app: &Arc<App>,
-    prepared: crate::registry::Prepared,
-) -> tokio::sync::mpsc::UnboundedReceiver<PullEvent> {
+    pull: Pull,
+    encode: impl Fn(PullEvent) -> Vec<u8> + Send + Sync + 'static,
+) -> tokio::sync::mpsc::UnboundedReceiver<Vec<u8>> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let app = app.clone();
     tokio::spawn(async move {
         let store = app.store.clone();
-        let digests = prepared.layer_digests();
-        let cached = tokio::task::spawn_blocking(move || digests.iter().all(|d| store.has_blob(d)))
-            .await
-            .unwrap_or(false);
-        let tag = prepared.tag().to_string();
-        let report = |p: crate::registry::Progress| {
-            let _ = tx.send(PullEvent::Progress(p));
+        let (tag, cached) = match &pull {
+            Pull::Registry(p) => {
+                let (s, digests) = (store.clone(), p.layer_digests());
+                let cached =
+                    tokio::task::spawn_blocking(move || digests.iter().all(|d| s.has_blob(d)))
+                        .await
+                        .unwrap_or(false);
+                (p.tag().to_string(), cached)
+            }
+            Pull::HuggingFace(tag, _) => (tag.clone(), false),
         };
-        // A client that goes away cancels the pull: nothing is committed, and what arrived of the current layer
-        // stays as `.incomplete` for the next pull to resume.
+        let report = |p: crate::registry::Progress| {
+            let _ = tx.send(encode(PullEvent::Progress(p)));
+        };
+        let work = async {
+            match pull {
+                Pull::Registry(p) => app.registries.pull(store, p, &report).await,
+                Pull::HuggingFace(tag, plan) => {
+                    app.registries.pull_hf(store, &tag, plan, &report).await
+                }
+            }
+        };
         let result = tokio::select! {
-            r = app.registries.pull(app.store.clone(), prepared, &report) => r,
+            r = work => r,
             _ = tx.closed() => Err(crate::registry::RegistryError::Registry("cancelled: the client went away".into())),
         };
         match &result {
             Ok(model) => tracing::info!(model = tag, id = model.id, cached, "model pulled"),
             Err(e) => tracing::warn!(model = tag, error = %e, "pull failed"),
         }
-        let _ = tx.send(PullEvent::Done(
-            result
-                .map(|m| (Box::new(m), cached))
-                .map_err(|e| e.to_string()),
-        ));
+        let _ = tx.send(encode(PullEvent::Done(
+            result.map(|_| cached).map_err(|e| e.to_string()),
+        )));
     });
     rx
 }
 
-/// Runs a planned Hugging Face pull in the background, reporting as it goes.
-pub fn start_hf_pull(
-    app: &Arc<App>,
-    tag: String,
-    plan: crate::registry::hf::Plan,
-) -> tokio::sync::mpsc::UnboundedReceiver<PullEvent> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let app = app.clone();
-    tokio::spawn(async move {
-        let report = |p: crate::registry::Progress| {
-            let _ = tx.send(PullEvent::Progress(p));
-        };
-        let result = tokio::select! {
-            r = app.registries.pull_hf(app.store.clone(), &tag, plan, &report) => r,
-            _ = tx.closed() => Err(crate::registry::RegistryError::Registry("cancelled: the client went away".into())),
-        };
-        match &result {
-            Ok(model) => {
-                tracing::info!(model = tag, id = model.id, "model pulled from Hugging Face")
-            }
-            Err(e) => tracing::warn!(model = tag, error = %e, "Hugging Face pull failed"),
-        }
-        let _ = tx.send(PullEvent::Done(
-            result
-                .map(|m| (Box::new(m), false))
-                .map_err(|e| e.to_string()),
-        ));
-    });
-    rx
-}
-
-/// A registry pull: the manifest and config are fetched and checked first (their failures are HTTP statuses:
-/// 400 bad reference, 401, 404, 422 not a model, 502), then layers stream as DMR's NDJSON progress lines, ending
-/// with `success` (or "Using cached model" when nothing had to be downloaded) or an `error` line.
+/// A pull for `POST /models/create`: DMR's NDJSON progress lines, ending with `success` (or "Using cached model"
+/// when nothing had to be downloaded) or an `error` line.
 pub async fn pull(
     app: &Arc<App>,
     from: &str,
     bearer: Option<&str>,
-    wants_json: bool,
+    content_type: &'static str,
 ) -> Result<Response<Body>, ApiError> {
-    let hf = from.starts_with("hf.co/") || from.starts_with("huggingface.co/");
-    let (total, mut events) = if hf {
-        let (tag, plan) = app
-            .registries
-            .prepare_hf(from, bearer)
-            .await
-            .map_err(registry_error)?;
-        (plan.total(), start_hf_pull(app, tag, plan))
-    } else {
-        let prepared = app
-            .registries
-            .prepare(from, bearer)
-            .await
-            .map_err(registry_error)?;
-        (prepared.total(), start_pull(app, prepared))
-    };
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
-    tokio::spawn(async move {
-        while let Some(event) = events.recv().await {
-            let line = match event {
-                PullEvent::Progress(p) => native::ProgressLine::download(
-                    p.total,
-                    p.layer,
-                    p.layer_size,
-                    p.layer_done,
-                    p.done,
-                ),
-                PullEvent::Done(Ok((_, true))) => native::ProgressLine::message(
-                    "success",
-                    format!("Using cached model: {}", store::gguf::format_size(total)),
-                ),
-                PullEvent::Done(Ok((_, false))) => native::ProgressLine::success(),
-                PullEvent::Done(Err(e)) => native::ProgressLine::error(&e),
-            };
-            if tx.send(line.to_line()).is_err() {
-                break;
+    let pull = Pull::prepare(app, from, bearer).await?;
+    let total = pull.total();
+    let rx = start_pull(app, pull, move |event| {
+        let line = match event {
+            PullEvent::Progress(p) => {
+                native::ProgressLine::download(p.total, p.layer, p.layer_size, p.layer_done, p.done)
             }
-        }
+            PullEvent::Done(Ok(true)) => native::ProgressLine::message(
+                "success",
+                format!("Using cached model: {}", store::gguf::format_size(total)),
+            ),
+            PullEvent::Done(Ok(false)) => native::ProgressLine::success(),
+            PullEvent::Done(Err(e)) => native::ProgressLine::error(&e),
+        };
+        line.to_line()
     });
-    Ok(ndjson(rx, wants_json))
+    Ok(ndjson(rx, content_type))
 }
 
 /// `POST /models/{name}/tag?repo=R&tag=T` → 201 `{"message","target":"R:T"}`.
@@ -406,11 +385,7 @@ pub async fn push(
     req: http::Request<Incoming>,
     reference: String,
 ) -> Result<Response<Body>, ApiError> {
-    let wants_json = req
-        .headers()
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("application/json"));
+    let content_type = progress_type(req.headers());
     let (_, body) = read_body(req, app.config().server.max_body_bytes).await?;
     let bearer = if body.iter().all(u8::is_ascii_whitespace) {
         None
@@ -464,7 +439,7 @@ pub async fn push(
         };
         let _ = tx.send(line.to_line());
     });
-    Ok(ndjson(rx, wants_json))
+    Ok(ndjson(rx, content_type))
 }
 
 /// A registry failure as the HTTP status DMR gives it.
@@ -479,31 +454,6 @@ pub fn registry_error(e: crate::registry::RegistryError) -> ApiError {
         R::Store(_) => ErrorKind::Internal,
     };
     ApiError::new(kind, e.to_string())
-}
-
-/// A streamed NDJSON body from a channel of lines.
-fn ndjson(rx: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>, wants_json: bool) -> Response<Body> {
-    let lines = stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|line| {
-            (
-                Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(line))),
-                rx,
-            )
-        })
-    });
-    let mut resp = Response::new(
-        StreamBody::new(lines)
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    let ct = if wants_json {
-        "application/json"
-    } else {
-        "text/plain; charset=utf-8"
-    };
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
-    resp
 }
 
 /// `ai/<file stem>`, lower-cased, with characters names may not hold replaced by `-`.

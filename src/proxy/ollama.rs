@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 
 use super::http::{json, parse_json, read_body, ApiError, Body};
 use super::inference::acquire;
-use super::models::blocking;
+use super::models::{blocking, PullEvent};
 use super::{translated, App};
 use crate::api::ollama::{self, Call, StreamTranslator};
 use crate::api::openai;
@@ -362,42 +362,27 @@ pub async fn pull(
         .or(input.name)
         .filter(|m| !m.is_empty())
         .ok_or_else(|| ApiError::bad_request("model is required"))?;
-    let mut events = if from.starts_with("hf.co/") || from.starts_with("huggingface.co/") {
-        let (tag, plan) = app
-            .registries
-            .prepare_hf(&from, None)
-            .await
-            .map_err(super::models::registry_error)?;
-        super::models::start_hf_pull(app, tag, plan)
-    } else {
-        let prepared = app
-            .registries
-            .prepare(&from, None)
-            .await
-            .map_err(super::models::registry_error)?;
-        super::models::start_pull(app, prepared)
-    };
+    let pull = super::models::Pull::prepare(app, &from, None).await?;
     let line = |v: serde_json::Value| {
         let mut b = serde_json::to_vec(&v).unwrap_or_default();
         b.push(b'\n');
         b
     };
-    let encode = move |e: super::models::PullEvent| match e {
-        super::models::PullEvent::Progress(p) => line(serde_json::json!({
+    let mut lines = super::models::start_pull(app, pull, move |e| match e {
+        PullEvent::Progress(p) => line(serde_json::json!({
             "status": format!("pulling {}", p.layer.trim_start_matches("sha256:").chars().take(12).collect::<String>()),
             "digest": p.layer,
             "total": p.layer_size,
             "completed": p.layer_done,
         })),
-        super::models::PullEvent::Done(Ok(_)) => line(serde_json::json!({"status": "success"})),
-        super::models::PullEvent::Done(Err(e)) => line(serde_json::json!({"error": e})),
-    };
+        PullEvent::Done(Ok(_)) => line(serde_json::json!({"status": "success"})),
+        PullEvent::Done(Err(e)) => line(serde_json::json!({"error": e})),
+    });
     if input.stream == Some(false) {
+        // The last line is the outcome.
         let mut last = Vec::new();
-        while let Some(e) = events.recv().await {
-            if let super::models::PullEvent::Done(_) = &e {
-                last = encode(e);
-            }
+        while let Some(l) = lines.recv().await {
+            last = l;
         }
         let mut resp = Response::new(super::http::full(Bytes::from(last)));
         resp.headers_mut().insert(
@@ -406,23 +391,5 @@ pub async fn pull(
         );
         return Ok(resp);
     }
-    let lines = futures_util::stream::unfold(events, move |mut rx| async move {
-        rx.recv().await.map(|e| {
-            (
-                Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(encode(e)))),
-                rx,
-            )
-        })
-    });
-    let mut resp = Response::new(http_body_util::BodyExt::boxed(
-        http_body_util::BodyExt::map_err(
-            http_body_util::StreamBody::new(lines),
-            |never| match never {},
-        ),
-    ));
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/x-ndjson"),
-    );
-    Ok(resp)
+    Ok(super::http::ndjson(lines, "application/x-ndjson"))
 }

@@ -112,12 +112,28 @@ pub fn choose(tree: &[TreeEntry], tag: &str) -> Result<Vec<TreeEntry>, String> {
     }
 }
 
-/// What a Hugging Face pull will fetch, found before anything is downloaded (so its failures are HTTP statuses).
-pub struct Plan {
+/// Hugging Face's HTTP API at one endpoint, with the token (if any) sent on every request.
+struct Hub {
     http: reqwest::Client,
     endpoint: String,
-    repo: String,
     token: Option<String>,
+}
+
+impl Hub {
+    /// A GET of `path` (which starts with `/`).
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.get(format!("{}{path}", self.endpoint));
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+}
+
+/// What a Hugging Face pull will fetch, found before anything is downloaded (so its failures are HTTP statuses).
+pub struct Plan {
+    hub: Hub,
+    repo: String,
     files: Vec<TreeEntry>,
     created: SystemTime,
 }
@@ -140,24 +156,18 @@ pub async fn prepare(
         .read_timeout(Duration::from_secs(60))
         .build()
         .map_err(|e| RegistryError::Registry(e.to_string()))?;
-    let endpoint = endpoint.trim_end_matches('/').to_string();
-    let token = token.filter(|t| !t.is_empty()).map(str::to_string);
-    let get = |url: String| {
-        let req = http.get(url);
-        match &token {
-            Some(t) => req.bearer_auth(t),
-            None => req,
-        }
+    let hub = Hub {
+        http,
+        endpoint: endpoint.trim_end_matches('/').to_string(),
+        token: token.filter(|t| !t.is_empty()).map(str::to_string),
     };
     let what = format!("hf.co/{repo}");
     let tree: Vec<TreeEntry> = json(
-        get(format!(
-            "{endpoint}/api/models/{repo}/tree/main?recursive=true"
-        )),
+        hub.get(&format!("/api/models/{repo}/tree/main?recursive=true")),
         &what,
     )
     .await?;
-    let info: Info = json(get(format!("{endpoint}/api/models/{repo}")), &what).await?;
+    let info: Info = json(hub.get(&format!("/api/models/{repo}")), &what).await?;
     let files = choose(&tree, tag).map_err(RegistryError::NotFound)?;
     if let Some(bad) = files
         .iter()
@@ -174,10 +184,8 @@ pub async fn prepare(
         .and_then(parse_rfc3339)
         .unwrap_or(SystemTime::UNIX_EPOCH);
     Ok(Plan {
-        http,
-        endpoint,
+        hub,
         repo: repo.to_string(),
-        token,
         files,
         created,
     })
@@ -191,20 +199,11 @@ pub async fn pull(
     progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<Model, RegistryError> {
     let Plan {
-        http,
-        endpoint,
+        hub,
         repo,
-        token,
         files,
         created,
     } = plan;
-    let get = |url: String| {
-        let req = http.get(url);
-        match &token {
-            Some(t) => req.bearer_auth(t),
-            None => req,
-        }
-    };
     let what = format!("hf.co/{repo}");
     let staging = store
         .root()
@@ -217,8 +216,8 @@ pub async fn pull(
         let target = staging.join(&f.path);
         if !target.is_file() {
             fetch(
-                &get,
-                &format!("{endpoint}/{repo}/resolve/main/{}", f.path),
+                &hub,
+                &format!("/{repo}/resolve/main/{}", f.path),
                 f,
                 &target,
                 total,
@@ -245,9 +244,7 @@ pub async fn pull(
         staging.clone()
     };
     let (s, tag) = (store.clone(), store_tag.to_string());
-    let model = tokio::task::spawn_blocking(move || s.import(&src, &tag, &mut |_| {}))
-        .await
-        .map_err(|e| RegistryError::Registry(format!("store task failed: {e}")))??;
+    let model = super::on_store(move || s.import(&src, &tag, &mut |_| {})).await?;
     let _ = std::fs::remove_dir_all(&staging);
     Ok(model)
 }
@@ -295,7 +292,7 @@ fn status_error(status: u16, what: &str, body: &str) -> RegistryError {
 /// checked against their sha256.
 #[allow(clippy::too_many_arguments)]
 async fn fetch(
-    get: &impl Fn(String) -> reqwest::RequestBuilder,
+    hub: &Hub,
     url: &str,
     f: &TreeEntry,
     target: &Path,
@@ -315,7 +312,7 @@ async fn fetch(
             have = 0;
         }
         if have < f.size || f.size == 0 {
-            let mut req = get(url.to_string());
+            let mut req = hub.get(url);
             if have > 0 {
                 req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
             }

@@ -220,12 +220,13 @@ impl Registries {
                 done,
             });
         }
-        let (tag, manifest, config) = (p.tag.clone(), p.manifest.clone(), p.config.clone());
-        let model =
-            tokio::task::spawn_blocking(move || store.commit_pulled(&tag, &manifest, &config))
-                .await
-                .map_err(|e| RegistryError::Registry(format!("store task failed: {e}")))??;
-        Ok(model)
+        let Prepared {
+            tag,
+            manifest,
+            config,
+            ..
+        } = p;
+        on_store(move || store.commit_pulled(&tag, &manifest, &config)).await
     }
 
     /// Pushes the stored model `reference` to the registry its tag names (`host:port/ns/name:tag`): each layer the
@@ -240,9 +241,7 @@ impl Registries {
     ) -> Result<String, RegistryError> {
         let (tag, target) = self.resolve(reference)?;
         let s = store.clone();
-        let artifact = tokio::task::spawn_blocking(move || s.artifact(&tag))
-            .await
-            .map_err(|e| RegistryError::Registry(format!("store task failed: {e}")))??;
+        let artifact = on_store(move || s.artifact(&tag)).await?;
         let _slot = self
             .slots
             .acquire()
@@ -376,9 +375,7 @@ impl Registries {
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<(), RegistryError> {
         let (s, digest) = (store.clone(), layer.digest.clone());
-        let mut d = tokio::task::spawn_blocking(move || s.open_download(&digest))
-            .await
-            .map_err(|e| RegistryError::Registry(format!("store task failed: {e}")))??;
+        let mut d = on_store(move || s.open_download(&digest)).await?;
         let descriptor = OciDescriptor {
             digest: layer.digest.clone(),
             media_type: layer.media_type.clone(),
@@ -422,9 +419,7 @@ impl Registries {
             }
         }
         let (s, digest) = (store.clone(), layer.digest.clone());
-        tokio::task::spawn_blocking(move || s.finish_download(d, &digest))
-            .await
-            .map_err(|e| RegistryError::Registry(format!("store task failed: {e}")))??;
+        on_store(move || s.finish_download(d, &digest)).await?;
         Ok(())
     }
 
@@ -513,6 +508,16 @@ enum Fetch {
     /// The connection broke: resume.
     Cut(String),
     Fatal(RegistryError),
+}
+
+/// Runs a store operation on the blocking pool (the store is synchronous `std::fs` code).
+pub(crate) async fn on_store<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, RegistryError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RegistryError::Registry(format!("store task failed: {e}")))?
+        .map_err(RegistryError::from)
 }
 
 fn io(e: std::io::Error, path: &std::path::Path) -> RegistryError {

@@ -109,26 +109,16 @@ impl Store {
             source: extras.is_empty().then_some(source),
         };
 
+        let mut blobs = vec![(temp, hex.clone())];
+        blobs.extend(extra_temps);
         let entry = self.commit(entry, &tag, |created| {
-            let weights_path = self.blob_path(&hex);
-            if temp.persist_new(&weights_path)? {
-                created.push(weights_path);
-            }
-            for (temp, hex) in extra_temps {
-                let path = self.blob_path(&hex);
-                if temp.persist_new(&path)? {
-                    created.push(path);
-                }
-            }
-            let config_path = self.blob_path(&config_hex);
-            if write_new(&config_path, &config_bytes)? {
-                created.push(config_path);
-            }
-            let manifest_path = self.manifest_path(&id_hex);
-            if write_new(&manifest_path, &manifest)? {
-                created.push(manifest_path);
-            }
-            Ok(())
+            self.write_artifact(
+                created,
+                blobs,
+                (&config_hex, &config_bytes),
+                (&id_hex, &manifest),
+                None,
+            )
         })?;
         Ok(Model {
             id,
@@ -139,6 +129,39 @@ impl Store {
             weights: self.blob_path(&hex),
             files: entry.files,
         })
+    }
+
+    /// Writes a model's files, recording each one it creates in `created` (for `commit` to roll back): the
+    /// downloaded or copied `blobs` (temp files named by their hex digest), the config blob, the runtime bundle for
+    /// a one-layer-per-file `bundle` manifest, and the manifest itself. Files already there are left as they are.
+    pub(super) fn write_artifact(
+        &self,
+        created: &mut Vec<PathBuf>,
+        blobs: Vec<(fsutil::TempFile, String)>,
+        (config_hex, config_bytes): (&str, &[u8]),
+        (id_hex, manifest_bytes): (&str, &[u8]),
+        bundle: Option<&super::artifact::Manifest>,
+    ) -> Result<(), StoreError> {
+        for (temp, hex) in blobs {
+            let path = self.blob_path(&hex);
+            if temp.persist_new(&path)? {
+                created.push(path);
+            }
+        }
+        let config_path = self.blob_path(config_hex);
+        if write_new(&config_path, config_bytes)? {
+            created.push(config_path);
+        }
+        if let Some(manifest) = bundle {
+            if let Some(dir) = self.make_bundle(id_hex, manifest)? {
+                created.push(dir);
+            }
+        }
+        let manifest_path = self.manifest_path(id_hex);
+        if write_new(&manifest_path, manifest_bytes)? {
+            created.push(manifest_path);
+        }
+        Ok(())
     }
 
     /// Writes a new model's files with `write` (which records each file or directory it created), then moves

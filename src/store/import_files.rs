@@ -10,7 +10,7 @@ use std::time::UNIX_EPOCH;
 
 use super::artifact::{self, sha256_hex, FileLayer, Manifest};
 use super::format::{self, ModelFormat};
-use super::fsutil::{self, io_err, remove_quietly, write_new, TEMP_PREFIX};
+use super::fsutil::{self, io_err, remove_quietly, TEMP_PREFIX};
 use super::index::{Entry, Source};
 use super::name::{self, NameError};
 use super::{gguf, ImportProgress, Model, Store, StoreError};
@@ -131,24 +131,13 @@ impl Store {
         let manifest: Manifest =
             serde_json::from_slice(&manifest_bytes).expect("own manifest parses");
         let entry = self.commit(entry, &tag, |created| {
-            for (temp, hex) in temps {
-                let path = self.blob_path(&hex);
-                if temp.persist_new(&path)? {
-                    created.push(path);
-                }
-            }
-            let config_path = self.blob_path(&config_hex);
-            if write_new(&config_path, &config_bytes)? {
-                created.push(config_path);
-            }
-            if let Some(bundle) = self.make_bundle(&id_hex, &manifest)? {
-                created.push(bundle);
-            }
-            let manifest_path = self.manifest_path(&id_hex);
-            if write_new(&manifest_path, &manifest_bytes)? {
-                created.push(manifest_path);
-            }
-            Ok(())
+            self.write_artifact(
+                created,
+                temps,
+                (&config_hex, &config_bytes),
+                (&id_hex, &manifest_bytes),
+                Some(&manifest),
+            )
         })?;
         self.load_model(&entry)
     }

@@ -326,11 +326,22 @@ impl Store {
                 &format!("unknown model format {:?}", config.config.format),
             )
         })?;
-        if format != ModelFormat::Gguf {
+        let weights = if format == ModelFormat::Gguf {
+            let layer = manifest
+                .weights()
+                .ok_or_else(|| corrupt(&manifest_path, "no GGUF layer"))?;
+            let weights_hex = digest_hex(&layer.digest)
+                .ok_or_else(|| corrupt(&manifest_path, "bad layer digest"))?;
+            let weights = self.blob_path(weights_hex);
+            if !weights.is_file() {
+                return Err(corrupt(&weights, "weights blob is missing"));
+            }
+            weights
+        } else {
             // The bundle is rebuilt from the blobs if it went missing.
             self.make_bundle(id_hex, &manifest)?;
             let model_dir = self.bundle_dir().join(id_hex).join("model");
-            let weights = match format {
+            match format {
                 ModelFormat::Dduf => manifest
                     .layers
                     .iter()
@@ -339,26 +350,8 @@ impl Store {
                     .map(|p| model_dir.join(p))
                     .ok_or_else(|| corrupt(&manifest_path, "no .dduf layer"))?,
                 _ => model_dir,
-            };
-            return Ok(Model {
-                id: entry.id.clone(),
-                tags: entry.tags.clone(),
-                created: entry.created,
-                config: config.config,
-                format,
-                weights,
-                files: entry.files.clone(),
-            });
-        }
-        let layer = manifest
-            .weights()
-            .ok_or_else(|| corrupt(&manifest_path, "no GGUF layer"))?;
-        let weights_hex =
-            digest_hex(&layer.digest).ok_or_else(|| corrupt(&manifest_path, "bad layer digest"))?;
-        let weights = self.blob_path(weights_hex);
-        if !weights.is_file() {
-            return Err(corrupt(&weights, "weights blob is missing"));
-        }
+            }
+        };
         Ok(Model {
             id: entry.id.clone(),
             tags: entry.tags.clone(),

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use sha2::{Digest, Sha256};
 
 use super::artifact::{self, digest_hex, sha256_digest, ConfigFile, Manifest};
-use super::fsutil::{io_err, remove_quietly, write_new};
+use super::fsutil::{io_err, remove_quietly};
 use super::index::Entry;
 use super::name::{self, NameError};
 use super::{Model, Store, StoreError};
@@ -235,20 +235,13 @@ impl Store {
             .to_string();
         let per_file = manifest.layers.iter().any(|l| l.filepath().is_some());
         let entry = self.commit(entry, &tag, |created| {
-            let config_path = self.blob_path(&config_hex);
-            if write_new(&config_path, config_bytes)? {
-                created.push(config_path);
-            }
-            if per_file {
-                if let Some(bundle) = self.make_bundle(&id_hex, &manifest)? {
-                    created.push(bundle);
-                }
-            }
-            let manifest_path = self.manifest_path(&id_hex);
-            if write_new(&manifest_path, manifest_bytes)? {
-                created.push(manifest_path);
-            }
-            Ok(())
+            self.write_artifact(
+                created,
+                Vec::new(),
+                (&config_hex, config_bytes),
+                (&id_hex, manifest_bytes),
+                per_file.then_some(&manifest),
+            )
         })?;
         self.load_model(&entry)
     }
