@@ -449,8 +449,9 @@ def torch_available():
                            capture_output=True, text=True, timeout=300)
     if probe.returncode != 0:
         last = (probe.stderr.strip().splitlines() or ["?"])[-1]
-        pytest.skip("end-to-end tests need torch, diffusers, transformers and pillow in %s (%s); "
-                    "install them with engines/diffusers/install.sh" % (sys.executable, last))
+        pytest.fail("end-to-end tests need torch, diffusers, transformers and pillow in %s (%s); "
+                    "install them with engines/diffusers/install.sh (scripts/test.sh does)" % (sys.executable, last),
+                    pytrace=False)
 
 
 @pytest.fixture(scope="module")
