@@ -96,4 +96,9 @@ def test_pull_and_push_show_progress_to_100_percent(supervisors, tmp_path):
         # And it pulls back into an empty store and serves.
         c = supervisors.start(name="c", models=[])
         assert ok(cli(supervisors, c, "pull", f"{reg.host}/cli/packaged:v2")).strip() == "Model pulled successfully"
-        assert ok(cli(supervisors, c, "run", "--max-tokens", "4", f"{reg.host}/cli/packaged:v2", "hi")).strip()
+        # Sampling is not pinned for this model (no --temp 0), so a tiny random model may well answer whitespace:
+        # what is checked is that the engine was started on the pulled GGUF and the request was answered.
+        ok(cli(supervisors, c, "run", "--max-tokens", "4", f"{reg.host}/cli/packaged:v2", "hi"))
+        assert f"{reg.host}/cli/packaged:v2" in ok(cli(supervisors, c, "ps"))
+        [logged] = [r for r in c.get("/engines/requests").json() if r.get("model", "").endswith("cli/packaged:v2")]
+        assert logged["status"] == 200 and logged["complete"], logged
