@@ -108,6 +108,7 @@ fn engine_args(gguf: &std::path::Path, port: u16) -> Vec<String> {
         engine: dmr_supervisor::engines::EngineKind::LlamaCpp,
         vllm: Default::default(),
         model_path: gguf.to_path_buf(),
+        chat_template: None,
         mode: dmr_supervisor::engines::Mode::Completion,
         context_size: 512,
         runtime_flags: FLAGS.iter().map(|f| f.to_string()).collect(),

@@ -67,6 +67,7 @@ mod tests {
             model_name: "ai/sd:latest".into(),
             engine: EngineKind::Diffusers,
             model_path: "/b/model/sd.dduf".into(),
+            chat_template: None,
             mode: Mode::ImageGeneration,
             context_size: 0,
             runtime_flags: vec!["--x".into()],

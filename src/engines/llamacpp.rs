@@ -1,7 +1,8 @@
 //! llama.cpp's `llama-server`: the exact argv we give it and where its binary is found. Pure functions, tested
 //! against the command line the issue specifies (`--model PATH --host 127.0.0.1 --port P --ctx-size N`, plus
-//! `--alias NAME` so answers carry the model's name, then the model's runtime flags verbatim; embedding runners add `--embeddings` and `--pooling mean` unless the user picked
-//! a pooling).
+//! `--alias NAME` so answers carry the model's name, then the model's runtime flags verbatim; embedding runners add
+//! `--embeddings` and `--pooling mean` unless the user picked a pooling; a model packaged with a chat template gets
+//! `--chat-template-file BLOB` unless its flags pick a template).
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +31,19 @@ pub fn argv(spec: &LaunchSpec, port: u16) -> Vec<String> {
         // Its own Prometheus metrics (tokens, slots), which our /metrics relabels with the model.
         "--metrics".into(),
     ];
+    let picks_template = spec
+        .runtime_flags
+        .iter()
+        .any(|f| f.starts_with("--chat-template") && !f.starts_with("--chat-template-kwargs"));
+    if let (Mode::Completion, Some(template), false) =
+        (spec.mode, &spec.chat_template, picks_template)
+    {
+        // As DMR does for a model with a template layer; llama-server renders it with Jinja (its default).
+        args.extend([
+            "--chat-template-file".into(),
+            template.display().to_string(),
+        ]);
+    }
     if spec.mode == Mode::Embedding {
         args.push("--embeddings".into());
         let user_pools = spec
@@ -90,6 +104,7 @@ mod tests {
             model_name: "ai/tiny:latest".into(),
             engine: crate::engines::EngineKind::LlamaCpp,
             model_path: "/store/blobs/sha256/abc".into(),
+            chat_template: None,
             mode,
             context_size: 512,
             runtime_flags: flags.iter().map(|s| s.to_string()).collect(),
@@ -124,6 +139,38 @@ mod tests {
                 "1"
             ]
         );
+    }
+
+    #[test]
+    fn a_packaged_chat_template_is_used_for_chat_unless_the_flags_pick_one() {
+        let with = |mode, flags: &[&str]| {
+            let mut s = spec(mode, flags);
+            s.chat_template = Some("/store/blobs/sha256/t".into());
+            argv(&s, 1)
+        };
+        let args = with(Mode::Completion, &["--temp", "0"]);
+        assert_eq!(
+            args[args.len() - 4..],
+            [
+                "--chat-template-file",
+                "/store/blobs/sha256/t",
+                "--temp",
+                "0"
+            ]
+        );
+        for (mode, flags) in [
+            (Mode::Embedding, &[][..]),
+            (Mode::Completion, &["--chat-template", "chatml"][..]),
+            (Mode::Completion, &["--chat-template-file=/x"][..]),
+        ] {
+            let args = with(mode, flags);
+            assert!(
+                !args.contains(&"/store/blobs/sha256/t".to_string()),
+                "{args:?}"
+            );
+        }
+        let kwargs = with(Mode::Completion, &["--chat-template-kwargs", "{}"]);
+        assert!(kwargs.contains(&"--chat-template-file".to_string()));
     }
 
     #[test]

@@ -170,6 +170,8 @@ pub struct LaunchSpec {
     pub engine: EngineKind,
     /// What the engine loads: the GGUF weights file, the safetensors or pipeline directory, or the `.dduf` file.
     pub model_path: PathBuf,
+    /// A packaged chat template for llama.cpp (`--chat-template-file`), unless the runtime flags pick one.
+    pub chat_template: Option<PathBuf>,
     pub mode: Mode,
     pub context_size: u32,
     pub runtime_flags: Vec<String>,

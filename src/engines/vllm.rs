@@ -132,6 +132,7 @@ mod tests {
             model_name: "ai/qwen:latest".into(),
             engine: EngineKind::Vllm,
             model_path: "/store/bundles/sha256/ab/model".into(),
+            chat_template: None,
             mode,
             context_size: ctx,
             runtime_flags: flags.iter().map(|s| s.to_string()).collect(),

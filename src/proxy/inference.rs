@@ -119,6 +119,7 @@ pub async fn acquire_on(
             .unwrap_or_else(|| model.id.clone()),
         engine,
         model_path: model.weights.clone(),
+        chat_template: model.chat_template.clone(),
         mode,
         context_size,
         runtime_flags: settings.runtime_flags,

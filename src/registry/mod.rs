@@ -159,7 +159,7 @@ impl Registries {
         let (manifest, digest) = client
             .pull_manifest_raw(&reference, &auth, &MANIFEST_TYPES)
             .await
-            .map_err(|e| classify(e, &tag))?;
+            .map_err(|e| classify(e, Op::Pull, &tag))?;
         if let Some(want) = reference.digest() {
             if want != digest {
                 return Err(RegistryError::Registry(format!(
@@ -177,7 +177,7 @@ impl Registries {
         client
             .pull_blob(&reference, &descriptor, &mut config)
             .await
-            .map_err(|e| classify(e, &tag))?;
+            .map_err(|e| classify(e, Op::Pull, &tag))?;
         Ok(Prepared {
             tag,
             reference,
@@ -252,14 +252,14 @@ impl Registries {
         client
             .auth(&target, &auth, oci_client::RegistryOperation::Push)
             .await
-            .map_err(|e| classify(e, reference))?;
+            .map_err(|e| classify(e, Op::Push, reference))?;
         let total: u64 = artifact.layers.iter().map(|(_, size, _)| *size).sum();
         let mut done = 0u64;
         for (digest, size, path) in &artifact.layers {
             let exists = client
                 .blob_exists(&target, digest)
                 .await
-                .map_err(|e| classify(e, reference))?;
+                .map_err(|e| classify(e, Op::Push, reference))?;
             if !exists {
                 let file = tokio::fs::File::open(path).await.map_err(|e| io(e, path))?;
                 let before = done;
@@ -278,7 +278,7 @@ impl Registries {
                 let mut tick = tokio::time::interval(Duration::from_millis(100));
                 loop {
                     tokio::select! {
-                        r = &mut upload => { r.map_err(|e| classify(e, reference))?; break; }
+                        r = &mut upload => { r.map_err(|e| classify(e, Op::Push, reference))?; break; }
                         _ = tick.tick() => {
                             let now = sent.load(std::sync::atomic::Ordering::Relaxed);
                             progress(Progress { layer: layer.clone(), layer_size, layer_done: now, total, done: before + now });
@@ -302,7 +302,7 @@ impl Registries {
                 &artifact.config_digest,
             )
             .await
-            .map_err(|e| classify(e, reference))?;
+            .map_err(|e| classify(e, Op::Push, reference))?;
         let media_type = if artifact.manifest_media_type.is_empty() {
             MANIFEST_TYPES[0].to_string()
         } else {
@@ -314,7 +314,7 @@ impl Registries {
         client
             .push_manifest_raw(&target, artifact.manifest_bytes.clone(), content_type)
             .await
-            .map_err(|e| classify(e, reference))?;
+            .map_err(|e| classify(e, Op::Push, reference))?;
         Ok(artifact.model.id)
     }
 
@@ -437,7 +437,7 @@ impl Registries {
         use std::io::Write;
         let to_fetch = |e| match e {
             OciDistributionError::RequestError(e) => Fetch::Cut(e.to_string()),
-            other => Fetch::Fatal(classify(other, &p.tag)),
+            other => Fetch::Fatal(classify(other, Op::Pull, &p.tag)),
         };
         // No Range header for a fresh download (some registries and proxies treat `bytes=0-` differently).
         let response = if d.have == 0 {
@@ -544,10 +544,36 @@ fn is_loopback(host: &str) -> bool {
 }
 
 /// Maps oci-client's errors to ours (and so to HTTP statuses).
-fn classify(e: OciDistributionError, what: &str) -> RegistryError {
+/// What a registry error happened during, for its message.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Pull,
+    Push,
+}
+
+impl Op {
+    fn verb(self) -> &'static str {
+        match self {
+            Op::Pull => "pull",
+            Op::Push => "push",
+        }
+    }
+}
+
+fn classify(e: OciDistributionError, op: Op, what: &str) -> RegistryError {
+    let verb = op.verb();
+    let by_status = |code: u16, url: &str, message: &str| match code {
+        401 | 403 => RegistryError::Unauthorized(format!(
+            "not authorized to {verb} {what} ({url}): {message}"
+        )),
+        404 => RegistryError::NotFound(format!("model {what} not found ({url})")),
+        _ => RegistryError::Registry(format!(
+            "the registry answered {code} to a {verb} of {what} ({url}): {message}"
+        )),
+    };
     match e {
         OciDistributionError::UnauthorizedError { url } => RegistryError::Unauthorized(format!(
-            "not authorized to pull {what} ({url}): log in or pass a token"
+            "not authorized to {verb} {what} ({url}): log in or pass a token"
         )),
         OciDistributionError::AuthenticationFailure(m) => {
             RegistryError::Unauthorized(format!("authentication failed for {what}: {m}"))
@@ -566,7 +592,7 @@ fn classify(e: OciDistributionError, what: &str) -> RegistryError {
                 .any(|c| c.contains("Unauthorized") || c.contains("Denied"))
             {
                 RegistryError::Unauthorized(format!(
-                    "not authorized for {what} ({url}): {envelope}"
+                    "not authorized to {verb} {what} ({url}): {envelope}"
                 ))
             } else if codes.iter().any(|c| c.contains("Unknown")) {
                 RegistryError::NotFound(format!(
@@ -576,17 +602,15 @@ fn classify(e: OciDistributionError, what: &str) -> RegistryError {
                 RegistryError::Registry(format!("registry error for {what} ({url}): {envelope}"))
             }
         }
-        OciDistributionError::ServerError { code, url, message } => match code {
-            401 | 403 => RegistryError::Unauthorized(format!(
-                "not authorized to pull {what} ({url}): {message}"
-            )),
-            404 => RegistryError::NotFound(format!("model {what} not found ({url})")),
-            _ => RegistryError::Registry(format!(
-                "the registry answered {code} for {what} ({url}): {message}"
-            )),
-        },
+        OciDistributionError::ServerError { code, url, message } => by_status(code, &url, &message),
+        // A status the client turned into a request error (a HEAD has no body to explain it).
+        OciDistributionError::RequestError(e) if e.status().is_some() => {
+            let status = e.status().unwrap_or_default();
+            let url = e.url().map(|u| u.to_string()).unwrap_or_default();
+            by_status(status.as_u16(), &url, &status.to_string())
+        }
         OciDistributionError::UnsupportedMediaTypeError(m) => RegistryError::Unsupported(m),
-        other => RegistryError::Registry(format!("pulling {what}: {other}")),
+        other => RegistryError::Registry(format!("{verb}ing {what}: {other}")),
     }
 }
 

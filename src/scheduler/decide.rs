@@ -787,6 +787,7 @@ mod tests {
             model_name: model.into(),
             engine: crate::engines::EngineKind::LlamaCpp,
             model_path: format!("/blobs/{model}").into(),
+            chat_template: None,
             mode: Mode::Completion,
             context_size: 512,
             runtime_flags: vec![],

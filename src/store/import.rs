@@ -128,6 +128,11 @@ impl Store {
             format: super::ModelFormat::Gguf,
             weights: self.blob_path(&hex),
             files: entry.files,
+            chat_template: layers
+                .iter()
+                .find(|(media, _, _)| *media == artifact::CHAT_TEMPLATE_MEDIA_TYPE)
+                .and_then(|(_, digest, _)| artifact::digest_hex(digest))
+                .map(|hex| self.blob_path(hex)),
         })
     }
 

@@ -86,6 +86,9 @@ pub struct Model {
     pub weights: PathBuf,
     /// The blob digests the model owns (weights and config).
     pub files: Vec<String>,
+    /// A GGUF model's packaged chat template (DMR's `…chat.template.jinja` layer), given to llama-server as
+    /// `--chat-template-file` in place of the one in the GGUF's metadata.
+    pub chat_template: Option<PathBuf>,
 }
 
 /// Import progress: `digest` is set on the final report, once the content hash is known.
@@ -326,6 +329,11 @@ impl Store {
                 &format!("unknown model format {:?}", config.config.format),
             )
         })?;
+        let chat_template = if format == ModelFormat::Gguf {
+            self.chat_template_of(&manifest)
+        } else {
+            None
+        };
         let weights = if format == ModelFormat::Gguf {
             let layer = manifest
                 .weights()
@@ -360,7 +368,19 @@ impl Store {
             format,
             weights,
             files: entry.files.clone(),
+            chat_template,
         })
+    }
+
+    /// The blob of a manifest's chat-template layer, if it has one and the blob is there.
+    fn chat_template_of(&self, manifest: &Manifest) -> Option<PathBuf> {
+        manifest
+            .layers
+            .iter()
+            .find(|l| l.media_type == artifact::CHAT_TEMPLATE_MEDIA_TYPE)
+            .and_then(|l| digest_hex(&l.digest))
+            .map(|hex| self.blob_path(hex))
+            .filter(|p| p.is_file())
     }
 
     /// Reads a small JSON document, checks that it hashes to `digest`, and parses it.

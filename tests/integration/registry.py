@@ -13,6 +13,9 @@ What lives here (stdlib + requests only; no supervisor needed):
 - `FaultProxy`: an HTTP/1.1 reverse proxy in front of a registry (or any upstream URL) with switchable faults:
   connection cut mid-blob (Range resumes pass), byte corruption of one blob, canned error statuses, throttling;
   it logs every request (`.requests`) and the Range headers it saw (`.ranges`).
+- `TokenAuthProxy`: a FaultProxy that puts Docker Hub's token auth in front of an open registry: `/v2/...` without a
+  valid `Authorization: Bearer` answers 401 + `WWW-Authenticate: Bearer realm=".../token",service=...,scope=...`,
+  and its own `GET /token?service=&scope=` issues scoped tokens (logged in `.token_requests`).
 
 docker-registry 2.8.2 behaviour (each point is checked by test_registry_helpers.py):
 - `GET /v2/` answers 200 `{}`; with htpasswd auth 401 + `WWW-Authenticate: Basic realm="<realm>"` and
@@ -40,10 +43,12 @@ docker-registry 2.8.2 behaviour (each point is checked by test_registry_helpers.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -614,7 +619,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         proxy = self
 
-        class Handler(_ProxyHandler):
+        class Handler(self._handler_base()):  # type: ignore[misc]
             owner = proxy
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -623,6 +628,10 @@ class FaultProxy:
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True, name=f"fault-proxy-{self.port}")
         self._thread.start()
+
+    def _handler_base(self) -> type["_ProxyHandler"]:
+        """The request handler class the server runs (a subclass puts its own checks in front of `_proxy`)."""
+        return _ProxyHandler
 
     @property
     def url(self) -> str:
@@ -895,3 +904,188 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Token auth (Docker Hub's anonymous bearer token flow) in front of an open registry
+
+TOKEN_SERVICE = "test-registry"
+TOKEN_EXPIRES_IN = 300
+_REPO_PATH = re.compile(r"^/v2/(?P<repo>.+?)/(?:manifests|blobs|tags)/")
+
+
+class TokenRequest(NamedTuple):
+    """One call of the token endpoint, as received and answered."""
+
+    service: str | None  # the `service` parameter (None when absent)
+    scope: str  # the `scope` parameters, space-joined ("" when none)
+    basic_user: str | None  # the user name of the `Authorization: Basic` credentials sent; None when anonymous
+    status: int  # what the token endpoint answered
+
+
+def repo_of(path: str) -> str | None:
+    """The repository a distribution API path is about (`/v2/a/b/manifests/x` -> `a/b`); None for `/v2/`."""
+    m = _REPO_PATH.match(path)
+    return m.group("repo") if m else None
+
+
+def action_for(method: str) -> str:
+    """The token action a request needs: `pull` for reads, `push` for anything that writes."""
+    return "pull" if method in ("GET", "HEAD") else "push"
+
+
+class TokenAuthProxy(FaultProxy):
+    """A FaultProxy with Docker Hub's token auth in front of it (the registry itself runs without auth).
+
+    - Any `/v2/...` request (the `/v2/` probe included) without `Authorization: Bearer <valid token>` gets 401 with
+      `WWW-Authenticate: Bearer realm="<url>/token",service="<service>",scope="repository:<repo>:pull"` (`pull,push`
+      for methods other than GET/HEAD; no scope on `/v2/`; `,error="invalid_token"` for a token it does not know,
+      `,error="insufficient_scope"` for one that lacks the action on that repository) and a registry-style JSON
+      body `{"errors":[{"code":"UNAUTHORIZED",...}]}`; the upstream is not contacted.
+    - `GET /token?service=...&scope=repository:<repo>:<actions>` (scope may repeat) answers
+      `{"token": T, "access_token": T, "expires_in": 300, "issued_at": ...}`; T (opaque) grants exactly the actions
+      asked for, on those repositories, to anyone (anonymous push included: this is a test registry). A wrong
+      `service` is refused with 400. With `token_status` set (constructor or attribute) every token request is
+      refused with that status and a Docker-Hub-style `{"details": ...}` body instead.
+    - `fixed_token`: a token that is valid for everything without ever being issued (a `bearer-token` the client
+      already has).
+    - Authorized requests go through FaultProxy's forwarding (faults, throttling, `Location` rewriting all apply);
+      the `Authorization` header travels on, and the open upstream ignores it.
+    Logs: `.token_requests` (TokenRequest per call of the token endpoint); `.requests` / `.request_headers` also
+    hold the 401 challenges and the token calls (path `/token`), in arrival order."""
+
+    def __init__(self, upstream: "Registry | str", *, service: str = TOKEN_SERVICE, fixed_token: str | None = None,
+                 token_status: int | None = None, token_path: str = "/token"):
+        self.service = service
+        self.fixed_token = fixed_token
+        self.token_status = token_status
+        self.token_path = token_path
+        self.token_requests: list[TokenRequest] = []
+        self.issued: dict[str, frozenset[tuple[str, str]]] = {}  # token -> {(repository, action)}
+        super().__init__(upstream)
+        self.auth = None  # the helpers' Basic credentials mean nothing here; send a Bearer header instead
+
+    def _handler_base(self) -> type["_ProxyHandler"]:
+        return _TokenAuthHandler
+
+    @property
+    def realm(self) -> str:
+        return self.url + self.token_path
+
+    def challenge(self, scope: str | None, error: str | None = None) -> str:
+        """The `WWW-Authenticate` value for a refused request."""
+        value = f'Bearer realm="{self.realm}",service="{self.service}"'
+        if scope is not None:
+            value += f',scope="{scope}"'
+        if error is not None:
+            value += f',error="{error}"'
+        return value
+
+    def denial(self, method: str, path: str, authorization: str | None) -> tuple[str | None, str | None] | None:
+        """None when the request may pass, else (scope to ask for, `error` parameter or None)."""
+        repo = repo_of(path)
+        action = action_for(method)
+        scope = None if repo is None else f"repository:{repo}:{'pull' if action == 'pull' else 'pull,push'}"
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return scope, None
+        token = token.strip()
+        if self.fixed_token is not None and token == self.fixed_token:
+            return None
+        with self._lock:
+            grants = self.issued.get(token)
+        if grants is None:
+            return scope, "invalid_token"
+        if repo is not None and (repo, action) not in grants:
+            return scope, "insufficient_scope"
+        return None
+
+    def issue(self, scopes: list[str]) -> str:
+        """A new token granting the actions of `scopes` (`repository:<repo>:<a>,<b>`; other kinds grant nothing)."""
+        grants = set()
+        for scope in scopes:
+            kind, _, rest = scope.partition(":")
+            repo, _, actions = rest.rpartition(":")
+            if kind == "repository" and repo:
+                grants |= {(repo, a) for a in actions.split(",") if a}
+        token = secrets.token_urlsafe(24)
+        with self._lock:
+            self.issued[token] = frozenset(grants)
+        return token
+
+    def log_tail(self, n: int = 2000) -> str:
+        """The last 20 token requests and 60 proxied requests in full, then `n` characters of the upstream's log."""
+        tokens = "\n".join(str(t) for t in self.token_requests[-20:])
+        lines = "\n".join(f"{r.method} {r.path} -> {r.status}" for r in self.requests[-60:])
+        up = _log_tail(self.upstream)[-n:] if n > 0 and not isinstance(self.upstream, str) else ""
+        return f"--- token requests\n{tokens}\n--- proxy requests\n{lines}\n--- upstream log\n{up}"
+
+
+def _basic_user(authorization: str | None) -> str | None:
+    scheme, _, cred = (authorization or "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        return base64.b64decode(cred.strip()).decode(errors="replace").partition(":")[0]
+    except ValueError:
+        return "(undecodable)"
+
+
+class _TokenAuthHandler(_ProxyHandler):
+    owner: TokenAuthProxy
+
+    def do_GET(self) -> None:
+        p = self.owner
+        parts = urllib.parse.urlsplit(self.path)
+        if parts.path == p.token_path:
+            self._read_body()
+            self._token(parts.query)
+            return
+        if parts.path == "/v2" or parts.path.startswith("/v2/"):
+            denied = p.denial(self.command, parts.path, self.headers.get("Authorization"))
+            if denied is not None:
+                self._read_body()  # keep the connection usable for the client's next request
+                self._challenge(parts.path, *denied)
+                return
+        self._proxy()
+
+    do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_GET
+
+    def _challenge(self, path: str, scope: str | None, error: str | None) -> None:
+        p = self.owner
+        repo = repo_of(path)
+        detail = None if repo is None else [{"Type": "repository", "Class": "", "Name": repo,
+                                             "Action": action_for(self.command)}]
+        body = json.dumps({"errors": [{"code": "UNAUTHORIZED", "message": "authentication required",
+                                       "detail": detail}]}).encode()
+        p._log(self.command, path, 401, dict(self.headers.items()))  # before answering, like FaultProxy's faults
+        self._send_error(_Fault("fail", lambda m, q: True, None, status=401,
+                                headers={"WWW-Authenticate": p.challenge(scope, error)}, body=body), self.command)
+
+    def _token(self, query: str) -> None:
+        p = self.owner
+        params = urllib.parse.parse_qs(query, keep_blank_values=True)
+        service = params.get("service", [None])[0]
+        scopes = [s for v in params.get("scope", []) for s in v.split(" ") if s]
+        if self.command != "GET":
+            status, answer = 405, {"details": f"{self.command} is not supported here (GET only)"}
+        elif p.token_status is not None:
+            status, answer = p.token_status, {"details": "incorrect username or password" if p.token_status == 401
+                                              else "access to the requested resource is not authorized"}
+        elif service != p.service:
+            status, answer = 400, {"details": f"unknown service {service!r} (want {p.service!r})"}
+        else:
+            token = p.issue(scopes)
+            status, answer = 200, {"token": token, "access_token": token, "expires_in": TOKEN_EXPIRES_IN,
+                                   "issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        with p._lock:
+            p.token_requests.append(TokenRequest(service, " ".join(scopes),
+                                                 _basic_user(self.headers.get("Authorization")), status))
+        p._log(self.command, p.token_path, status, dict(self.headers.items()))
+        body = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)

@@ -78,6 +78,36 @@ def test_push_then_pull_by_tag_and_by_digest_then_serve(supervisors, reg):
     assert b.get(f"/models/{digest}").json()["id"] == pushed_id
 
 
+def test_a_packaged_chat_template_is_the_one_llama_server_applies(supervisors, reg):
+    """A model whose artifact carries DMR's chat-template layer is served with that template (DMR passes
+    `--chat-template-file`): a template with a long fixed preamble makes the same one-word chat cost many more
+    prompt tokens than the GGUF's own template does."""
+    preamble = "You are a careful assistant who answers briefly. " * 40
+    template = preamble + "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
+    push_dmr_gguf_model(reg, "test/templated", "v1", supervisors.prereqs.tiny_gguf.read_bytes(),
+                        chat_template=template)
+    sup = supervisors.start()  # ai/tiny: the same GGUF, imported without a template
+    assert lines(pull(sup, f"{reg.host}/test/templated:v1"))[-1]["type"] == "success"
+
+    def prompt_tokens(model: str) -> int:
+        r = sup.chat(model, max_tokens=1)
+        assert r.status_code == 200, r.text
+        return r.json()["usage"]["prompt_tokens"]
+
+    plain, templated = prompt_tokens("ai/tiny"), prompt_tokens(f"{reg.host}/test/templated:v1")
+    assert templated >= plain + 200, (plain, templated)
+    [spawn] = [s for s in sup.spawns() if "--chat-template-file" in s.argv]
+    blob = Path(spawn.argv[spawn.argv.index("--chat-template-file") + 1])
+    assert blob.parent == sup.store / "blobs/sha256" and blob.read_text() == template
+    # A runtime flag that picks a template wins over the packaged one.
+    r = sup.post("/engines/llama.cpp/_configure", {"model": f"{reg.host}/test/templated:v1",
+                                                   "runtime-flags": ["--chat-template", "chatml"]})
+    assert r.status_code == 202, r.text
+    assert prompt_tokens(f"{reg.host}/test/templated:v1") < templated
+    assert sup.spawns()[-1].flag("--chat-template") == "chatml"
+    assert "--chat-template-file" not in sup.spawns()[-1].argv
+
+
 def test_an_interrupted_download_resumes_with_a_range_request(supervisors, reg, tmp_path):
     gguf = supervisors.prereqs.tiny_gguf.read_bytes()
     push_dmr_gguf_model(reg, "test/cut", "v1", gguf, license=b"MIT")

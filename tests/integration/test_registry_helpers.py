@@ -1,5 +1,6 @@
 """Self-tests of registry.py against the real docker-registry: the helpers, the DMR artifact shape, the registry
-behaviour the Rust client must cope with, and every FaultProxy fault. No supervisor binary is needed.
+behaviour the Rust client must cope with, every FaultProxy fault, and TokenAuthProxy's token flow. No supervisor
+binary is needed.
 
 Needs `docker-registry` (scripts/registry-env.sh) and bcrypt (scripts/python-env.sh)."""
 
@@ -25,6 +26,8 @@ from registry import (
     FaultProxy,
     Registry,
     RegistryHTTPError,
+    TokenAuthProxy,
+    TokenRequest,
     blob_exists,
     build_dmr_gguf_artifact,
     delete_manifest,
@@ -380,3 +383,125 @@ def test_throttle(registry: Registry, proxy: FaultProxy):
     t0 = time.monotonic()
     assert get_blob(proxy, "fault/slow", digest) == data
     assert time.monotonic() - t0 < 0.25
+
+
+# ---------------------------------------------------------------------------------------------------------
+# TokenAuthProxy: Docker Hub's bearer token flow
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def get_token(proxy: TokenAuthProxy, *scopes: str, service: str = "test-registry",
+              auth: tuple[str, str] | None = None) -> requests.Response:
+    return requests.get(proxy.realm, params=[("service", service)] + [("scope", s) for s in scopes], auth=auth,
+                        timeout=10)
+
+
+def test_token_proxy_challenges_every_request_without_a_valid_token(registry: Registry):
+    """Without a token (or with one it never issued) nothing reaches the registry: 401, a registry-style error body
+    and a Bearer challenge naming the realm, the service and the scope the request needs (none for `/v2/`)."""
+    push_dmr_gguf_model(registry, "tok/challenge", "v1", GGUF)
+    with TokenAuthProxy(registry) as p:
+        realm = f'Bearer realm="{p.url}/token",service="test-registry"'
+        r = requests.get(p.url + "/v2/", timeout=10)
+        assert r.status_code == 401 and r.headers["WWW-Authenticate"] == realm
+        assert r.json()["errors"][0]["code"] == "UNAUTHORIZED"
+
+        murl = f"{p.url}/v2/tok/challenge/manifests/v1"
+        for method in ("GET", "HEAD"):
+            r = requests.request(method, murl, headers={"Accept": MANIFEST_ACCEPT}, timeout=10)
+            assert r.status_code == 401, method
+            assert r.headers["WWW-Authenticate"] == realm + ',scope="repository:tok/challenge:pull"'
+        err = requests.get(murl, timeout=10).json()["errors"][0]
+        assert err["code"] == "UNAUTHORIZED"
+        assert err["detail"] == [{"Type": "repository", "Class": "", "Name": "tok/challenge", "Action": "pull"}]
+
+        # Writes need push; the request body is consumed, so the same connection goes on working.
+        with requests.Session() as s:
+            r = s.put(f"{p.url}/v2/tok/challenge/manifests/v2", data=b"x" * 10_000,
+                      headers={"Content-Type": OCI_MANIFEST}, timeout=10)
+            assert r.status_code == 401
+            assert r.headers["WWW-Authenticate"] == realm + ',scope="repository:tok/challenge:pull,push"'
+            assert s.post(f"{p.url}/v2/tok/challenge/blobs/uploads/", timeout=10).status_code == 401
+
+        r = requests.get(murl, headers=bearer("made-up"), timeout=10)
+        assert r.status_code == 401 and r.headers["WWW-Authenticate"].endswith(',error="invalid_token"')
+        r = requests.get(murl, headers={"Authorization": "Basic " + "dTpw"}, timeout=10)  # not a bearer token
+        assert r.status_code == 401 and "error=" not in r.headers["WWW-Authenticate"]
+
+        assert p.token_requests == []
+        assert [(m, path, s) for m, path, s in p.requests] == [
+            ("GET", "/v2/", 401), ("GET", "/v2/tok/challenge/manifests/v1", 401),
+            ("HEAD", "/v2/tok/challenge/manifests/v1", 401), ("GET", "/v2/tok/challenge/manifests/v1", 401),
+            ("PUT", "/v2/tok/challenge/manifests/v2", 401), ("POST", "/v2/tok/challenge/blobs/uploads/", 401),
+            ("GET", "/v2/tok/challenge/manifests/v1", 401), ("GET", "/v2/tok/challenge/manifests/v1", 401)]
+
+
+def test_token_endpoint_issues_scoped_tokens_and_logs_each_request(registry: Registry):
+    """The realm issues Docker-style token JSON for the asked service; each token grants exactly the actions and
+    repositories of its scope; every call is logged with its service, scope, Basic user and answer."""
+    digest = push_dmr_gguf_model(registry, "tok/scoped", "v1", GGUF)
+    with TokenAuthProxy(registry) as p:
+        r = get_token(p, "repository:tok/scoped:pull")
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["token"] == body["access_token"] and body["expires_in"] == 300 and "." not in body["token"]
+        pull_token = body["token"]
+
+        murl = f"{p.url}/v2/tok/scoped/manifests/v1"
+        r = requests.get(murl, headers={"Accept": MANIFEST_ACCEPT, **bearer(pull_token)}, timeout=10)
+        assert r.status_code == 200 and r.headers["Docker-Content-Digest"] == digest
+        assert requests.get(p.url + "/v2/", headers=bearer(pull_token), timeout=10).json() == {}
+        # A pull token neither writes nor reads another repository.
+        r = requests.post(f"{p.url}/v2/tok/scoped/blobs/uploads/", headers=bearer(pull_token), timeout=10)
+        assert r.status_code == 401 and r.headers["WWW-Authenticate"].endswith(
+            ',scope="repository:tok/scoped:pull,push",error="insufficient_scope"')
+        r = requests.get(f"{p.url}/v2/tok/other/manifests/v1", headers=bearer(pull_token), timeout=10)
+        assert r.status_code == 401 and r.headers["WWW-Authenticate"].endswith(',error="insufficient_scope"')
+
+        assert get_token(p, "repository:tok/a:pull", "repository:tok/b:pull,push", auth=("bob", "pw")).ok
+        assert get_token(p, "repository:tok/scoped:pull", service="elsewhere").status_code == 400
+        assert p.token_requests == [
+            TokenRequest("test-registry", "repository:tok/scoped:pull", None, 200),
+            TokenRequest("test-registry", "repository:tok/a:pull repository:tok/b:pull,push", "bob", 200),
+            TokenRequest("elsewhere", "repository:tok/scoped:pull", None, 400)]
+
+        p.token_status = 403  # the token server now refuses everyone; tokens already issued stay valid
+        r = get_token(p, "repository:tok/scoped:pull")
+        assert r.status_code == 403 and "details" in r.json()
+        assert p.token_requests[-1] == TokenRequest("test-registry", "repository:tok/scoped:pull", None, 403)
+        assert requests.get(murl, headers={"Accept": MANIFEST_ACCEPT, **bearer(pull_token)}, timeout=10).ok
+        assert ("GET", "/token", 403) in p.requests
+
+
+def test_token_proxy_forwards_pulls_and_pushes_with_a_valid_token(registry: Registry):
+    """With an issued token (or the fixed one it was given) requests reach the real registry: a pull reads the very
+    bytes, and a push works end to end because the upload `Location` is rewritten to the proxy, so the follow-up
+    PUT is challenged and authorized like any other request. The fixed token needs no token request."""
+    digest = push_dmr_gguf_model(registry, "tok/fwd", "v1", GGUF, license="L")
+    with TokenAuthProxy(registry, fixed_token="fixed-secret") as p:
+        token = get_token(p, "repository:tok/fwd:pull").json()["token"]
+        manifest, d = get_manifest(registry, "tok/fwd", "v1")
+        r = requests.get(f"{p.url}/v2/tok/fwd/manifests/v1", headers={"Accept": MANIFEST_ACCEPT, **bearer(token)},
+                         timeout=10)
+        assert r.status_code == 200 and sha256_digest(r.content) == d == digest
+        blob = requests.get(f"{p.url}/v2/tok/fwd/blobs/{manifest['layers'][0]['digest']}", headers=bearer(token),
+                            timeout=10)
+        assert blob.status_code == 200 and blob.content == GGUF
+
+        push = get_token(p, "repository:tok/pushed:pull,push").json()["token"]
+        for tok in (push, "fixed-secret"):
+            data = os.urandom(30_000)
+            r = requests.post(f"{p.url}/v2/tok/pushed/blobs/uploads/", headers=bearer(tok), timeout=10)
+            assert r.status_code == 202 and r.headers["Location"].startswith(p.url + "/v2/tok/pushed/blobs/uploads/")
+            unauthorized = requests.put(r.headers["Location"] + "&digest=" + sha256_digest(data), data=data,
+                                        timeout=10)
+            assert unauthorized.status_code == 401  # the rewritten Location is guarded too
+            put = requests.put(r.headers["Location"] + "&digest=" + sha256_digest(data), data=data,
+                               headers=bearer(tok), timeout=10)
+            assert put.status_code == 201 and put.headers["Location"].startswith(p.url)
+            assert get_blob(registry, "tok/pushed", sha256_digest(data)) == data  # really in the registry
+        assert [t.scope for t in p.token_requests] == ["repository:tok/fwd:pull", "repository:tok/pushed:pull,push"]
+        assert p.auth is None
