@@ -7,15 +7,15 @@
 //! repository's `lastModified` (so the model id is the same on every machine), then imported like a local model.
 //! `HF_TOKEN` (or the request's bearer token) is sent as `Authorization: Bearer`; the endpoint is configurable.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::spool::Spool;
 use super::{Progress, RegistryError};
 use crate::store::{Model, Store};
 
@@ -330,7 +330,7 @@ async fn fetch(
                 return Err(status_error(status, what, &body));
             }
             let append = status == 206;
-            let mut file = std::fs::OpenOptions::new()
+            let file = std::fs::OpenOptions::new()
                 .create(true)
                 .write(true)
                 .append(append)
@@ -341,28 +341,44 @@ async fn fetch(
                 have = 0;
             }
             let mut stream = resp.bytes_stream();
+            let mut spool = Spool::new(file);
             let mut cut = false;
-            while let Some(chunk) = stream.next().await {
-                match chunk {
-                    Ok(c) => {
-                        file.write_all(&c).map_err(|e| io(e, &partial))?;
-                        have += c.len() as u64;
-                        progress(Progress {
-                            layer: layer_id(f),
-                            layer_size: f.size,
-                            layer_done: have.min(f.size),
-                            total,
-                            done: before + have.min(f.size),
-                        });
-                    }
-                    Err(e) => {
+            let mut last = Instant::now();
+            loop {
+                let chunk = match stream.next().await {
+                    Some(Ok(c)) => Some(c),
+                    Some(Err(e)) => {
                         tracing::warn!(url, have, error = %e, "download broke; resuming");
                         cut = true;
-                        break;
+                        None
                     }
+                    None => None,
+                };
+                let due = match &chunk {
+                    Some(c) => spool.queue(c) || last.elapsed() >= Duration::from_millis(100),
+                    None => true,
+                };
+                if due {
+                    if let Err(e) = spool.flush(|b| have += b.len() as u64).await {
+                        // The disk refused: nothing partial is kept.
+                        drop(spool);
+                        let _ = std::fs::remove_file(&partial);
+                        return Err(io(e, &partial));
+                    }
+                    last = Instant::now();
+                    progress(Progress {
+                        layer: layer_id(f),
+                        layer_size: f.size,
+                        layer_done: have.min(f.size),
+                        total,
+                        done: before + have.min(f.size),
+                    });
+                }
+                if chunk.is_none() {
+                    break;
                 }
             }
-            file.sync_all().map_err(|e| io(e, &partial))?;
+            spool.sync().await.map_err(|e| io(e, &partial))?;
             if cut || have < f.size {
                 continue;
             }

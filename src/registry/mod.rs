@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod hf;
+mod spool;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,6 +25,7 @@ use oci_client::{Client, Reference};
 use tokio::sync::Semaphore;
 
 use crate::store::{self, name, Model, Store, StoreError};
+use spool::Spool;
 
 /// Media types asked for when fetching a manifest.
 const MANIFEST_TYPES: [&str; 2] = [
@@ -405,6 +407,11 @@ impl Registries {
                         "layer body ended early"
                     );
                 }
+                Err(Fetch::Fatal(e @ RegistryError::Store(_))) => {
+                    // The disk refused (full, read-only): a partial layer there is no use and holds space.
+                    store.abandon_download(d);
+                    return Err(e);
+                }
                 Err(Fetch::Fatal(e)) => return Err(e),
                 Err(Fetch::Cut(e)) => {
                     tracing::warn!(digest = layer.digest, have = d.have, error = %e, "layer download broke; resuming");
@@ -434,7 +441,6 @@ impl Registries {
         before: u64,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<(), Fetch> {
-        use std::io::Write;
         let to_fetch = |e| match e {
             OciDistributionError::RequestError(e) => Fetch::Cut(e.to_string()),
             other => Fetch::Fatal(classify(other, Op::Pull, &p.tag)),
@@ -472,22 +478,41 @@ impl Registries {
                 s.stream
             }
         };
+        let mut spool = Spool::new(
+            d.file
+                .try_clone()
+                .map_err(|e| Fetch::Fatal(io(e, &d.path)))?,
+        );
         let mut last = Instant::now();
         let mut reported = d.have;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| Fetch::Cut(e.to_string()))?;
-            if d.have + chunk.len() as u64 > layer.size {
-                return Err(Fetch::Fatal(RegistryError::Registry(format!(
-                    "layer {} is larger than the {} bytes its manifest says",
-                    layer.digest, layer.size
-                ))));
+        loop {
+            let chunk = match stream.next().await {
+                Some(Ok(chunk)) => Some(chunk),
+                Some(Err(e)) => {
+                    // Keep what arrived, so the resume asks for exactly the rest.
+                    spool_out(&mut spool, d).await?;
+                    return Err(Fetch::Cut(e.to_string()));
+                }
+                None => None,
+            };
+            let due = match &chunk {
+                Some(chunk) => {
+                    if d.have + (spool.pending() + chunk.len()) as u64 > layer.size {
+                        return Err(Fetch::Fatal(RegistryError::Registry(format!(
+                            "layer {} is larger than the {} bytes its manifest says",
+                            layer.digest, layer.size
+                        ))));
+                    }
+                    spool.queue(chunk) || last.elapsed() >= Duration::from_millis(100)
+                }
+                None => true,
+            };
+            if due {
+                spool_out(&mut spool, d).await?;
             }
-            sha2::Digest::update(&mut d.hasher, &chunk);
-            d.file
-                .write_all(&chunk)
-                .map_err(|e| Fetch::Fatal(io(e, &d.path)))?;
-            d.have += chunk.len() as u64;
-            if d.have - reported >= 1 << 20 || last.elapsed() >= Duration::from_millis(100) {
+            if d.have > reported
+                && (d.have - reported >= 1 << 20 || last.elapsed() >= Duration::from_millis(100))
+            {
                 reported = d.have;
                 last = Instant::now();
                 progress(Progress {
@@ -498,9 +523,24 @@ impl Registries {
                     done: before + d.have,
                 });
             }
+            if chunk.is_none() {
+                break;
+            }
         }
         Ok(())
     }
+}
+
+/// Writes what `spool` gathered into the download, counting and hashing it once it is on disk.
+async fn spool_out(spool: &mut Spool, d: &mut store::pulled::Download) -> Result<(), Fetch> {
+    let (have, hasher) = (&mut d.have, &mut d.hasher);
+    spool
+        .flush(|bytes| {
+            sha2::Digest::update(hasher, bytes);
+            *have += bytes.len() as u64;
+        })
+        .await
+        .map_err(|e| Fetch::Fatal(io(e, &d.path)))
 }
 
 /// Why one fetch of a layer stopped.

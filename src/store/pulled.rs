@@ -171,6 +171,13 @@ impl Store {
         Ok(())
     }
 
+    /// Drops a download and its `.incomplete` file (the disk refused a write: nothing there is worth resuming).
+    pub fn abandon_download(&self, d: Download) {
+        let Download { path, file, .. } = d;
+        drop(file);
+        remove_quietly(&path);
+    }
+
     /// Forgets a download (a restart from byte 0, when the registry ignores the range asked for).
     pub fn restart_download(&self, d: Download) -> Result<Download, StoreError> {
         d.file.set_len(0).map_err(io_err(&d.path))?;

@@ -1,5 +1,6 @@
-"""The store on a full disk and on a read-only one: an import fails with a clear error, the store is left exactly as
-it was (no partial blob, no `*.incomplete` file, the index unchanged), and the models already there keep serving.
+"""The store on a full disk and on a read-only one: an import or a registry pull fails with a clear error, the store is
+left exactly as it was (no partial blob, no `*.incomplete` file, the index unchanged), and the models already there
+keep serving.
 
 The daemon runs in its own mount namespace (`unshare -m`) with the store on a small tmpfs: a real ENOSPC, and a
 real EROFS after `mount -o remount,ro` (the tests run as root, for whom `chmod` does not stop writes)."""
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness import Supervisor
+from registry import Registry, push_dmr_gguf_model
 
 MOUNT = 'mount -t tmpfs -o size="$1" tmpfs "$0" && shift && exec "$@"'
 
@@ -81,3 +83,24 @@ def test_a_read_only_store_refuses_imports_and_deletes_clearly_and_keeps_serving
     in_namespace(sup, "mount", "-o", "remount,rw", str(store))
     assert import_lines(sup, other, "ai/tiny2")[-1]["type"] == "success"
     assert names(sup) == ["ai/tiny2:latest", "ai/tiny:latest"]
+
+
+def test_a_pull_onto_a_full_disk_fails_clearly_and_keeps_no_partial_layer(supervisors, tmp_path):
+    """The disk fills up midway through a layer: the pull ends with an error line naming ENOSPC, the partial layer
+    is removed (unlike a network cut, nothing there can be resumed), and once space is freed the same pull works."""
+    other = Path(supervisors.other_tiny_model()["gguf"])
+    with Registry(tmp_path / "registry") as reg:
+        push_dmr_gguf_model(reg, "test/other", "v1", other.read_bytes())
+        store = tmp_path / "store"
+        sup = supervisors.start(store=store, launcher=store_on_tmpfs(store, "768k"))
+        before = store_files(sup)
+        r = sup.post("/models/create", {"from": f"{reg.host}/test/other:v1"}, timeout=120)
+        lines = [json.loads(line) for line in r.text.splitlines() if line.strip()]
+        assert lines[-1]["type"] == "error" and "No space left on device" in lines[-1]["message"], lines[-1]
+        assert ".incomplete: No space left" in lines[-1]["message"]  # writing the layer failed, not a check up front
+        check_unchanged(sup, before)
+        # Room again (a bigger tmpfs over the same path): the pull succeeds from scratch.
+        in_namespace(sup, "mount", "-o", "remount,size=4m", str(store))
+        r = sup.post("/models/create", {"from": f"{reg.host}/test/other:v1"}, timeout=120)
+        assert r.text.splitlines()[-1] == '{"type":"success","message":"Model pulled successfully"}', r.text[-500:]
+        assert names(sup) == [f"{reg.host}/test/other:v1", "ai/tiny:latest"]
