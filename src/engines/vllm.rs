@@ -10,6 +10,28 @@ use super::{EngineCommand, LaunchSpec, Mode};
 /// The engine's name in URLs (`/engines/vllm/v1/...`) and in `/engines/ps`.
 pub const NAME: &str = "vllm";
 
+/// Counts a chat's tokens with the chat template applied (vLLM's `TokenizeChatRequest`); it has no
+/// `/v1/chat/completions/input_tokens` as llama-server does.
+pub const TOKENIZE_PATH: &str = "/tokenize";
+
+/// `/tokenize`'s answer, as far as it is read.
+#[derive(Debug, serde::Deserialize)]
+pub struct TokenCount {
+    pub count: u64,
+}
+
+/// The `/tokenize` body for an OpenAI chat request: its model, messages and tools, with the generation prompt
+/// added as a chat completion would (vLLM ignores sampling fields there, with a warning; they are left out).
+pub fn tokenize_body(chat: &serde_json::Value) -> serde_json::Value {
+    let mut body = serde_json::json!({"add_generation_prompt": true});
+    for key in ["model", "messages", "tools"] {
+        if let Some(v) = chat.get(key).filter(|v| !v.is_null()) {
+            body[key] = v.clone();
+        }
+    }
+    body
+}
+
 /// vLLM settings beyond context size and flags, from `[[models]]` or `_configure`'s `"vllm"` object.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct VllmOptions {
@@ -124,6 +146,23 @@ pub fn install_dir(data_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokenize_bodies_keep_the_chat_and_drop_sampling() {
+        let chat = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                                       "tools": [{"type": "function"}], "max_tokens": 1, "stream": false,
+                                       "temperature": null});
+        assert_eq!(
+            tokenize_body(&chat),
+            serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                               "tools": [{"type": "function"}], "add_generation_prompt": true})
+        );
+        let no_tools = serde_json::json!({"model": "m", "messages": [], "tools": null});
+        assert_eq!(
+            tokenize_body(&no_tools),
+            serde_json::json!({"model": "m", "messages": [], "add_generation_prompt": true})
+        );
+    }
     use crate::config::KeepAlive;
     use crate::engines::EngineKind;
 

@@ -14,7 +14,8 @@ use super::inference::acquire;
 use super::{translated, App};
 use crate::api::anthropic::{self, CountTokensOut, MessagesIn, Purpose, StreamTranslator};
 use crate::api::openai;
-use crate::engines::{llamacpp, Mode, RunnerWishes};
+use crate::api::ErrorKind;
+use crate::engines::{llamacpp, vllm, EngineKind, Mode, RunnerWishes};
 
 async fn read(app: &Arc<App>, req: http::Request<Incoming>) -> Result<MessagesIn, ApiError> {
     let (_, body) = read_body(req, app.config().server.max_body_bytes).await?;
@@ -79,20 +80,42 @@ pub async fn count_tokens(
         &RunnerWishes::default(),
     )
     .await?;
-    let resp = translated::post(
-        &app.engines,
-        &lease,
-        llamacpp::COUNT_TOKENS_PATH,
-        &request,
-        &model,
-        false,
-    )
-    .await?;
-    let count: openai::InputTokens = translated::collect(resp, &model).await?;
-    Ok(json(
-        StatusCode::OK,
-        &CountTokensOut {
-            input_tokens: count.input_tokens,
-        },
-    ))
+    let input_tokens = match lease.engine {
+        EngineKind::Vllm => {
+            let chat = serde_json::to_value(&request).map_err(|e| {
+                ApiError::new(
+                    ErrorKind::Internal,
+                    format!("cannot encode the request: {e}"),
+                )
+            })?;
+            let body = vllm::tokenize_body(&chat);
+            let resp = translated::post(
+                &app.engines,
+                &lease,
+                vllm::TOKENIZE_PATH,
+                &body,
+                &model,
+                false,
+            )
+            .await?;
+            translated::collect::<vllm::TokenCount>(resp, &model)
+                .await?
+                .count
+        }
+        _ => {
+            let resp = translated::post(
+                &app.engines,
+                &lease,
+                llamacpp::COUNT_TOKENS_PATH,
+                &request,
+                &model,
+                false,
+            )
+            .await?;
+            translated::collect::<openai::InputTokens>(resp, &model)
+                .await?
+                .input_tokens
+        }
+    };
+    Ok(json(StatusCode::OK, &CountTokensOut { input_tokens }))
 }

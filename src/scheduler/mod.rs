@@ -60,6 +60,8 @@ impl From<Rejection> for AcquireError {
 #[derive(Debug)]
 pub struct Lease {
     pub endpoint: Endpoint,
+    /// The engine the runner runs.
+    pub engine: engines::EngineKind,
     /// The only model name the engine answers to, for engines that check it (vLLM, diffusers): the request's
     /// `model` is rewritten to it. `None` for llama.cpp, which answers to any.
     pub served_name: Option<String>,
@@ -428,14 +430,18 @@ impl Actor {
                         Some(h) => h.hung.clone(),
                         None => watch::channel(false).1,
                     };
-                    let served_name = self
+                    let launch = self
                         .state
                         .find(runner)
                         .and_then(|key| self.state.runners.get(key))
-                        .filter(|r| r.launch.engine != engines::EngineKind::LlamaCpp)
-                        .map(|r| r.launch.model_name.clone());
+                        .map(|r| &r.launch);
+                    let engine = launch.map_or(engines::EngineKind::LlamaCpp, |l| l.engine);
+                    let served_name = launch
+                        .filter(|l| l.engine != engines::EngineKind::LlamaCpp)
+                        .map(|l| l.model_name.clone());
                     let lease = Lease {
                         endpoint,
+                        engine,
                         served_name,
                         runner,
                         tx: self.tx.clone(),

@@ -188,4 +188,9 @@ def test_ollama_and_anthropic_clients_reach_a_vllm_model_too(supervisors, tmp_pa
                                   "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 200, r.text
     assert r.json()["type"] == "message" and r.json()["content"][0]["text"]
+    # Token counts come from vLLM's /tokenize (it has no llama-server input_tokens route); the stand-in counts the
+    # words of every message, the system prompt included.
+    r = sup.post("/v1/messages/count_tokens", {"model": "ai/qwen", "system": "be brief",
+                                               "messages": [{"role": "user", "content": "one two three"}]})
+    assert r.status_code == 200 and r.json() == {"input_tokens": 5}, r.text
     assert len(starts(log)) == 1
