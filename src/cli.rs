@@ -26,11 +26,16 @@ pub enum Action {
         target: String,
     },
     Package {
-        gguf: String,
+        gguf: Option<String>,
+        from: Option<String>,
         target: String,
         license: Option<String>,
         chat_template: Option<String>,
+        context_size: Option<u64>,
         push: bool,
+    },
+    Purge {
+        force: bool,
     },
     Ls {
         quiet: bool,
@@ -156,27 +161,53 @@ impl Cli {
             }
             Action::Package {
                 gguf,
+                from,
                 target,
                 license,
                 chat_template,
+                context_size,
                 push,
             } => {
-                let abs = |p: &str| {
-                    std::fs::canonicalize(p)
-                        .map(|p| p.display().to_string())
-                        .map_err(|e| Failure(format!("{p}: {e}")))
+                let source = match (gguf, from) {
+                    (Some(gguf), _) => {
+                        let abs = |p: &str| {
+                            std::fs::canonicalize(p)
+                                .map(|p| p.display().to_string())
+                                .map_err(|e| Failure(format!("{p}: {e}")))
+                        };
+                        let mut body = json!({"from": abs(&gguf)?, "name": target});
+                        if let Some(l) = &license {
+                            body["license"] = json!(abs(l)?);
+                        }
+                        if let Some(t) = &chat_template {
+                            body["chat_template"] = json!(abs(t)?);
+                        }
+                        let resp = self
+                            .send(self.http.post(self.url("/models/create")).json(&body))
+                            .await?;
+                        progress(resp, "Packaged").await?;
+                        // A context size is set by repackaging the import onto its own name.
+                        target.clone()
+                    }
+                    (None, Some(from)) => from,
+                    (None, None) => return Err(Failure("--gguf or --from is required".into())),
                 };
-                let mut body = json!({"from": abs(&gguf)?, "name": target});
-                if let Some(l) = &license {
-                    body["license"] = json!(abs(l)?);
+                if context_size.is_some() || source != target {
+                    let mut body = json!({"target": target});
+                    if let Some(n) = context_size {
+                        body["context_size"] = json!(n);
+                    }
+                    let answer: Value = self
+                        .send(
+                            self.http
+                                .post(self.url(&format!("/models/{source}/repackage")))
+                                .json(&body),
+                        )
+                        .await?
+                        .json()
+                        .await?;
+                    println!("{}", answer["message"].as_str().unwrap_or_default());
                 }
-                if let Some(t) = &chat_template {
-                    body["chat_template"] = json!(abs(t)?);
-                }
-                let resp = self
-                    .send(self.http.post(self.url("/models/create")).json(&body))
-                    .await?;
-                progress(resp, "Packaged").await?;
                 if push {
                     let resp = self
                         .send(
@@ -235,6 +266,27 @@ impl Cli {
                     }
                 }
                 print_table(&rows);
+                Ok(())
+            }
+            Action::Purge { force } => {
+                if !force {
+                    eprint!("This deletes every model in the store. Continue? [y/N] ");
+                    let mut answer = String::new();
+                    std::io::stdin().read_line(&mut answer)?;
+                    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                        eprintln!(); // what a terminal's echo would have ended the line with
+                    }
+                    if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+                        return Err(Failure("purge cancelled".into()));
+                    }
+                }
+                let removed: Vec<Value> = self
+                    .send(self.http.delete(self.url("/models/purge")))
+                    .await?
+                    .json()
+                    .await?;
+                let deleted = removed.iter().filter(|r| r["Deleted"].is_string()).count();
+                println!("Purged: {deleted} model(s) deleted");
                 Ok(())
             }
             Action::Rm { models, force } => {

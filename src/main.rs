@@ -65,19 +65,31 @@ enum Command {
     Push { model: String },
     /// Give a model another name (the name a push goes to).
     Tag { source: String, target: String },
-    /// Import a local GGUF file under a name (and push it with --push).
+    /// Import a local GGUF file under a name, or repackage a model (--from) with another context size; push it
+    /// with --push.
     Package {
+        #[arg(long, required_unless_present = "from", conflicts_with = "from")]
+        gguf: Option<String>,
+        /// A model in the store, repackaged with its layers shared.
         #[arg(long)]
-        gguf: String,
+        from: Option<String>,
         target: String,
         /// A license file, packaged as DMR's license layer.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "from")]
         license: Option<String>,
         /// A Jinja chat template, packaged as DMR's chat-template layer.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "from")]
         chat_template: Option<String>,
+        /// The context size recorded in the model's config (what engines get unless configured otherwise).
+        #[arg(long)]
+        context_size: Option<u64>,
         #[arg(long)]
         push: bool,
+    },
+    /// Delete every model in the store (asks first, unless --force).
+    Purge {
+        #[arg(long, short)]
+        force: bool,
     },
     /// List the models in the store.
     #[command(alias = "list")]
@@ -157,17 +169,22 @@ fn client(host: &str, command: Command) -> ExitCode {
         Command::Tag { source, target } => Action::Tag { source, target },
         Command::Package {
             gguf,
+            from,
             target,
             license,
             chat_template,
+            context_size,
             push,
         } => Action::Package {
             gguf,
+            from,
             target,
             license,
             chat_template,
+            context_size,
             push,
         },
+        Command::Purge { force } => Action::Purge { force },
         Command::Ls { quiet } => Action::Ls { quiet },
         Command::Rm { models, force } => Action::Rm { models, force },
         Command::Inspect { model } => Action::Inspect { model },

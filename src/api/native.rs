@@ -38,6 +38,16 @@ pub struct PushRequest {
     pub bearer_token: Option<String>,
 }
 
+/// `POST /models/{name}/repackage` body (DMR's `RepackageRequest`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepackageRequest {
+    #[serde(default)]
+    pub target: Option<String>,
+    #[serde(default)]
+    pub context_size: Option<u64>,
+}
+
 /// One NDJSON line of pull/import progress.
 #[derive(Debug, Serialize)]
 pub struct ProgressLine {

@@ -14,6 +14,22 @@ pub const NAME: &str = "llama.cpp";
 /// Counts the tokens of an OpenAI chat request with the chat template applied: `{"input_tokens": N}`.
 pub const COUNT_TOKENS_PATH: &str = "/v1/chat/completions/input_tokens";
 
+/// The context size a GGUF model was packaged with (`package --context-size`, a repackage): its config's
+/// `context_size` unless that is just the GGUF's trained length, which is often far more than memory allows, so
+/// that a plain import still starts with the default context.
+pub fn packaged_context(config: &crate::store::ModelConfig) -> Option<u32> {
+    let size = config.context_size?;
+    let trained = config
+        .gguf
+        .iter()
+        .find(|(k, _)| k.ends_with(".context_length"))
+        .and_then(|(_, v)| v.parse::<u64>().ok());
+    if trained == Some(size) {
+        return None;
+    }
+    u32::try_from(size).ok()
+}
+
 /// Arguments after the binary name.
 pub fn argv(spec: &LaunchSpec, port: u16) -> Vec<String> {
     let mut args: Vec<String> = vec![
@@ -138,6 +154,31 @@ mod tests {
                 "--threads",
                 "1"
             ]
+        );
+    }
+
+    #[test]
+    fn only_a_packaged_context_size_counts() {
+        let mut config = crate::store::ModelConfig {
+            context_size: Some(131_072),
+            ..Default::default()
+        };
+        config
+            .gguf
+            .insert("llama.context_length".into(), "131072".into());
+        assert_eq!(packaged_context(&config), None, "the trained length");
+        config.context_size = Some(8192);
+        assert_eq!(packaged_context(&config), Some(8192));
+        config.context_size = Some(1 << 40);
+        assert_eq!(packaged_context(&config), None, "beyond u32");
+        config.context_size = None;
+        assert_eq!(packaged_context(&config), None);
+        config.gguf.clear();
+        config.context_size = Some(2048);
+        assert_eq!(
+            packaged_context(&config),
+            Some(2048),
+            "no trained length recorded"
         );
     }
 

@@ -12,7 +12,7 @@ use super::forward::forward;
 use super::http::{parse_json, read_body, ApiError, Body};
 use super::App;
 use crate::api::{openai, ErrorKind};
-use crate::engines::{EngineKind, LaunchSpec, Mode, RunnerWishes};
+use crate::engines::{llamacpp, EngineKind, LaunchSpec, Mode, RunnerWishes};
 use crate::gpu::estimate::{self, LlamaFlags, ModelShape};
 use crate::gpu::ProbeKind;
 use crate::scheduler::{AcquireError, Demand, Lease, RunnerKey, Usage};
@@ -99,6 +99,7 @@ pub async fn acquire_on(
         EngineKind::LlamaCpp => wishes
             .context_size
             .or(settings.context_size)
+            .or(llamacpp::packaged_context(&model.config))
             .unwrap_or(crate::config::DEFAULT_CONTEXT_SIZE),
         // vLLM's default is the model's own maximum (`max_position_embeddings`): 0 leaves the flag out.
         EngineKind::Vllm => wishes

@@ -499,6 +499,11 @@ async fn dispatch(
             let query = req.uri().query().map(str::to_string);
             models::tag(app, percent_decode(&p[8..p.len() - 4])?, query.as_deref()).await
         }
+        (&Method::DELETE, "/models/purge") => models::purge(app).await,
+        (&Method::POST, p) if p.starts_with("/models/") && p.ends_with("/repackage") => {
+            let name = percent_decode(&p[8..p.len() - 10])?;
+            models::repackage(app, req, name).await
+        }
         (&Method::POST, p) if p.starts_with("/models/") && p.ends_with("/push") => {
             let name = percent_decode(&p[8..p.len() - 5])?;
             models::push(app, req, name).await

@@ -85,6 +85,76 @@ pub async fn get_openai(app: &Arc<App>, reference: String) -> Result<Response<Bo
     Ok(json(StatusCode::OK, &openai_model(&model)))
 }
 
+/// `DELETE /models/purge`: unloads every runner, then deletes every model (DMR's purge). Answers what
+/// `DELETE /models/{name}` does, for every model.
+pub async fn purge(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
+    app.scheduler.unload(Selector::All, true).await;
+    let removed = blocking(app, |s| s.purge()).await?;
+    tracing::info!(
+        models = removed
+            .iter()
+            .filter(|r| matches!(r, store::Removed::Deleted(_)))
+            .count(),
+        "store purged"
+    );
+    Ok(json(StatusCode::OK, &removed_json(removed)))
+}
+
+/// `POST /models/{name}/repackage` (`{"target", "context_size"?}`): a new model with the same layers and the
+/// config changed, under `target` → 201 `{"message","source","target"}`, as DMR answers.
+pub async fn repackage(
+    app: &Arc<App>,
+    req: http::Request<Incoming>,
+    reference: String,
+) -> Result<Response<Body>, ApiError> {
+    let (_, body) = read_body(req, app.config().server.max_body_bytes).await?;
+    let request: native::RepackageRequest = parse_json(&body)?;
+    let target = request
+        .target
+        .filter(|t| !t.trim().is_empty())
+        .ok_or_else(|| ApiError::bad_request("target is required"))?;
+    let target = name::normalize(&target)
+        .ok()
+        .filter(|t| !t.contains('@'))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("invalid target {target:?}: not a model tag"))
+        })?;
+    if let Some(n) = request.context_size {
+        if n == 0 || n > i32::MAX as u64 {
+            return Err(ApiError::bad_request(format!(
+                "context_size {n} is out of range (1 to {})",
+                i32::MAX
+            )));
+        }
+    }
+    let (r, t) = (reference.clone(), target.clone());
+    let model = blocking(app, move |s| s.repackage(&r, &t, request.context_size)).await?;
+    tracing::info!(
+        source = reference,
+        target,
+        id = model.id,
+        "model repackaged"
+    );
+    Ok(json(
+        StatusCode::CREATED,
+        &serde_json::json!({
+            "message": format!("Model repackaged successfully as {target:?}"),
+            "source": reference,
+            "target": target,
+        }),
+    ))
+}
+
+fn removed_json(removed: Vec<store::Removed>) -> Vec<native::Removed> {
+    removed
+        .into_iter()
+        .map(|r| match r {
+            store::Removed::Untagged(t) => native::Removed::Untagged(t),
+            store::Removed::Deleted(id) => native::Removed::Deleted(id),
+        })
+        .collect()
+}
+
 /// `DELETE /models/{name}`: 409 while a runner of the model is loaded, unless `?force=true`, which stops it first.
 pub async fn delete(
     app: &Arc<App>,
@@ -117,14 +187,7 @@ pub async fn delete(
         }
     }
     let removed = blocking(app, move |s| s.delete(&reference, force)).await?;
-    let removed: Vec<native::Removed> = removed
-        .into_iter()
-        .map(|r| match r {
-            store::Removed::Untagged(t) => native::Removed::Untagged(t),
-            store::Removed::Deleted(id) => native::Removed::Deleted(id),
-        })
-        .collect();
-    Ok(json(StatusCode::OK, &removed))
+    Ok(json(StatusCode::OK, &removed_json(removed)))
 }
 
 /// `POST /models/create {"from": "/abs/path", "name"?: "ai/x"}`: imports a local GGUF file, safetensors or

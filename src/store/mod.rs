@@ -15,6 +15,7 @@ mod fsutil;
 mod import;
 mod import_files;
 mod index;
+mod repackage;
 mod runtime;
 
 pub use format::ModelFormat;
@@ -281,6 +282,30 @@ impl Store {
         self.collect_garbage(&index, &orphans);
         self.prune_runtime_configs(&orphans.iter().map(|o| o.id.clone()).collect::<Vec<_>>());
         Ok(removed)
+    }
+
+    /// Deletes every model and every download left behind (DMR's purge): the store is left empty.
+    pub fn purge(&self) -> Result<Vec<Removed>, StoreError> {
+        let mut cache = self.lock();
+        cache.invalidate();
+        let mut index = Index::load(&self.index_path())?;
+        let gone = std::mem::take(&mut index.models);
+        index.save(&self.index_path())?;
+        self.collect_garbage(&index, &gone);
+        self.prune_runtime_configs(&gone.iter().map(|e| e.id.clone()).collect::<Vec<_>>());
+        let blobs = self.blob_dir();
+        for entry in fs::read_dir(&blobs).map_err(io_err(&blobs))?.flatten() {
+            if entry.file_name().to_string_lossy().ends_with(".incomplete") {
+                remove_quietly(&entry.path());
+            }
+        }
+        Ok(gone
+            .into_iter()
+            .flat_map(|e| {
+                let untagged = e.tags.into_iter().map(Removed::Untagged);
+                untagged.chain(std::iter::once(Removed::Deleted(e.id)))
+            })
+            .collect())
     }
 
     fn lock(&self) -> MutexGuard<'_, Cache> {

@@ -197,6 +197,17 @@ impl Store {
         manifest_bytes: &[u8],
         config_bytes: &[u8],
     ) -> Result<Model, StoreError> {
+        self.commit_artifact(tag, manifest_bytes, config_bytes, 0)
+    }
+
+    /// [`commit_pulled`](Self::commit_pulled) with the model's creation time (unix seconds).
+    pub(super) fn commit_artifact(
+        &self,
+        tag: &str,
+        manifest_bytes: &[u8],
+        config_bytes: &[u8],
+        created: i64,
+    ) -> Result<Model, StoreError> {
         let tag = name::normalize(tag)?;
         let id = sha256_digest(manifest_bytes);
         // Invariant: sha256_digest always yields a well-formed digest.
@@ -234,7 +245,7 @@ impl Store {
             id: id.clone(),
             tags: vec![tag.clone()],
             files,
-            created: 0,
+            created,
             source: None,
         };
         let config_hex = digest_hex(&info.config_digest)

@@ -55,6 +55,27 @@ def test_run_streams_an_answer_and_chats_over_stdin(supervisors):
     failed(cli(supervisors, sup, "run", "ai/nope", "x"), "not found")
 
 
+def test_package_from_a_model_sets_its_context_and_purge_asks_first(supervisors):
+    sup = supervisors.start()
+    out = ok(cli(supervisors, sup, "package", "--from", "ai/tiny", "--context-size", "2048", "ai/tiny-2k"))
+    assert out.strip() == 'Model repackaged successfully as "ai/tiny-2k:latest"'
+    assert sup.get("/models/ai/tiny-2k").json()["config"]["context_size"] == 2048
+    # A GGUF packaged with a context size: imported, then repackaged onto its own name (no second model left).
+    out = ok(cli(supervisors, sup, "package", "--gguf", str(supervisors.prereqs.tiny_gguf), "--context-size", "1024",
+                 "ai/tiny-1k"))
+    assert out.strip().splitlines()[-1] == 'Model repackaged successfully as "ai/tiny-1k:latest"'
+    assert sup.get("/models/ai/tiny-1k").json()["config"]["context_size"] == 1024
+    assert len(sup.get("/models").json()) == 3
+    failed(cli(supervisors, sup, "package", "--from", "ai/nope", "ai/x"), "not found")
+    p = cli(supervisors, sup, "purge", input="n\n")
+    assert p.returncode == 1 and p.stderr.splitlines() == ["This deletes every model in the store. Continue? [y/N] ",
+                                                           "error: purge cancelled"], p.stderr
+    assert len(sup.get("/models").json()) == 3
+    assert ok(cli(supervisors, sup, "purge", input="y\n")).strip() == "Purged: 3 model(s) deleted"
+    assert sup.get("/models").json() == []
+    assert ok(cli(supervisors, sup, "purge", "--force")).strip() == "Purged: 0 model(s) deleted"
+
+
 def test_configure_persists_settings(supervisors):
     sup = supervisors.start()
     ok(cli(supervisors, sup, "configure", "--context-size", "1024", "ai/tiny", "--", "--temp", "0.5"))

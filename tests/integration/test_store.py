@@ -24,7 +24,9 @@ def test_restart_keeps_created_models(supervisors, prereqs, tmp_path):
     assert models[0]["id"] == before["id"], (models[0], before)
     r = second.chat(model="ai/kept", max_tokens=3)
     assert r.status_code == 200, r.text
-    assert r.json()["choices"][0]["message"]["content"]
+    # No pinned sampling here (no --temp 0): a tiny random model may answer whitespace, so count the tokens.
+    answer = r.json()
+    assert isinstance(answer["choices"][0]["message"]["content"], str) and answer["usage"]["completion_tokens"] >= 1
     assert second.spawns()[0].argv[1].startswith(str(store)), second.spawns()[0].argv
 
 
