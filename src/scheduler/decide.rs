@@ -133,6 +133,11 @@ pub enum Event {
         runner: RunnerId,
         reason: String,
     },
+    /// The runner's engine stopped answering its health checks and is being killed: no new request may be
+    /// granted to it (its `Exited` follows).
+    Unresponsive {
+        runner: RunnerId,
+    },
     /// A request on this runner ended (also sent for a grant whose client had already left).
     Released {
         runner: RunnerId,
@@ -483,6 +488,15 @@ pub fn decide(state: &mut State, event: Event, now: Instant) -> Vec<Action> {
                     ),
                     Phase::Queued { .. } => {}
                 }
+            }
+        }
+        Event::Unresponsive { runner } => {
+            if let Some(key) = state.find(runner).cloned() {
+                let why = format!(
+                    "the engine for {} stopped responding to its health checks",
+                    state.runners[&key].launch.model_name
+                );
+                state.stop(&key, &mut actions, Rejection::EngineFailed(why));
             }
         }
         Event::Released { runner } => {
@@ -992,6 +1006,41 @@ mod tests {
             decide(&mut s, acquire(2, "m"), t)[..],
             [Action::Spawn { runner: 2, .. }]
         ));
+    }
+
+    #[test]
+    fn an_unresponsive_engine_gets_no_new_request_while_it_is_killed() {
+        let mut s = State::default();
+        let t = Instant::now();
+        decide(&mut s, acquire(1, "m"), t);
+        decide(
+            &mut s,
+            Event::Loaded {
+                runner: 1,
+                endpoint: EP,
+            },
+            t,
+        );
+        assert_eq!(
+            decide(&mut s, Event::Unresponsive { runner: 1 }, t),
+            [Action::Stop { runner: 1 }]
+        );
+        assert!(s.runners.is_empty() && s.stopping.contains_key(&1));
+        // A request in the moment before the process is reaped starts a fresh runner, not a grant on the old one.
+        assert!(matches!(
+            decide(&mut s, acquire(2, "m"), t)[..],
+            [Action::Spawn { runner: 2, .. }]
+        ));
+        assert!(decide(&mut s, Event::Released { runner: 1 }, t).is_empty());
+        decide(
+            &mut s,
+            Event::Exited {
+                runner: 1,
+                reason: "killed".into(),
+            },
+            t,
+        );
+        assert!(s.stopping.is_empty() && s.runners.len() == 1);
     }
 
     #[test]

@@ -727,6 +727,8 @@ async fn run_runner(
         _ = cancel.cancelled() => process.stop(timeouts.stop).await,
         silent = unresponsive(port, timeouts.health) => {
             tracing::error!(model, silent_ms = silent.as_millis() as u64, "the engine stopped answering its health checks; killing it");
+            // First out of the scheduler's choices, so no request is granted to it while it is killed.
+            send(Event::Unresponsive { runner });
             let _ = hung.send(true);
             // A stopped or wedged process ignores SIGTERM: no grace.
             process.stop(Duration::ZERO).await;
