@@ -12,59 +12,92 @@ use futures_util::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
 
-/// A subcommand, as main.rs parsed it.
-#[derive(Debug, Clone)]
+/// A client subcommand, as clap parses it (main.rs flattens these into the binary's subcommands).
+#[derive(Debug, Clone, clap::Subcommand)]
 pub enum Action {
-    Pull {
-        model: String,
-    },
-    Push {
-        model: String,
-    },
-    Tag {
-        source: String,
-        target: String,
-    },
+    /// Pull a model from a registry (ai/smollm2, host:port/ns/name:tag), with a progress bar per layer.
+    Pull { model: String },
+    /// Push a model to the registry its name gives.
+    Push { model: String },
+    /// Give a model another name (the name a push goes to).
+    Tag { source: String, target: String },
+    /// Import a local GGUF file under a name, or repackage a model (--from) with another context size; push it
+    /// with --push.
     Package {
+        #[arg(long, required_unless_present = "from", conflicts_with = "from")]
         gguf: Option<String>,
+        /// A model in the store, repackaged with its layers shared.
+        #[arg(long)]
         from: Option<String>,
         target: String,
+        /// A license file, packaged as DMR's license layer.
+        #[arg(long, conflicts_with = "from")]
         license: Option<String>,
+        /// A Jinja chat template, packaged as DMR's chat-template layer.
+        #[arg(long, conflicts_with = "from")]
         chat_template: Option<String>,
+        /// The context size recorded in the model's config (what engines get unless configured otherwise).
+        #[arg(long)]
         context_size: Option<u64>,
+        #[arg(long)]
         push: bool,
     },
+    /// Delete every model in the store (asks first, unless --force).
     Purge {
+        #[arg(long, short)]
         force: bool,
     },
+    /// List the models in the store.
+    #[command(alias = "list")]
     Ls {
+        /// Only the model ids.
+        #[arg(long, short)]
         quiet: bool,
     },
+    /// Remove models (a tag, or a model by id; --force for a model with several tags or one that is loaded).
     Rm {
+        #[arg(required = true)]
         models: Vec<String>,
+        #[arg(long, short)]
         force: bool,
     },
-    Inspect {
-        model: String,
-    },
+    /// Show a model's details.
+    Inspect { model: String },
+    /// List running engines.
     Ps,
+    /// Stop idle engines of these models (or --all).
     Unload {
         models: Vec<String>,
+        #[arg(long)]
         all: bool,
     },
+    /// Set a model's context size and runtime flags (kept across restarts).
     Configure {
-        model: String,
+        #[arg(long)]
         context_size: Option<i64>,
+        /// One flag or value per use: --runtime-flag=--temp --runtime-flag=0.5
+        #[arg(long = "runtime-flag", allow_hyphen_values = true)]
         runtime_flags: Vec<String>,
+        model: String,
+        /// Flags after `--` are runtime flags too.
+        #[arg(last = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
     },
+    /// Show the daemon's and engines' logs.
     Logs {
+        #[arg(long)]
         model: Option<String>,
+        #[arg(long, short)]
         follow: bool,
     },
+    /// Is the daemon running, and which engines are installed.
     Status,
+    /// Chat with a model: one prompt, or an interactive chat without one.
     Run {
         model: String,
         prompt: Option<String>,
+        /// Stop each answer after this many tokens.
+        #[arg(long)]
         max_tokens: Option<u32>,
     },
 }
@@ -376,8 +409,10 @@ impl Cli {
             Action::Configure {
                 model,
                 context_size,
-                runtime_flags,
+                mut runtime_flags,
+                rest,
             } => {
+                runtime_flags.extend(rest);
                 let mut body = json!({"model": model});
                 if let Some(c) = context_size {
                     body["context-size"] = json!(c);

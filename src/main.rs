@@ -59,91 +59,9 @@ enum Command {
         #[command(subcommand)]
         action: EnginesAction,
     },
-    /// Pull a model from a registry (ai/smollm2, host:port/ns/name:tag), with a progress bar per layer.
-    Pull { model: String },
-    /// Push a model to the registry its name gives.
-    Push { model: String },
-    /// Give a model another name (the name a push goes to).
-    Tag { source: String, target: String },
-    /// Import a local GGUF file under a name, or repackage a model (--from) with another context size; push it
-    /// with --push.
-    Package {
-        #[arg(long, required_unless_present = "from", conflicts_with = "from")]
-        gguf: Option<String>,
-        /// A model in the store, repackaged with its layers shared.
-        #[arg(long)]
-        from: Option<String>,
-        target: String,
-        /// A license file, packaged as DMR's license layer.
-        #[arg(long, conflicts_with = "from")]
-        license: Option<String>,
-        /// A Jinja chat template, packaged as DMR's chat-template layer.
-        #[arg(long, conflicts_with = "from")]
-        chat_template: Option<String>,
-        /// The context size recorded in the model's config (what engines get unless configured otherwise).
-        #[arg(long)]
-        context_size: Option<u64>,
-        #[arg(long)]
-        push: bool,
-    },
-    /// Delete every model in the store (asks first, unless --force).
-    Purge {
-        #[arg(long, short)]
-        force: bool,
-    },
-    /// List the models in the store.
-    #[command(alias = "list")]
-    Ls {
-        /// Only the model ids.
-        #[arg(long, short)]
-        quiet: bool,
-    },
-    /// Remove models (a tag, or a model by id; --force for a model with several tags or one that is loaded).
-    Rm {
-        #[arg(required = true)]
-        models: Vec<String>,
-        #[arg(long, short)]
-        force: bool,
-    },
-    /// Show a model's details.
-    Inspect { model: String },
-    /// List running engines.
-    Ps,
-    /// Stop idle engines of these models (or --all).
-    Unload {
-        models: Vec<String>,
-        #[arg(long)]
-        all: bool,
-    },
-    /// Set a model's context size and runtime flags (kept across restarts).
-    Configure {
-        #[arg(long)]
-        context_size: Option<i64>,
-        /// One flag or value per use: --runtime-flag=--temp --runtime-flag=0.5
-        #[arg(long = "runtime-flag", allow_hyphen_values = true)]
-        runtime_flags: Vec<String>,
-        model: String,
-        /// Flags after `--` are runtime flags too.
-        #[arg(last = true, allow_hyphen_values = true)]
-        rest: Vec<String>,
-    },
-    /// Show the daemon's and engines' logs.
-    Logs {
-        #[arg(long)]
-        model: Option<String>,
-        #[arg(long, short)]
-        follow: bool,
-    },
-    /// Is the daemon running, and which engines are installed.
-    Status,
-    /// Chat with a model: one prompt, or an interactive chat without one.
-    Run {
-        model: String,
-        prompt: Option<String>,
-        /// Stop each answer after this many tokens.
-        #[arg(long)]
-        max_tokens: Option<u32>,
-    },
+    /// The client commands: one call each to the daemon at --host.
+    #[command(flatten)]
+    Client(dmr_supervisor::cli::Action),
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,61 +78,7 @@ enum EnginesAction {
 }
 
 /// A client command: one call to the daemon at `host`.
-fn client(host: &str, command: Command) -> ExitCode {
-    use dmr_supervisor::cli::Action;
-    let action = match command {
-        Command::Engines { .. } => unreachable!("handled before"),
-        Command::Pull { model } => Action::Pull { model },
-        Command::Push { model } => Action::Push { model },
-        Command::Tag { source, target } => Action::Tag { source, target },
-        Command::Package {
-            gguf,
-            from,
-            target,
-            license,
-            chat_template,
-            context_size,
-            push,
-        } => Action::Package {
-            gguf,
-            from,
-            target,
-            license,
-            chat_template,
-            context_size,
-            push,
-        },
-        Command::Purge { force } => Action::Purge { force },
-        Command::Ls { quiet } => Action::Ls { quiet },
-        Command::Rm { models, force } => Action::Rm { models, force },
-        Command::Inspect { model } => Action::Inspect { model },
-        Command::Ps => Action::Ps,
-        Command::Unload { models, all } => Action::Unload { models, all },
-        Command::Configure {
-            context_size,
-            mut runtime_flags,
-            model,
-            rest,
-        } => {
-            runtime_flags.extend(rest);
-            Action::Configure {
-                model,
-                context_size,
-                runtime_flags,
-            }
-        }
-        Command::Logs { model, follow } => Action::Logs { model, follow },
-        Command::Status => Action::Status,
-        Command::Run {
-            model,
-            prompt,
-            max_tokens,
-        } => Action::Run {
-            model,
-            prompt,
-            max_tokens,
-        },
-    };
+fn client(host: &str, action: dmr_supervisor::cli::Action) -> ExitCode {
     let cli = dmr_supervisor::cli::Cli::new(host);
     match block_on(async { cli.run(action).await.map_err(|failure| failure.0) }) {
         Ok(()) => ExitCode::SUCCESS,
@@ -274,7 +138,7 @@ fn main() -> ExitCode {
             Command::Engines {
                 action: EnginesAction::Install { name, args },
             } => install_engine(&name, &args),
-            other => client(&cli.host, other),
+            Command::Client(action) => client(&cli.host, action),
         };
     }
     init_logging(cli.log_format);
