@@ -199,11 +199,7 @@ impl Registries {
         p: Prepared,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<Model, RegistryError> {
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| RegistryError::Registry("shutting down".into()))?;
+        let _slot = self.slot().await?;
         let total = p.total();
         let mut done = 0u64;
         for layer in &p.info.layers {
@@ -244,11 +240,7 @@ impl Registries {
         let (tag, target) = self.resolve(reference)?;
         let s = store.clone();
         let artifact = on_store(move || s.artifact(&tag)).await?;
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| RegistryError::Registry("shutting down".into()))?;
+        let _slot = self.slot().await?;
         let client = self.client(&target);
         let auth = self.credentials(&target, bearer);
         client
@@ -353,12 +345,16 @@ impl Registries {
         plan: hf::Plan,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<Model, RegistryError> {
-        let _slot = self
-            .slots
+        let _slot = self.slot().await?;
+        hf::pull(store, plan, store_tag, progress).await
+    }
+
+    /// One of the `max_pulls` transfer slots (pulls and pushes alike), held until dropped.
+    async fn slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, RegistryError> {
+        self.slots
             .acquire()
             .await
-            .map_err(|_| RegistryError::Registry("shutting down".into()))?;
-        hf::pull(store, plan, store_tag, progress).await
+            .map_err(|_| RegistryError::Registry("shutting down".into()))
     }
 
     fn blob_lock(&self, digest: &str) -> Arc<tokio::sync::Mutex<()>> {
