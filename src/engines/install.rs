@@ -43,7 +43,9 @@ fn recipe(engine: EngineKind) -> &'static [(&'static str, &'static str)] {
 }
 
 /// Runs `engine`'s recipe with `args`, sending each output line (stdout and stderr) to `progress`. Returns the
-/// recipe's last stdout line (the installed path) or why it failed.
+/// recipe's last stdout line (the installed path) or why it failed: its last stderr line, where recipes put their
+/// reason (stdout only if stderr was silent). The two pipes are read concurrently, so which of them spoke last
+/// is not a reliable order and is not used.
 pub async fn run(
     engine: EngineKind,
     args: &[String],
@@ -57,10 +59,20 @@ pub async fn run(
         std::fs::write(dir.path().join(name), content)
             .map_err(|e| format!("cannot write the recipe: {e}"))?;
     }
+    run_script(engine.name(), dir.path(), args, progress).await
+}
+
+/// Runs `dir/install.sh` with bash in `dir`; see [`run`].
+async fn run_script(
+    name: &str,
+    dir: &Path,
+    args: &[String],
+    progress: impl Fn(String),
+) -> Result<String, String> {
     let mut child = Command::new("bash")
-        .arg(dir.path().join("install.sh"))
+        .arg(dir.join("install.sh"))
         .args(args)
-        .current_dir(dir.path())
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -88,12 +100,13 @@ pub async fn run(
         });
     }
     drop(tx);
-    let (mut last_out, mut last_any) = (String::new(), String::new());
+    let (mut last_out, mut last_err) = (String::new(), String::new());
     while let Some((is_out, line)) = rx.recv().await {
         if is_out {
             last_out.clone_from(&line);
+        } else {
+            last_err.clone_from(&line);
         }
-        last_any.clone_from(&line);
         progress(line);
     }
     let status = child
@@ -103,10 +116,12 @@ pub async fn run(
     if status.success() {
         Ok(last_out)
     } else {
-        Err(format!(
-            "installing {} failed ({status}): {last_any}",
-            engine.name()
-        ))
+        let reason = if last_err.is_empty() {
+            last_out
+        } else {
+            last_err
+        };
+        Err(format!("installing {name} failed ({status}): {reason}"))
     }
 }
 
@@ -153,6 +168,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_failure_is_explained_by_the_last_stderr_line_whatever_stdout_says_after() {
+        let tmp = tempfile::tempdir().unwrap();
+        let script = "echo step 1; echo 'x: error: no driver' >&2; sleep 0.2; echo 'step 1: checking'; exit 1";
+        std::fs::write(tmp.path().join("install.sh"), script).unwrap();
+        let lines = std::sync::Mutex::new(Vec::new());
+        let err = run_script("x", tmp.path(), &[], |l| lines.lock().unwrap().push(l))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "installing x failed (exit status: 1): x: error: no driver"
+        );
+        assert_eq!(lines.into_inner().unwrap().len(), 3);
+        std::fs::write(tmp.path().join("install.sh"), "echo only out; exit 2").unwrap();
+        let err = run_script("x", tmp.path(), &[], |_| {}).await.unwrap_err();
+        assert_eq!(err, "installing x failed (exit status: 2): only out");
+        std::fs::write(
+            tmp.path().join("install.sh"),
+            "echo progress >&2; echo /opt/x/bin/x",
+        )
+        .unwrap();
+        let ok = run_script("x", tmp.path(), &[], |_| {}).await.unwrap();
+        assert_eq!(ok, "/opt/x/bin/x");
     }
 
     #[test]
