@@ -42,6 +42,21 @@ pub enum Action {
         #[arg(long)]
         push: bool,
     },
+    /// Write a model to a tar archive (DMR's export format: its blobs and manifest), to load on another machine.
+    Export {
+        model: String,
+        /// The archive to write (written whole or not at all); without it, standard output unless that is a
+        /// terminal.
+        #[arg(long, short)]
+        output: Option<String>,
+    },
+    /// Load a model archive that export wrote (kept untagged, known by its id, unless given --tag).
+    Load {
+        /// The archive ("-" for standard input).
+        input: String,
+        #[arg(long)]
+        tag: Option<String>,
+    },
     /// Delete every model in the store (asks first, unless --force).
     Purge {
         #[arg(long, short)]
@@ -153,6 +168,48 @@ impl Cli {
         ))
     }
 
+    /// `export`: streams the archive into a temp file beside `output` and renames it into place once the daemon
+    /// has sent all of it, so a failed export leaves no partial archive behind.
+    async fn export(&self, model: &str, output: Option<&str>) -> Result<(), Failure> {
+        if output.is_none() && std::io::stdout().is_terminal() {
+            return Err(Failure(
+                "refusing to write an archive to a terminal: give --output FILE or redirect".into(),
+            ));
+        }
+        let resp = self
+            .send(self.http.get(self.url(&format!("/models/{model}/export"))))
+            .await?;
+        let mut stream = resp.bytes_stream();
+        let Some(output) = output else {
+            let mut out = std::io::stdout().lock();
+            while let Some(chunk) = stream.next().await {
+                out.write_all(&chunk.map_err(|e| Failure(format!("export cut short: {e}")))?)?;
+            }
+            out.flush()?;
+            return Ok(());
+        };
+        let target = std::path::Path::new(output);
+        let dir = match target.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        let mut temp = tempfile::Builder::new()
+            .prefix(".export-")
+            .tempfile_in(dir)
+            .map_err(|e| Failure(format!("{}: {e}", dir.display())))?;
+        let mut written = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| Failure(format!("export cut short: {e}")))?;
+            temp.write_all(&chunk)?;
+            written += chunk.len() as u64;
+        }
+        temp.as_file().sync_all()?;
+        temp.persist(target)
+            .map_err(|e| Failure(format!("{output}: {}", e.error)))?;
+        println!("Exported {model} to {output} ({})", human(written));
+        Ok(())
+    }
+
     pub async fn run(&self, action: Action) -> Result<(), Failure> {
         match action {
             Action::Pull { model } => {
@@ -252,6 +309,24 @@ impl Cli {
                     progress(resp, "Uploaded").await?;
                 }
                 Ok(())
+            }
+            Action::Export { model, output } => self.export(&model, output.as_deref()).await,
+            Action::Load { input, tag } => {
+                let body = if input == "-" {
+                    let stdin = tokio::io::stdin();
+                    reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(stdin))
+                } else {
+                    let file = tokio::fs::File::open(&input)
+                        .await
+                        .map_err(|e| Failure(format!("{input}: {e}")))?;
+                    reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file))
+                };
+                let mut url = reqwest::Url::parse(&self.url("/models/load"))?;
+                if let Some(t) = &tag {
+                    url.query_pairs_mut().append_pair("tag", t);
+                }
+                let resp = self.send(self.http.post(url).body(body)).await?;
+                progress(resp, "Loaded").await
             }
             Action::Ls { quiet } => {
                 let models: Vec<Value> = self
@@ -619,7 +694,11 @@ async fn progress(resp: reqwest::Response, verb: &str) -> Result<(), Failure> {
                     }
                 }
                 Some("success") => {
-                    outcome = Some(Ok(v["message"].as_str().unwrap_or("done").to_string()))
+                    let message = v["message"].as_str().unwrap_or("done");
+                    outcome = Some(Ok(match v["id"].as_str() {
+                        Some(id) => format!("{message}: {id}"),
+                        None => message.to_string(),
+                    }))
                 }
                 Some("error") => {
                     outcome = Some(Err(v["message"].as_str().unwrap_or("failed").to_string()))

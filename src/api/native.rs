@@ -60,6 +60,9 @@ pub struct ProgressLine {
     pub layer: Option<Layer>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<&'static str>,
+    /// The model's id, on a load's `success` line (a load may leave the model untagged).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -81,6 +84,7 @@ impl ProgressLine {
                 current,
             }),
             mode: Some("pull"),
+            id: None,
         }
     }
 
@@ -96,6 +100,7 @@ impl ProgressLine {
                 current,
             }),
             mode: Some("pull"),
+            id: None,
         }
     }
 
@@ -106,6 +111,7 @@ impl ProgressLine {
             total: None,
             layer: None,
             mode: None,
+            id: None,
         }
     }
 
@@ -116,6 +122,7 @@ impl ProgressLine {
             total: None,
             layer: None,
             mode: None,
+            id: None,
         }
     }
 
@@ -127,6 +134,7 @@ impl ProgressLine {
             total: None,
             layer: None,
             mode: None,
+            id: None,
         }
     }
 

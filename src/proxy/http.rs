@@ -19,6 +19,9 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for a `Retry-After` header.
     pub retry_after: Option<u64>,
+    /// Answered before the request body was read: the response says `Connection: close`, so the client does not
+    /// send its next request on a connection the server is about to drop with the unread body.
+    pub close: bool,
 }
 
 impl ApiError {
@@ -27,6 +30,14 @@ impl ApiError {
             kind,
             message: message.into(),
             retry_after: None,
+            close: false,
+        }
+    }
+    /// This error, answered before the body was read (see [`ApiError::close`]).
+    pub fn body_unread(self) -> Self {
+        ApiError {
+            close: true,
+            ..self
         }
     }
     pub fn bad_request(m: impl Into<String>) -> Self {
@@ -50,6 +61,10 @@ impl ApiError {
         if let Some(secs) = self.retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.close {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }
@@ -120,7 +135,7 @@ pub async fn read_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
+        return Err(too_large().body_unread());
     }
     let (parts, body) = req.into_parts();
     match Limited::new(body, limit).collect().await {
@@ -129,11 +144,24 @@ pub async fn read_body(
             super::note_body(&body);
             Ok((parts, body))
         }
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large().body_unread()),
         Err(e) => Err(ApiError::bad_request(format!(
             "cannot read the request body: {e}"
         ))),
     }
+}
+
+/// Reads and drops what is left of `body`, up to `cap` bytes; whether it reached the end.
+pub async fn drain(body: &mut Incoming, cap: u64) -> bool {
+    let mut seen = 0u64;
+    while seen <= cap {
+        match body.frame().await {
+            Some(Ok(frame)) => seen += frame.data_ref().map_or(0, |d| d.len() as u64),
+            Some(Err(_)) => return false,
+            None => return true,
+        }
+    }
+    false
 }
 
 /// Parses a JSON body into `T`, answering 400 with serde's message (which names the line and column).

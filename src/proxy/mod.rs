@@ -500,6 +500,10 @@ async fn dispatch(
             models::tag(app, percent_decode(&p[8..p.len() - 4])?, query.as_deref()).await
         }
         (&Method::DELETE, "/models/purge") => models::purge(app).await,
+        (&Method::POST, "/models/load") => models::load(app, req).await,
+        (&Method::GET, p) if p.starts_with("/models/") && p.ends_with("/export") => {
+            models::export(app, percent_decode(&p[8..p.len() - 7])?).await
+        }
         (&Method::POST, p) if p.starts_with("/models/") && p.ends_with("/repackage") => {
             let name = percent_decode(&p[8..p.len() - 10])?;
             models::repackage(app, req, name).await

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use http::{header, Response, StatusCode};
 use hyper::body::Incoming;
 
@@ -17,7 +18,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let kind = match &e {
             StoreError::NotFound(_) => ErrorKind::NotFound,
-            StoreError::BadName(_) => ErrorKind::BadRequest,
+            StoreError::BadName(_) | StoreError::BadArchive(_) => ErrorKind::BadRequest,
             StoreError::Conflict(_) => ErrorKind::Conflict,
             _ => ErrorKind::Internal,
         };
@@ -497,6 +498,152 @@ pub async fn push(
             }
             Err(e) => {
                 tracing::warn!(model = target, error = %e, "push failed");
+                native::ProgressLine::error(&e.to_string())
+            }
+        };
+        let _ = tx.send(line.to_line());
+    });
+    Ok(ndjson(rx, content_type))
+}
+
+/// `GET /models/{name}/export`: the model as DMR's archive (`application/x-tar`; see `store::archive`), streamed
+/// as it is written. An unknown model is a 404 before anything is sent.
+pub async fn export(app: &Arc<App>, reference: String) -> Result<Response<Body>, ApiError> {
+    let r = reference.clone();
+    let artifact = blocking(app, move |s| s.artifact(&r)).await?;
+    let reference_for_file = reference.clone();
+    let (writer, reader) = tokio::io::duplex(1 << 20);
+    let mut sync_writer = tokio_util::io::SyncIoBridge::new(writer);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
+    tokio::task::spawn_blocking(move || {
+        let result = store::archive::write_archive(&artifact, &mut sync_writer);
+        if let Err(e) = &result {
+            tracing::warn!(model = reference, error = %e, "export failed");
+        }
+        drop(sync_writer);
+        let _ = done_tx.send(result.map_err(|e| e.to_string()));
+    });
+    // After the archive's last byte, the writer's outcome: a failure (a blob unreadable, say) is a body error,
+    // so the response ends without its last chunk and the client knows the archive is cut short.
+    let outcome = futures_util::stream::once(done_rx).filter_map(|r| async move {
+        match r {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(Err(std::io::Error::other(e))),
+            Err(_) => Some(Err(std::io::Error::other("the export stopped"))),
+        }
+    });
+    let frames = tokio_util::io::ReaderStream::new(reader)
+        .chain(outcome)
+        .map(|chunk| chunk.map(hyper::body::Frame::data).map_err(Into::into));
+    let mut resp = Response::new(http_body_util::BodyExt::boxed(
+        http_body_util::StreamBody::new(frames),
+    ));
+    let file = name::normalize(&reference_for_file)
+        .unwrap_or(reference_for_file)
+        .replace(['/', ':', '@'], "_");
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/x-tar"),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(&format!("attachment; filename=\"{file}.tar\"")) {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(resp)
+}
+
+/// How much of a refused load's body is read (and dropped) so the client sees the refusal.
+const DRAIN_BEFORE_REFUSING: u64 = 256 << 20;
+
+/// A load's `tag` query parameter, normalised; a digest reference is not a tag.
+fn load_tag(query: Option<&str>) -> Result<Option<String>, ApiError> {
+    let Some(t) = super::http::query_value(query, "tag")? else {
+        return Ok(None);
+    };
+    let n = name::normalize(&t)
+        .map_err(|e| ApiError::bad_request(format!("invalid tag {t:?}: {e}")))?;
+    if n.contains('@') {
+        return Err(ApiError::bad_request(format!(
+            "invalid tag {t:?}: a digest cannot be a tag"
+        )));
+    }
+    Ok(Some(n))
+}
+
+/// `POST /models/load[?tag=NAME]` with a model archive as the body (any size: it is streamed into the store,
+/// not buffered): DMR's NDJSON progress lines ("Loaded: … MB" per blob), then `success` ("Model loaded
+/// successfully", with the model's `id`) or `error`. Without `tag` the model is stored untagged, as DMR does. A
+/// body that does not start with a tar header is a 400 before streaming starts.
+pub async fn load(
+    app: &Arc<App>,
+    req: http::Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let content_type = progress_type(req.headers());
+    let tag = load_tag(req.uri().query());
+    let mut body = req.into_body();
+    // Enough of the body to check the first tar header.
+    let mut head = bytes::BytesMut::new();
+    let checked = match tag {
+        Ok(tag) => loop {
+            if head.len() >= 512 {
+                break Ok(tag);
+            }
+            match http_body_util::BodyExt::frame(&mut body).await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        head.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(e)) => {
+                    return Err(
+                        ApiError::bad_request(format!("reading the body: {e}")).body_unread()
+                    )
+                }
+                None => break Ok(tag),
+            }
+        },
+        Err(e) => Err(e),
+    };
+    let checked = checked.and_then(|tag| {
+        if store::archive::starts_like_tar(&head) {
+            Ok(tag)
+        } else {
+            Err(ApiError::bad_request(
+                "the body is not a model archive: expected a tar (as `GET /models/{name}/export` writes)",
+            ))
+        }
+    });
+    let tag = match checked {
+        Ok(tag) => tag,
+        // Clients that send the whole body before reading the answer (most do) only see a refusal once the body
+        // is read, so a bounded amount of it is read and dropped; past that the connection is closed instead.
+        Err(e) if super::http::drain(&mut body, DRAIN_BEFORE_REFUSING).await => return Err(e),
+        Err(e) => return Err(e.body_unread()),
+    };
+    let rest =
+        http_body_util::BodyExt::into_data_stream(body).map(|r| r.map_err(std::io::Error::other));
+    let stream = futures_util::stream::iter([Ok::<_, std::io::Error>(head.freeze())]).chain(rest);
+    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let app = app.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut report = |p: store::archive::LoadProgress| {
+            let mut line =
+                native::ProgressLine::download(p.done, p.digest, p.size, p.current, p.done);
+            line.message = format!("Loaded: {:.2} MB", p.done as f64 / 1e6);
+            line.mode = None;
+            let _ = tx.send(line.to_line());
+        };
+        let line = match app.store.load_archive(reader, tag.as_deref(), &mut report) {
+            Ok(model) => {
+                tracing::info!(tag, id = model.id, "model loaded");
+                let mut line =
+                    native::ProgressLine::message("success", "Model loaded successfully".into());
+                line.id = Some(model.id);
+                line
+            }
+            Err(e) => {
+                tracing::warn!(tag, error = %e, "load failed");
                 native::ProgressLine::error(&e.to_string())
             }
         };

@@ -123,6 +123,17 @@ pub(super) fn copy_hashed(
     progress: &mut dyn FnMut(ImportProgress),
 ) -> Result<(TempFile, String, u64), StoreError> {
     let mut input = File::open(src).map_err(io_err(src))?;
+    copy_hashed_from(&mut input, src, dir, total, progress)
+}
+
+/// [`copy_hashed`] from any reader; `src` names it in errors.
+pub(super) fn copy_hashed_from(
+    input: &mut dyn Read,
+    src: &Path,
+    dir: &Path,
+    total: u64,
+    progress: &mut dyn FnMut(ImportProgress),
+) -> Result<(TempFile, String, u64), StoreError> {
     let (temp, mut output) = TempFile::create(dir)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; CHUNK];

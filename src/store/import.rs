@@ -111,7 +111,7 @@ impl Store {
 
         let mut blobs = vec![(temp, hex.clone())];
         blobs.extend(extra_temps);
-        let entry = self.commit(entry, &tag, |created| {
+        let entry = self.commit(entry, Some(&tag), |created| {
             self.write_artifact(
                 created,
                 blobs,
@@ -170,12 +170,13 @@ impl Store {
     }
 
     /// Writes a new model's files with `write` (which records each file or directory it created), then moves
-    /// `tag` to the model in the index (a model left without tags is deleted). On any error everything recorded is
+    /// `tag` to the model in the index (a model left without tags is deleted); without a tag the model is added
+    /// untagged (a loaded archive), known by its id. On any error everything recorded is
     /// removed, so the store is as it was. Returns the model's entry as the index now holds it.
     pub(super) fn commit(
         &self,
         mut entry: Entry,
-        tag: &str,
+        tag: Option<&str>,
         write: impl FnOnce(&mut Vec<PathBuf>) -> Result<(), StoreError>,
     ) -> Result<Entry, StoreError> {
         let mut cache = self.lock();
@@ -185,10 +186,13 @@ impl Store {
         let result = (|| -> Result<(Index, Vec<Entry>), StoreError> {
             write(&mut created)?;
             let mut index = Index::load(&self.index_path())?;
-            let orphans = index.take_tag(tag, Some(&entry.id));
+            let orphans = match tag {
+                Some(tag) => index.take_tag(tag, Some(&entry.id)),
+                None => Vec::new(),
+            };
             if let Some(i) = index.position_of_id(&entry.id) {
                 let existing = &mut index.models[i];
-                if !existing.tags.iter().any(|t| t == tag) {
+                if let Some(tag) = tag.filter(|t| !existing.tags.iter().any(|e| e == t)) {
                     existing.tags.push(tag.to_string());
                 }
                 if entry.source.is_some() {

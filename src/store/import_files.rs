@@ -130,7 +130,7 @@ impl Store {
         // Invariant: just serialised from this very type.
         let manifest: Manifest =
             serde_json::from_slice(&manifest_bytes).expect("own manifest parses");
-        let entry = self.commit(entry, &tag, |created| {
+        let entry = self.commit(entry, Some(&tag), |created| {
             self.write_artifact(
                 created,
                 temps,

@@ -5,6 +5,7 @@
 //! `std::fs` code (the server calls it from `spawn_blocking`) and must not know about HTTP,
 //! engines, scheduling or how a model is run.
 
+pub mod archive;
 pub mod format;
 pub mod gguf;
 pub mod name;
@@ -54,6 +55,8 @@ pub enum StoreError {
     Gguf { path: PathBuf, source: GgufError },
     #[error("{path} is not a model: {detail}")]
     NotAModel { path: PathBuf, detail: String },
+    #[error("not a usable model archive: {0}")]
+    BadArchive(String),
     #[error("source file {path} changed while it was being imported")]
     SourceChanged { path: PathBuf },
     #[error("I/O error on {path}: {source}")]

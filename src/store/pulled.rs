@@ -197,18 +197,19 @@ impl Store {
         manifest_bytes: &[u8],
         config_bytes: &[u8],
     ) -> Result<Model, StoreError> {
-        self.commit_artifact(tag, manifest_bytes, config_bytes, 0)
+        self.commit_artifact(Some(tag), manifest_bytes, config_bytes, 0)
     }
 
-    /// [`commit_pulled`](Self::commit_pulled) with the model's creation time (unix seconds).
+    /// [`commit_pulled`](Self::commit_pulled) with the model's creation time (unix seconds); without a tag the
+    /// model is committed untagged.
     pub(super) fn commit_artifact(
         &self,
-        tag: &str,
+        tag: Option<&str>,
         manifest_bytes: &[u8],
         config_bytes: &[u8],
         created: i64,
     ) -> Result<Model, StoreError> {
-        let tag = name::normalize(tag)?;
+        let tag = tag.map(name::normalize).transpose()?;
         let id = sha256_digest(manifest_bytes);
         // Invariant: sha256_digest always yields a well-formed digest.
         let id_hex = digest_hex(&id).expect("own digest").to_string();
@@ -243,7 +244,7 @@ impl Store {
         files.dedup();
         let entry = Entry {
             id: id.clone(),
-            tags: vec![tag.clone()],
+            tags: tag.iter().cloned().collect(),
             files,
             created,
             source: None,
@@ -252,7 +253,7 @@ impl Store {
             .unwrap_or_default()
             .to_string();
         let per_file = manifest.layers.iter().any(|l| l.filepath().is_some());
-        let entry = self.commit(entry, &tag, |created| {
+        let entry = self.commit(entry, tag.as_deref(), |created| {
             self.write_artifact(
                 created,
                 Vec::new(),
@@ -278,7 +279,7 @@ impl Store {
             created: model.created,
             source: None,
         };
-        let entry = self.commit(entry, &new_tag, |_| Ok(()))?;
+        let entry = self.commit(entry, Some(&new_tag), |_| Ok(()))?;
         self.load_model(&entry)
     }
 

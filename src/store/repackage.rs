@@ -50,6 +50,6 @@ impl Store {
         manifest["config"]["digest"] = sha256_digest(&new_config).into();
         manifest["config"]["size"] = new_config.len().into();
         let new_manifest = serde_json::to_vec(&manifest).expect("a JSON value serialises");
-        self.commit_artifact(target, &new_manifest, &new_config, source.created)
+        self.commit_artifact(Some(target), &new_manifest, &new_config, source.created)
     }
 }

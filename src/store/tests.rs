@@ -490,3 +490,140 @@ fn a_dduf_file_is_a_diffusers_model_and_junk_directories_are_refused() {
     assert!(matches!(err, StoreError::NotAModel { .. }), "{err}");
     assert_eq!(snapshot(&tmp.path().join("store")), before);
 }
+
+/// An exported model as a tar in memory.
+fn exported(store: &Store, reference: &str) -> Vec<u8> {
+    let mut tar = Vec::new();
+    archive::write_archive(&store.artifact(reference).expect("artifact"), &mut tar)
+        .expect("export");
+    tar
+}
+
+/// The names in a tar, in order.
+fn tar_names(bytes: &[u8]) -> Vec<String> {
+    let mut archive = ::tar::Archive::new(bytes);
+    let entries = archive.entries().expect("entries");
+    entries
+        .map(|e| {
+            e.expect("entry")
+                .path()
+                .expect("path")
+                .display()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn an_exported_model_loads_into_another_store_with_the_same_id() {
+    let f = fixture();
+    let src = model_file(&f.src, "tiny.gguf", "llama", 3 << 20, MTIME);
+    let m = import(&f.store, &src, "ai/tiny").expect("import");
+    let tar = exported(&f.store, "ai/tiny");
+    assert_eq!(
+        tar,
+        exported(&f.store, "ai/tiny"),
+        "export is deterministic"
+    );
+    let hex = |d: &str| digest_hex(d).unwrap().to_string();
+    let names = tar_names(&tar);
+    assert_eq!(names[..2], ["blobs", "blobs/sha256"]);
+    assert_eq!(names.last().unwrap(), "manifest.json");
+    assert!(
+        names.contains(&format!("blobs/sha256/{}", hex(&m.files[0]))),
+        "{names:?}"
+    );
+
+    let g = fixture();
+    let mut seen = Vec::new();
+    let loaded = g
+        .store
+        .load_archive(&tar[..], Some("loaded/tiny:v1"), &mut |p| seen.push(p))
+        .expect("load");
+    assert_eq!(loaded.id, m.id);
+    assert_eq!(loaded.tags, ["loaded/tiny:v1"]);
+    assert_eq!(fs::read(&loaded.weights).unwrap(), fs::read(&src).unwrap());
+    let last = seen.last().unwrap();
+    assert!(
+        seen.len() >= 4,
+        "progress at each MiB of the weights: {seen:?}"
+    );
+    assert!(last.done > 3 << 20 && last.current == last.size, "{last:?}");
+
+    // Loading again (untagged) adds nothing; a tag-less load of a new model is known by its id only.
+    let before = snapshot(&g.root);
+    g.store
+        .load_archive(&tar[..], None, &mut |_| {})
+        .expect("reload");
+    assert_eq!(snapshot(&g.root), before);
+    let h = fixture();
+    let untagged = h
+        .store
+        .load_archive(&tar[..], None, &mut |_| {})
+        .expect("untagged");
+    assert!(untagged.tags.is_empty());
+    assert_eq!(h.store.get(&m.id).unwrap().id, m.id);
+    assert_eq!(h.store.list().unwrap().len(), 1);
+}
+
+#[test]
+fn a_bad_archive_leaves_the_store_as_it_was() {
+    let f = fixture();
+    let src = model_file(&f.src, "tiny.gguf", "llama", 4096, MTIME);
+    let m = import(&f.store, &src, "ai/tiny").expect("import");
+    let tar = exported(&f.store, "ai/tiny");
+    let g = fixture();
+    let before = snapshot(&g.root);
+    let load = |bytes: &[u8]| g.store.load_archive(bytes, Some("x/y"), &mut |_| {});
+
+    // One flipped byte in the weights: its digest no longer matches its name.
+    let weights_hex = digest_hex(&m.files[0]).unwrap().to_string();
+    let mut flipped = tar.clone();
+    let at = flipped
+        .windows(4)
+        .position(|w| w == b"GGUF")
+        .expect("weights in the tar");
+    flipped[at + 100] ^= 1;
+    let e = load(&flipped).unwrap_err();
+    assert!(matches!(e, StoreError::DigestMismatch { .. }), "{e}");
+    assert_eq!(snapshot(&g.root), before);
+
+    // Cut anywhere before the end of the manifest (the last 1 KiB is the end-of-archive blocks): some blobs
+    // came, the model did not, and the blobs go again.
+    for cut in (0..tar.len() - 1024).step_by(211) {
+        let e = load(&tar[..cut]).unwrap_err().to_string();
+        assert!(
+            e.starts_with("not a usable model archive"),
+            "cut at {cut}: {e}"
+        );
+        assert_eq!(snapshot(&g.root), before, "cut at {cut}");
+    }
+
+    // Not a tar at all.
+    let e = load(b"{\"not\": \"a tar\"}").unwrap_err().to_string();
+    assert!(
+        e.contains("not a usable model archive") && e.contains("tar"),
+        "{e}"
+    );
+    assert_eq!(snapshot(&g.root), before);
+
+    // A manifest whose weights are not in the archive (nor the store).
+    let mut only_manifest = Vec::new();
+    {
+        let mut b = ::tar::Builder::new(&mut only_manifest);
+        let manifest = fs::read(f.store.manifest_path(digest_hex(&m.id).unwrap())).unwrap();
+        let mut h = ::tar::Header::new_gnu();
+        h.set_size(manifest.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "manifest.json", &manifest[..])
+            .unwrap();
+        b.finish().unwrap();
+    }
+    let e = load(&only_manifest).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!("sha256:{weights_hex}")) || e.contains("config"),
+        "{e}"
+    );
+    assert_eq!(snapshot(&g.root), before);
+    assert!(g.store.list().unwrap().is_empty());
+}
