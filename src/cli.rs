@@ -179,14 +179,10 @@ impl Cli {
         let resp = self
             .send(self.http.get(self.url(&format!("/models/{model}/export"))))
             .await?;
-        let mut stream = resp.bytes_stream();
         let Some(output) = output else {
             let mut out = std::io::stdout().lock();
-            while let Some(chunk) = stream.next().await {
-                out.write_all(&chunk.map_err(|e| Failure(format!("export cut short: {e}")))?)?;
-            }
-            out.flush()?;
-            return Ok(());
+            copy_body(resp, &mut out).await?;
+            return Ok(out.flush()?);
         };
         let target = std::path::Path::new(output);
         let dir = match target.parent() {
@@ -197,12 +193,7 @@ impl Cli {
             .prefix(".export-")
             .tempfile_in(dir)
             .map_err(|e| Failure(format!("{}: {e}", dir.display())))?;
-        let mut written = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| Failure(format!("export cut short: {e}")))?;
-            temp.write_all(&chunk)?;
-            written += chunk.len() as u64;
-        }
+        let written = copy_body(resp, &mut temp).await?;
         temp.as_file().sync_all()?;
         temp.persist(target)
             .map_err(|e| Failure(format!("{output}: {}", e.error)))?;
@@ -720,6 +711,18 @@ async fn progress(resp: reqwest::Response, verb: &str) -> Result<(), Failure> {
             "the daemon closed the stream before it finished".into(),
         )),
     }
+}
+
+/// Writes a response body to `out` as it arrives; how many bytes. A body the daemon cuts short is a failure.
+async fn copy_body(resp: reqwest::Response, out: &mut dyn Write) -> Result<u64, Failure> {
+    let mut stream = resp.bytes_stream();
+    let mut written = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Failure(format!("export cut short: {e}")))?;
+        out.write_all(&chunk)?;
+        written += chunk.len() as u64;
+    }
+    Ok(written)
 }
 
 trait PercentStep {

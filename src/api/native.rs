@@ -72,6 +72,14 @@ pub struct Layer {
     pub current: u64,
 }
 
+/// What a transfer progress line reports: its message's verb and DMR's `mode`.
+#[derive(Debug, Clone, Copy)]
+pub enum Transfer {
+    Pull,
+    Push,
+    Load,
+}
+
 impl ProgressLine {
     pub fn progress(total: u64, layer_id: String, current: u64) -> Self {
         ProgressLine {
@@ -88,18 +96,30 @@ impl ProgressLine {
         }
     }
 
-    /// A pull's progress: bytes of one layer, and of all layers.
-    pub fn download(total: u64, layer_id: String, size: u64, current: u64, done: u64) -> Self {
+    /// A pull's, push's or load's progress: bytes of one layer, and of all layers.
+    pub fn transfer(
+        transfer: Transfer,
+        total: u64,
+        layer_id: String,
+        size: u64,
+        current: u64,
+        done: u64,
+    ) -> Self {
+        let (verb, mode) = match transfer {
+            Transfer::Pull => ("Downloaded", Some("pull")),
+            Transfer::Push => ("Uploaded", Some("push")),
+            Transfer::Load => ("Loaded", None),
+        };
         ProgressLine {
             kind: "progress",
-            message: format!("Downloaded: {:.2} MB", done as f64 / 1e6),
+            message: format!("{verb}: {:.2} MB", done as f64 / 1e6),
             total: Some(total),
             layer: Some(Layer {
                 id: layer_id,
                 size,
                 current,
             }),
-            mode: Some("pull"),
+            mode,
             id: None,
         }
     }

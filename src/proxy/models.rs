@@ -404,9 +404,14 @@ pub async fn pull(
     let total = pull.total();
     let rx = start_pull(app, pull, move |event| {
         let line = match event {
-            PullEvent::Progress(p) => {
-                native::ProgressLine::download(p.total, p.layer, p.layer_size, p.layer_done, p.done)
-            }
+            PullEvent::Progress(p) => native::ProgressLine::transfer(
+                native::Transfer::Pull,
+                p.total,
+                p.layer,
+                p.layer_size,
+                p.layer_done,
+                p.done,
+            ),
             PullEvent::Done(Ok(true)) => native::ProgressLine::message(
                 "success",
                 format!("Using cached model: {}", store::gguf::format_size(total)),
@@ -476,15 +481,14 @@ pub async fn push(
     let app2 = app.clone();
     tokio::spawn(async move {
         let report = |p: crate::registry::Progress| {
-            let mut line = native::ProgressLine::download(
+            let line = native::ProgressLine::transfer(
+                native::Transfer::Push,
                 p.total,
                 p.layer,
                 p.layer_size,
                 p.layer_done,
                 p.done,
             );
-            line.message = format!("Uploaded: {:.2} MB", p.done as f64 / 1e6);
-            line.mode = Some("push");
             let _ = tx.send(line.to_line());
         };
         let result = app2
@@ -511,7 +515,9 @@ pub async fn push(
 pub async fn export(app: &Arc<App>, reference: String) -> Result<Response<Body>, ApiError> {
     let r = reference.clone();
     let artifact = blocking(app, move |s| s.artifact(&r)).await?;
-    let reference_for_file = reference.clone();
+    let file = name::normalize(&reference)
+        .unwrap_or_else(|_| reference.clone())
+        .replace(['/', ':', '@'], "_");
     let (writer, reader) = tokio::io::duplex(1 << 20);
     let mut sync_writer = tokio_util::io::SyncIoBridge::new(writer);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
@@ -538,9 +544,6 @@ pub async fn export(app: &Arc<App>, reference: String) -> Result<Response<Body>,
     let mut resp = Response::new(http_body_util::BodyExt::boxed(
         http_body_util::StreamBody::new(frames),
     ));
-    let file = name::normalize(&reference_for_file)
-        .unwrap_or(reference_for_file)
-        .replace(['/', ':', '@'], "_");
     let headers = resp.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -550,6 +553,25 @@ pub async fn export(app: &Arc<App>, reference: String) -> Result<Response<Body>,
         headers.insert(header::CONTENT_DISPOSITION, v);
     }
     Ok(resp)
+}
+
+/// The first `n` bytes of `body` (fewer if it is shorter), to check before streaming the rest.
+async fn read_head(body: &mut Incoming, n: usize) -> Result<bytes::BytesMut, ApiError> {
+    let mut head = bytes::BytesMut::new();
+    while head.len() < n {
+        match http_body_util::BodyExt::frame(body).await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    head.extend_from_slice(&data);
+                }
+            }
+            Some(Err(e)) => {
+                return Err(ApiError::bad_request(format!("reading the body: {e}")).body_unread())
+            }
+            None => break,
+        }
+    }
+    Ok(head)
 }
 
 /// How much of a refused load's body is read (and dropped) so the client sees the refusal.
@@ -579,32 +601,10 @@ pub async fn load(
     req: http::Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let content_type = progress_type(req.headers());
-    let tag = load_tag(req.uri().query());
+    let query = req.uri().query().map(str::to_string);
     let mut body = req.into_body();
-    // Enough of the body to check the first tar header.
-    let mut head = bytes::BytesMut::new();
-    let checked = match tag {
-        Ok(tag) => loop {
-            if head.len() >= 512 {
-                break Ok(tag);
-            }
-            match http_body_util::BodyExt::frame(&mut body).await {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        head.extend_from_slice(&data);
-                    }
-                }
-                Some(Err(e)) => {
-                    return Err(
-                        ApiError::bad_request(format!("reading the body: {e}")).body_unread()
-                    )
-                }
-                None => break Ok(tag),
-            }
-        },
-        Err(e) => Err(e),
-    };
-    let checked = checked.and_then(|tag| {
+    let head = read_head(&mut body, 512).await?;
+    let checked = load_tag(query.as_deref()).and_then(|tag| {
         if store::archive::starts_like_tar(&head) {
             Ok(tag)
         } else {
@@ -628,10 +628,14 @@ pub async fn load(
     let app = app.clone();
     tokio::task::spawn_blocking(move || {
         let mut report = |p: store::archive::LoadProgress| {
-            let mut line =
-                native::ProgressLine::download(p.done, p.digest, p.size, p.current, p.done);
-            line.message = format!("Loaded: {:.2} MB", p.done as f64 / 1e6);
-            line.mode = None;
+            let line = native::ProgressLine::transfer(
+                native::Transfer::Load,
+                p.done,
+                p.digest,
+                p.size,
+                p.current,
+                p.done,
+            );
             let _ = tx.send(line.to_line());
         };
         let line = match app.store.load_archive(reader, tag.as_deref(), &mut report) {

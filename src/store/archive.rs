@@ -10,7 +10,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::Path;
 
-use super::artifact::{digest_hex, sha256_digest};
+use super::artifact::digest_hex;
 use super::fsutil::{copy_hashed_from, io_err, remove_quietly};
 use super::index::Index;
 use super::pulled::{check_manifest, Artifact};
@@ -39,46 +39,39 @@ pub fn write_archive(artifact: &Artifact, out: impl Write) -> Result<(), StoreEr
             source: e,
         }
     };
-    for dir in ["blobs", "blobs/sha256"] {
+    // Fixed modes and zero mtimes: the same model always exports to the same bytes.
+    let header = |kind: tar::EntryType, size: u64| {
         let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o755);
-        h.set_mtime(0);
-        h.set_size(0);
-        tar.append_data(&mut h, dir, io::empty())
-            .map_err(failed(dir))?;
-    }
-    let header = |size: u64| {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(0o644);
+        h.set_entry_type(kind);
+        h.set_mode(if kind.is_dir() { 0o755 } else { 0o644 });
         h.set_mtime(0);
         h.set_size(size);
         h
     };
+    for dir in ["blobs", "blobs/sha256"] {
+        tar.append_data(&mut header(tar::EntryType::Directory, 0), dir, io::empty())
+            .map_err(failed(dir))?;
+    }
+    let file = |size: u64| header(tar::EntryType::Regular, size);
     let mut written = BTreeSet::new();
     for (digest, size, path) in &artifact.layers {
         let Some(hex) = digest_hex(digest).filter(|_| written.insert(digest.clone())) else {
             continue;
         };
-        let file = File::open(path).map_err(io_err(path))?;
+        let blob = File::open(path).map_err(io_err(path))?;
         let name = format!("blobs/sha256/{hex}");
-        tar.append_data(&mut header(*size), &name, file.take(*size))
+        tar.append_data(&mut file(*size), &name, blob.take(*size))
             .map_err(failed(&name))?;
     }
     if let Some(hex) = digest_hex(&artifact.config_digest) {
         let name = format!("blobs/sha256/{hex}");
         let config = &artifact.config_bytes[..];
-        tar.append_data(&mut header(config.len() as u64), &name, config)
+        tar.append_data(&mut file(config.len() as u64), &name, config)
             .map_err(failed(&name))?;
     }
     let manifest = &artifact.manifest_bytes[..];
-    tar.append_data(
-        &mut header(manifest.len() as u64),
-        "manifest.json",
-        manifest,
-    )
-    .map_err(failed("manifest.json"))?;
+    tar.append_data(&mut file(manifest.len() as u64), "manifest.json", manifest)
+        .map_err(failed("manifest.json"))?;
     tar.into_inner()
         .and_then(|mut out| out.flush())
         .map_err(failed("the archive's end"))
@@ -244,7 +237,6 @@ impl Store {
                 ))
             })?;
         let config = fs::read(&config_path).map_err(io_err(&config_path))?;
-        tracing::debug!(id = %sha256_digest(&manifest), "committing a loaded model");
         self.commit_artifact(tag, &manifest, &config, 0)
     }
 
