@@ -38,11 +38,22 @@ pub struct ServerConfig {
     pub allowed_origins: Vec<String>,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
+    /// A connection that has not sent a whole request head this long after it began one is closed (slowloris).
+    pub header_read_timeout: Duration,
+    /// Connections open at once over TCP; past it, new ones wait in the kernel's backlog until one closes.
+    pub max_connections: usize,
+    /// A JSON body with more values than this (array elements and object members, at any depth) is refused with
+    /// 400 before it reaches an engine.
+    pub max_json_elements: usize,
 }
 
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
     pub path: PathBuf,
+    /// Directories below which `POST /models/create {"from": PATH}` may import server files, for loopback and
+    /// Unix-socket callers only. Empty (the default): no server path is importable over the API; `[[models]]
+    /// path` in this file is not limited (the operator wrote it).
+    pub import_roots: Vec<PathBuf>,
 }
 
 /// `[registry]`: pulling and pushing models.
@@ -57,7 +68,12 @@ pub struct RegistryConfig {
     pub docker_config: Option<PathBuf>,
     /// Hugging Face's endpoint for `hf.co/...` pulls (default `$HF_ENDPOINT`, else https://huggingface.co).
     pub hf_endpoint: Option<String>,
+    /// The largest manifest or config blob read from a registry or archive (the CNCF registry's own cap: 4 MiB).
+    pub max_manifest_bytes: u64,
 }
+
+/// The default cap on manifests and config blobs.
+pub const DEFAULT_MAX_MANIFEST_BYTES: u64 = 4 << 20;
 
 impl Default for RegistryConfig {
     fn default() -> Self {
@@ -66,6 +82,7 @@ impl Default for RegistryConfig {
             insecure: Vec::new(),
             docker_config: None,
             hf_endpoint: None,
+            max_manifest_bytes: DEFAULT_MAX_MANIFEST_BYTES,
         }
     }
 }
@@ -180,9 +197,13 @@ impl Default for Config {
                 allowed_origins: Vec::new(),
                 max_body_bytes: 10 * 1024 * 1024,
                 shutdown_grace: Duration::from_secs(10),
+                header_read_timeout: Duration::from_secs(10),
+                max_connections: 1024,
+                max_json_elements: 50_000,
             },
             store: StoreConfig {
                 path: default_store_path(),
+                import_roots: Vec::new(),
             },
             engines: EnginesConfig::default(),
             registry: RegistryConfig::default(),
@@ -367,6 +388,32 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             server.shutdown_grace.as_ref(),
             config.server.shutdown_grace,
         );
+        config.server.header_read_timeout = errors.duration(
+            "server.header_read_timeout",
+            server.header_read_timeout.as_ref(),
+            config.server.header_read_timeout,
+        );
+        if config.server.header_read_timeout.is_zero() {
+            errors.push("server.header_read_timeout", "must be > 0");
+        }
+        for (key, value, slot) in [
+            (
+                "server.max_connections",
+                server.max_connections,
+                &mut config.server.max_connections,
+            ),
+            (
+                "server.max_json_elements",
+                server.max_json_elements,
+                &mut config.server.max_json_elements,
+            ),
+        ] {
+            match value.map(usize::try_from) {
+                None => {}
+                Some(Ok(n)) if n > 0 => *slot = n,
+                Some(_) => errors.push(key, "must be > 0"),
+            }
+        }
     }
 
     if let Some(store) = raw.store {
@@ -375,6 +422,12 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             match resolve_path(&path, base) {
                 Ok(p) => config.store.path = p,
                 Err(e) => errors.push("store.path", e),
+            }
+        }
+        for (i, root) in store.import_roots.unwrap_or_default().iter().enumerate() {
+            match resolve_path(root, base) {
+                Ok(p) => config.store.import_roots.push(p),
+                Err(e) => errors.push(format!("store.import_roots[{i}]"), e),
             }
         }
     }
@@ -433,6 +486,13 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         }
         config.registry.insecure = registry.insecure.unwrap_or_default();
         config.registry.hf_endpoint = registry.hf_endpoint;
+        if let Some(raw) = &registry.max_manifest_bytes {
+            match bytes(raw) {
+                Ok(n) if n > 0 => config.registry.max_manifest_bytes = n,
+                Ok(_) => errors.push("registry.max_manifest_bytes", "must be > 0"),
+                Err(e) => errors.push("registry.max_manifest_bytes", e),
+            }
+        }
         if let Some(p) = registry.docker_config {
             match resolve_path(&p, base) {
                 Ok(p) => config.registry.docker_config = Some(p),
@@ -643,6 +703,11 @@ impl Config {
         for (key, same) in [
             ("server.listen", a.listen == b.listen),
             ("server.socket", a.socket == b.socket),
+            (
+                "server.header_read_timeout",
+                a.header_read_timeout == b.header_read_timeout,
+            ),
+            ("server.max_connections", a.max_connections == b.max_connections),
             ("store.path", self.store.path == new.store.path),
             (
                 "engines.llamacpp.binary",

@@ -29,6 +29,9 @@ pub struct RawServer {
     pub allowed_origins: Option<Vec<String>>,
     pub max_body_bytes: Option<i64>,
     pub shutdown_grace: Option<String>,
+    pub header_read_timeout: Option<String>,
+    pub max_connections: Option<i64>,
+    pub max_json_elements: Option<i64>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }
@@ -36,6 +39,7 @@ pub struct RawServer {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawStore {
     pub path: Option<String>,
+    pub import_roots: Option<Vec<String>>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }
@@ -62,6 +66,7 @@ pub struct RawRegistry {
     pub insecure: Option<Vec<String>>,
     pub docker_config: Option<String>,
     pub hf_endpoint: Option<String>,
+    pub max_manifest_bytes: Option<RawBytes>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }
