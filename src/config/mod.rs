@@ -197,7 +197,7 @@ impl Default for Config {
                 allowed_origins: Vec::new(),
                 max_body_bytes: 10 * 1024 * 1024,
                 shutdown_grace: Duration::from_secs(10),
-                header_read_timeout: Duration::from_secs(10),
+                header_read_timeout: Duration::from_secs(30),
                 max_connections: 1024,
                 max_json_elements: 50_000,
             },
