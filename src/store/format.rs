@@ -50,7 +50,7 @@ const MAX_FILES: usize = 4096;
 /// A safetensors header larger than this is not read (the format allows 100 MB; real ones are far smaller).
 const MAX_HEADER: u64 = 100 << 20;
 
-/// What `src` holds. A file is GGUF unless it ends in `.dduf`; a directory is a diffusers pipeline when it has
+/// What `src` holds. A file is GGUF when it starts with GGUF's magic, or a `.dduf` file; a directory is a diffusers pipeline when it has
 /// `model_index.json`, else a safetensors model when it has `config.json` and `*.safetensors` files.
 pub fn detect(src: &Path) -> Result<ModelFormat, StoreError> {
     let meta = fs::metadata(src).map_err(io_err(src))?;
@@ -58,11 +58,19 @@ pub fn detect(src: &Path) -> Result<ModelFormat, StoreError> {
         let dduf = src
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("dduf"));
-        return Ok(if dduf {
-            ModelFormat::Dduf
-        } else {
-            ModelFormat::Gguf
-        });
+        if dduf {
+            return Ok(ModelFormat::Dduf);
+        }
+        // Checked here, before an import starts streaming, so a wrong file is a clear 400 (its bytes not shown).
+        let mut magic = [0u8; 4];
+        let read = File::open(src).and_then(|mut f| f.read_exact(&mut magic));
+        if read.is_err() || &magic != b"GGUF" {
+            return Err(StoreError::NotAModel {
+                path: src.to_path_buf(),
+                detail: "not a GGUF file (it does not start with \"GGUF\"), nor a .dduf file".into(),
+            });
+        }
+        return Ok(ModelFormat::Gguf);
     }
     if !meta.is_dir() {
         return Err(StoreError::NotAModel {

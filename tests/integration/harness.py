@@ -465,10 +465,11 @@ class SupervisorFactory:
                 pytest.fail(f"dmr-supervisor exited with {rc} before listening; stdout: {seen!r}\n"
                             + sup.diagnostics(), pytrace=False)
             seen.append(line)
-            prefix = "listening on 127.0.0.1:"
-            if line.startswith(prefix):
-                sup.port = int(line[len(prefix):].strip())
-                return sup
+            # 127.0.0.1:PORT, or 0.0.0.0:PORT for tests that call from another address (reached on 127.0.0.1 too)
+            for prefix in ("listening on 127.0.0.1:", "listening on 0.0.0.0:"):
+                if line.startswith(prefix):
+                    sup.port = int(line[len(prefix):].strip())
+                    return sup
 
     def run_to_exit(self, cfg: Path, timeout: float = 20.0) -> tuple[int, str, str]:
         """Run the binary on a config that is expected to make it exit; returns (rc, stdout, stderr)."""
