@@ -401,10 +401,14 @@ mod tests {
         // {"model", "x": {n members}}: 2 members of the outer object + n inner; the count is commas + containers.
         assert!(super::check_json(keys(98).as_bytes(), 100).is_ok());
         let err = super::check_json(keys(100).as_bytes(), 100).unwrap_err();
-        assert!(err.message.contains("more than 100 JSON values"), "{}", err.message);
+        assert!(
+            err.message.contains("more than 100 JSON values"),
+            "{}",
+            err.message
+        );
         let commas_in_strings = format!("[\"{}\"]", ",".repeat(10_000));
         assert!(super::check_json(commas_in_strings.as_bytes(), 5).is_ok());
-        let array = format!("[{}]", vec!["1"; 6].join(","));
+        let array = format!("[{}]", ["1"; 6].join(","));
         assert!(super::check_json(array.as_bytes(), 6).is_ok());
         assert!(super::check_json(array.as_bytes(), 5).is_err());
     }

@@ -252,9 +252,7 @@ pub async fn create(
         if let Some(p) = given {
             let path = allowed(p)?;
             if !path.is_file() {
-                return Err(ApiError::bad_request(format!(
-                    "{what} {p:?} is not a file"
-                )));
+                return Err(ApiError::bad_request(format!("{what} {p:?} is not a file")));
             }
             *slot = Some(path);
         }

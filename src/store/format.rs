@@ -67,7 +67,8 @@ pub fn detect(src: &Path) -> Result<ModelFormat, StoreError> {
         if read.is_err() || &magic != b"GGUF" {
             return Err(StoreError::NotAModel {
                 path: src.to_path_buf(),
-                detail: "not a GGUF file (it does not start with \"GGUF\"), nor a .dduf file".into(),
+                detail: "not a GGUF file (it does not start with \"GGUF\"), nor a .dduf file"
+                    .into(),
             });
         }
         return Ok(ModelFormat::Gguf);
@@ -125,7 +126,11 @@ pub fn list_files(dir: &Path) -> Result<Vec<(PathBuf, PathBuf)>, StoreError> {
                         detail: format!(
                             "{} is a symlink to {} outside the model's files",
                             path.strip_prefix(dir).unwrap_or(&path).display(),
-                            if meta.is_dir() { "a directory" } else { "a file" }
+                            if meta.is_dir() {
+                                "a directory"
+                            } else {
+                                "a file"
+                            }
                         ),
                     });
                 }
@@ -342,10 +347,17 @@ mod tests {
         fs::write(model.join("blobs/weights"), "w").unwrap();
         fs::write(&outside, "HF_TOKEN=hf_secret").unwrap();
         std::os::unix::fs::symlink("blobs/weights", model.join("model.safetensors")).unwrap();
-        let rels: Vec<_> = list_files(&model).unwrap().into_iter().map(|(r, _)| r).collect();
+        let rels: Vec<_> = list_files(&model)
+            .unwrap()
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
         assert_eq!(
             rels,
-            [PathBuf::from("blobs/weights"), PathBuf::from("model.safetensors")]
+            [
+                PathBuf::from("blobs/weights"),
+                PathBuf::from("model.safetensors")
+            ]
         );
         for (name, target) in [
             ("tokenizer.json", outside.clone()),
@@ -357,7 +369,10 @@ mod tests {
             let err = list_files(&model).unwrap_err().to_string();
             assert!(err.contains(&format!("{name} is a symlink to")), "{err}");
             let shown = |p: &Path| err.contains(&*p.to_string_lossy());
-            assert!(!err.contains("hf_secret") && !shown(&outside) && !err.contains("/proc"), "{err}");
+            assert!(
+                !err.contains("hf_secret") && !shown(&outside) && !err.contains("/proc"),
+                "{err}"
+            );
             fs::remove_file(model.join(name)).unwrap();
         }
     }

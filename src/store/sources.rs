@@ -46,7 +46,12 @@ pub fn allowed(given: &str, roots: &[PathBuf], store: &Path) -> Result<PathBuf, 
     // Lexically first, so a path outside the roots is refused without touching the file system.
     let roots: Vec<PathBuf> = roots
         .iter()
-        .flat_map(|r| [r.clone(), std::fs::canonicalize(r).unwrap_or_else(|_| r.clone())])
+        .flat_map(|r| {
+            [
+                r.clone(),
+                std::fs::canonicalize(r).unwrap_or_else(|_| r.clone()),
+            ]
+        })
         .collect();
     if !roots.iter().any(|r| path.starts_with(r)) {
         return Err(SourceError::OutsideRoots(given.to_string()));
@@ -107,7 +112,10 @@ mod tests {
     fn a_file_below_a_root_is_allowed_and_resolved() {
         let t = tree();
         let file = t.root.join("m.gguf");
-        assert_eq!(allowed(&s(&file), &[t.root.clone()], &t.store), Ok(file));
+        assert_eq!(
+            allowed(&s(&file), std::slice::from_ref(&t.root), &t.store),
+            Ok(file)
+        );
     }
 
     #[test]
@@ -116,10 +124,19 @@ mod tests {
         let roots = [t.root.clone()];
         let there = allowed(&s(&t.outside.join("key")), &roots, &t.store);
         let absent = allowed(&s(&t.outside.join("nothing")), &roots, &t.store);
-        assert!(matches!(there, Err(SourceError::OutsideRoots(_))), "{there:?}");
-        assert!(matches!(absent, Err(SourceError::OutsideRoots(_))), "{absent:?}");
+        assert!(
+            matches!(there, Err(SourceError::OutsideRoots(_))),
+            "{there:?}"
+        );
+        assert!(
+            matches!(absent, Err(SourceError::OutsideRoots(_))),
+            "{absent:?}"
+        );
         for p in ["/proc/self/environ", "/etc/passwd"] {
-            assert!(matches!(allowed(p, &roots, &t.store), Err(SourceError::OutsideRoots(_))));
+            assert!(matches!(
+                allowed(p, &roots, &t.store),
+                Err(SourceError::OutsideRoots(_))
+            ));
         }
     }
 
@@ -132,7 +149,10 @@ mod tests {
             allowed(&up, &roots, &t.store),
             Err(SourceError::NotPlain(up.clone()))
         );
-        assert!(matches!(allowed("models/m.gguf", &roots, &t.store), Err(SourceError::NotPlain(_))));
+        assert!(matches!(
+            allowed("models/m.gguf", &roots, &t.store),
+            Err(SourceError::NotPlain(_))
+        ));
     }
 
     #[test]
@@ -145,7 +165,10 @@ mod tests {
         for name in ["license", "dir", "environ"] {
             let p = s(&t.root.join(name));
             assert!(
-                matches!(allowed(&p, &roots, &t.store), Err(SourceError::OutsideRoots(_))),
+                matches!(
+                    allowed(&p, &roots, &t.store),
+                    Err(SourceError::OutsideRoots(_))
+                ),
                 "{name}"
             );
         }
@@ -156,11 +179,17 @@ mod tests {
         let t = tree();
         let parent = t.root.parent().unwrap().to_path_buf();
         let blob = s(&t.store.join("blob"));
-        assert!(matches!(allowed(&blob, &[parent], &t.store), Err(SourceError::Forbidden(_))));
+        assert!(matches!(
+            allowed(&blob, &[parent], &t.store),
+            Err(SourceError::Forbidden(_))
+        ));
         let everything = [PathBuf::from("/")];
         for p in ["/proc/self/environ", "/sys/kernel", "/dev/null"] {
             assert!(
-                matches!(allowed(p, &everything, &t.store), Err(SourceError::Forbidden(_))),
+                matches!(
+                    allowed(p, &everything, &t.store),
+                    Err(SourceError::Forbidden(_))
+                ),
                 "{p}"
             );
         }
@@ -171,7 +200,7 @@ mod tests {
         let t = tree();
         let p = s(&t.root.join("absent.gguf"));
         assert_eq!(
-            allowed(&p, &[t.root.clone()], &t.store),
+            allowed(&p, std::slice::from_ref(&t.root), &t.store),
             Err(SourceError::Missing(p.clone()))
         );
     }
