@@ -526,8 +526,8 @@ async fn fetch(
         return Ok(());
     }
     Err(Failure::Other(RegistryError::Registry(format!(
-        "downloading {url} kept breaking ({} listed); what arrived is kept for the next pull",
-        size
+        "{} from {what} kept breaking off before the {size} bytes listed; what arrived is kept for the next pull",
+        f.path
     ))))
 }
 

@@ -85,7 +85,7 @@ pub fn admit(have: u64, incoming: u64, size: u64) -> Result<(), String> {
     match have.checked_add(incoming) {
         Some(n) if n <= size => Ok(()),
         _ => Err(format!(
-            "is larger than the {size} bytes listed (more than {} arrived)",
+            "is larger than the {size} bytes listed (at least {} bytes)",
             have.saturating_add(incoming)
         )),
     }
