@@ -1,11 +1,12 @@
 """Pulls from a hostile Hugging Face endpoint (issue 19): the stand-in hub (tests/hf/hf_server.py) lies in its tree
 listing or streams something else than the file. Every file is held to the size and hash its tree entry lists: a
-file larger than listed (with or without a Content-Length), a listed size of 0 followed by an endless stream, an
-LFS file whose sha256 differs, a git file whose blob id differs — each is refused with an NDJSON `error` line
-naming the file, and nothing of it is kept: no model committed, the store's blobs exactly as before, no staging
-or `.incomplete` file left. Listings that cannot bound a download (an entry without a size, a listing past
-`[registry] max_manifest_bytes`) are refused with 502 before any file is requested. Each test first pulls an
-honest model from the same hub, so the store is not empty and the hub is known to work."""
+file larger than listed (with or without a Content-Length), one shorter than listed (a hub that then ignores Range
+looks like a cut: its partial is kept to resume), a listed size of 0 followed by an endless stream, an LFS file
+whose sha256 differs, a git file whose blob id differs — each is refused with an NDJSON `error` line naming the
+file, and nothing of it is kept: no model committed, the store's blobs exactly as before, no staging or
+`.incomplete` file left. Listings that cannot bound a download (an entry without a size, a listing past `[registry]
+max_manifest_bytes`, more than MAX_FILES files) are refused with 502 before any file is requested. Each test first
+pulls an honest model from the same hub, so the store is not empty and the hub is known to work."""
 
 from __future__ import annotations
 
@@ -88,6 +89,28 @@ def test_a_file_larger_than_listed_is_refused(supervisors, hf_root, served):
         assert_nothing_kept(sup, before)
 
 
+def test_a_file_shorter_than_listed_is_refused(supervisors, hf_root):
+    data = (hf_root / Q4).read_bytes()
+    listed = len(data) + 1000
+    with HfServer(hf_root) as hf:
+        sha = hashlib.sha256(data).hexdigest()
+        hf.lie(Q4, size=listed, lfs={"oid": sha, "size": listed, "pointerSize": 134})
+        sup = start(supervisors, hf.url)
+        before = honest(sup)
+        # The whole file arrives, the resume asks for the rest and is told there is none (416).
+        refused(sup, f"hf.co/{GGUF_REPO}", "tiny-Q4_K_M.gguf", f"ends before the {listed} bytes listed",
+                "nothing of it is kept")
+        assert_nothing_kept(sup, before)
+        # A hub that ignores Range and ends early each time looks like a cut connection: after the resumes, the
+        # pull fails and what arrived is kept for the next one (at most the listed size), nothing committed.
+        hf.stream(Q4, lambda: iter([data]))
+        refused(sup, f"hf.co/{GGUF_REPO}", "tiny-Q4_K_M.gguf", f"kept breaking off before the {listed} bytes listed")
+        kept = list(sup.store.rglob("*.incomplete"))
+        assert [p.name for p in kept] == ["tiny-Q4_K_M.gguf.incomplete"], kept
+        assert kept[0].stat().st_size <= listed
+        assert blobs(sup.store) == before[0] and sup.get("/models").json() == before[1]
+
+
 def test_a_file_listed_as_empty_that_streams_without_end_is_cut_off_at_once(supervisors, hf_root):
     def endless():
         chunk = b"\0" * (1 << 20)
@@ -139,18 +162,23 @@ def test_a_git_file_whose_blob_id_differs_from_its_listing_is_refused(supervisor
 def test_listings_that_cannot_bound_a_download_are_refused_before_any_file(supervisors, hf_root):
     many = hf_root / "testorg/many"
     many.mkdir(parents=True)
-    for i in range(100):
-        (many / f"shard-{i:03}.json").write_text("{}")
+    for i in range(1001):  # one more than MAX_FILES
+        (many / f"shard-{i:04}.json").write_text("{}")
     with HfServer(hf_root) as hf:
         sha = hashlib.sha256((hf_root / Q4).read_bytes()).hexdigest()
         hf.lie(Q4, size=None, lfs={"oid": sha, "pointerSize": 134})  # no size anywhere
-        sup = start(supervisors, hf.url, extra="max_manifest_bytes = 4096\n")
+        sup = start(supervisors, hf.url)
         before = blobs(sup.store), sup.get("/models").json()
         r = sup.post("/models/create", {"from": f"hf.co/{GGUF_REPO}"})
         assert r.status_code == 502, r.text
         assert "tiny-Q4_K_M.gguf is listed without a size" in r.text, r.text
         r = sup.post("/models/create", {"from": "hf.co/testorg/many"})
         assert r.status_code == 502, r.text
+        assert "has 1001 files to download, more than the 1000 a pull takes" in r.text, r.text
+        small = start(supervisors, hf.url, extra="max_manifest_bytes = 4096\n", name="small")
+        r = small.post("/models/create", {"from": "hf.co/testorg/many"})
+        assert r.status_code == 502, r.text
         assert "the listing is larger than 4096 bytes" in r.text, r.text
         assert not [p for p in hf.paths() if "/resolve/" in p], hf.paths()
         assert_nothing_kept(sup, before)
+        assert_nothing_kept(small, (blobs(small.store), []))
