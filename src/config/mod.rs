@@ -68,7 +68,8 @@ pub struct RegistryConfig {
     pub docker_config: Option<PathBuf>,
     /// Hugging Face's endpoint for `hf.co/...` pulls (default `$HF_ENDPOINT`, else https://huggingface.co).
     pub hf_endpoint: Option<String>,
-    /// The largest manifest or config blob read from a registry or archive (the CNCF registry's own cap: 4 MiB).
+    /// The largest manifest or config blob read from a registry or archive (the CNCF registry's own cap: 4 MiB),
+    /// and the largest Hugging Face listing (file tree, model info).
     pub max_manifest_bytes: u64,
 }
 

@@ -1,40 +1,62 @@
-//! Hugging Face pulls (`hf.co/org/repo[:quant]`), as DMR does them: not through HF's OCI endpoint but its HTTP
-//! API — the repository's file tree (`/api/models/<repo>/tree/main?recursive=true`), then each file from
-//! `/<repo>/resolve/main/<path>`. A GGUF repository gives one file, chosen by the tag (`latest`, `main` or none →
-//! the `Q4_K_M` file, else the first GGUF; another tag → the GGUF whose name contains it); any other repository is
-//! taken whole (a safetensors or diffusers model). Files are staged in the store's `hf-staging/` directory
-//! (`.incomplete` until done, resumed with Range), LFS files checked against their sha256, stamped with the
-//! repository's `lastModified` (so the model id is the same on every machine), then imported like a local model.
-//! `HF_TOKEN` (or the request's bearer token) is sent as `Authorization: Bearer`; the endpoint is configurable.
+//! Hugging Face pulls (`hf.co/org/repo[:quant]`), as DMR does them: not through HF's OCI endpoint but its HTTP API —
+//! the repository's file tree (`/api/models/<repo>/tree/main?recursive=true`), then each file from
+//! `/<repo>/resolve/main/<path>`. A GGUF repository gives one file, chosen by the tag (`latest`, `main` or none → the
+//! `Q4_K_M` file, else the first GGUF; another tag → the GGUF whose name contains it); any other repository is taken
+//! whole (a safetensors or diffusers model). Files are staged in the store's `hf-staging/` directory (`.incomplete`
+//! until done, resumed with Range), each held to the size and hash its tree entry lists (`fetch.rs` downloads one file,
+//! `check.rs` says what it must be: a byte past the listed size stops the download, a mismatch keeps nothing of the
+//! repository's staging), stamped with the repository's `lastModified` (so the model id is the same on every machine),
+//! then imported like a local model. The endpoint is not trusted further than that: its listings are read under
+//! `[registry] max_manifest_bytes`, at most `MAX_FILES` files are taken, and error bodies are read under
+//! `ERROR_BODY_BYTES`. `HF_TOKEN` (or the request's bearer token) is sent as `Authorization: Bearer`; the endpoint is
+//! configurable.
+
+mod check;
+mod fetch;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
-use super::spool::Spool;
 use super::{Progress, RegistryError};
 use crate::store::{Model, Store};
+use check::Expected;
+use fetch::{fetch, verify, Failure};
 
-/// One entry of HF's tree listing.
+/// The most files one pull takes from a repository (one page of HF's tree API; the largest safetensors and
+/// diffusers repositories hold a few hundred). More is refused before anything is downloaded.
+pub const MAX_FILES: usize = 1000;
+
+/// How much of an error answer's body is read, for its message.
+const ERROR_BODY_BYTES: usize = 64 << 10;
+
+/// One entry of HF's tree listing: `{"type","oid","size","path"}`, LFS files also with `"lfs": {"oid", "size",
+/// "pointerSize"}`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct TreeEntry {
     #[serde(rename = "type")]
     pub kind: String,
     pub path: String,
+    /// Bytes (for LFS files, of the content, not of the pointer).
     #[serde(default)]
-    pub size: u64,
+    pub size: Option<u64>,
+    /// The git blob id: of the content, or of the LFS pointer for LFS files.
+    #[serde(default)]
+    pub oid: Option<String>,
     #[serde(default)]
     pub lfs: Option<Lfs>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Lfs {
-    /// The file's sha256, hex.
-    pub oid: String,
+    /// The content's sha256, hex (`sha256` in the model info's siblings).
+    #[serde(default, alias = "sha256")]
+    pub oid: Option<String>,
+    #[serde(default)]
+    pub size: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,26 +152,40 @@ impl Hub {
     }
 }
 
+/// One file of a plan: its path in the repository and what its download must be.
+struct File {
+    path: String,
+    want: Expected,
+}
+
 /// What a Hugging Face pull will fetch, found before anything is downloaded (so its failures are HTTP statuses).
 pub struct Plan {
     hub: Hub,
     repo: String,
-    files: Vec<TreeEntry>,
+    files: Vec<File>,
     created: SystemTime,
 }
 
 impl Plan {
     pub fn total(&self) -> u64 {
-        self.files.iter().map(|f| f.size).sum()
+        total(&self.files)
     }
 }
 
-/// Lists `org/repo` on `endpoint` and chooses the files for `tag`.
+fn total(files: &[File]) -> u64 {
+    files
+        .iter()
+        .fold(0u64, |n, f| n.saturating_add(f.want.size))
+}
+
+/// Lists `org/repo` on `endpoint` and chooses the files for `tag`; listings larger than `max_listing` bytes, more
+/// than `MAX_FILES` files, and entries without a size or with a malformed hash are refused (502).
 pub async fn prepare(
     endpoint: &str,
     repo: &str,
     tag: &str,
     token: Option<&str>,
+    max_listing: u64,
 ) -> Result<Plan, RegistryError> {
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(30))
@@ -165,11 +201,18 @@ pub async fn prepare(
     let tree: Vec<TreeEntry> = json(
         hub.get(&format!("/api/models/{repo}/tree/main?recursive=true")),
         &what,
+        max_listing,
     )
     .await?;
-    let info: Info = json(hub.get(&format!("/api/models/{repo}")), &what).await?;
-    let files = choose(&tree, tag).map_err(RegistryError::NotFound)?;
-    if let Some(bad) = files
+    let info: Info = json(hub.get(&format!("/api/models/{repo}")), &what, max_listing).await?;
+    let chosen = choose(&tree, tag).map_err(RegistryError::NotFound)?;
+    if chosen.len() > MAX_FILES {
+        return Err(RegistryError::Registry(format!(
+            "{what} has {} files to download, more than the {MAX_FILES} a pull takes",
+            chosen.len()
+        )));
+    }
+    if let Some(bad) = chosen
         .iter()
         .find(|f| !crate::store::format::safe_relative(&f.path))
     {
@@ -178,6 +221,14 @@ pub async fn prepare(
             bad.path
         )));
     }
+    let files = chosen
+        .into_iter()
+        .map(|e| {
+            let want = check::expected(&e)
+                .map_err(|why| RegistryError::Registry(format!("{what}: {why}")))?;
+            Ok(File { path: e.path, want })
+        })
+        .collect::<Result<Vec<_>, RegistryError>>()?;
     let created = info
         .last_modified
         .as_deref()
@@ -210,29 +261,37 @@ pub async fn pull(
         .join("hf-staging")
         .join(repo.replace('/', "--"));
     std::fs::create_dir_all(&staging).map_err(|e| io(e, &staging))?;
-    let total: u64 = files.iter().map(|f| f.size).sum();
+    let total = total(&files);
     let mut done = 0u64;
     for f in &files {
         let target = staging.join(&f.path);
-        if !target.is_file() {
-            fetch(
-                &hub,
-                &format!("/{repo}/resolve/main/{}", f.path),
-                f,
-                &target,
-                total,
-                done,
-                progress,
-                &what,
-            )
-            .await?;
+        let staged = async {
+            // A file staged by an earlier pull is checked again: the repository may have changed since.
+            if target.is_file() && verify(&target, f, &what).await.is_err() {
+                std::fs::remove_file(&target).map_err(|e| Failure::Other(io(e, &target)))?;
+            }
+            if !target.is_file() {
+                let url = format!("/{repo}/resolve/main/{}", f.path);
+                fetch(&hub, &url, f, &target, total, done, progress, &what).await?;
+            }
+            set_mtime(&target, created).map_err(Failure::Other)
+        };
+        match staged.await {
+            Ok(()) => {}
+            Err(Failure::Other(e)) => return Err(e),
+            Err(Failure::Refused(e)) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                if let Some(parent) = staging.parent() {
+                    let _ = std::fs::remove_dir(parent); // only when no other pull stages there
+                }
+                return Err(e);
+            }
         }
-        set_mtime(&target, created)?;
-        done += f.size;
+        done = done.saturating_add(f.want.size);
         progress(Progress {
-            layer: layer_id(f),
-            layer_size: f.size,
-            layer_done: f.size,
+            layer: f.want.layer_id(&f.path),
+            layer_size: f.want.size,
+            layer_done: f.want.size,
             total,
             done,
         });
@@ -249,29 +308,47 @@ pub async fn pull(
     Ok(model)
 }
 
-fn layer_id(f: &TreeEntry) -> String {
-    match &f.lfs {
-        Some(l) => format!("sha256:{}", l.oid),
-        None => f.path.clone(),
-    }
-}
-
+/// A JSON answer of at most `cap` bytes.
 async fn json<T: serde::de::DeserializeOwned>(
     req: reqwest::RequestBuilder,
     what: &str,
+    cap: u64,
 ) -> Result<T, RegistryError> {
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| RegistryError::Registry(format!("Hugging Face ({what}): {e}")))?;
+    let fail = |e: String| RegistryError::Registry(format!("Hugging Face ({what}): {e}"));
+    let resp = req.send().await.map_err(|e| fail(e.to_string()))?;
     let status = resp.status();
     if !status.is_success() {
-        let body = resp.text().await.unwrap_or_default();
+        let body = error_body(resp).await;
         return Err(status_error(status.as_u16(), what, &body));
     }
-    resp.json()
-        .await
-        .map_err(|e| RegistryError::Registry(format!("Hugging Face ({what}): {e}")))
+    let too_big = || fail(format!("the listing is larger than {cap} bytes"));
+    if resp.content_length().is_some_and(|n| n > cap) {
+        return Err(too_big());
+    }
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| fail(e.to_string()))?;
+        if (body.len() + chunk.len()) as u64 > cap {
+            return Err(too_big());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).map_err(|e| fail(e.to_string()))
+}
+
+/// The start of an error answer's body (at most `ERROR_BODY_BYTES`), for its message.
+async fn error_body(resp: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(Ok(chunk)) = stream.next().await {
+        let room = ERROR_BODY_BYTES - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= ERROR_BODY_BYTES {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 fn status_error(status: u16, what: &str, body: &str) -> RegistryError {
@@ -286,126 +363,6 @@ fn status_error(status: u16, what: &str, body: &str) -> RegistryError {
         404 => RegistryError::NotFound(format!("{what} not found on Hugging Face: {detail}")),
         s => RegistryError::Registry(format!("Hugging Face answered {s} for {what}: {detail}")),
     }
-}
-
-/// Downloads one file to `target` through `<target>.incomplete`, resuming it with a Range request; LFS files are
-/// checked against their sha256.
-#[allow(clippy::too_many_arguments)]
-async fn fetch(
-    hub: &Hub,
-    url: &str,
-    f: &TreeEntry,
-    target: &Path,
-    total: u64,
-    before: u64,
-    progress: &(dyn Fn(Progress) + Send + Sync),
-    what: &str,
-) -> Result<(), RegistryError> {
-    let partial = PathBuf::from(format!("{}.incomplete", target.display()));
-    if let Some(dir) = partial.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| io(e, dir))?;
-    }
-    for attempt in 1..=4 {
-        let mut have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
-        if have > f.size {
-            std::fs::remove_file(&partial).map_err(|e| io(e, &partial))?;
-            have = 0;
-        }
-        if have < f.size || f.size == 0 {
-            let mut req = hub.get(url);
-            if have > 0 {
-                req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
-            }
-            let resp = match req.send().await {
-                Ok(r) => r,
-                Err(e) if attempt < 4 => {
-                    tracing::warn!(url, error = %e, "download failed; retrying");
-                    continue;
-                }
-                Err(e) => return Err(RegistryError::Registry(format!("downloading {url}: {e}"))),
-            };
-            let status = resp.status().as_u16();
-            if !(200..300).contains(&status) {
-                let body = resp.text().await.unwrap_or_default();
-                return Err(status_error(status, what, &body));
-            }
-            let append = status == 206;
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .write(true)
-                .append(append)
-                .truncate(!append)
-                .open(&partial)
-                .map_err(|e| io(e, &partial))?;
-            if !append {
-                have = 0;
-            }
-            let mut stream = resp.bytes_stream();
-            let mut spool = Spool::new(file);
-            let mut cut = false;
-            let mut last = Instant::now();
-            loop {
-                let chunk = match stream.next().await {
-                    Some(Ok(c)) => Some(c),
-                    Some(Err(e)) => {
-                        tracing::warn!(url, have, error = %e, "download broke; resuming");
-                        cut = true;
-                        None
-                    }
-                    None => None,
-                };
-                let due = match &chunk {
-                    Some(c) => spool.queue(c) || last.elapsed() >= Duration::from_millis(100),
-                    None => true,
-                };
-                if due {
-                    if let Err(e) = spool.flush(|b| have += b.len() as u64).await {
-                        // The disk refused: nothing partial is kept.
-                        drop(spool);
-                        let _ = std::fs::remove_file(&partial);
-                        return Err(io(e, &partial));
-                    }
-                    last = Instant::now();
-                    progress(Progress {
-                        layer: layer_id(f),
-                        layer_size: f.size,
-                        layer_done: have.min(f.size),
-                        total,
-                        done: before + have.min(f.size),
-                    });
-                }
-                if chunk.is_none() {
-                    break;
-                }
-            }
-            spool.sync().await.map_err(|e| io(e, &partial))?;
-            if cut || have < f.size {
-                continue;
-            }
-        }
-        if let Some(lfs) = &f.lfs {
-            let actual = sha256_file(&partial)?;
-            if actual != lfs.oid {
-                std::fs::remove_file(&partial).map_err(|e| io(e, &partial))?;
-                return Err(RegistryError::Registry(format!(
-                    "{} from {what} has sha256 {actual}, expected {}",
-                    f.path, lfs.oid
-                )));
-            }
-        }
-        std::fs::rename(&partial, target).map_err(|e| io(e, target))?;
-        return Ok(());
-    }
-    Err(RegistryError::Registry(format!(
-        "downloading {url} kept breaking; what arrived is kept for the next pull"
-    )))
-}
-
-fn sha256_file(path: &Path) -> Result<String, RegistryError> {
-    let mut f = std::fs::File::open(path).map_err(|e| io(e, path))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).map_err(|e| io(e, path))?;
-    Ok(hex::encode(h.finalize()))
 }
 
 fn set_mtime(path: &Path, t: SystemTime) -> Result<(), RegistryError> {
@@ -451,7 +408,8 @@ mod tests {
         TreeEntry {
             kind: "file".into(),
             path: path.into(),
-            size: 1,
+            size: Some(1),
+            oid: None,
             lfs: None,
         }
     }

@@ -333,7 +333,14 @@ impl Registries {
         let store_tag = name::normalize(from).map_err(|e| bad(e.to_string()))?;
         let env_token = std::env::var("HF_TOKEN").ok();
         let token = bearer.filter(|t| !t.is_empty()).or(env_token.as_deref());
-        let plan = hf::prepare(&self.hf_endpoint(), &repo, &tag, token).await?;
+        let plan = hf::prepare(
+            &self.hf_endpoint(),
+            &repo,
+            &tag,
+            token,
+            self.config.max_manifest_bytes,
+        )
+        .await?;
         Ok((store_tag, plan))
     }
 

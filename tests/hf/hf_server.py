@@ -34,6 +34,11 @@ Errors, as huggingface.co answers them (JSON `{"error": ...}` plus `X-Error-Code
 LFS decision: by extension like HF's default .gitattributes (*.gguf, *.safetensors, *.bin, *.pt, *.onnx, ...) or
 any file over 10 MiB. Git object ids are real: sha1("blob N\\0" + content) for regular files, the same over the LFS
 pointer text for LFS files (`pointerSize` is that text's length).
+
+A hostile hub, for attack tests: `.lie("org/repo/path", size=0, oid=..., lfs=None, ...)` replaces fields of that
+file's tree entry (None removes a field; everything else stays true), and `.stream("org/repo/path", chunks)` serves
+`chunks()` (an iterable of bytes) as the file's body instead of its content, with no `Content-Length` (the end of
+the body is the connection's close); `.sent["org/repo/path"]` counts the bytes of it written.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 LFS_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".h5", ".msgpack", ".pkl",
                 ".pickle", ".npy", ".npz", ".tflite", ".ot", ".model", ".zip", ".tar", ".tgz", ".gz", ".xz",
@@ -135,6 +140,9 @@ class HfServer:
         self.protected = set(protected) if protected is not None else None
         self.requests: list[Logged] = []
         self.request_headers: list[dict[str, str]] = []
+        self.lies: dict[str, dict[str, Any]] = {}
+        self.streams: dict[str, Callable[[], Iterable[bytes]]] = {}
+        self.sent: dict[str, int] = {}
         self._lock = threading.Lock()
         self._cache = _Cache()
         owner = self
@@ -163,6 +171,21 @@ class HfServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+    def lie(self, file: str, **fields: Any) -> "HfServer":
+        """List `file` ("org/repo/path") with these tree-entry fields instead of the true ones (None: no such
+        field)."""
+        self.lies.setdefault(file, {}).update(fields)
+        return self
+
+    def stream(self, file: str, chunks: Callable[[], Iterable[bytes]]) -> "HfServer":
+        """Serve `chunks()` as `file`'s body ("org/repo/path"), without a Content-Length."""
+        self.streams[file] = chunks
+        return self
+
+    def _count(self, file: str, n: int) -> None:
+        with self._lock:
+            self.sent[file] = self.sent.get(file, 0) + n
 
     def paths(self, method: str | None = None) -> list[str]:
         return [r.path for r in self.requests if method is None or r.method == method]
@@ -264,7 +287,14 @@ class _HfHandler(BaseHTTPRequestHandler):
                 self._check_rev(rest[1], sha)
                 sub = "/".join(rest[2:])
                 recursive = query.get("recursive", "").lower() in ("1", "true")
-                self._send_json(self._tree(entries, sub, recursive, rest[1]), head, sha)
+                tree = self._tree(entries, sub, recursive, rest[1])
+                for item in tree:
+                    for k, v in s.lies.get(f"{repo_id}/{item['path']}", {}).items():
+                        if v is None:
+                            item.pop(k, None)
+                        else:
+                            item[k] = v
+                self._send_json(tree, head, sha)
                 return
             raise _HfError(404, "Not Found")
         if len(parts) >= 5 and parts[2] == "resolve":
@@ -277,6 +307,10 @@ class _HfHandler(BaseHTTPRequestHandler):
             entry = next((e for e in entries if e.path == rel), None)
             if entry is None:
                 raise _HfError(404, "Entry not found", "EntryNotFound")
+            key = f"{repo_id}/{rel}"
+            if key in s.streams:
+                self._send_stream(key, s.streams[key](), head)
+                return
             self._serve_file(repo_dir, entry, sha, head)
             return
         raise _HfError(404, "Not Found")
@@ -388,6 +422,19 @@ class _HfHandler(BaseHTTPRequestHandler):
             self.end_headers()
             return
         self._send_file(repo_dir / e.path, e, sha, head, linked=bool(e.sha256))
+
+    def _send_stream(self, key: str, chunks: Iterable[bytes], head: bool) -> None:
+        self._status = 200
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        if head:
+            return
+        for chunk in chunks:
+            self.wfile.write(chunk)
+            self.server_owner._count(key, len(chunk))
 
     def _send_file(self, f: Path, e: RepoEntry, sha: str | None, head: bool, linked: bool) -> None:
         size = e.size

@@ -98,6 +98,19 @@ def test_tree(hf: HfServer):
     assert badrev.status_code == 404 and badrev.headers["X-Error-Code"] == "RevisionNotFound"
 
 
+def test_lies_and_streams(hf: HfServer):
+    hf.lie("acme/tiny-GGUF/tiny-Q4_K_M.gguf", size=0, lfs=None)
+    hf.stream("acme/tiny-GGUF/config.json", lambda: iter([b"abc", b"def"]))
+    tree = requests.get(f"{hf.url}/api/models/acme/tiny-GGUF/tree/main", timeout=10).json()
+    q4 = next(e for e in tree if e["path"] == "tiny-Q4_K_M.gguf")
+    assert q4["size"] == 0 and "lfs" not in q4 and q4["oid"]
+    r = requests.get(f"{hf.url}/acme/tiny-GGUF/resolve/main/tiny-Q4_K_M.gguf", timeout=10)
+    assert r.content == Q4, "only the listing lies"
+    r = requests.get(f"{hf.url}/acme/tiny-GGUF/resolve/main/config.json", timeout=10)
+    assert r.content == b"abcdef" and "Content-Length" not in r.headers
+    assert hf.sent == {"acme/tiny-GGUF/config.json": 6}
+
+
 def test_resolve_and_range(hf: HfServer):
     base = f"{hf.url}/acme/tiny-GGUF/resolve/main"
     sha = hashlib.sha256(Q4).hexdigest()

@@ -5,47 +5,18 @@ by the real llama-server."""
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from harness import REPO, sha256_file
+from harness import sha256_file
+from hf_repos import HfServer, lines, make_hf_root, start
 from registry import FaultProxy
-
-sys.path.insert(0, str(REPO / "tests/hf"))
-from hf_server import HfServer  # noqa: E402
-
-PINNED = 1_714_566_896  # the repo's files' mtime: HF's lastModified, so model ids are reproducible
 
 
 @pytest.fixture
 def hf_root(tmp_path, supervisors) -> Path:
-    root = tmp_path / "hf"
-    repo = root / "testorg/tiny-GGUF"
-    repo.mkdir(parents=True)
-    shutil.copy(supervisors.prereqs.tiny_gguf, repo / "tiny-Q4_K_M.gguf")
-    shutil.copy(supervisors.other_tiny_model()["gguf"], repo / "tiny-Q8_0.gguf")
-    (repo / "README.md").write_text("# tiny\n")
-    st = root / "testorg/tiny-st"
-    subprocess.run([sys.executable, str(REPO / "scripts/make-tiny-safetensors-model.py"), str(st)], check=True,
-                   capture_output=True)
-    for p in root.rglob("*"):
-        if p.is_file():
-            os.utime(p, (PINNED, PINNED))
-    return root
-
-
-def lines(r) -> list[dict]:
-    return [json.loads(line) for line in r.text.splitlines() if line.strip()]
-
-
-def start(supervisors, endpoint: str, **kw):
-    return supervisors.start(models=[], extra=f'[registry]\nhf_endpoint = "{endpoint}"\n', **kw)
+    return make_hf_root(tmp_path / "hf", supervisors)
 
 
 def test_a_gguf_repo_gives_the_q4_k_m_file_by_default_and_another_by_tag(supervisors, hf_root):
