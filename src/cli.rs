@@ -12,6 +12,8 @@ use futures_util::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
 
+mod package;
+
 /// A client subcommand, as clap parses it (main.rs flattens these into the binary's subcommands).
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Action {
@@ -118,6 +120,7 @@ pub enum Action {
 }
 
 /// Why a command failed: printed as one line.
+#[derive(Debug)]
 pub struct Failure(pub String);
 
 impl<E: std::fmt::Display> From<E> for Failure {
@@ -201,6 +204,64 @@ impl Cli {
         Ok(())
     }
 
+    /// `package --gguf`: the files are read here, packaged into a temporary store on this machine and uploaded
+    /// as a model archive to `POST /models/load?tag=TARGET` (see `package.rs`), so the daemon is never given a
+    /// path and needs no access to them.
+    async fn package_and_upload(
+        &self,
+        model: String,
+        license: Option<String>,
+        chat_template: Option<String>,
+        target: &str,
+    ) -> Result<(), Failure> {
+        // Before copying a model of many GB: is the daemon there at all?
+        self.send(self.http.get(self.url("/version"))).await?;
+        let bar = if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::new(0);
+            if let Ok(style) = ProgressStyle::with_template(
+                "Packaging [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        let tag = target.to_string();
+        let reporter = bar.clone();
+        let packaged = tokio::task::spawn_blocking(move || {
+            let sources = package::Sources {
+                model: std::path::Path::new(&model),
+                license: license.as_deref().map(std::path::Path::new),
+                chat_template: chat_template.as_deref().map(std::path::Path::new),
+            };
+            package::Packaged::build(&sources, &tag, &mut |p| {
+                reporter.set_length(p.total);
+                reporter.set_position(p.current);
+            })
+        })
+        .await
+        .map_err(|e| Failure(format!("packaging stopped: {e}")))??;
+        bar.finish_and_clear();
+        let (id, name) = (packaged.id().to_string(), packaged.name().to_string());
+        let mut url = reqwest::Url::parse(&self.url("/models/load"))?;
+        url.query_pairs_mut().append_pair("tag", &name);
+        let request = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
+            .body(packaged.into_body());
+        let done = follow_progress(self.send(request).await?, "Uploaded").await?;
+        if done.id.as_deref().is_some_and(|loaded| loaded != id) {
+            return Err(Failure(format!(
+                "the daemon stored the upload as {}, not {id}",
+                done.id.unwrap_or_default()
+            )));
+        }
+        println!("Model packaged successfully as \"{name}\": {id}");
+        Ok(())
+    }
+
     pub async fn run(&self, action: Action) -> Result<(), Failure> {
         match action {
             Action::Pull { model } => {
@@ -251,23 +312,9 @@ impl Cli {
             } => {
                 let source = match (gguf, from) {
                     (Some(gguf), _) => {
-                        let abs = |p: &str| {
-                            std::fs::canonicalize(p)
-                                .map(|p| p.display().to_string())
-                                .map_err(|e| Failure(format!("{p}: {e}")))
-                        };
-                        let mut body = json!({"from": abs(&gguf)?, "name": target});
-                        if let Some(l) = &license {
-                            body["license"] = json!(abs(l)?);
-                        }
-                        if let Some(t) = &chat_template {
-                            body["chat_template"] = json!(abs(t)?);
-                        }
-                        let resp = self
-                            .send(self.http.post(self.url("/models/create")).json(&body))
+                        self.package_and_upload(gguf, license, chat_template, &target)
                             .await?;
-                        progress(resp, "Packaged").await?;
-                        // A context size is set by repackaging the import onto its own name.
+                        // A context size is set by repackaging the upload onto its own name.
                         target.clone()
                     }
                     (None, Some(from)) => from,
@@ -628,8 +675,25 @@ impl Cli {
     }
 }
 
-/// Renders DMR's NDJSON progress: one bar per layer with bytes, rate and time left; the final line's message.
+/// Renders DMR's NDJSON progress (see [`follow_progress`]) and prints the final line's message.
 async fn progress(resp: reqwest::Response, verb: &str) -> Result<(), Failure> {
+    let done = follow_progress(resp, verb).await?;
+    match done.id {
+        Some(id) => println!("{}: {id}", done.message),
+        None => println!("{}", done.message),
+    }
+    Ok(())
+}
+
+/// How a progress stream ended well: its `success` line's message, and the model's id when it gives one.
+struct Finished {
+    message: String,
+    id: Option<String>,
+}
+
+/// Renders DMR's NDJSON progress: one bar per layer with bytes, rate and time left (plain lines at each tenth
+/// without a terminal); the `success` line, or the `error` line's message as the failure.
+async fn follow_progress(resp: reqwest::Response, verb: &str) -> Result<Finished, Failure> {
     let bars = MultiProgress::with_draw_target(if std::io::stderr().is_terminal() {
         ProgressDrawTarget::stderr()
     } else {
@@ -644,7 +708,7 @@ async fn progress(resp: reqwest::Response, verb: &str) -> Result<(), Failure> {
     let mut last_percent = None;
     let mut stream = resp.bytes_stream();
     let mut buf = Vec::new();
-    let mut outcome: Option<Result<String, String>> = None;
+    let mut outcome: Option<Result<Finished, String>> = None;
     while let Some(chunk) = stream.next().await {
         buf.extend_from_slice(&chunk?);
         while let Some(i) = buf.iter().position(|b| *b == b'\n') {
@@ -685,10 +749,9 @@ async fn progress(resp: reqwest::Response, verb: &str) -> Result<(), Failure> {
                     }
                 }
                 Some("success") => {
-                    let message = v["message"].as_str().unwrap_or("done");
-                    outcome = Some(Ok(match v["id"].as_str() {
-                        Some(id) => format!("{message}: {id}"),
-                        None => message.to_string(),
+                    outcome = Some(Ok(Finished {
+                        message: v["message"].as_str().unwrap_or("done").to_string(),
+                        id: v["id"].as_str().map(str::to_string),
                     }))
                 }
                 Some("error") => {
@@ -702,10 +765,7 @@ async fn progress(resp: reqwest::Response, verb: &str) -> Result<(), Failure> {
         b.finish();
     }
     match outcome {
-        Some(Ok(m)) => {
-            println!("{m}");
-            Ok(())
-        }
+        Some(Ok(done)) => Ok(done),
         Some(Err(m)) => Err(Failure(m.trim_start_matches("Error: ").to_string())),
         None => Err(Failure(
             "the daemon closed the stream before it finished".into(),
