@@ -265,6 +265,13 @@ impl Cli {
     pub async fn run(&self, action: Action) -> Result<(), Failure> {
         match action {
             Action::Pull { model } => {
+                if names_a_path(&model) {
+                    // The daemon would take it as a path on *its* machine; the files are on this one.
+                    return Err(Failure(format!(
+                        "{model} is a file path, not a registry reference: upload a local model with \
+                         `package --gguf {model} NAME`"
+                    )));
+                }
                 let mut body = json!({"from": model});
                 if let Ok(t) = std::env::var("HF_TOKEN") {
                     if name_is_hf(&model) {
@@ -815,6 +822,13 @@ fn error_message(text: &str) -> Option<String> {
     }
 }
 
+/// Whether `POST /models/create` would take `from` as a path on the daemon's machine rather than a reference to
+/// pull (the daemon's rule).
+fn names_a_path(from: &str) -> bool {
+    let from = from.trim();
+    from.starts_with('/') || from.starts_with('.') || from.ends_with(".gguf")
+}
+
 fn name_is_hf(model: &str) -> bool {
     model.starts_with("hf.co/") || model.starts_with("huggingface.co/")
 }
@@ -897,6 +911,16 @@ mod tests {
             Some("model not found")
         );
         assert_eq!(error_message(""), None);
+    }
+
+    #[test]
+    fn pull_refuses_what_the_daemon_would_read_as_its_own_path() {
+        for path in ["/home/me/m.gguf", "./m.gguf", "../models", "m.gguf", " /x "] {
+            assert!(names_a_path(path), "{path}");
+        }
+        for reference in ["ai/smollm2", "localhost:5000/ns/m:v1", "hf.co/org/repo:Q4_K_M"] {
+            assert!(!names_a_path(reference), "{reference}");
+        }
     }
 
     #[test]
