@@ -2,7 +2,8 @@
 //! (`--host`, `$DMR_HOST`, default `http://127.0.0.1:12434`). `pull` and `push` draw a progress bar per layer
 //! with sizes and rates from DMR's NDJSON progress lines; `run MODEL PROMPT` streams the answer; `run MODEL`
 //! alone is an interactive chat (stdin lines; `/bye` or end of input quits). Errors are one line on stderr and a
-//! non-zero exit.
+//! non-zero exit. `package --gguf` reads its files here and uploads them (`package.rs`): no command gives the
+//! daemon a path on this machine.
 
 use std::collections::HashMap;
 use std::io::{BufRead, IsTerminal, Write};
@@ -23,8 +24,9 @@ pub enum Action {
     Push { model: String },
     /// Give a model another name (the name a push goes to).
     Tag { source: String, target: String },
-    /// Import a local GGUF file under a name, or repackage a model (--from) with another context size; push it
-    /// with --push.
+    /// Package a local GGUF file under a name (the files are read here and uploaded: the daemon needs no access
+    /// to them; a temporary copy is made under $TMPDIR), or repackage a model (--from) with another context size;
+    /// push it with --push.
     Package {
         #[arg(long, required_unless_present = "from", conflicts_with = "from")]
         gguf: Option<String>,
@@ -918,7 +920,11 @@ mod tests {
         for path in ["/home/me/m.gguf", "./m.gguf", "../models", "m.gguf", " /x "] {
             assert!(names_a_path(path), "{path}");
         }
-        for reference in ["ai/smollm2", "localhost:5000/ns/m:v1", "hf.co/org/repo:Q4_K_M"] {
+        for reference in [
+            "ai/smollm2",
+            "localhost:5000/ns/m:v1",
+            "hf.co/org/repo:Q4_K_M",
+        ] {
             assert!(!names_a_path(reference), "{reference}");
         }
     }

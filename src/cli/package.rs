@@ -137,7 +137,13 @@ mod tests {
             let reference_dir = tempfile::tempdir().unwrap();
             let reference = Store::open(reference_dir.path()).unwrap();
             let expected = reference
-                .package_gguf(&gguf, "ai/ref", lic.map(|p| p.as_path()), tpl.map(|p| p.as_path()), &mut |_| {})
+                .package_gguf(
+                    &gguf,
+                    "ai/ref",
+                    lic.map(|p| p.as_path()),
+                    tpl.map(|p| p.as_path()),
+                    &mut |_| {},
+                )
                 .unwrap();
             assert_eq!(packaged.id(), expected.id);
             let id = packaged.id().to_string();
