@@ -160,7 +160,7 @@ impl Cli {
                     self.host
                 ))
             } else {
-                Failure(e.to_string())
+                Failure(with_causes(&e))
             }
         })?;
         if resp.status().is_success() {
@@ -252,6 +252,10 @@ impl Cli {
             .http
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
+            // The daemon can answer before it has read this body's last chunk (it stops at the archive's first end
+            // block) and then close the connection: pooling it races the repackage or push that follows (seen
+            // once as "error sending request").
+            .header(reqwest::header::CONNECTION, "close")
             .body(packaged.into_body());
         let done = follow_progress(self.send(request).await?, "Uploaded").await?;
         if done.id.as_deref().is_some_and(|loaded| loaded != id) {
@@ -808,6 +812,20 @@ impl PercentStep for Option<u64> {
     }
 }
 
+/// An error with its causes, `a: b: c` (reqwest's own message hides why a request failed).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// The message of an error body in any of the daemon's dialects (plain text, OpenAI, Ollama).
 fn error_message(text: &str) -> Option<String> {
     let text = text.trim();
@@ -926,6 +944,28 @@ mod tests {
             "hf.co/org/repo:Q4_K_M",
         ] {
             assert!(!names_a_path(reference), "{reference}");
+        }
+    }
+
+    #[test]
+    fn failures_name_their_causes_once() {
+        let inner = std::io::Error::other("connection reset");
+        let outer = std::io::Error::other(Wrapped(inner));
+        assert_eq!(with_causes(&outer), "sending: connection reset");
+    }
+
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("sending")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
         }
     }
 

@@ -80,8 +80,10 @@ impl Packaged {
             let mut sync_writer = tokio_util::io::SyncIoBridge::new(writer);
             let result = archive::write_archive(&self.artifact, &mut sync_writer);
             drop(sync_writer);
-            drop(self);
+            // The body ends now, not after the temporary store is removed: a daemon that has answered must not be
+            // left waiting for the body's last chunk. (The client's runtime waits for this task before it exits.)
             let _ = done_tx.send(result.map_err(|e| e.to_string()));
+            drop(self);
         });
         let outcome = futures_util::stream::once(done_rx).filter_map(|r| async move {
             match r {
