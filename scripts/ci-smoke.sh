@@ -35,6 +35,8 @@ cat >"$work/config.toml" <<TOML
 listen = "127.0.0.1:0"
 [store]
 path = "$work/store"
+# The model is imported over the API from this machine's disk: allow its directory (none is by default).
+import_roots = ["$(cd "$(dirname "$gguf")" && pwd -P)"]
 [engines.llamacpp]
 binary = "$llama"
 TOML

@@ -17,11 +17,16 @@ registry=$(scripts/registry-env.sh | tail -n 1)  # Debian's docker-registry, for
 # the runner's own tests. A prefix of its own, so the tests never touch a user's installed runner.
 diffusers_py=$(engines/diffusers/install.sh "${XDG_CACHE_HOME:-$HOME/.cache}/dmr-supervisor/diffusers-test" | tail -n 1)
 "$diffusers_py" -c 'import pytest' 2>/dev/null || "$diffusers_py" -m pip install -q pytest==9.2.0 >&2
-if ! command -v systemd-analyze >/dev/null; then  # the unit-file test runs `systemd-analyze verify`
-  echo "installing Debian's systemd (for systemd-analyze)" >&2
+# Debian packages some tests run: systemd-analyze (the unit-file test), ip (the attack suite's caller from a
+# network namespace of its own).
+missing=()
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v ip >/dev/null || missing+=(iproute2)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing Debian's ${missing[*]} (about a minute)" >&2
   as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >&2
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 echo "llama-server: $llama"
 echo "python:       $python"

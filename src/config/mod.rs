@@ -197,7 +197,7 @@ impl Default for Config {
                 allowed_origins: Vec::new(),
                 max_body_bytes: 10 * 1024 * 1024,
                 shutdown_grace: Duration::from_secs(10),
-                header_read_timeout: Duration::from_secs(10),
+                header_read_timeout: Duration::from_secs(30),
                 max_connections: 1024,
                 max_json_elements: 50_000,
             },
@@ -707,7 +707,10 @@ impl Config {
                 "server.header_read_timeout",
                 a.header_read_timeout == b.header_read_timeout,
             ),
-            ("server.max_connections", a.max_connections == b.max_connections),
+            (
+                "server.max_connections",
+                a.max_connections == b.max_connections,
+            ),
             ("store.path", self.store.path == new.store.path),
             (
                 "engines.llamacpp.binary",

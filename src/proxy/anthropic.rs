@@ -18,7 +18,7 @@ use crate::api::ErrorKind;
 use crate::engines::{llamacpp, vllm, EngineKind, Mode, RunnerWishes};
 
 async fn read(app: &Arc<App>, req: http::Request<Incoming>) -> Result<MessagesIn, ApiError> {
-    let (_, body) = read_body(req, app.config().server.max_body_bytes).await?;
+    let (_, body) = read_body(req, app.body_limits()).await?;
     parse_json(&body)
 }
 

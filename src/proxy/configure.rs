@@ -22,7 +22,7 @@ pub async fn set(
     req: http::Request<Incoming>,
     in_path: Option<EngineKind>,
 ) -> Result<Response<Body>, ApiError> {
-    let (_, body) = read_body(req, app.config().server.max_body_bytes).await?;
+    let (_, body) = read_body(req, app.body_limits()).await?;
     let input: native::ConfigureRequest = parse_json(&body)?;
     let requested = input
         .model

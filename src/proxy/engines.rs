@@ -49,7 +49,7 @@ pub async fn unload(
     app: &Arc<App>,
     req: http::Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let (_, body) = read_body(req, app.config().server.max_body_bytes).await?;
+    let (_, body) = read_body(req, app.body_limits()).await?;
     let request: native::UnloadRequest = if body.is_empty() {
         Default::default()
     } else {
@@ -185,7 +185,7 @@ pub async fn install_backend(
             "installing engines is only allowed from loopback, the Unix socket, or with an API key",
         ));
     }
-    let (_, body) = read_body(req, app.config().server.max_body_bytes).await?;
+    let (_, body) = read_body(req, app.body_limits()).await?;
     let request: native::InstallRequest = parse_json(&body)?;
     let engine = EngineKind::from_name(&request.backend).ok_or_else(|| {
         ApiError::bad_request(format!(

@@ -28,8 +28,7 @@ pub async fn handle(
     engine: Option<EngineKind>,
     upstream: String,
 ) -> Result<Response<Body>, ApiError> {
-    let (parts, body) = read_body(req, app.config().server.max_body_bytes).await?;
-    super::http::check_depth(&body)?;
+    let (parts, body) = read_body(req, app.body_limits()).await?;
     let head: openai::RequestHead = parse_json(&body)?;
     let requested = match head.model {
         Some(m) if !m.is_empty() => m,

@@ -106,6 +106,15 @@ impl App {
         self.config.load_full()
     }
 
+    /// What a request body may be, from the running `[server]` settings.
+    pub fn body_limits(&self) -> http::BodyLimits {
+        let server = &self.config().server;
+        http::BodyLimits {
+            bytes: server.max_body_bytes,
+            json_elements: server.max_json_elements,
+        }
+    }
+
     pub fn access(&self) -> Arc<access::Access> {
         self.access.load_full()
     }
@@ -205,22 +214,35 @@ impl Server {
 
     /// Serves until `shutdown` fires, then stops accepting and waits up to the grace period for in-flight
     /// requests (streams included) to finish.
+    ///
+    /// At most `server.max_connections` connections are open at once: past it nothing more is accepted until one
+    /// closes, so further clients wait in the kernel's backlog instead of holding tasks and buffers here.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let graceful = GracefulShutdown::new();
         let unix = self.socket.as_ref().map(|(l, _)| l);
+        let open = Arc::new(tokio::sync::Semaphore::new(
+            self.app.config().server.max_connections,
+        ));
         loop {
+            let permit = tokio::select! {
+                permit = open.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break, // never closed
+                },
+                _ = shutdown.cancelled() => break,
+            };
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
                         let caller = Caller { trusted: false, local: peer.ip().is_loopback() };
-                        self.serve(stream, caller, &graceful);
+                        self.serve(stream, caller, &graceful, permit);
                     }
                     Err(e) => accept_failed(e).await,
                 },
                 accepted = async { unix.expect("guarded by the branch condition").accept().await }, if unix.is_some() => {
                     match accepted {
-                        Ok((stream, _)) => self.serve(stream, Caller { trusted: true, local: true }, &graceful),
+                        Ok((stream, _)) => self.serve(stream, Caller { trusted: true, local: true }, &graceful, permit),
                         Err(e) => accept_failed(e).await,
                     }
                 }
@@ -247,22 +269,32 @@ impl Server {
 }
 
 impl Server {
-    /// Serves one connection until it closes.
-    fn serve<I>(&self, io: I, caller: Caller, graceful: &GracefulShutdown)
-    where
+    /// Serves one connection until it closes, holding one of the `max_connections` permits. A request head must
+    /// arrive whole within `header_read_timeout` of the connection waiting for it (a slow client is cut off).
+    fn serve<I>(
+        &self,
+        io: I,
+        caller: Caller,
+        graceful: &GracefulShutdown,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let app = self.app.clone();
+        let header_read_timeout = app.config().server.header_read_timeout;
         let service = service_fn(move |req| {
             let app = app.clone();
             async move { Ok::<_, Infallible>(route(app, req, caller).await) }
         });
-        let http = hyper::server::conn::http1::Builder::new();
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(header_read_timeout);
         let conn = graceful.watch(http.serve_connection(TokioIo::new(io), service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(permit);
         });
     }
 }
@@ -460,7 +492,7 @@ async fn dispatch(
             },
         )),
         (&Method::GET, "/models") => models::list_native(app).await,
-        (&Method::POST, "/models/create") => models::create(app, req).await,
+        (&Method::POST, "/models/create") => models::create(app, req, caller).await,
         (&Method::GET, "/engines/ps") => engines::ps(app).await,
         (&Method::POST, "/engines/unload") => engines::unload(app, req).await,
         (&Method::GET, "/engines/status") => engines::status(app).await,

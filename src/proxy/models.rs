@@ -108,7 +108,7 @@ pub async fn repackage(
     req: http::Request<Incoming>,
     reference: String,
 ) -> Result<Response<Body>, ApiError> {
-    let (_, body) = read_body(req, app.config().server.max_body_bytes).await?;
+    let (_, body) = read_body(req, app.body_limits()).await?;
     let request: native::RepackageRequest = parse_json(&body)?;
     let target = request
         .target
@@ -191,35 +191,48 @@ pub async fn delete(
     Ok(json(StatusCode::OK, &removed_json(removed)))
 }
 
-/// `POST /models/create {"from": "/abs/path", "name"?: "ai/x"}`: imports a local GGUF file, safetensors or
-/// diffusers directory, or `.dduf` file, streaming DMR's
-/// NDJSON progress lines. Registry references are refused with 501 until registries are supported.
+/// `POST /models/create {"from": REF}`: pulls a registry or Hugging Face reference; or, with `"from": "/abs/path"`
+/// (and `license`, `chat_template` paths), imports a GGUF file, safetensors or diffusers directory, or `.dduf` file
+/// of the server's. Server paths are an operator's tool: only a local caller (loopback or the Unix socket) may name
+/// them, and only below `[store] import_roots` (`store::sources`); anyone else uploads a model archive
+/// (`POST /models/load`, which `dmr-supervisor package` uses). Streams DMR's NDJSON progress lines.
 pub async fn create(
     app: &Arc<App>,
     req: http::Request<Incoming>,
+    caller: super::Caller,
 ) -> Result<Response<Body>, ApiError> {
     let content_type = progress_type(req.headers());
-    let (_, body) = read_body(req, app.config().server.max_body_bytes).await?;
+    let (_, body) = read_body(req, app.body_limits()).await?;
     let create: native::CreateRequest = parse_json(&body)?;
     let from = create.from.trim();
     if from.is_empty() {
         return Err(ApiError::bad_request("\"from\" is empty"));
     }
     let looks_like_path = from.starts_with('/') || from.starts_with('.') || from.ends_with(".gguf");
-    if !looks_like_path {
+    let extras_given = create.license.is_some() || create.chat_template.is_some();
+    if !looks_like_path && !extras_given {
         return pull(app, from, create.bearer_token.as_deref(), content_type).await;
     }
-    let src = PathBuf::from(from);
-    if !src.is_absolute() {
-        return Err(ApiError::bad_request(format!(
-            "{from:?} is not an absolute path"
-        )));
+    if !caller.local {
+        // Nothing about the path is looked at, so the answer says nothing about the server's files.
+        return Err(ApiError::new(
+            ErrorKind::Forbidden,
+            "importing a server path is only allowed from loopback or the Unix socket; upload the model instead \
+             (dmr-supervisor package, or POST /models/load with a model archive)",
+        ));
     }
-    if !src.exists() {
-        return Err(ApiError::not_found(format!(
-            "no file or directory at {from}"
-        )));
-    }
+    let config = app.config();
+    let allowed = |given: &str| {
+        store::sources::allowed(given, &config.store.import_roots, app.store.root()).map_err(|e| {
+            let kind = match e {
+                store::sources::SourceError::NotPlain(_) => ErrorKind::BadRequest,
+                store::sources::SourceError::Missing(_) => ErrorKind::NotFound,
+                _ => ErrorKind::Forbidden,
+            };
+            ApiError::new(kind, e.to_string())
+        })
+    };
+    let src = allowed(from)?;
     let probe = src.clone();
     tokio::task::spawn_blocking(move || store::format::detect(&probe))
         .await
@@ -237,11 +250,9 @@ pub async fn create(
         (&create.chat_template, &mut extras.1, "chat_template"),
     ] {
         if let Some(p) = given {
-            let path = PathBuf::from(p);
-            if !path.is_absolute() || !path.is_file() {
-                return Err(ApiError::bad_request(format!(
-                    "{what} {p:?} is not an absolute path to a file"
-                )));
+            let path = allowed(p)?;
+            if !path.is_file() {
+                return Err(ApiError::bad_request(format!("{what} {p:?} is not a file")));
             }
             *slot = Some(path);
         }
@@ -455,7 +466,7 @@ pub async fn push(
     reference: String,
 ) -> Result<Response<Body>, ApiError> {
     let content_type = progress_type(req.headers());
-    let (_, body) = read_body(req, app.config().server.max_body_bytes).await?;
+    let (_, body) = read_body(req, app.body_limits()).await?;
     let bearer = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {

@@ -121,7 +121,7 @@ pub async fn ps(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
 
 /// The model a `{"model": ...}` (or older `{"name": ...}`) body names.
 async fn model_named_in(app: &Arc<App>, req: http::Request<Incoming>) -> Result<String, ApiError> {
-    let (_, body) = read_body(req, app.config().server.max_body_bytes).await?;
+    let (_, body) = read_body(req, app.body_limits()).await?;
     let named: ollama::ShowIn = parse_json(&body)?;
     named
         .model
@@ -172,7 +172,7 @@ pub async fn chat(
     app: &Arc<App>,
     req: http::Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let (_, body) = read_body(req, app.config().server.max_body_bytes).await?;
+    let (_, body) = read_body(req, app.body_limits()).await?;
     let chat: ollama::ChatIn = parse_json(&body)?;
     let wishes = chat.wishes().map_err(ApiError::bad_request)?;
     let request = chat.to_openai().map_err(ApiError::bad_request)?;
@@ -191,7 +191,7 @@ pub async fn generate(
     app: &Arc<App>,
     req: http::Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let (_, body) = read_body(req, app.config().server.max_body_bytes).await?;
+    let (_, body) = read_body(req, app.body_limits()).await?;
     let gen: ollama::GenerateIn = parse_json(&body)?;
     let wishes = gen.wishes().map_err(ApiError::bad_request)?;
     let request = gen.to_openai().map_err(ApiError::bad_request)?;
@@ -303,7 +303,7 @@ pub async fn embed(
     req: http::Request<Incoming>,
     legacy: bool,
 ) -> Result<Response<Body>, ApiError> {
-    let (_, body) = read_body(req, app.config().server.max_body_bytes).await?;
+    let (_, body) = read_body(req, app.body_limits()).await?;
     let input: ollama::EmbedIn = parse_json(&body)?;
     require_model(&input.model)?;
     let wishes = input.wishes().map_err(ApiError::bad_request)?;
@@ -355,7 +355,7 @@ pub async fn pull(
     app: &Arc<App>,
     req: http::Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let (_, body) = read_body(req, app.config().server.max_body_bytes).await?;
+    let (_, body) = read_body(req, app.body_limits()).await?;
     let input: ollama::PullIn = parse_json(&body)?;
     let from = input
         .model

@@ -50,7 +50,7 @@ const MAX_FILES: usize = 4096;
 /// A safetensors header larger than this is not read (the format allows 100 MB; real ones are far smaller).
 const MAX_HEADER: u64 = 100 << 20;
 
-/// What `src` holds. A file is GGUF unless it ends in `.dduf`; a directory is a diffusers pipeline when it has
+/// What `src` holds. A file is GGUF when it starts with GGUF's magic, or a `.dduf` file; a directory is a diffusers pipeline when it has
 /// `model_index.json`, else a safetensors model when it has `config.json` and `*.safetensors` files.
 pub fn detect(src: &Path) -> Result<ModelFormat, StoreError> {
     let meta = fs::metadata(src).map_err(io_err(src))?;
@@ -58,11 +58,20 @@ pub fn detect(src: &Path) -> Result<ModelFormat, StoreError> {
         let dduf = src
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("dduf"));
-        return Ok(if dduf {
-            ModelFormat::Dduf
-        } else {
-            ModelFormat::Gguf
-        });
+        if dduf {
+            return Ok(ModelFormat::Dduf);
+        }
+        // Checked here, before an import starts streaming, so a wrong file is a clear 400 (its bytes not shown).
+        let mut magic = [0u8; 4];
+        let read = File::open(src).and_then(|mut f| f.read_exact(&mut magic));
+        if read.is_err() || &magic != b"GGUF" {
+            return Err(StoreError::NotAModel {
+                path: src.to_path_buf(),
+                detail: "not a GGUF file (it does not start with \"GGUF\"), nor a .dduf file"
+                    .into(),
+            });
+        }
+        return Ok(ModelFormat::Gguf);
     }
     if !meta.is_dir() {
         return Err(StoreError::NotAModel {
@@ -92,9 +101,11 @@ pub fn detect(src: &Path) -> Result<ModelFormat, StoreError> {
     }
 }
 
-/// Every regular file under `dir` (hidden files and directories skipped, symlinks followed), as (path relative
-/// to `dir`, absolute path), sorted by relative path so that imports are deterministic.
+/// Every regular file under `dir` (hidden files and directories skipped), as (path relative to `dir`, absolute
+/// path), sorted by relative path so that imports are deterministic. A symlink is followed only to a file inside
+/// `dir`: one that leads out of it (a server file, `/proc/self/environ`), or to a directory, is an error.
 pub fn list_files(dir: &Path) -> Result<Vec<(PathBuf, PathBuf)>, StoreError> {
+    let real_dir = fs::canonicalize(dir).map_err(io_err(dir))?;
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -104,7 +115,26 @@ pub fn list_files(dir: &Path) -> Result<Vec<(PathBuf, PathBuf)>, StoreError> {
             if entry.file_name().to_string_lossy().starts_with('.') {
                 continue;
             }
-            let meta = fs::metadata(&path).map_err(io_err(&path))?;
+            let mut meta = fs::symlink_metadata(&path).map_err(io_err(&path))?;
+            if meta.file_type().is_symlink() {
+                // A link may point at another file of the model (Hugging Face's cache does), never out of it.
+                let inside = fs::canonicalize(&path).is_ok_and(|t| t.starts_with(&real_dir));
+                meta = fs::metadata(&path).map_err(io_err(&path))?;
+                if !inside || meta.is_dir() {
+                    return Err(StoreError::NotAModel {
+                        path: dir.to_path_buf(),
+                        detail: format!(
+                            "{} is a symlink to {} outside the model's files",
+                            path.strip_prefix(dir).unwrap_or(&path).display(),
+                            if meta.is_dir() {
+                                "a directory"
+                            } else {
+                                "a file"
+                            }
+                        ),
+                    });
+                }
+            }
             if meta.is_dir() {
                 stack.push(path);
             } else if meta.is_file() {
@@ -307,6 +337,44 @@ mod tests {
         let dduf = dir.path().join("x.dduf");
         fs::write(&dduf, "zip").unwrap();
         assert_eq!(detect(&dduf).unwrap(), ModelFormat::Dduf);
+    }
+
+    #[test]
+    fn symlinks_are_followed_inside_the_model_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (model, outside) = (dir.path().join("m"), dir.path().join("secret"));
+        fs::create_dir_all(model.join("blobs")).unwrap();
+        fs::write(model.join("blobs/weights"), "w").unwrap();
+        fs::write(&outside, "HF_TOKEN=hf_secret").unwrap();
+        std::os::unix::fs::symlink("blobs/weights", model.join("model.safetensors")).unwrap();
+        let rels: Vec<_> = list_files(&model)
+            .unwrap()
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
+        assert_eq!(
+            rels,
+            [
+                PathBuf::from("blobs/weights"),
+                PathBuf::from("model.safetensors")
+            ]
+        );
+        for (name, target) in [
+            ("tokenizer.json", outside.clone()),
+            ("environ", PathBuf::from("/proc/self/environ")),
+            ("up", dir.path().to_path_buf()),
+            ("loop", model.join("blobs")),
+        ] {
+            std::os::unix::fs::symlink(&target, model.join(name)).unwrap();
+            let err = list_files(&model).unwrap_err().to_string();
+            assert!(err.contains(&format!("{name} is a symlink to")), "{err}");
+            let shown = |p: &Path| err.contains(&*p.to_string_lossy());
+            assert!(
+                !err.contains("hf_secret") && !shown(&outside) && !err.contains("/proc"),
+                "{err}"
+            );
+            fs::remove_file(model.join(name)).unwrap();
+        }
     }
 
     #[test]

@@ -30,7 +30,8 @@ pub enum GgufError {
     Io { offset: u64, source: io::Error },
     #[error("GGUF data truncated at offset {offset}: wanted {wanted} more bytes")]
     Truncated { offset: u64, wanted: u64 },
-    #[error("not a GGUF file: magic is {0:02x?}, expected \"GGUF\"")]
+    // The bytes read are not shown: the file may be anything of the server's.
+    #[error("not a GGUF file (it does not start with \"GGUF\")")]
     BadMagic([u8; 4]),
     #[error("unsupported GGUF version {0} (only 2 and 3 are supported)")]
     UnsupportedVersion(u32),

@@ -10,6 +10,7 @@ pub mod format;
 pub mod gguf;
 pub mod name;
 pub mod pulled;
+pub mod sources;
 
 mod artifact;
 mod fsutil;

@@ -395,7 +395,8 @@ class SupervisorFactory:
     def write_config(self, *, models: list[dict] | None = None, server: dict | None = None,
                      scheduler: dict | None = None, store: Path | None = None, extra: str = "",
                      name: str | None = None, engine_binary: str | None = None,
-                     engines: dict[str, dict] | None = None) -> tuple[Path, Path, Path]:
+                     engines: dict[str, dict] | None = None,
+                     store_table: dict[str, Any] | None = None) -> tuple[Path, Path, Path]:
         self._n += 1
         d = self.tmp / (name or f"sup{self._n}")
         d.mkdir(parents=True, exist_ok=True)
@@ -407,7 +408,9 @@ class SupervisorFactory:
         store = store or d / "store"
         tables = {
             "server": {"listen": "127.0.0.1:0", "shutdown_grace": "10s", **(server or {})},
-            "store": {"path": str(store)},
+            # Tests import their own files over the API (the daemon refuses server paths outside import_roots).
+            "store": {"path": str(store), "import_roots": [str(self.tmp), str(self.prereqs.tiny_gguf.parent)],
+                      **(store_table or {})},
             "engines.llamacpp": {"binary": engine_binary or str(wrapper)},
             "scheduler": {"keep_alive": "5m", "startup_timeout": "60s", "stop_timeout": "5s", **(scheduler or {})},
             **{f"engines.{k}": v for k, v in (engines or {}).items()},
@@ -462,10 +465,11 @@ class SupervisorFactory:
                 pytest.fail(f"dmr-supervisor exited with {rc} before listening; stdout: {seen!r}\n"
                             + sup.diagnostics(), pytrace=False)
             seen.append(line)
-            prefix = "listening on 127.0.0.1:"
-            if line.startswith(prefix):
-                sup.port = int(line[len(prefix):].strip())
-                return sup
+            # 127.0.0.1:PORT, or 0.0.0.0:PORT for tests that call from another address (reached on 127.0.0.1 too)
+            for prefix in ("listening on 127.0.0.1:", "listening on 0.0.0.0:"):
+                if line.startswith(prefix):
+                    sup.port = int(line[len(prefix):].strip())
+                    return sup
 
     def run_to_exit(self, cfg: Path, timeout: float = 20.0) -> tuple[int, str, str]:
         """Run the binary on a config that is expected to make it exit; returns (rc, stdout, stderr)."""

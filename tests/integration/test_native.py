@@ -79,7 +79,7 @@ def test_create_default_name_and_text_plain(supervisors, prereqs, tmp_path):
         ({"from": "./tiny.gguf"}, 400),  # relative path
         ({"from": "../models/tiny.gguf", "name": "ai/x"}, 400),  # relative path
         ({"name": "ai/x"}, 400),  # missing `from`
-        ({"from": "/nonexistent/dir/model.gguf"}, 404),
+        ({"from": "/nonexistent/dir/model.gguf"}, 403),  # outside [store] import_roots: existence not told
         ({"from": "127.0.0.1:1/ai/smollm2:360M-Q4_K_M"}, 502),  # a registry that does not answer
         ({"from": "hf.co/org"}, 400),  # not hf.co/ORG/REPO
     ],
