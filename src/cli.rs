@@ -2,7 +2,8 @@
 //! (`--host`, `$DMR_HOST`, default `http://127.0.0.1:12434`). `pull` and `push` draw a progress bar per layer
 //! with sizes and rates from DMR's NDJSON progress lines; `run MODEL PROMPT` streams the answer; `run MODEL`
 //! alone is an interactive chat (stdin lines; `/bye` or end of input quits). Errors are one line on stderr and a
-//! non-zero exit.
+//! non-zero exit. `package --gguf` reads its files here and uploads them (`package.rs`): no command gives the
+//! daemon a path on this machine.
 
 use std::collections::HashMap;
 use std::io::{BufRead, IsTerminal, Write};
@@ -11,6 +12,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
+
+mod package;
 
 /// A client subcommand, as clap parses it (main.rs flattens these into the binary's subcommands).
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -21,8 +24,9 @@ pub enum Action {
     Push { model: String },
     /// Give a model another name (the name a push goes to).
     Tag { source: String, target: String },
-    /// Import a local GGUF file under a name, or repackage a model (--from) with another context size; push it
-    /// with --push.
+    /// Package a local GGUF file under a name (the files are read here and uploaded: the daemon needs no access
+    /// to them; a temporary copy is made under $TMPDIR), or repackage a model (--from) with another context size;
+    /// push it with --push.
     Package {
         #[arg(long, required_unless_present = "from", conflicts_with = "from")]
         gguf: Option<String>,
@@ -118,6 +122,7 @@ pub enum Action {
 }
 
 /// Why a command failed: printed as one line.
+#[derive(Debug)]
 pub struct Failure(pub String);
 
 impl<E: std::fmt::Display> From<E> for Failure {
@@ -155,7 +160,7 @@ impl Cli {
                     self.host
                 ))
             } else {
-                Failure(e.to_string())
+                Failure(with_causes(&e))
             }
         })?;
         if resp.status().is_success() {
@@ -201,9 +206,78 @@ impl Cli {
         Ok(())
     }
 
+    /// `package --gguf`: the files are read here, packaged into a temporary store on this machine and uploaded
+    /// as a model archive to `POST /models/load?tag=TARGET` (see `package.rs`), so the daemon is never given a
+    /// path and needs no access to them.
+    async fn package_and_upload(
+        &self,
+        model: String,
+        license: Option<String>,
+        chat_template: Option<String>,
+        target: &str,
+    ) -> Result<(), Failure> {
+        // Before copying a model of many GB: is the daemon there at all?
+        self.send(self.http.get(self.url("/version"))).await?;
+        let bar = if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::new(0);
+            if let Ok(style) = ProgressStyle::with_template(
+                "Packaging [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        let tag = target.to_string();
+        let reporter = bar.clone();
+        let packaged = tokio::task::spawn_blocking(move || {
+            let sources = package::Sources {
+                model: std::path::Path::new(&model),
+                license: license.as_deref().map(std::path::Path::new),
+                chat_template: chat_template.as_deref().map(std::path::Path::new),
+            };
+            package::Packaged::build(&sources, &tag, &mut |p| {
+                reporter.set_length(p.total);
+                reporter.set_position(p.current);
+            })
+        })
+        .await
+        .map_err(|e| Failure(format!("packaging stopped: {e}")))??;
+        bar.finish_and_clear();
+        let (id, name) = (packaged.id().to_string(), packaged.name().to_string());
+        let mut url = reqwest::Url::parse(&self.url("/models/load"))?;
+        url.query_pairs_mut().append_pair("tag", &name);
+        let request = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
+            // The daemon can answer before it has read this body's last chunk (it stops at the archive's first end
+            // block) and then close the connection: pooling it races the repackage or push that follows (seen
+            // once as "error sending request").
+            .header(reqwest::header::CONNECTION, "close")
+            .body(packaged.into_body());
+        let done = follow_progress(self.send(request).await?, "Uploaded").await?;
+        if done.id.as_deref().is_some_and(|loaded| loaded != id) {
+            return Err(Failure(format!(
+                "the daemon stored the upload as {}, not {id}",
+                done.id.unwrap_or_default()
+            )));
+        }
+        println!("Model packaged successfully as \"{name}\": {id}");
+        Ok(())
+    }
+
     pub async fn run(&self, action: Action) -> Result<(), Failure> {
         match action {
             Action::Pull { model } => {
+                if names_a_path(&model) {
+                    // The daemon would take it as a path on *its* machine; the files are on this one.
+                    return Err(Failure(format!(
+                        "{model} is a file path, not a registry reference: upload a local model with \
+                         `package --gguf {model} NAME`"
+                    )));
+                }
                 let mut body = json!({"from": model});
                 if let Ok(t) = std::env::var("HF_TOKEN") {
                     if name_is_hf(&model) {
@@ -251,23 +325,9 @@ impl Cli {
             } => {
                 let source = match (gguf, from) {
                     (Some(gguf), _) => {
-                        let abs = |p: &str| {
-                            std::fs::canonicalize(p)
-                                .map(|p| p.display().to_string())
-                                .map_err(|e| Failure(format!("{p}: {e}")))
-                        };
-                        let mut body = json!({"from": abs(&gguf)?, "name": target});
-                        if let Some(l) = &license {
-                            body["license"] = json!(abs(l)?);
-                        }
-                        if let Some(t) = &chat_template {
-                            body["chat_template"] = json!(abs(t)?);
-                        }
-                        let resp = self
-                            .send(self.http.post(self.url("/models/create")).json(&body))
+                        self.package_and_upload(gguf, license, chat_template, &target)
                             .await?;
-                        progress(resp, "Packaged").await?;
-                        // A context size is set by repackaging the import onto its own name.
+                        // A context size is set by repackaging the upload onto its own name.
                         target.clone()
                     }
                     (None, Some(from)) => from,
@@ -628,8 +688,25 @@ impl Cli {
     }
 }
 
-/// Renders DMR's NDJSON progress: one bar per layer with bytes, rate and time left; the final line's message.
+/// Renders DMR's NDJSON progress (see [`follow_progress`]) and prints the final line's message.
 async fn progress(resp: reqwest::Response, verb: &str) -> Result<(), Failure> {
+    let done = follow_progress(resp, verb).await?;
+    match done.id {
+        Some(id) => println!("{}: {id}", done.message),
+        None => println!("{}", done.message),
+    }
+    Ok(())
+}
+
+/// How a progress stream ended well: its `success` line's message, and the model's id when it gives one.
+struct Finished {
+    message: String,
+    id: Option<String>,
+}
+
+/// Renders DMR's NDJSON progress: one bar per layer with bytes, rate and time left (plain lines at each tenth
+/// without a terminal); the `success` line, or the `error` line's message as the failure.
+async fn follow_progress(resp: reqwest::Response, verb: &str) -> Result<Finished, Failure> {
     let bars = MultiProgress::with_draw_target(if std::io::stderr().is_terminal() {
         ProgressDrawTarget::stderr()
     } else {
@@ -644,7 +721,7 @@ async fn progress(resp: reqwest::Response, verb: &str) -> Result<(), Failure> {
     let mut last_percent = None;
     let mut stream = resp.bytes_stream();
     let mut buf = Vec::new();
-    let mut outcome: Option<Result<String, String>> = None;
+    let mut outcome: Option<Result<Finished, String>> = None;
     while let Some(chunk) = stream.next().await {
         buf.extend_from_slice(&chunk?);
         while let Some(i) = buf.iter().position(|b| *b == b'\n') {
@@ -685,10 +762,9 @@ async fn progress(resp: reqwest::Response, verb: &str) -> Result<(), Failure> {
                     }
                 }
                 Some("success") => {
-                    let message = v["message"].as_str().unwrap_or("done");
-                    outcome = Some(Ok(match v["id"].as_str() {
-                        Some(id) => format!("{message}: {id}"),
-                        None => message.to_string(),
+                    outcome = Some(Ok(Finished {
+                        message: v["message"].as_str().unwrap_or("done").to_string(),
+                        id: v["id"].as_str().map(str::to_string),
                     }))
                 }
                 Some("error") => {
@@ -702,10 +778,7 @@ async fn progress(resp: reqwest::Response, verb: &str) -> Result<(), Failure> {
         b.finish();
     }
     match outcome {
-        Some(Ok(m)) => {
-            println!("{m}");
-            Ok(())
-        }
+        Some(Ok(done)) => Ok(done),
         Some(Err(m)) => Err(Failure(m.trim_start_matches("Error: ").to_string())),
         None => Err(Failure(
             "the daemon closed the stream before it finished".into(),
@@ -739,6 +812,20 @@ impl PercentStep for Option<u64> {
     }
 }
 
+/// An error with its causes, `a: b: c` (reqwest's own message hides why a request failed).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// The message of an error body in any of the daemon's dialects (plain text, OpenAI, Ollama).
 fn error_message(text: &str) -> Option<String> {
     let text = text.trim();
@@ -753,6 +840,13 @@ fn error_message(text: &str) -> Option<String> {
             .or(Some(text.to_string())),
         Err(_) => Some(text.to_string()),
     }
+}
+
+/// Whether `POST /models/create` would take `from` as a path on the daemon's machine rather than a reference to
+/// pull (the daemon's rule).
+fn names_a_path(from: &str) -> bool {
+    let from = from.trim();
+    from.starts_with('/') || from.starts_with('.') || from.ends_with(".gguf")
 }
 
 fn name_is_hf(model: &str) -> bool {
@@ -837,6 +931,42 @@ mod tests {
             Some("model not found")
         );
         assert_eq!(error_message(""), None);
+    }
+
+    #[test]
+    fn pull_refuses_what_the_daemon_would_read_as_its_own_path() {
+        for path in ["/home/me/m.gguf", "./m.gguf", "../models", "m.gguf", " /x "] {
+            assert!(names_a_path(path), "{path}");
+        }
+        for reference in [
+            "ai/smollm2",
+            "localhost:5000/ns/m:v1",
+            "hf.co/org/repo:Q4_K_M",
+        ] {
+            assert!(!names_a_path(reference), "{reference}");
+        }
+    }
+
+    #[test]
+    fn failures_name_their_causes_once() {
+        let inner = std::io::Error::other("connection reset");
+        let outer = std::io::Error::other(Wrapped(inner));
+        assert_eq!(with_causes(&outer), "sending: connection reset");
+    }
+
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("sending")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
     }
 
     #[test]

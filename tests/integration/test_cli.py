@@ -4,16 +4,23 @@ prompt chats over stdin, and every failure is one `error:` line with a non-zero 
 
 from __future__ import annotations
 
+import io
+import json
+import os
 import subprocess
+import tarfile
+from pathlib import Path
 
 import pytest
 
 from registry import Registry, get_manifest
 
 
-def cli(supervisors, sup, *args: str, input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def cli(supervisors, sup, *args: str, input: str | None = None, timeout: float = 120,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([str(supervisors.prereqs.supervisor), "--host", f"http://127.0.0.1:{sup.port}", *args],
-                          capture_output=True, text=True, input=input, timeout=timeout)
+                          capture_output=True, text=True, input=input, timeout=timeout,
+                          env=dict(os.environ, **(env or {})))
 
 
 def ok(p: subprocess.CompletedProcess) -> str:
@@ -123,3 +130,96 @@ def test_pull_and_push_show_progress_to_100_percent(supervisors, tmp_path):
         assert f"{reg.host}/cli/packaged:v2" in ok(cli(supervisors, c, "ps"))
         [logged] = [r for r in c.get("/engines/requests").json() if r.get("model", "").endswith("cli/packaged:v2")]
         assert logged["status"] == 200 and logged["complete"], logged
+
+
+def with_import_roots(cfg: Path, roots: list[str]) -> None:
+    """Sets `[store] import_roots` in a written config to exactly `roots`, whatever the harness put there."""
+    lines = [l for l in cfg.read_text().splitlines() if not l.strip().startswith("import_roots")]
+    lines.insert(lines.index("[store]") + 1, f"import_roots = {json.dumps(roots)}")
+    cfg.write_text("\n".join(lines) + "\n")
+
+
+def blobs(store: Path) -> list[str]:
+    return sorted(p.name for p in (store / "blobs/sha256").iterdir())
+
+
+def test_package_uploads_to_a_daemon_that_reads_no_server_paths(supervisors, tmp_path):
+    """`package --gguf` reads the files on the client and uploads the model as an archive to `POST /models/load`:
+    it works against a daemon with no `import_roots`, which refuses the very same file given as a server path. The
+    model gets the id a server-side import of the same files gives, carries its license and chat template, and
+    serves through the real llama-server; the client's temporary store is gone afterwards."""
+    gguf = supervisors.prereqs.tiny_gguf
+    files = tmp_path / "client"
+    files.mkdir()
+    (files / "LICENSE").write_text("MIT, from the client\n")
+    template = ("You are a careful assistant who answers briefly. " * 40
+                + "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:")
+    (files / "template.jinja").write_text(template)
+    cfg, store, log = supervisors.write_config(name="noroots", models=[])
+    with_import_roots(cfg, [])
+    sup = supervisors.start_with(cfg, store, log)
+
+    # A server path is refused by this daemon, and leaves nothing in its store.
+    for body in ({"from": str(gguf), "name": "ai/by-path"},
+                 {"from": str(gguf), "name": "ai/by-path", "license": str(files / "LICENSE")}):
+        r = sup.post("/models/create", body)
+        assert r.status_code == 403, (r.status_code, r.text)
+        assert "MIT, from the client" not in r.text and "GGUF" not in r.text, r.text
+    assert sup.get("/models").json() == [] and blobs(store) == []
+
+    client_tmp = tmp_path / "client-tmp"
+    client_tmp.mkdir()
+    p = cli(supervisors, sup, "package", "--gguf", str(gguf), "--license", str(files / "LICENSE"),
+            "--chat-template", str(files / "template.jinja"), "cli/uploaded:v1", env={"TMPDIR": str(client_tmp)})
+    out = ok(p).strip().splitlines()
+    model = sup.get("/models/cli/uploaded:v1").json()
+    assert out[-1] == f'Model packaged successfully as "cli/uploaded:v1": {model["id"]}', out
+    assert p.stderr.strip().splitlines()[-1].startswith("Uploaded: 100%"), p.stderr
+    assert list(client_tmp.iterdir()) == [], "the client's temporary store is removed"
+    plain = ok(cli(supervisors, sup, "package", "--gguf", str(gguf), "cli/plain", env={"TMPDIR": str(client_tmp)}))
+    plain_id = sup.get("/models/cli/plain").json()["id"]
+    assert plain.strip().splitlines()[-1] == f'Model packaged successfully as "cli/plain:latest": {plain_id}'
+    assert list(client_tmp.iterdir()) == []
+
+    # The license and the chat template arrived as DMR's layers, byte for byte; nothing else is in the store.
+    r = sup.get("/models/cli/uploaded:v1/export")
+    assert r.status_code == 200, r.text
+    with tarfile.open(fileobj=io.BytesIO(r.content)) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))
+        layer = {l["mediaType"]: tar.extractfile(f"blobs/sha256/{l['digest'][7:]}").read()
+                 for l in manifest["layers"]}
+    assert list(layer) == ["application/vnd.docker.ai.gguf.v3", "application/vnd.docker.ai.license",
+                           "application/vnd.docker.ai.chat.template.jinja"]
+    assert layer["application/vnd.docker.ai.gguf.v3"] == gguf.read_bytes()
+    assert layer["application/vnd.docker.ai.license"] == b"MIT, from the client\n"
+    assert layer["application/vnd.docker.ai.chat.template.jinja"] == template.encode()
+    # Three layers and a config for the packaged model; the plain one shares the weights and has its own config.
+    assert len(blobs(store)) == 5, blobs(store)
+
+    # It serves through the real llama-server, with the packaged template.
+    r = sup.chat("cli/uploaded:v1", max_tokens=4)
+    assert r.status_code == 200, r.text
+    [spawn] = [s for s in sup.spawns() if "--chat-template-file" in s.argv]
+    assert Path(spawn.argv[spawn.argv.index("--chat-template-file") + 1]).read_text() == template
+    assert sup.chat("cli/plain", max_tokens=4).status_code == 200
+
+    # The ids are those a server-side import of the same files gives (on a daemon allowed to read them).
+    ref_cfg, ref_store, ref_log = supervisors.write_config(name="withroots")
+    with_import_roots(ref_cfg, [str(files), str(gguf.parent)])
+    ref = supervisors.start_with(ref_cfg, ref_store, ref_log)
+    assert ref.get("/models/ai/tiny").json()["id"] == plain_id
+    r = ref.post("/models/create", {"from": str(gguf), "name": "ai/by-path", "license": str(files / "LICENSE"),
+                                    "chat_template": str(files / "template.jinja")})
+    assert r.status_code == 200 and json.loads(r.text.strip().splitlines()[-1])["type"] == "success", r.text
+    assert ref.get("/models/ai/by-path").json()["id"] == model["id"]
+
+    # A file that is not there fails on the client, before anything is sent; so does a TMPDIR that is not there
+    # (the temporary store goes where TMPDIR says).
+    failed(cli(supervisors, sup, "package", "--gguf", str(files / "nope.gguf"), "cli/nope"), "nope.gguf")
+    failed(cli(supervisors, sup, "package", "--gguf", str(gguf), "cli/nope", env={"TMPDIR": str(files / "no-dir")}),
+           "cannot make a temporary store")
+    assert sup.get("/models/cli/nope").status_code == 404
+    # `pull` of a local path says to package it, and sends nothing the daemon would read as its own path.
+    failed(cli(supervisors, sup, "pull", str(gguf)), "package --gguf")
+    assert len(blobs(store)) == 5 and len(sup.get("/models").json()) == 2
+    assert len(blobs(store)) == 5
