@@ -383,7 +383,10 @@ async fn route(app: Arc<App>, req: Request<Incoming>, caller: Caller) -> Respons
         .scope(std::cell::RefCell::default(), async {
             let resp = dispatch(&app, req, &path, caller)
                 .await
-                .unwrap_or_else(|e| e.into_response(dialect));
+                .unwrap_or_else(|mut e| {
+                    e.message = app.store.redact(&e.message);
+                    e.into_response(dialect)
+                });
             (resp, NOTE.with(|n| std::mem::take(&mut *n.borrow_mut())))
         })
         .await;

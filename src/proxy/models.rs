@@ -290,7 +290,7 @@ pub async fn create(
             }
             Err(e) => {
                 tracing::warn!(model = tag, error = %e, "import failed");
-                native::ProgressLine::error(&e.to_string())
+                native::ProgressLine::error(&app.store.redact(&e.to_string()))
             }
         };
         let _ = tx.send(line.to_line());
@@ -397,7 +397,9 @@ pub fn start_pull(
             Err(e) => tracing::warn!(model = tag, error = %e, "pull failed"),
         }
         let _ = tx.send(encode(PullEvent::Done(
-            result.map(|_| cached).map_err(|e| e.to_string()),
+            result
+                .map(|_| cached)
+                .map_err(|e| app.store.redact(&e.to_string())),
         )));
     });
     rx

@@ -226,6 +226,12 @@ impl Store {
         &self.root
     }
 
+    /// `message` with the store's own directory written `<store>`: an error a caller sees names files in the
+    /// store, never where the store lies on the server (the log keeps the whole path).
+    pub fn redact(&self, message: &str) -> String {
+        message.replace(&*self.root.to_string_lossy(), "<store>")
+    }
+
     /// Every model, in index order. An entry whose files are damaged is logged and skipped.
     pub fn list(&self) -> Result<Vec<Model>, StoreError> {
         let _guard = self.lock();

@@ -627,3 +627,17 @@ fn a_bad_archive_leaves_the_store_as_it_was() {
     assert_eq!(snapshot(&g.root), before);
     assert!(g.store.list().unwrap().is_empty());
 }
+
+#[test]
+fn errors_shown_to_callers_name_the_store_not_its_place_on_the_server() {
+    let f = fixture();
+    let root = f.store.root().display().to_string();
+    let err = StoreError::NotAModel {
+        path: f.store.root().join("hf-staging/x/model.gguf"),
+        detail: "not a GGUF file".into(),
+    };
+    let shown = f.store.redact(&err.to_string());
+    assert_eq!(shown, "<store>/hf-staging/x/model.gguf is not a model: not a GGUF file");
+    assert!(!shown.contains(&root), "{shown}");
+    assert_eq!(f.store.redact("/srv/other/file"), "/srv/other/file");
+}
