@@ -20,6 +20,8 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(_) => ErrorKind::NotFound,
             StoreError::BadName(_) | StoreError::BadArchive(_) => ErrorKind::BadRequest,
             StoreError::Conflict(_) => ErrorKind::Conflict,
+            // A manifest that disagrees with its blobs: the model cannot be exported or pushed as it is.
+            StoreError::SizeMismatch { .. } => ErrorKind::Unprocessable,
             _ => ErrorKind::Internal,
         };
         ApiError::new(kind, e.to_string())
@@ -328,7 +330,7 @@ impl Pull {
         }
         let prepared = app
             .registries
-            .prepare(from, bearer)
+            .prepare(app.store.clone(), from, bearer)
             .await
             .map_err(registry_error)?;
         Ok(Pull::Registry(prepared))
@@ -379,11 +381,22 @@ pub fn start_pull(
         };
         let result = tokio::select! {
             r = work => r,
-            _ = tx.closed() => Err(crate::registry::RegistryError::Registry("cancelled: the client went away".into())),
+            _ = tx.closed() => Err(crate::registry::RegistryError::Interrupted("cancelled: the client went away".into())),
         };
         match &result {
             Ok(model) => tracing::info!(model = tag, id = model.id, cached, "model pulled"),
-            Err(e) => tracing::warn!(model = tag, error = %e, "pull failed"),
+            Err(crate::registry::RegistryError::Interrupted(e)) => {
+                // A cut or a cancel: the layers that arrived stay for the next pull (the start-up collection
+                // removes them if none comes).
+                tracing::warn!(model = tag, error = %e, "pull interrupted");
+            }
+            Err(e) => {
+                tracing::warn!(model = tag, error = %e, "pull failed");
+                // A refusal, and its protection of its blobs is over: what it left that no model names goes.
+                let store = app.store.clone();
+                let _ = tokio::task::spawn_blocking(move || store.collect_orphans("a failed pull"))
+                    .await;
+            }
         }
         let _ = tx.send(encode(PullEvent::Done(
             result.map(|_| cached).map_err(|e| e.to_string()),
@@ -626,6 +639,7 @@ pub async fn load(
     let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
     let app = app.clone();
+    let max_manifest = app.config().registry.max_manifest_bytes;
     tokio::task::spawn_blocking(move || {
         let mut report = |p: store::archive::LoadProgress| {
             let line = native::ProgressLine::transfer(
@@ -638,7 +652,10 @@ pub async fn load(
             );
             let _ = tx.send(line.to_line());
         };
-        let line = match app.store.load_archive(reader, tag.as_deref(), &mut report) {
+        let line = match app
+            .store
+            .load_archive(reader, tag.as_deref(), max_manifest, &mut report)
+        {
             Ok(model) => {
                 tracing::info!(tag, id = model.id, "model loaded");
                 let mut line =
@@ -664,7 +681,7 @@ pub fn registry_error(e: crate::registry::RegistryError) -> ApiError {
         R::Unauthorized(_) => ErrorKind::Unauthorized,
         R::NotFound(_) => ErrorKind::NotFound,
         R::Unsupported(_) => ErrorKind::Unprocessable,
-        R::Registry(_) => ErrorKind::BadGateway,
+        R::Registry(_) | R::Interrupted(_) => ErrorKind::BadGateway,
         R::Store(_) => ErrorKind::Internal,
     };
     ApiError::new(kind, e.to_string())

@@ -13,6 +13,7 @@ pub mod pulled;
 
 mod artifact;
 mod fsutil;
+mod gc;
 mod import;
 mod import_files;
 mod index;
@@ -20,6 +21,7 @@ mod repackage;
 mod runtime;
 
 pub use format::ModelFormat;
+pub use gc::{Collected, Protected};
 pub use runtime::RuntimeConfig;
 
 use std::fs;
@@ -66,6 +68,12 @@ pub enum StoreError {
         path: PathBuf,
         detail: String,
         source: Option<serde_json::Error>,
+    },
+    #[error("blob {digest} is declared as {declared} bytes but holds {actual} bytes")]
+    SizeMismatch {
+        digest: String,
+        declared: u64,
+        actual: u64,
     },
     #[error("{path} has digest {actual}, expected {expected}")]
     DigestMismatch {
@@ -116,6 +124,8 @@ pub enum Removed {
 pub struct Store {
     root: PathBuf,
     lock: Mutex<Cache>,
+    /// Blobs that pulls and loads in flight may commit, kept from the garbage collector.
+    pending: gc::Pending,
 }
 
 /// What `get` serves from memory: the parsed index and the models already loaded from it. Inference requests
@@ -156,6 +166,7 @@ impl Store {
         let store = Store {
             root,
             lock: Mutex::new(Cache::default()),
+            pending: gc::Pending::default(),
         };
         let bundles = store.bundle_dir();
         if bundles.is_dir() {

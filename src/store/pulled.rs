@@ -48,6 +48,7 @@ pub struct LayerInfo {
 pub struct ManifestInfo {
     pub config_digest: String,
     pub config_media_type: String,
+    pub config_size: u64,
     pub layers: Vec<LayerInfo>,
 }
 
@@ -85,6 +86,7 @@ pub fn check_manifest(bytes: &[u8]) -> Result<ManifestInfo, String> {
             m.config.digest
         ));
     }
+    check_layer_paths(&m)?;
     if !layers.iter().any(|l| {
         [
             artifact::GGUF_MEDIA_TYPE,
@@ -98,8 +100,71 @@ pub fn check_manifest(bytes: &[u8]) -> Result<ManifestInfo, String> {
     Ok(ManifestInfo {
         config_digest: m.config.digest,
         config_media_type: m.config.media_type,
+        config_size: m.config.size,
         layers,
     })
+}
+
+/// What `commit` would refuse about a one-layer-per-file manifest, checked before anything is downloaded: once one
+/// layer names a file path (`org.cncf.model.filepath`), every layer must name a safe relative one (no `..`, no
+/// root), and no two may collide (the same path, or one inside the other: the bundle could not be built).
+fn check_layer_paths(m: &Manifest) -> Result<(), String> {
+    if m.layers.iter().all(|l| l.filepath().is_none()) {
+        return Ok(());
+    }
+    let mut seen: Vec<&str> = Vec::new();
+    for l in &m.layers {
+        let path = l.filepath().unwrap_or_default();
+        if !super::format::safe_relative(path) {
+            return Err(format!(
+                "layer {} has no safe file path ({:?}): paths must be relative, without `..`",
+                l.digest, path
+            ));
+        }
+        let path = path.trim_end_matches('/');
+        let clash = seen.iter().find(|p| {
+            **p == path
+                || path.strip_prefix(**p).is_some_and(|r| r.starts_with('/'))
+                || p.strip_prefix(path).is_some_and(|r| r.starts_with('/'))
+        });
+        if let Some(other) = clash {
+            return Err(format!(
+                "layer {} has file path {path:?}, which collides with {other:?}",
+                l.digest
+            ));
+        }
+        seen.push(path);
+    }
+    Ok(())
+}
+
+/// Checks a model's config blob against its manifest before the layers are fetched: the digest and size the
+/// manifest gives, that it parses, and that its format is one the store knows; the error says what is wrong.
+pub fn check_config(info: &ManifestInfo, config: &[u8]) -> Result<(), String> {
+    let actual = sha256_digest(config);
+    if actual != info.config_digest {
+        return Err(format!(
+            "the config blob has digest {actual}, its manifest says {}",
+            info.config_digest
+        ));
+    }
+    if config.len() as u64 != info.config_size {
+        return Err(format!(
+            "the config blob {} is {} bytes, its manifest says {}",
+            info.config_digest,
+            config.len(),
+            info.config_size
+        ));
+    }
+    let parsed: ConfigFile = serde_json::from_slice(config)
+        .map_err(|e| format!("the model config does not parse: {e}"))?;
+    if super::ModelFormat::parse(&parsed.config.format).is_none() {
+        return Err(format!(
+            "unknown model format {:?} in the config",
+            parsed.config.format
+        ));
+    }
+    Ok(())
 }
 
 /// A layer download in progress: bytes already there (resumed) and the running hash over them.
@@ -114,6 +179,23 @@ impl Store {
     /// Whether the blob `digest` is in the store.
     pub fn has_blob(&self, digest: &str) -> bool {
         digest_hex(digest).is_some_and(|hex| self.blob_path(hex).is_file())
+    }
+
+    /// Whether the blob `digest` is in the store with the `declared` size: `Ok(false)` when it is not there, an
+    /// error naming both sizes when it is there with another size (the manifest that declared it lies).
+    pub fn has_blob_sized(&self, digest: &str, declared: u64) -> Result<bool, StoreError> {
+        let Some(path) = self.blob_file(digest) else {
+            return Ok(false);
+        };
+        let actual = fs::metadata(&path).map_err(io_err(&path))?.len();
+        if actual != declared {
+            return Err(StoreError::SizeMismatch {
+                digest: digest.to_string(),
+                declared,
+                actual,
+            });
+        }
+        Ok(true)
     }
 
     /// The path of blob `digest`, if it is a well-formed digest and the blob is there.
@@ -233,9 +315,16 @@ impl Store {
                 source: Some(e),
             })?;
         for l in &info.layers {
-            if !self.has_blob(&l.digest) {
+            if !self.has_blob_sized(&l.digest, l.size)? {
                 return Err(StoreError::NotFound(l.digest.clone()));
             }
+        }
+        if config_bytes.len() as u64 != info.config_size {
+            return Err(StoreError::SizeMismatch {
+                digest: info.config_digest,
+                declared: info.config_size,
+                actual: config_bytes.len() as u64,
+            });
         }
         // Invariant: parsed above.
         let manifest: Manifest = serde_json::from_slice(manifest_bytes).expect("checked");
@@ -305,6 +394,8 @@ impl Store {
                 let path = self
                     .blob_file(&l.digest)
                     .ok_or_else(|| StoreError::NotFound(l.digest.clone()))?;
+                // A manifest that disagrees with its blob is refused here, so no export or push is built from it.
+                self.has_blob_sized(&l.digest, l.size)?;
                 Ok((l.digest.clone(), l.size, path))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
