@@ -433,8 +433,9 @@ impl Registries {
                         "layer body ended early"
                     );
                 }
-                Err(Fetch::Fatal(e @ RegistryError::Store(_))) => {
-                    // The disk refused (full, read-only): a partial layer there is no use and holds space.
+                Err(Fetch::Fatal(e @ (RegistryError::Store(_) | RegistryError::Unsupported(_)))) => {
+                    // The disk refused (full, read-only), or the blob is not the size its manifest declares: a
+                    // partial layer there is no use and holds space.
                     store.abandon_download(d);
                     return Err(e);
                 }
@@ -488,6 +489,13 @@ impl Registries {
         let mut stream = match response {
             BlobResponse::Partial(s) => s.stream,
             BlobResponse::Full(s) => {
+                if let Some(n) = s.content_length.filter(|n| *n != layer.size) {
+                    // Refused before a byte is kept: the blob is not the size its manifest declares.
+                    return Err(Fetch::Fatal(RegistryError::Unsupported(format!(
+                        "the registry sends {n} bytes for layer {}, but its manifest declares {} bytes",
+                        layer.digest, layer.size
+                    ))));
+                }
                 if d.have > 0 {
                     tracing::info!(
                         digest = layer.digest,
@@ -524,7 +532,7 @@ impl Registries {
             let due = match &chunk {
                 Some(chunk) => {
                     if d.have + (spool.pending() + chunk.len()) as u64 > layer.size {
-                        return Err(Fetch::Fatal(RegistryError::Registry(format!(
+                        return Err(Fetch::Fatal(RegistryError::Unsupported(format!(
                             "layer {} is larger than the {} bytes its manifest says",
                             layer.digest, layer.size
                         ))));
