@@ -213,6 +213,115 @@ mod tests {
         ));
     }
 
+    /// A registry on loopback whose manifest answer is `answer` (status line and headers; a `None` body streams
+    /// chunks without end); `/v2/` answers 200. Returns its `host:port`.
+    async fn registry(answer: &'static str, body: Option<&'static [u8]>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let mut chunk = [0u8; 1024];
+                        let Ok(n) = conn.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                        buf.drain(..end + 4);
+                        if head.starts_with("GET /v2/ ") {
+                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+                            if conn.write_all(ok).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                        if conn.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        match body {
+                            Some(b) => {
+                                let _ = conn.write_all(b).await;
+                            }
+                            None => {
+                                let chunk = format!("1000\r\n{}\r\n", "a".repeat(0x1000));
+                                while conn.write_all(chunk.as_bytes()).await.is_ok() {}
+                            }
+                        }
+                        return;
+                    }
+                });
+            }
+        });
+        host
+    }
+
+    async fn fetch(host: &str, cap: u64) -> Result<(Vec<u8>, String), RegistryError> {
+        let reference: Reference = format!("{host}/evil/x:v1").parse().unwrap();
+        let client = Client::new(oci_client::client::ClientConfig {
+            protocol: oci_client::client::ClientProtocol::Http,
+            ..Default::default()
+        });
+        let read = manifest(
+            &client,
+            &reference,
+            &RegistryAuth::Anonymous,
+            true,
+            cap,
+            "evil/x",
+        );
+        tokio::time::timeout(Duration::from_secs(20), read)
+            .await
+            .expect("the capped read ends")
+    }
+
+    #[tokio::test]
+    async fn a_manifest_body_without_end_is_cut_at_the_cap() {
+        let host = registry(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-type: application/vnd.oci.image.manifest.v1+json\r\n\r\n",
+            None,
+        )
+        .await;
+        let e = fetch(&host, 10_000).await.unwrap_err();
+        assert!(matches!(&e, RegistryError::Unsupported(_)), "{e}");
+        assert!(e.to_string().contains("more than 10000 bytes"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_manifest_is_checked_against_the_digest_the_registry_gives() {
+        const BODY: &[u8] = br#"{"schemaVersion":2}"#;
+        let host = registry(
+            "HTTP/1.1 200 OK\r\ncontent-length: 19\r\ndocker-content-digest: sha256:0000000000000000000000000000000000000000000000000000000000000000\r\n\r\n",
+            Some(BODY),
+        )
+        .await;
+        let e = fetch(&host, 10_000).await.unwrap_err();
+        assert!(
+            matches!(&e, RegistryError::Registry(m) if m.contains("but said it was sha256:0000")),
+            "{e}"
+        );
+        let host = registry("HTTP/1.1 200 OK\r\ncontent-length: 19\r\n\r\n", Some(BODY)).await;
+        let (bytes, digest) = fetch(&host, 19).await.expect("at the cap is allowed");
+        assert_eq!(bytes, BODY);
+        assert_eq!(
+            digest,
+            format!("sha256:{}", hex::encode(sha2::Sha256::digest(BODY)))
+        );
+        let e = fetch(&host, 18).await.unwrap_err();
+        assert!(matches!(&e, RegistryError::Unsupported(_)), "{e}");
+    }
+
     #[test]
     fn oversized_documents_are_unsupported_and_say_the_cap() {
         let e = too_large("manifest", "r/x:v1", 70_000, 65_536);

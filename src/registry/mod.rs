@@ -433,7 +433,9 @@ impl Registries {
                         "layer body ended early"
                     );
                 }
-                Err(Fetch::Fatal(e @ (RegistryError::Store(_) | RegistryError::Unsupported(_)))) => {
+                Err(Fetch::Fatal(
+                    e @ (RegistryError::Store(_) | RegistryError::Unsupported(_)),
+                )) => {
                     // The disk refused (full, read-only), or the blob is not the size its manifest declares: a
                     // partial layer there is no use and holds space.
                     store.abandon_download(d);
