@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use super::http::{json, ndjson, parse_json, query_flag, read_body, ApiError, Body};
 use super::App;
 use crate::api::{native, openai, ErrorKind};
+use crate::registry::RegistryError;
 use crate::scheduler::Selector;
 use crate::store::{self, name, Model, StoreError};
 
@@ -381,21 +382,22 @@ pub fn start_pull(
         };
         let result = tokio::select! {
             r = work => r,
-            _ = tx.closed() => Err(crate::registry::RegistryError::Interrupted("cancelled: the client went away".into())),
+            _ = tx.closed() => Err(RegistryError::Interrupted("cancelled: the client went away".into())),
         };
         match &result {
             Ok(model) => tracing::info!(model = tag, id = model.id, cached, "model pulled"),
-            Err(crate::registry::RegistryError::Interrupted(e)) => {
-                // A cut or a cancel: the layers that arrived stay for the next pull (the start-up collection
-                // removes them if none comes).
-                tracing::warn!(model = tag, error = %e, "pull interrupted");
+            Err(e @ (RegistryError::Unsupported(_) | RegistryError::Store(_))) => {
+                tracing::warn!(model = tag, error = %e, "pull refused");
+                // A refusal of what the registry sent, and the pull's protection of its blobs is over: what it
+                // left that no model names goes.
+                let store = app.store.clone();
+                let _ = tokio::task::spawn_blocking(move || store.collect_orphans("a refused pull"))
+                    .await;
             }
             Err(e) => {
+                // A cut, a cancel or a registry that failed midway: the layers that arrived stay for the next pull
+                // (the start-up collection removes them if none comes).
                 tracing::warn!(model = tag, error = %e, "pull failed");
-                // A refusal, and its protection of its blobs is over: what it left that no model names goes.
-                let store = app.store.clone();
-                let _ = tokio::task::spawn_blocking(move || store.collect_orphans("a failed pull"))
-                    .await;
             }
         }
         let _ = tx.send(encode(PullEvent::Done(

@@ -144,3 +144,22 @@ def test_orphan_blobs_are_collected_at_start_up_and_partial_downloads_kept(super
     named = {manifest["config"]["digest"].split(":")[1], *(l["digest"].split(":")[1] for l in manifest["layers"])}
     assert names == named | {partial}, names
     assert f"removed blobs no model names blobs=1 bytes={len(orphan)}" in sup.stderr_text()
+
+
+def test_a_pull_refused_after_some_layers_arrived_leaves_no_orphan_blob(supervisors, reg):
+    """The weights download in full, then the license layer fails its digest: the weights blob, which no model
+    names, is collected as the refusal is reported."""
+    gguf = supervisors.prereqs.tiny_gguf.read_bytes()
+    art = build_dmr_gguf_artifact(gguf, license=b"MIT License, tampered on the way")
+    push_raw(reg, "evil/late", "v1", list(art.blobs.values()), art.manifest)
+    license_digest = art.layer_digests[1]
+    with FaultProxy(reg) as proxy:
+        proxy.corrupt_blob(license_digest)
+        sup = supervisors.start(models=[])
+        before = blob_dir(sup)
+        out = lines(pull(sup, f"{proxy.host}/evil/late:v1"))
+        assert out[-1]["type"] == "error" and license_digest in out[-1]["message"], out[-3:]
+        assert any(p.endswith(art.layer_digests[0]) for p in blob_gets(proxy)), proxy.log_tail()
+        assert blob_dir(sup) == before
+        assert sup.get("/models").json() == []
+        assert "removed blobs no model names after=\"a refused pull\" blobs=1" in sup.stderr_text()
