@@ -391,8 +391,9 @@ pub fn start_pull(
                 // A refusal of what the registry sent, and the pull's protection of its blobs is over: what it
                 // left that no model names goes.
                 let store = app.store.clone();
-                let _ = tokio::task::spawn_blocking(move || store.collect_orphans("a refused pull"))
-                    .await;
+                let _ =
+                    tokio::task::spawn_blocking(move || store.collect_orphans("a refused pull"))
+                        .await;
             }
             Err(e) => {
                 // A cut, a cancel or a registry that failed midway: the layers that arrived stay for the next pull

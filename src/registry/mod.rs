@@ -729,6 +729,25 @@ mod tests {
     }
 
     #[test]
+    fn a_cached_blob_of_another_size_refuses_the_manifest() {
+        let e = refuse_size_lie(RegistryError::Store(StoreError::SizeMismatch {
+            digest: "sha256:ab".into(),
+            declared: 10,
+            actual: 7,
+        }));
+        assert!(matches!(&e, RegistryError::Unsupported(_)), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "the manifest declares layer sha256:ab as 10 bytes, but that blob holds 7 bytes"
+        );
+        let other = refuse_size_lie(RegistryError::Store(StoreError::NotFound("x".into())));
+        assert!(matches!(
+            other,
+            RegistryError::Store(StoreError::NotFound(_))
+        ));
+    }
+
+    #[test]
     fn loopback_registries_are_plain_http() {
         for h in [
             "127.0.0.1:5000",

@@ -400,3 +400,23 @@ fn the_collector_keeps_what_any_manifest_names_and_stops_at_one_it_cannot_read()
     ));
     assert!(blob_names(&f.store).contains(&orphan));
 }
+
+#[test]
+fn a_load_in_flight_protects_its_blobs_from_the_collector() {
+    let (_f, m, good) = exported_tiny();
+    let g = fixture();
+    let mut collected = Vec::new();
+    // Progress comes while a blob is copied; by the second blob the first is in place, named by no model yet.
+    let model = g
+        .store
+        .load_archive(&tar_of(&good)[..], Some("x/y"), CAP, &mut |_| {
+            collected.push(g.store.remove_orphan_blobs().expect("collect"));
+        })
+        .expect("load");
+    assert_eq!(model.id, m.id);
+    assert!(collected.len() >= 2, "{collected:?}");
+    assert!(collected.iter().all(|c| c.blobs == 0), "{collected:?}");
+    // Once the load is over its blobs are named by the model: still nothing to collect.
+    assert_eq!(g.store.remove_orphan_blobs().unwrap(), Collected::default());
+    assert!(g.store.get("x/y").is_ok());
+}
