@@ -41,6 +41,8 @@ pub struct LayerInfo {
     pub digest: String,
     pub size: u64,
     pub media_type: String,
+    /// Its `org.cncf.model.filepath` (checked safe), for one-layer-per-file models.
+    pub path: Option<String>,
 }
 
 /// What a pull needs from a manifest before downloading anything.
@@ -78,6 +80,7 @@ pub fn check_manifest(bytes: &[u8]) -> Result<ManifestInfo, String> {
             digest: l.digest.clone(),
             size: l.size,
             media_type: l.media_type.clone(),
+            path: l.filepath().map(str::to_string),
         });
     }
     if digest_hex(&m.config.digest).is_none() {
@@ -158,13 +161,28 @@ pub fn check_config(info: &ManifestInfo, config: &[u8]) -> Result<(), String> {
     }
     let parsed: ConfigFile = serde_json::from_slice(config)
         .map_err(|e| format!("the model config does not parse: {e}"))?;
-    if super::ModelFormat::parse(&parsed.config.format).is_none() {
-        return Err(format!(
+    // What the store needs to run the model (`load_model`): a GGUF layer, or a file path on every layer.
+    let has = |media: &str| info.layers.iter().any(|l| l.media_type == media);
+    let paths = || info.layers.iter().filter_map(|l| l.path.as_deref());
+    let every_path = info.layers.iter().all(|l| l.path.is_some());
+    match super::ModelFormat::parse(&parsed.config.format) {
+        None => Err(format!(
             "unknown model format {:?} in the config",
             parsed.config.format
-        ));
+        )),
+        Some(super::ModelFormat::Gguf) if !has(artifact::GGUF_MEDIA_TYPE) => {
+            Err("the config says GGUF but the artifact has no GGUF layer".into())
+        }
+        Some(super::ModelFormat::Gguf) => Ok(()),
+        Some(f) if !every_path => Err(format!(
+            "a {} model needs a file path (org.cncf.model.filepath) on every layer",
+            f.as_str()
+        )),
+        Some(super::ModelFormat::Dduf) if !paths().any(|p| p.ends_with(".dduf")) => {
+            Err("the config says DDUF but no layer is a .dduf file".into())
+        }
+        Some(_) => Ok(()),
     }
-    Ok(())
 }
 
 /// A layer download in progress: bytes already there (resumed) and the running hash over them.

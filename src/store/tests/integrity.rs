@@ -327,6 +327,29 @@ fn a_config_is_checked_against_its_manifest() {
     odd_info.config_size = odd.len() as u64;
     let e = check_config(&odd_info, &odd).unwrap_err();
     assert!(e.contains("unknown model format"), "{e}");
+    // A format the layers cannot serve: what `load_model` would refuse after the commit, refused before.
+    let as_format = |format: &str, info: &crate::store::pulled::ManifestInfo| {
+        let mut v: serde_json::Value = serde_json::from_slice(config).unwrap();
+        v["config"]["format"] = format.into();
+        let bytes = serde_json::to_vec(&v).unwrap();
+        let mut info = info.clone();
+        info.config_digest = format!("sha256:{}", sha256_hex(&bytes));
+        info.config_size = bytes.len() as u64;
+        check_config(&info, &bytes)
+    };
+    let e = as_format("safetensors", &info).unwrap_err();
+    assert!(e.contains("needs a file path"), "{e}");
+    let mut no_gguf = info.clone();
+    no_gguf.layers[0].media_type = artifact::SAFETENSORS_MEDIA_TYPE.into();
+    let e = as_format("gguf", &no_gguf).unwrap_err();
+    assert!(e.contains("no GGUF layer"), "{e}");
+    let mut pathed = info.clone();
+    for l in &mut pathed.layers {
+        l.path = Some("model.bin".into());
+    }
+    assert!(as_format("safetensors", &pathed).is_ok());
+    let e = as_format("dduf", &pathed).unwrap_err();
+    assert!(e.contains(".dduf"), "{e}");
 }
 
 #[test]
