@@ -1,9 +1,10 @@
 //! Registries: pulling and pushing models as OCI artifacts with DMR's media types (through `oci-client`, the
 //! successor of `oci-distribution`). A pull resolves the reference (Docker Hub and the `ai/` namespace by default,
 //! `host:port/ns/name:tag` for others; loopback registries and `[registry] insecure` hosts over plain HTTP), fetches
-//! the manifest and config and checks their media types *before* answering (401, 404, 422 and 502 are HTTP
-//! statuses), then streams each missing layer into `<hex>.incomplete` — resumed with a Range request after a cut,
-//! verified against its digest before it enters the store — and commits the model under its tag. At most
+//! the manifest and config (each under `[registry] max_manifest_bytes`) and checks them, and the sizes of layers
+//! the store already has, *before* answering (401, 404, 422 and 502 are HTTP statuses), then streams each missing
+//! layer into `<hex>.incomplete` — resumed with a Range request after a cut, verified against its size and digest
+//! before it enters the store — and commits the model under its tag. At most
 //! `max_pulls` pulls run at once and one blob is never downloaded twice at the same time. Credentials: a bearer
 //! token from the request, else the user's docker `config.json` for that host, else anonymous (with the registry's
 //! token flow). Progress goes to a callback as DMR's NDJSON lines are built from it.

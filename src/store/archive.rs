@@ -3,7 +3,9 @@
 //! id (the manifest's digest) survives the round trip. Writing is deterministic (fixed modes, zero mtimes).
 //! Loading checks every blob against the digest its name gives, takes only the entries it knows (anything else,
 //! `..` included, is skipped, never written), and commits the model only once the manifest's blobs are all
-//! there; a load that fails removes the blobs it added, so the store is as it was.
+//! there, each with the size the manifest declares; `manifest.json` and the config are read under the
+//! `max_manifest_bytes` cap; blobs the manifest does not name are not kept; a load that fails removes the blobs it
+//! added, so the store is as it was. An export writes each tar header from the blob's real size.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};

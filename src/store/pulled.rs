@@ -1,7 +1,9 @@
 //! The store's side of registry pulls and pushes: where a layer being downloaded lives (`blobs/sha256/<hex>.incomplete`,
 //! kept across failures so the next pull resumes it), moving a verified download into place, committing a pulled
 //! manifest and config under a tag (all-or-nothing, through `commit`), and reading back what a push needs. It
-//! checks digests and media types; it must not know HTTP or registries.
+//! checks digests, media types, layer file paths and sizes (a blob is only "there" with the size its manifest
+//! declares), so that a pull can refuse before downloading what the commit would refuse after; it must not know
+//! HTTP or registries.
 
 use std::fs::{self, File};
 use std::io::Read;
