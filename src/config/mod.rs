@@ -707,10 +707,7 @@ impl Config {
                 "server.header_read_timeout",
                 a.header_read_timeout == b.header_read_timeout,
             ),
-            (
-                "server.max_connections",
-                a.max_connections == b.max_connections,
-            ),
+            ("server.max_connections", a.max_connections == b.max_connections),
             ("store.path", self.store.path == new.store.path),
             (
                 "engines.llamacpp.binary",
