@@ -53,6 +53,11 @@ pub async fn start(config: Config, source: proxy::ConfigSource) -> Result<Runnin
     let models = config.models.clone();
     let store = tokio::task::spawn_blocking(move || {
         let store = Store::open(&store_path)?;
+        // Blobs no model names (a refused pull or load before a crash): nothing is in flight yet.
+        match store.remove_orphan_blobs() {
+            Ok(c) => tracing::info!(blobs = c.blobs, bytes = c.bytes, "removed blobs no model names"),
+            Err(e) => tracing::warn!(error = %e, "cannot collect orphan blobs"),
+        }
         for m in models.iter() {
             let Some(gguf) = &m.path else { continue };
             match store.import(gguf, &m.name, &mut |_| {}) {

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use super::http::{json, ndjson, parse_json, query_flag, read_body, ApiError, Body};
 use super::App;
 use crate::api::{native, openai, ErrorKind};
+use crate::registry::RegistryError;
 use crate::scheduler::Selector;
 use crate::store::{self, name, Model, StoreError};
 
@@ -20,6 +21,8 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(_) => ErrorKind::NotFound,
             StoreError::BadName(_) | StoreError::BadArchive(_) => ErrorKind::BadRequest,
             StoreError::Conflict(_) => ErrorKind::Conflict,
+            // A manifest that disagrees with its blobs: the model cannot be exported or pushed as it is.
+            StoreError::SizeMismatch { .. } => ErrorKind::Unprocessable,
             _ => ErrorKind::Internal,
         };
         ApiError::new(kind, e.to_string())
@@ -339,7 +342,7 @@ impl Pull {
         }
         let prepared = app
             .registries
-            .prepare(from, bearer)
+            .prepare(app.store.clone(), from, bearer)
             .await
             .map_err(registry_error)?;
         Ok(Pull::Registry(prepared))
@@ -390,11 +393,24 @@ pub fn start_pull(
         };
         let result = tokio::select! {
             r = work => r,
-            _ = tx.closed() => Err(crate::registry::RegistryError::Registry("cancelled: the client went away".into())),
+            _ = tx.closed() => Err(RegistryError::Interrupted("cancelled: the client went away".into())),
         };
         match &result {
             Ok(model) => tracing::info!(model = tag, id = model.id, cached, "model pulled"),
-            Err(e) => tracing::warn!(model = tag, error = %e, "pull failed"),
+            Err(e @ (RegistryError::Unsupported(_) | RegistryError::Store(_))) => {
+                tracing::warn!(model = tag, error = %e, "pull refused");
+                // A refusal of what the registry sent, and the pull's protection of its blobs is over: what it
+                // left that no model names goes.
+                let store = app.store.clone();
+                let _ =
+                    tokio::task::spawn_blocking(move || store.collect_orphans("a refused pull"))
+                        .await;
+            }
+            Err(e) => {
+                // A cut, a cancel or a registry that failed midway: the layers that arrived stay for the next pull
+                // (the start-up collection removes them if none comes).
+                tracing::warn!(model = tag, error = %e, "pull failed");
+            }
         }
         let _ = tx.send(encode(PullEvent::Done(
             result
@@ -639,6 +655,7 @@ pub async fn load(
     let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
     let app = app.clone();
+    let max_manifest = app.config().registry.max_manifest_bytes;
     tokio::task::spawn_blocking(move || {
         let mut report = |p: store::archive::LoadProgress| {
             let line = native::ProgressLine::transfer(
@@ -651,7 +668,10 @@ pub async fn load(
             );
             let _ = tx.send(line.to_line());
         };
-        let line = match app.store.load_archive(reader, tag.as_deref(), &mut report) {
+        let line = match app
+            .store
+            .load_archive(reader, tag.as_deref(), max_manifest, &mut report)
+        {
             Ok(model) => {
                 tracing::info!(tag, id = model.id, "model loaded");
                 let mut line =
@@ -677,7 +697,7 @@ pub fn registry_error(e: crate::registry::RegistryError) -> ApiError {
         R::Unauthorized(_) => ErrorKind::Unauthorized,
         R::NotFound(_) => ErrorKind::NotFound,
         R::Unsupported(_) => ErrorKind::Unprocessable,
-        R::Registry(_) => ErrorKind::BadGateway,
+        R::Registry(_) | R::Interrupted(_) => ErrorKind::BadGateway,
         R::Store(_) => ErrorKind::Internal,
     };
     ApiError::new(kind, e.to_string())

@@ -1,14 +1,16 @@
 //! Registries: pulling and pushing models as OCI artifacts with DMR's media types (through `oci-client`, the
 //! successor of `oci-distribution`). A pull resolves the reference (Docker Hub and the `ai/` namespace by default,
 //! `host:port/ns/name:tag` for others; loopback registries and `[registry] insecure` hosts over plain HTTP), fetches
-//! the manifest and config and checks their media types *before* answering (401, 404, 422 and 502 are HTTP
-//! statuses), then streams each missing layer into `<hex>.incomplete` — resumed with a Range request after a cut,
-//! verified against its digest before it enters the store — and commits the model under its tag. At most
+//! the manifest and config (each under `[registry] max_manifest_bytes`) and checks them, and the sizes of layers
+//! the store already has, *before* answering (401, 404, 422 and 502 are HTTP statuses), then streams each missing
+//! layer into `<hex>.incomplete` — resumed with a Range request after a cut, verified against its size and digest
+//! before it enters the store — and commits the model under its tag. At most
 //! `max_pulls` pulls run at once and one blob is never downloaded twice at the same time. Credentials: a bearer
 //! token from the request, else the user's docker `config.json` for that host, else anonymous (with the registry's
 //! token flow). Progress goes to a callback as DMR's NDJSON lines are built from it.
 
 pub mod auth;
+mod capped;
 pub mod hf;
 mod spool;
 
@@ -51,6 +53,9 @@ pub enum RegistryError {
     Unsupported(String),
     #[error("{0}")]
     Registry(String),
+    /// A download cut too often, or a pull cancelled: what arrived is kept for the next pull to resume.
+    #[error("{0}")]
+    Interrupted(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -118,11 +123,15 @@ impl Registries {
         Ok((tag, reference))
     }
 
-    fn client(&self, reference: &Reference) -> Client {
+    /// Whether the registry of `reference` is spoken to over plain HTTP (loopback, or `[registry] insecure`).
+    fn plain(&self, reference: &Reference) -> bool {
         let host = reference.resolve_registry().to_string();
-        let plain = is_loopback(&host) || self.config.insecure.contains(&host);
+        is_loopback(&host) || self.config.insecure.contains(&host)
+    }
+
+    fn client(&self, reference: &Reference) -> Client {
         Client::new(ClientConfig {
-            protocol: if plain {
+            protocol: if self.plain(reference) {
                 ClientProtocol::Http
             } else {
                 ClientProtocol::Https
@@ -149,37 +158,46 @@ impl Registries {
         }
     }
 
-    /// Fetches and checks the manifest and config of `from`.
+    /// Fetches and checks the manifest and config of `from`, each read with the `max_manifest_bytes` cap, and
+    /// checks what `store` already holds of its layers (a cached blob must have the size the manifest gives), so
+    /// that everything a commit would refuse is refused before any layer is downloaded.
     pub async fn prepare(
         &self,
+        store: Arc<Store>,
         from: &str,
         bearer: Option<&str>,
     ) -> Result<Prepared, RegistryError> {
         let (tag, reference) = self.resolve(from)?;
         let client = self.client(&reference);
         let auth = self.credentials(&reference, bearer);
-        let (manifest, digest) = client
-            .pull_manifest_raw(&reference, &auth, &MANIFEST_TYPES)
-            .await
-            .map_err(|e| classify(e, Op::Pull, &tag))?;
-        if let Some(want) = reference.digest() {
-            if want != digest {
-                return Err(RegistryError::Registry(format!(
-                    "the registry sent manifest {digest} for {want}"
-                )));
-            }
-        }
+        let cap = self.config.max_manifest_bytes;
+        let (manifest, _digest) = capped::manifest(
+            &client,
+            &reference,
+            &auth,
+            self.plain(&reference),
+            cap,
+            &tag,
+        )
+        .await?;
         let info = store::pulled::check_manifest(&manifest).map_err(RegistryError::Unsupported)?;
-        let mut config = Vec::new();
         let descriptor = OciDescriptor {
             digest: info.config_digest.clone(),
             media_type: info.config_media_type.clone(),
+            size: i64::try_from(info.config_size).unwrap_or(i64::MAX),
             ..Default::default()
         };
-        client
-            .pull_blob(&reference, &descriptor, &mut config)
-            .await
-            .map_err(|e| classify(e, Op::Pull, &tag))?;
+        let config = capped::config(&client, &reference, &descriptor, cap, &tag).await?;
+        store::pulled::check_config(&info, &config).map_err(RegistryError::Unsupported)?;
+        let layers = info.layers.clone();
+        on_store(move || {
+            for l in &layers {
+                store.has_blob_sized(&l.digest, l.size)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(refuse_size_lie)?;
         Ok(Prepared {
             tag,
             reference,
@@ -200,12 +218,25 @@ impl Registries {
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<Model, RegistryError> {
         let _slot = self.slot().await?;
+        // Kept from the garbage collector until the commit (or the failure): what is downloaded, and what is
+        // there already and will be named by the new model.
+        let _protected = store.protect(
+            p.info
+                .layers
+                .iter()
+                .map(|l| l.digest.as_str())
+                .chain([p.info.config_digest.as_str()]),
+        );
         let total = p.total();
         let mut done = 0u64;
         for layer in &p.info.layers {
             let lock = self.blob_lock(&layer.digest);
             let _held = lock.lock().await;
-            if !store.has_blob(&layer.digest) {
+            let (s, digest, size) = (store.clone(), layer.digest.clone(), layer.size);
+            let cached = on_store(move || s.has_blob_sized(&digest, size))
+                .await
+                .map_err(refuse_size_lie)?;
+            if !cached {
                 self.download(&store, &p, layer, total, done, progress)
                     .await?;
             }
@@ -410,8 +441,11 @@ impl Registries {
                         "layer body ended early"
                     );
                 }
-                Err(Fetch::Fatal(e @ RegistryError::Store(_))) => {
-                    // The disk refused (full, read-only): a partial layer there is no use and holds space.
+                Err(Fetch::Fatal(
+                    e @ (RegistryError::Store(_) | RegistryError::Unsupported(_)),
+                )) => {
+                    // The disk refused (full, read-only), or the blob is not the size its manifest declares: a
+                    // partial layer there is no use and holds space.
                     store.abandon_download(d);
                     return Err(e);
                 }
@@ -422,7 +456,7 @@ impl Registries {
             }
             attempt += 1;
             if attempt > RESUMES {
-                return Err(RegistryError::Registry(format!(
+                return Err(RegistryError::Interrupted(format!(
                     "downloading {} broke {attempt} times; {} of {} bytes are kept for the next pull",
                     layer.digest, d.have, layer.size
                 )));
@@ -465,6 +499,13 @@ impl Registries {
         let mut stream = match response {
             BlobResponse::Partial(s) => s.stream,
             BlobResponse::Full(s) => {
+                if let Some(n) = s.content_length.filter(|n| *n != layer.size) {
+                    // Refused before a byte is kept: the blob is not the size its manifest declares.
+                    return Err(Fetch::Fatal(RegistryError::Unsupported(format!(
+                        "the registry sends {n} bytes for layer {}, but its manifest declares {} bytes",
+                        layer.digest, layer.size
+                    ))));
+                }
                 if d.have > 0 {
                     tracing::info!(
                         digest = layer.digest,
@@ -501,7 +542,7 @@ impl Registries {
             let due = match &chunk {
                 Some(chunk) => {
                     if d.have + (spool.pending() + chunk.len()) as u64 > layer.size {
-                        return Err(Fetch::Fatal(RegistryError::Registry(format!(
+                        return Err(Fetch::Fatal(RegistryError::Unsupported(format!(
                             "layer {} is larger than the {} bytes its manifest says",
                             layer.digest, layer.size
                         ))));
@@ -551,6 +592,20 @@ enum Fetch {
     /// The connection broke: resume.
     Cut(String),
     Fatal(RegistryError),
+}
+
+/// A cached blob whose size is not the manifest's: the manifest is refused (422), naming both sizes.
+fn refuse_size_lie(e: RegistryError) -> RegistryError {
+    match e {
+        RegistryError::Store(StoreError::SizeMismatch {
+            digest,
+            declared,
+            actual,
+        }) => RegistryError::Unsupported(format!(
+            "the manifest declares layer {digest} as {declared} bytes, but that blob holds {actual} bytes"
+        )),
+        other => other,
+    }
 }
 
 /// Runs a store operation on the blocking pool (the store is synchronous `std::fs` code).
@@ -679,6 +734,25 @@ mod tests {
             ("127.0.0.1:5000", "test/tiny", Some("v1"))
         );
         assert!(r.resolve("../x").is_err());
+    }
+
+    #[test]
+    fn a_cached_blob_of_another_size_refuses_the_manifest() {
+        let e = refuse_size_lie(RegistryError::Store(StoreError::SizeMismatch {
+            digest: "sha256:ab".into(),
+            declared: 10,
+            actual: 7,
+        }));
+        assert!(matches!(&e, RegistryError::Unsupported(_)), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "the manifest declares layer sha256:ab as 10 bytes, but that blob holds 7 bytes"
+        );
+        let other = refuse_size_lie(RegistryError::Store(StoreError::NotFound("x".into())));
+        assert!(matches!(
+            other,
+            RegistryError::Store(StoreError::NotFound(_))
+        ));
     }
 
     #[test]

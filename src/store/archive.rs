@@ -3,7 +3,9 @@
 //! id (the manifest's digest) survives the round trip. Writing is deterministic (fixed modes, zero mtimes).
 //! Loading checks every blob against the digest its name gives, takes only the entries it knows (anything else,
 //! `..` included, is skipped, never written), and commits the model only once the manifest's blobs are all
-//! there; a load that fails removes the blobs it added, so the store is as it was.
+//! there, each with the size the manifest declares; `manifest.json` and the config are read under the
+//! `max_manifest_bytes` cap; blobs the manifest does not name are not kept; a load that fails removes the blobs it
+//! added, so the store is as it was. An export writes each tar header from the blob's real size.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -13,11 +15,8 @@ use std::path::Path;
 use super::artifact::digest_hex;
 use super::fsutil::{copy_hashed_from, io_err, remove_quietly};
 use super::index::Index;
-use super::pulled::{check_manifest, Artifact};
+use super::pulled::{check_config, check_manifest, Artifact, ManifestInfo};
 use super::{Model, Store, StoreError};
-
-/// The largest `manifest.json` a load accepts (real ones are a few KiB).
-const MAX_MANIFEST: u64 = 4 << 20;
 
 /// A load's progress: one blob's bytes, and all blob bytes read so far.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,13 +53,24 @@ pub fn write_archive(artifact: &Artifact, out: impl Write) -> Result<(), StoreEr
     }
     let file = |size: u64| header(tar::EntryType::Regular, size);
     let mut written = BTreeSet::new();
-    for (digest, size, path) in &artifact.layers {
+    for (digest, declared, path) in &artifact.layers {
         let Some(hex) = digest_hex(digest).filter(|_| written.insert(digest.clone())) else {
             continue;
         };
         let blob = File::open(path).map_err(io_err(path))?;
+        // The header's size is the blob's own, never the manifest's: a manifest that disagrees would let the
+        // blob's bytes be read as tar headers. Such a model is refused (before streaming, by `Store::artifact`).
+        let size = blob.metadata().map_err(io_err(path))?.len();
+        if size != *declared {
+            return Err(StoreError::SizeMismatch {
+                digest: digest.clone(),
+                declared: *declared,
+                actual: size,
+            });
+        }
         let name = format!("blobs/sha256/{hex}");
-        tar.append_data(&mut file(*size), &name, blob.take(*size))
+        let mut data = blob.take(size);
+        tar.append_data(&mut file(size), &name, &mut data)
             .map_err(failed(&name))?;
     }
     if let Some(hex) = digest_hex(&artifact.config_digest) {
@@ -118,16 +128,32 @@ fn member(name: &str) -> Member {
 impl Store {
     /// Loads a model archive from `input` and commits it under `tag`, or untagged (known by its id, as DMR does)
     /// without one. Blobs already in the store are skipped, new ones are verified against their names.
+    ///
+    /// `manifest.json` and the config blob are read into memory only up to `max_manifest` bytes; a larger one is
+    /// refused. Each layer's size in the manifest must be its blob's (an archive whose manifest lies is refused),
+    /// and blobs the manifest does not name are not kept.
     pub fn load_archive(
         &self,
         input: impl Read,
         tag: Option<&str>,
+        max_manifest: u64,
         progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Model, StoreError> {
         let mut added = Vec::new();
-        let result = self.load_entries(input, tag, progress, &mut added);
+        let mut protected = self.protect([]);
+        let result = self.load_entries(
+            input,
+            tag,
+            max_manifest,
+            progress,
+            &mut added,
+            &mut protected,
+        );
+        drop(protected);
+        // What the model does not name goes: everything added when the load failed, the extras when it worked.
+        self.remove_unreferenced(&added);
         if result.is_err() {
-            self.remove_unreferenced(&added);
+            self.collect_orphans("a failed load");
         }
         result
     }
@@ -136,14 +162,16 @@ impl Store {
         &self,
         input: impl Read,
         tag: Option<&str>,
+        max_manifest: u64,
         progress: &mut dyn FnMut(LoadProgress),
         added: &mut Vec<String>,
+        protected: &mut super::Protected,
     ) -> Result<Model, StoreError> {
         let not_a_model = StoreError::BadArchive;
         let read_err =
             |e: io::Error| not_a_model(format!("it does not read as a tar archive: {e}"));
         let mut archive = tar::Archive::new(input);
-        let mut manifest: Option<Vec<u8>> = None;
+        let mut manifest: Option<(Vec<u8>, ManifestInfo)> = None;
         let mut done = 0u64;
         for entry in archive.entries().map_err(read_err)? {
             let mut entry = entry.map_err(read_err)?;
@@ -155,23 +183,43 @@ impl Store {
             match member(&name) {
                 Member::Other => continue,
                 Member::Manifest => {
-                    if size > MAX_MANIFEST {
+                    if manifest.is_some() {
+                        return Err(not_a_model("it has two manifest.json entries".into()));
+                    }
+                    if size > max_manifest {
                         return Err(not_a_model(format!(
-                            "manifest.json is {size} bytes (at most {MAX_MANIFEST})"
+                            "manifest.json is {size} bytes (at most {max_manifest}, [registry] max_manifest_bytes)"
                         )));
                     }
                     let mut bytes = Vec::with_capacity(size as usize);
-                    entry.read_to_end(&mut bytes).map_err(read_err)?;
+                    // The header's size bounds the entry's reader; the cap holds whatever the header says.
+                    (&mut entry)
+                        .take(max_manifest + 1)
+                        .read_to_end(&mut bytes)
+                        .map_err(read_err)?;
                     if bytes.len() as u64 != size {
                         return Err(not_a_model(format!(
                             "it ends inside manifest.json ({} of {size} bytes): cut short?",
                             bytes.len()
                         )));
                     }
-                    manifest = Some(bytes);
+                    let info = check_manifest(&bytes).map_err(not_a_model)?;
+                    manifest = Some((bytes, info));
                 }
                 Member::Blob(hex) => {
                     let digest = format!("sha256:{hex}");
+                    if let Some((_, info)) = &manifest {
+                        // The manifest came first: a blob it does not name is skipped, one it names must have
+                        // the size it gives.
+                        match declared_size(info, &digest) {
+                            None => continue,
+                            Some(declared) if declared != size => {
+                                return Err(size_lie(&digest, declared, size));
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                    protected.add(&digest);
                     if self.has_blob(&digest) {
                         done += size;
                         progress(LoadProgress {
@@ -217,14 +265,23 @@ impl Store {
                 }
             }
         }
-        let manifest = manifest.ok_or_else(|| not_a_model("it has no manifest.json".into()))?;
-        let info = check_manifest(&manifest).map_err(not_a_model)?;
+        let (manifest, info) =
+            manifest.ok_or_else(|| not_a_model("it has no manifest.json".into()))?;
         for layer in &info.layers {
-            if !self.has_blob(&layer.digest) {
-                return Err(not_a_model(format!(
-                    "layer {} is neither in the archive nor in the store",
-                    layer.digest
-                )));
+            match self.has_blob_sized(&layer.digest, layer.size) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(not_a_model(format!(
+                        "layer {} is neither in the archive nor in the store",
+                        layer.digest
+                    )))
+                }
+                Err(StoreError::SizeMismatch {
+                    digest,
+                    declared,
+                    actual,
+                }) => return Err(size_lie(&digest, declared, actual)),
+                Err(e) => return Err(e),
             }
         }
         let config_path = digest_hex(&info.config_digest)
@@ -236,23 +293,52 @@ impl Store {
                     info.config_digest
                 ))
             })?;
+        let config_size = fs::metadata(&config_path)
+            .map_err(io_err(&config_path))?
+            .len();
+        if config_size > max_manifest {
+            return Err(not_a_model(format!(
+                "its config blob {} is {config_size} bytes (at most {max_manifest}, [registry] max_manifest_bytes)",
+                info.config_digest
+            )));
+        }
         let config = fs::read(&config_path).map_err(io_err(&config_path))?;
+        check_config(&info, &config).map_err(not_a_model)?;
         self.commit_artifact(tag, &manifest, &config, 0)
     }
 
-    /// Removes the blobs in `digests` that no model in the index references (what a failed load added).
+    /// Removes the blobs in `digests` that no model in the index references and no operation in flight protects
+    /// (what a load added that its model does not name).
     fn remove_unreferenced(&self, digests: &[String]) {
         let _guard = self.lock();
         let Ok(index) = Index::load(&self.index_path()) else {
             return; // an unreadable index: leave the blobs rather than guess
         };
         for digest in digests {
-            let used = index.models.iter().any(|m| m.files.contains(digest));
+            let used =
+                index.models.iter().any(|m| m.files.contains(digest)) || self.is_protected(digest);
             if let Some(hex) = digest_hex(digest).filter(|_| !used) {
                 remove_quietly(&self.blob_path(hex));
             }
         }
     }
+}
+
+/// The size `info` declares for blob `digest` (a layer or the config), if it names it.
+fn declared_size(info: &ManifestInfo, digest: &str) -> Option<u64> {
+    if info.config_digest == digest {
+        return Some(info.config_size);
+    }
+    info.layers
+        .iter()
+        .find(|l| l.digest == digest)
+        .map(|l| l.size)
+}
+
+fn size_lie(digest: &str, declared: u64, actual: u64) -> StoreError {
+    StoreError::BadArchive(format!(
+        "manifest.json declares blob {digest} as {declared} bytes, but the blob holds {actual} bytes"
+    ))
 }
 
 #[cfg(test)]

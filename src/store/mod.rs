@@ -14,6 +14,7 @@ pub mod sources;
 
 mod artifact;
 mod fsutil;
+mod gc;
 mod import;
 mod import_files;
 mod index;
@@ -21,6 +22,7 @@ mod repackage;
 mod runtime;
 
 pub use format::ModelFormat;
+pub use gc::{Collected, Protected};
 pub use runtime::RuntimeConfig;
 
 use std::fs;
@@ -67,6 +69,12 @@ pub enum StoreError {
         path: PathBuf,
         detail: String,
         source: Option<serde_json::Error>,
+    },
+    #[error("blob {digest} is declared as {declared} bytes but holds {actual} bytes")]
+    SizeMismatch {
+        digest: String,
+        declared: u64,
+        actual: u64,
     },
     #[error("{path} has digest {actual}, expected {expected}")]
     DigestMismatch {
@@ -117,6 +125,8 @@ pub enum Removed {
 pub struct Store {
     root: PathBuf,
     lock: Mutex<Cache>,
+    /// Blobs that pulls and loads in flight may commit, kept from the garbage collector.
+    pending: gc::Pending,
 }
 
 /// What `get` serves from memory: the parsed index and the models already loaded from it. Inference requests
@@ -157,6 +167,7 @@ impl Store {
         let store = Store {
             root,
             lock: Mutex::new(Cache::default()),
+            pending: gc::Pending::default(),
         };
         let bundles = store.bundle_dir();
         if bundles.is_dir() {

@@ -1,7 +1,9 @@
 //! The store's side of registry pulls and pushes: where a layer being downloaded lives (`blobs/sha256/<hex>.incomplete`,
 //! kept across failures so the next pull resumes it), moving a verified download into place, committing a pulled
 //! manifest and config under a tag (all-or-nothing, through `commit`), and reading back what a push needs. It
-//! checks digests and media types; it must not know HTTP or registries.
+//! checks digests, media types, layer file paths and sizes (a blob is only "there" with the size its manifest
+//! declares), so that a pull can refuse before downloading what the commit would refuse after; it must not know
+//! HTTP or registries.
 
 use std::fs::{self, File};
 use std::io::Read;
@@ -41,6 +43,8 @@ pub struct LayerInfo {
     pub digest: String,
     pub size: u64,
     pub media_type: String,
+    /// Its `org.cncf.model.filepath` (checked safe), for one-layer-per-file models.
+    pub path: Option<String>,
 }
 
 /// What a pull needs from a manifest before downloading anything.
@@ -48,6 +52,7 @@ pub struct LayerInfo {
 pub struct ManifestInfo {
     pub config_digest: String,
     pub config_media_type: String,
+    pub config_size: u64,
     pub layers: Vec<LayerInfo>,
 }
 
@@ -77,6 +82,7 @@ pub fn check_manifest(bytes: &[u8]) -> Result<ManifestInfo, String> {
             digest: l.digest.clone(),
             size: l.size,
             media_type: l.media_type.clone(),
+            path: l.filepath().map(str::to_string),
         });
     }
     if digest_hex(&m.config.digest).is_none() {
@@ -85,6 +91,7 @@ pub fn check_manifest(bytes: &[u8]) -> Result<ManifestInfo, String> {
             m.config.digest
         ));
     }
+    check_layer_paths(&m)?;
     if !layers.iter().any(|l| {
         [
             artifact::GGUF_MEDIA_TYPE,
@@ -98,8 +105,86 @@ pub fn check_manifest(bytes: &[u8]) -> Result<ManifestInfo, String> {
     Ok(ManifestInfo {
         config_digest: m.config.digest,
         config_media_type: m.config.media_type,
+        config_size: m.config.size,
         layers,
     })
+}
+
+/// What `commit` would refuse about a one-layer-per-file manifest, checked before anything is downloaded: once one
+/// layer names a file path (`org.cncf.model.filepath`), every layer must name a safe relative one (no `..`, no
+/// root), and no two may collide (the same path, or one inside the other: the bundle could not be built).
+fn check_layer_paths(m: &Manifest) -> Result<(), String> {
+    if m.layers.iter().all(|l| l.filepath().is_none()) {
+        return Ok(());
+    }
+    let mut seen: Vec<&str> = Vec::new();
+    for l in &m.layers {
+        let path = l.filepath().unwrap_or_default();
+        if !super::format::safe_relative(path) {
+            return Err(format!(
+                "layer {} has no safe file path ({:?}): paths must be relative, without `..`",
+                l.digest, path
+            ));
+        }
+        let path = path.trim_end_matches('/');
+        let clash = seen.iter().find(|p| {
+            **p == path
+                || path.strip_prefix(**p).is_some_and(|r| r.starts_with('/'))
+                || p.strip_prefix(path).is_some_and(|r| r.starts_with('/'))
+        });
+        if let Some(other) = clash {
+            return Err(format!(
+                "layer {} has file path {path:?}, which collides with {other:?}",
+                l.digest
+            ));
+        }
+        seen.push(path);
+    }
+    Ok(())
+}
+
+/// Checks a model's config blob against its manifest before the layers are fetched: the digest and size the
+/// manifest gives, that it parses, and that its format is one the store knows; the error says what is wrong.
+pub fn check_config(info: &ManifestInfo, config: &[u8]) -> Result<(), String> {
+    let actual = sha256_digest(config);
+    if actual != info.config_digest {
+        return Err(format!(
+            "the config blob has digest {actual}, its manifest says {}",
+            info.config_digest
+        ));
+    }
+    if config.len() as u64 != info.config_size {
+        return Err(format!(
+            "the config blob {} is {} bytes, its manifest says {}",
+            info.config_digest,
+            config.len(),
+            info.config_size
+        ));
+    }
+    let parsed: ConfigFile = serde_json::from_slice(config)
+        .map_err(|e| format!("the model config does not parse: {e}"))?;
+    // What the store needs to run the model (`load_model`): a GGUF layer, or a file path on every layer.
+    let has = |media: &str| info.layers.iter().any(|l| l.media_type == media);
+    let paths = || info.layers.iter().filter_map(|l| l.path.as_deref());
+    let every_path = info.layers.iter().all(|l| l.path.is_some());
+    match super::ModelFormat::parse(&parsed.config.format) {
+        None => Err(format!(
+            "unknown model format {:?} in the config",
+            parsed.config.format
+        )),
+        Some(super::ModelFormat::Gguf) if !has(artifact::GGUF_MEDIA_TYPE) => {
+            Err("the config says GGUF but the artifact has no GGUF layer".into())
+        }
+        Some(super::ModelFormat::Gguf) => Ok(()),
+        Some(f) if !every_path => Err(format!(
+            "a {} model needs a file path (org.cncf.model.filepath) on every layer",
+            f.as_str()
+        )),
+        Some(super::ModelFormat::Dduf) if !paths().any(|p| p.ends_with(".dduf")) => {
+            Err("the config says DDUF but no layer is a .dduf file".into())
+        }
+        Some(_) => Ok(()),
+    }
 }
 
 /// A layer download in progress: bytes already there (resumed) and the running hash over them.
@@ -114,6 +199,23 @@ impl Store {
     /// Whether the blob `digest` is in the store.
     pub fn has_blob(&self, digest: &str) -> bool {
         digest_hex(digest).is_some_and(|hex| self.blob_path(hex).is_file())
+    }
+
+    /// Whether the blob `digest` is in the store with the `declared` size: `Ok(false)` when it is not there, an
+    /// error naming both sizes when it is there with another size (the manifest that declared it lies).
+    pub fn has_blob_sized(&self, digest: &str, declared: u64) -> Result<bool, StoreError> {
+        let Some(path) = self.blob_file(digest) else {
+            return Ok(false);
+        };
+        let actual = fs::metadata(&path).map_err(io_err(&path))?.len();
+        if actual != declared {
+            return Err(StoreError::SizeMismatch {
+                digest: digest.to_string(),
+                declared,
+                actual,
+            });
+        }
+        Ok(true)
     }
 
     /// The path of blob `digest`, if it is a well-formed digest and the blob is there.
@@ -233,9 +335,16 @@ impl Store {
                 source: Some(e),
             })?;
         for l in &info.layers {
-            if !self.has_blob(&l.digest) {
+            if !self.has_blob_sized(&l.digest, l.size)? {
                 return Err(StoreError::NotFound(l.digest.clone()));
             }
+        }
+        if config_bytes.len() as u64 != info.config_size {
+            return Err(StoreError::SizeMismatch {
+                digest: info.config_digest,
+                declared: info.config_size,
+                actual: config_bytes.len() as u64,
+            });
         }
         // Invariant: parsed above.
         let manifest: Manifest = serde_json::from_slice(manifest_bytes).expect("checked");
@@ -305,6 +414,8 @@ impl Store {
                 let path = self
                     .blob_file(&l.digest)
                     .ok_or_else(|| StoreError::NotFound(l.digest.clone()))?;
+                // A manifest that disagrees with its blob is refused here, so no export or push is built from it.
+                self.has_blob_sized(&l.digest, l.size)?;
                 Ok((l.digest.clone(), l.size, path))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;

@@ -12,6 +12,11 @@ use super::*;
 
 const MTIME: u64 = 1_700_000_000;
 
+/// The manifest and config cap loads get (`[registry] max_manifest_bytes`' default).
+const CAP: u64 = 4 << 20;
+
+mod integrity;
+
 /// Writes a GGUF model file with a fixed mtime; `extra` pads it past the header.
 fn model_file(dir: &Path, name: &str, arch: &str, extra: usize, mtime: u64) -> PathBuf {
     let mut bytes = if arch == "llama" {
@@ -538,7 +543,7 @@ fn an_exported_model_loads_into_another_store_with_the_same_id() {
     let mut seen = Vec::new();
     let loaded = g
         .store
-        .load_archive(&tar[..], Some("loaded/tiny:v1"), &mut |p| seen.push(p))
+        .load_archive(&tar[..], Some("loaded/tiny:v1"), CAP, &mut |p| seen.push(p))
         .expect("load");
     assert_eq!(loaded.id, m.id);
     assert_eq!(loaded.tags, ["loaded/tiny:v1"]);
@@ -553,13 +558,13 @@ fn an_exported_model_loads_into_another_store_with_the_same_id() {
     // Loading again (untagged) adds nothing; a tag-less load of a new model is known by its id only.
     let before = snapshot(&g.root);
     g.store
-        .load_archive(&tar[..], None, &mut |_| {})
+        .load_archive(&tar[..], None, CAP, &mut |_| {})
         .expect("reload");
     assert_eq!(snapshot(&g.root), before);
     let h = fixture();
     let untagged = h
         .store
-        .load_archive(&tar[..], None, &mut |_| {})
+        .load_archive(&tar[..], None, CAP, &mut |_| {})
         .expect("untagged");
     assert!(untagged.tags.is_empty());
     assert_eq!(h.store.get(&m.id).unwrap().id, m.id);
@@ -574,7 +579,7 @@ fn a_bad_archive_leaves_the_store_as_it_was() {
     let tar = exported(&f.store, "ai/tiny");
     let g = fixture();
     let before = snapshot(&g.root);
-    let load = |bytes: &[u8]| g.store.load_archive(bytes, Some("x/y"), &mut |_| {});
+    let load = |bytes: &[u8]| g.store.load_archive(bytes, Some("x/y"), CAP, &mut |_| {});
 
     // One flipped byte in the weights: its digest no longer matches its name.
     let weights_hex = digest_hex(&m.files[0]).unwrap().to_string();
