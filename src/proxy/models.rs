@@ -605,6 +605,8 @@ async fn read_head(body: &mut Incoming, n: usize) -> Result<bytes::BytesMut, Api
 
 /// How much of a refused load's body is read (and dropped) so the client sees the refusal.
 const DRAIN_BEFORE_REFUSING: u64 = 256 << 20;
+/// What is read of a body after the archive in it ends (tar pads to 10 KiB records; writers add zero blocks).
+const TRAILER_AFTER_ARCHIVE: u64 = 1 << 20;
 
 /// A load's `tag` query parameter, normalised; a digest reference is not a tag.
 fn load_tag(query: Option<&str>) -> Result<Option<String>, ApiError> {
@@ -652,7 +654,7 @@ pub async fn load(
     let rest =
         http_body_util::BodyExt::into_data_stream(body).map(|r| r.map_err(std::io::Error::other));
     let stream = futures_util::stream::iter([Ok::<_, std::io::Error>(head.freeze())]).chain(rest);
-    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+    let mut reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
     let app = app.clone();
     let max_manifest = app.config().registry.max_manifest_bytes;
@@ -668,10 +670,16 @@ pub async fn load(
             );
             let _ = tx.send(line.to_line());
         };
-        let line = match app
-            .store
-            .load_archive(reader, tag.as_deref(), max_manifest, &mut report)
-        {
+        let loaded =
+            app.store
+                .load_archive(&mut reader, tag.as_deref(), max_manifest, &mut report);
+        // A tar ends at its first zero block; the padding after it is read too (a little of it at most), so the
+        // connection stays usable for the client's next request instead of being closed with its body unread.
+        let _ = std::io::copy(
+            &mut std::io::Read::take(&mut reader, TRAILER_AFTER_ARCHIVE),
+            &mut std::io::sink(),
+        );
+        let line = match loaded {
             Ok(model) => {
                 tracing::info!(tag, id = model.id, "model loaded");
                 let mut line =
@@ -681,7 +689,7 @@ pub async fn load(
             }
             Err(e) => {
                 tracing::warn!(tag, error = %e, "load failed");
-                native::ProgressLine::error(&e.to_string())
+                native::ProgressLine::error(&app.store.redact(&e.to_string()))
             }
         };
         let _ = tx.send(line.to_line());
