@@ -154,7 +154,12 @@ mod tests {
             drop(packaged);
             assert!(!temp_root.exists(), "the temporary store is removed");
             let loaded = daemon
-                .load_archive(&archive[..], Some("ai/up"), &mut |_| {})
+                .load_archive(
+                    &archive[..],
+                    Some("ai/up"),
+                    crate::config::DEFAULT_MAX_MANIFEST_BYTES,
+                    &mut |_| {},
+                )
                 .unwrap();
             assert_eq!(loaded.id, id);
             assert_eq!(loaded.chat_template.is_some(), tpl.is_some());

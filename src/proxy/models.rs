@@ -670,9 +670,9 @@ pub async fn load(
             );
             let _ = tx.send(line.to_line());
         };
-        let loaded =
-            app.store
-                .load_archive(&mut reader, tag.as_deref(), max_manifest, &mut report);
+        let loaded = app
+            .store
+            .load_archive(&mut reader, tag.as_deref(), max_manifest, &mut report);
         // A tar ends at its first zero block; the padding after it is read too (a little of it at most), so the
         // connection stays usable for the client's next request instead of being closed with its body unread.
         let _ = std::io::copy(

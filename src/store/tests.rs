@@ -642,7 +642,10 @@ fn errors_shown_to_callers_name_the_store_not_its_place_on_the_server() {
         detail: "not a GGUF file".into(),
     };
     let shown = f.store.redact(&err.to_string());
-    assert_eq!(shown, "<store>/hf-staging/x/model.gguf is not a model: not a GGUF file");
+    assert_eq!(
+        shown,
+        "<store>/hf-staging/x/model.gguf is not a model: not a GGUF file"
+    );
     assert!(!shown.contains(&root), "{shown}");
     assert_eq!(f.store.redact("/srv/other/file"), "/srv/other/file");
 }
