@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::{json, Value};
+use serde_json::Value;
+
+use crate::api::native;
+use crate::api::openai::{ChatMessage, ChatRequest, SseDecoder, SseItem};
 
 mod package;
 
@@ -278,12 +281,15 @@ impl Cli {
                          `package --gguf {model} NAME`"
                     )));
                 }
-                let mut body = json!({"from": model});
-                if let Ok(t) = std::env::var("HF_TOKEN") {
-                    if name_is_hf(&model) {
-                        body["bearer-token"] = json!(t);
-                    }
-                }
+                let body = native::CreateRequest {
+                    bearer_token: std::env::var("HF_TOKEN")
+                        .ok()
+                        .filter(|_| name_is_hf(&model)),
+                    from: model,
+                    name: None,
+                    license: None,
+                    chat_template: None,
+                };
                 let resp = self
                     .send(self.http.post(self.url("/models/create")).json(&body))
                     .await?;
@@ -294,7 +300,7 @@ impl Cli {
                     .send(
                         self.http
                             .post(self.url(&format!("/models/{model}/push")))
-                            .json(&json!({})),
+                            .json(&native::PushRequest { bearer_token: None }),
                     )
                     .await?;
                 progress(resp, "Uploaded").await
@@ -334,10 +340,10 @@ impl Cli {
                     (None, None) => return Err(Failure("--gguf or --from is required".into())),
                 };
                 if context_size.is_some() || source != target {
-                    let mut body = json!({"target": target});
-                    if let Some(n) = context_size {
-                        body["context_size"] = json!(n);
-                    }
+                    let body = native::RepackageRequest {
+                        target: Some(target.clone()),
+                        context_size: context_size.map(u64::from),
+                    };
                     let answer: Value = self
                         .send(
                             self.http
@@ -354,7 +360,7 @@ impl Cli {
                         .send(
                             self.http
                                 .post(self.url(&format!("/models/{target}/push")))
-                                .json(&json!({})),
+                                .json(&native::PushRequest { bearer_token: None }),
                         )
                         .await?;
                     progress(resp, "Uploaded").await?;
@@ -520,16 +526,17 @@ impl Cli {
                 if models.is_empty() && !all {
                     return Err(Failure("name models to unload, or --all".into()));
                 }
-                let v: Value = self
-                    .send(
-                        self.http
-                            .post(self.url("/engines/unload"))
-                            .json(&json!({"all": all, "models": models})),
-                    )
+                let body = native::UnloadRequest {
+                    all,
+                    backend: None,
+                    models,
+                };
+                let v: native::UnloadResponse = self
+                    .send(self.http.post(self.url("/engines/unload")).json(&body))
                     .await?
                     .json()
                     .await?;
-                println!("Unloaded {} model runner(s)", v["unloaded_runners"]);
+                println!("Unloaded {} model runner(s)", v.unloaded_runners);
                 Ok(())
             }
             Action::Configure {
@@ -539,13 +546,12 @@ impl Cli {
                 rest,
             } => {
                 runtime_flags.extend(rest);
-                let mut body = json!({"model": model});
-                if let Some(c) = context_size {
-                    body["context-size"] = json!(c);
-                }
-                if !runtime_flags.is_empty() {
-                    body["runtime-flags"] = json!(runtime_flags);
-                }
+                let body = native::ConfigureRequest {
+                    model: Some(model.clone()),
+                    context_size: context_size.map(i64::from),
+                    runtime_flags: Some(runtime_flags).filter(|f| !f.is_empty()),
+                    ..Default::default()
+                };
                 self.send(self.http.post(self.url("/engines/_configure")).json(&body))
                     .await?;
                 println!("Configured {model}");
@@ -595,7 +601,7 @@ impl Cli {
                 max_tokens,
             } => match prompt {
                 Some(p) => {
-                    let mut messages = vec![json!({"role": "user", "content": p})];
+                    let mut messages = vec![ChatMessage::text("user", p)];
                     self.chat(&model, &mut messages, max_tokens).await?;
                     Ok(())
                 }
@@ -608,13 +614,16 @@ impl Cli {
     async fn chat(
         &self,
         model: &str,
-        messages: &mut Vec<Value>,
+        messages: &mut Vec<ChatMessage>,
         max_tokens: Option<u32>,
     ) -> Result<String, Failure> {
-        let mut body = json!({"model": model, "messages": messages, "stream": true});
-        if let Some(n) = max_tokens {
-            body["max_tokens"] = json!(n);
-        }
+        let body = ChatRequest {
+            model: model.to_string(),
+            messages: messages.clone(),
+            stream: true,
+            max_tokens: max_tokens.map(i64::from),
+            ..Default::default()
+        };
         let resp = self
             .send(
                 self.http
@@ -623,39 +632,26 @@ impl Cli {
             )
             .await?;
         let mut stream = resp.bytes_stream();
-        let (mut buf, mut answer) = (Vec::new(), String::new());
+        let (mut sse, mut answer) = (SseDecoder::default(), String::new());
         let mut out = std::io::stdout();
         while let Some(chunk) = stream.next().await {
-            buf.extend_from_slice(&chunk?);
-            while let Some(i) = buf.windows(2).position(|w| w == b"\n\n") {
-                let frame: Vec<u8> = buf.drain(..i + 2).collect();
-                let text = String::from_utf8_lossy(&frame);
-                for line in text.lines() {
-                    let Some(data) = line.strip_prefix("data: ") else {
-                        continue;
-                    };
-                    if data == "[DONE]" {
-                        continue;
+            for item in sse.push(&chunk?) {
+                let delta = match item {
+                    SseItem::Chunk(c) => {
+                        c.choices.into_iter().next().and_then(|c| c.delta?.content)
                     }
-                    let v: Value = serde_json::from_str(data)?;
-                    if let Some(e) = v.get("error") {
-                        return Err(Failure(
-                            e["message"]
-                                .as_str()
-                                .unwrap_or("the engine failed")
-                                .to_string(),
-                        ));
-                    }
-                    if let Some(delta) = v["choices"][0]["delta"]["content"].as_str() {
-                        answer.push_str(delta);
-                        out.write_all(delta.as_bytes())?;
-                        out.flush()?;
-                    }
+                    SseItem::Error(message) => return Err(Failure(message)),
+                    SseItem::Done => None,
+                };
+                if let Some(delta) = delta {
+                    answer.push_str(&delta);
+                    out.write_all(delta.as_bytes())?;
+                    out.flush()?;
                 }
             }
         }
         println!();
-        messages.push(json!({"role": "assistant", "content": answer}));
+        messages.push(ChatMessage::text("assistant", answer.clone()));
         Ok(answer)
     }
 
@@ -681,7 +677,7 @@ impl Cli {
             if line.is_empty() {
                 continue;
             }
-            messages.push(json!({"role": "user", "content": line}));
+            messages.push(ChatMessage::text("user", line));
             self.chat(model, &mut messages, max_tokens).await?;
         }
         Ok(())

@@ -1,5 +1,6 @@
-//! dmr-supervisor: serves local models behind the OpenAI and Docker Model Runner APIs by supervising one engine
-//! process (llama-server) per model. `main.rs` only parses the command line; [`start`] and [`Running::run`] are
+//! dmr-supervisor: serves local models behind the OpenAI, Anthropic, Ollama and Docker Model Runner APIs by
+//! supervising one engine process per loaded model and mode (llama-server for GGUF, vLLM for safetensors, the
+//! diffusers runner for image pipelines). `main.rs` only parses the command line; [`start`] and [`Running::run`] are
 //! the daemon, callable in-process by tests. See ARCHITECTURE.md for the map and the invariants.
 
 pub mod api;

@@ -10,8 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 use dmr_supervisor::config::Config;
 
-/// Serves local AI models behind the OpenAI and Docker Model Runner APIs (default port 12434), running one
-/// llama-server per model as a supervised child process.
+/// Serves local AI models behind the OpenAI, Anthropic, Ollama and Docker Model Runner APIs (default port
+/// 12434), running each loaded model's engine (llama-server for GGUF, vLLM for safetensors, the diffusers runner
+/// for image pipelines) as a supervised child process.
 ///
 /// Without --config it runs on defaults: listen on 127.0.0.1:12434, keep models under
 /// $XDG_DATA_HOME/dmr-supervisor/models, and find llama-server on PATH or in

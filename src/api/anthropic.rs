@@ -828,6 +828,7 @@ impl StreamTranslate for StreamTranslator {
             }
             match item {
                 SseItem::Chunk(chunk) => self.chunk(*chunk, &mut out),
+                SseItem::Error(message) => out.extend(self.fail(&message)),
                 SseItem::Done => self.tail(&mut out),
             }
         }

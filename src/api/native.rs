@@ -15,36 +15,44 @@ pub struct Model<C: Serialize> {
 }
 
 /// `POST /models/create` body. `name` is our extension for local imports (DMR derives names from references).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct CreateRequest {
     pub from: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    #[serde(rename = "bearer-token", default)]
+    #[serde(
+        rename = "bearer-token",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub bearer_token: Option<String>,
     /// Our extension for packaging a local GGUF: a license file and a chat template (absolute paths), added as
     /// DMR's license and chat-template layers.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub license: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_template: Option<String>,
 }
 
 /// `POST /models/{name}/push` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PushRequest {
-    #[serde(rename = "bearer-token", default)]
+    #[serde(
+        rename = "bearer-token",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub bearer_token: Option<String>,
 }
 
 /// `POST /models/{name}/repackage` body (DMR's `RepackageRequest`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepackageRequest {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_size: Option<u64>,
 }
 
@@ -197,17 +205,17 @@ pub struct RunnerStatus {
     pub devices: std::collections::BTreeMap<u32, u64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct UnloadRequest {
     #[serde(default)]
     pub all: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
     #[serde(default)]
     pub models: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct UnloadResponse {
     pub unloaded_runners: usize,
 }
@@ -300,23 +308,35 @@ pub struct RunnerMemory {
 }
 
 /// `POST /engines/_configure`, as DMR's CLI and Compose send it.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigureRequest {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
-    #[serde(default, rename = "context-size")]
+    #[serde(
+        default,
+        rename = "context-size",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub context_size: Option<i64>,
-    #[serde(default, rename = "runtime-flags")]
+    #[serde(
+        default,
+        rename = "runtime-flags",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub runtime_flags: Option<Vec<String>>,
     /// One string, split like a shell would (no expansion).
-    #[serde(default, rename = "raw-runtime-flags")]
+    #[serde(
+        default,
+        rename = "raw-runtime-flags",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub raw_runtime_flags: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_alive: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vllm: Option<VllmSettings>,
 }
 

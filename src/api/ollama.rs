@@ -657,8 +657,15 @@ impl StreamTranslate for StreamTranslator {
     fn feed(&mut self, bytes: &[u8]) -> Vec<Vec<u8>> {
         let mut lines = Vec::new();
         for item in self.sse.push(bytes) {
-            if let SseItem::Chunk(chunk) = item {
-                self.chunk(&chunk, &mut lines);
+            match item {
+                SseItem::Chunk(chunk) => self.chunk(&chunk, &mut lines),
+                // Ollama streams a failure as an `{"error": …}` line.
+                SseItem::Error(message) => {
+                    let mut line = error_body(&message);
+                    line.push(b'\n');
+                    lines.push(line);
+                }
+                SseItem::Done => {}
             }
         }
         lines

@@ -356,22 +356,49 @@ impl ChatResponse {
 #[derive(Debug)]
 pub enum SseItem {
     Chunk(Box<ChatResponse>),
+    /// An error frame (`data: {"error": {"message": …}}` or `{"error": "…"}`), as engines and this proxy end a
+    /// stream that fails after it began.
+    Error(String),
     /// `data: [DONE]`.
     Done,
 }
 
-/// Splits an SSE byte stream into events as they complete and parses their `data:` lines as chat chunks. Bytes
-/// may arrive cut anywhere; comments, pings and unparsable data are skipped.
+/// An error frame's body.
+#[derive(Deserialize)]
+struct ErrorFrame {
+    error: ErrorFrameBody,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ErrorFrameBody {
+    Object { message: String },
+    Text(String),
+}
+
+/// Splits an SSE byte stream into events as they complete and parses their `data:` lines as chat chunks or error
+/// frames. Bytes may arrive cut anywhere; lines may end in LF, CRLF or CR, as the SSE spec allows; comments, pings
+/// and unparsable data are skipped. The one SSE parser of the crate (the translators and the CLI's `run` use it).
 #[derive(Debug, Default)]
 pub struct SseDecoder {
+    /// Received bytes with line ends made LF.
     buf: Vec<u8>,
     /// How far `buf` was already searched for an event end.
     scanned: usize,
+    /// The last byte received was CR: an LF that follows it ends the same line.
+    after_cr: bool,
 }
 
 impl SseDecoder {
     pub fn push(&mut self, bytes: &[u8]) -> Vec<SseItem> {
-        self.buf.extend_from_slice(bytes);
+        for &b in bytes {
+            match (b, self.after_cr) {
+                (b'\n', true) => {}
+                (b'\r', _) => self.buf.push(b'\n'),
+                _ => self.buf.push(b),
+            }
+            self.after_cr = b == b'\r';
+        }
         let mut items = Vec::new();
         loop {
             let from = self.scanned.saturating_sub(1);
@@ -392,6 +419,12 @@ impl SseDecoder {
                 let data = data.trim_ascii();
                 if data == b"[DONE]" {
                     items.push(SseItem::Done);
+                } else if let Ok(frame) = serde_json::from_slice::<ErrorFrame>(data) {
+                    items.push(SseItem::Error(match frame.error {
+                        ErrorFrameBody::Object { message } | ErrorFrameBody::Text(message) => {
+                            message
+                        }
+                    }));
                 } else if let Ok(chunk) = serde_json::from_slice::<ChatResponse>(data) {
                     items.push(SseItem::Chunk(Box::new(chunk)));
                 }
@@ -498,6 +531,38 @@ pub fn stream_error_frame(message: &str) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sse_events_end_in_lf_crlf_or_cr_cut_anywhere_and_errors_are_items() {
+        let stream = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\r\n\r\n\
+                       : ping\r\rdata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"b\"}}]}\n\n\
+                       data: {\"error\":{\"message\":\"engine died\",\"type\":\"server_error\"}}\r\r\
+                       data: {\"error\":\"plain\"}\n\ndata: [DONE]\r\n\r\n";
+        for cut in 1..stream.len() {
+            let mut d = super::SseDecoder::default();
+            let mut items = d.push(&stream[..cut]);
+            items.extend(d.push(&stream[cut..]));
+            let shown: Vec<String> = items
+                .iter()
+                .map(|i| match i {
+                    super::SseItem::Chunk(c) => format!("chunk {}", c.choices.len()),
+                    super::SseItem::Error(m) => format!("error {m}"),
+                    super::SseItem::Done => "done".into(),
+                })
+                .collect();
+            assert_eq!(
+                shown,
+                [
+                    "chunk 1",
+                    "chunk 1",
+                    "error engine died",
+                    "error plain",
+                    "done"
+                ],
+                "cut at {cut}"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]

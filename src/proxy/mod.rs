@@ -601,7 +601,8 @@ fn access_from(config: &Config) -> access::Access {
     }
 }
 
-/// Opens the store, imports configured GGUF files, resolves the engine binary and starts the scheduler.
+/// Wires the daemon from an opened store: logs which engines were found, then starts the scheduler and the
+/// registries (the store is opened and the configured models imported by `lib.rs`'s `start`).
 pub fn build_app(config: Config, source: ConfigSource, store: Store) -> App {
     let finder = crate::engines::EngineFinder {
         config: config.engines.clone(),
