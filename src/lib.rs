@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod engines;
 pub mod gpu;
+pub mod launch;
 pub mod logs;
 pub mod metrics;
 pub mod proxy;

@@ -116,7 +116,7 @@ mod tests {
         RunnerInfo {
             model_id: "m".into(),
             model_name: "m".into(),
-            engine: crate::engines::EngineKind::LlamaCpp,
+            engine: crate::engines::llamacpp::ENGINE,
             mode: Mode::Completion,
             queued,
             loading,

@@ -15,7 +15,7 @@ use super::{translated, App};
 use crate::api::anthropic::{self, CountTokensOut, MessagesIn, Purpose, StreamTranslator};
 use crate::api::openai;
 use crate::api::ErrorKind;
-use crate::engines::{llamacpp, vllm, EngineKind, Mode, RunnerWishes};
+use crate::engines::{vllm, Mode, RunnerWishes, TokenCounting};
 
 async fn read(app: &Arc<App>, req: http::Request<Incoming>) -> Result<MessagesIn, ApiError> {
     let (_, body) = read_body(req, app.body_limits()).await?;
@@ -80,8 +80,8 @@ pub async fn count_tokens(
         &RunnerWishes::default(),
     )
     .await?;
-    let input_tokens = match lease.engine {
-        EngineKind::Vllm => {
+    let input_tokens = match lease.engine.token_counting() {
+        Some(TokenCounting::Tokenize(path)) => {
             let chat = serde_json::to_value(&request).map_err(|e| {
                 ApiError::new(
                     ErrorKind::Internal,
@@ -89,32 +89,23 @@ pub async fn count_tokens(
                 )
             })?;
             let body = vllm::tokenize_body(&chat);
-            let resp = translated::post(
-                &app.engines,
-                &lease,
-                vllm::TOKENIZE_PATH,
-                &body,
-                &model,
-                false,
-            )
-            .await?;
+            let resp = translated::post(&app.engines, &lease, path, &body, &model, false).await?;
             translated::collect::<vllm::TokenCount>(resp, &model)
                 .await?
                 .count
         }
-        _ => {
-            let resp = translated::post(
-                &app.engines,
-                &lease,
-                llamacpp::COUNT_TOKENS_PATH,
-                &request,
-                &model,
-                false,
-            )
-            .await?;
+        Some(TokenCounting::InputTokens(path)) => {
+            let resp =
+                translated::post(&app.engines, &lease, path, &request, &model, false).await?;
             translated::collect::<openai::InputTokens>(resp, &model)
                 .await?
                 .input_tokens
+        }
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "{} cannot count tokens",
+                lease.engine.name()
+            )))
         }
     };
     Ok(json(StatusCode::OK, &CountTokensOut { input_tokens }))

@@ -62,8 +62,8 @@ pub struct Lease {
     pub endpoint: Endpoint,
     /// The engine the runner runs.
     pub engine: engines::EngineKind,
-    /// The only model name the engine answers to, for engines that check it (vLLM, diffusers): the request's
-    /// `model` is rewritten to it. `None` for llama.cpp, which answers to any.
+    /// The only model name the engine answers to, for engines that check it: the request's `model` is rewritten
+    /// to it. `None` for engines that answer to any (`Engine::answers_any_model_name`).
     pub served_name: Option<String>,
     runner: RunnerId,
     tx: mpsc::UnboundedSender<Msg>,
@@ -435,10 +435,18 @@ impl Actor {
                         .find(runner)
                         .and_then(|key| self.state.runners.get(key))
                         .map(|r| &r.launch);
-                    let engine = launch.map_or(engines::EngineKind::LlamaCpp, |l| l.engine);
-                    let served_name = launch
-                        .filter(|l| l.engine != engines::EngineKind::LlamaCpp)
-                        .map(|l| l.model_name.clone());
+                    let Some(launch) = launch else {
+                        // A grant names a runner the state holds; if not, the waiter is told, not guessed at.
+                        if let Some(w) = self.waiters.remove(&waiter) {
+                            let _ = w.send(Err(AcquireError::EngineFailed(
+                                "the runner vanished before it was granted".into(),
+                            )));
+                        }
+                        continue;
+                    };
+                    let engine = launch.engine;
+                    let served_name =
+                        (!engine.answers_any_model_name()).then(|| launch.model_name.clone());
                     let lease = Lease {
                         endpoint,
                         engine,
