@@ -90,7 +90,15 @@ impl Engine for LlamaCpp {
     }
 
     fn token_counting(&self) -> Option<super::TokenCounting> {
-        Some(super::TokenCounting::InputTokens(COUNT_TOKENS_PATH))
+        Some(super::TokenCounting {
+            path: COUNT_TOKENS_PATH,
+            body: |chat| chat,
+            count: |answer| {
+                serde_json::from_value::<crate::api::openai::InputTokens>(answer)
+                    .map(|a| a.input_tokens)
+                    .map_err(|e| e.to_string())
+            },
+        })
     }
 
     fn install_recipe(&self) -> &'static [(&'static str, &'static str)] {

@@ -151,13 +151,15 @@ impl std::hash::Hash for EngineKind {
     }
 }
 
-/// How an engine counts the tokens of an OpenAI chat request with its chat template applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenCounting {
-    /// POST the chat request itself here; the answer is `{"input_tokens": N}` (llama-server).
-    InputTokens(&'static str),
-    /// POST [`vllm::tokenize_body`] of the chat here; the answer is `{"count": N}` (vLLM's `/tokenize`).
-    Tokenize(&'static str),
+/// How an engine counts the tokens of an OpenAI chat request with its chat template applied: what to POST where,
+/// and where the count is in the answer.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenCounting {
+    pub path: &'static str,
+    /// The body to send, from the chat request.
+    pub body: fn(serde_json::Value) -> serde_json::Value,
+    /// The count in the engine's answer.
+    pub count: fn(serde_json::Value) -> Result<u64, String>,
 }
 
 /// What an engine's memory estimate may read.
@@ -342,6 +344,65 @@ pub fn cuda_pin(devices: &[u32]) -> Vec<(String, String)> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_gives_each_format_one_engine_and_each_engine_one_name() {
+        let names: Vec<&str> = EngineKind::ALL.map(EngineKind::name).to_vec();
+        assert_eq!(names, ["llama.cpp", "vllm", "diffusers"], "the listing order");
+        for e in EngineKind::ALL {
+            assert_eq!(EngineKind::from_name(e.name()), Some(e));
+            assert!(!e.install_recipe().is_empty(), "{e:?}");
+            assert!(e.install_recipe().iter().any(|(n, _)| *n == "install.sh"));
+        }
+        for format in [
+            ModelFormat::Gguf,
+            ModelFormat::Safetensors,
+            ModelFormat::Diffusers,
+            ModelFormat::Dduf,
+        ] {
+            let owners: Vec<_> = EngineKind::ALL
+                .into_iter()
+                .filter(|e| e.formats().contains(&format))
+                .collect();
+            assert_eq!(owners, [EngineKind::for_format(format)], "{format:?}");
+        }
+        let mut sorted = EngineKind::ALL.to_vec();
+        sorted.reverse();
+        sorted.sort();
+        assert_eq!(sorted, EngineKind::ALL, "ordered as registered");
+        assert_eq!(EngineKind::from_name("sglang"), None);
+    }
+
+    #[test]
+    fn engines_say_how_they_count_tokens_and_which_names_they_answer_to() {
+        let llama = llamacpp::ENGINE.token_counting().unwrap();
+        let chat = serde_json::json!({"model": "m", "messages": [], "max_tokens": 1});
+        assert_eq!(llama.path, "/v1/chat/completions/input_tokens");
+        assert_eq!((llama.body)(chat.clone()), chat);
+        assert_eq!((llama.count)(serde_json::json!({"input_tokens": 7})), Ok(7));
+        assert!((llama.count)(serde_json::json!({"count": 7})).is_err());
+        let vllm = vllm::ENGINE.token_counting().unwrap();
+        assert_eq!(vllm.path, "/tokenize");
+        assert_eq!((vllm.body)(chat)["add_generation_prompt"], true);
+        assert_eq!((vllm.count)(serde_json::json!({"count": 9, "tokens": []})), Ok(9));
+        assert!(diffusers::ENGINE.token_counting().is_none());
+        assert!(llamacpp::ENGINE.answers_any_model_name());
+        assert!(!vllm::ENGINE.answers_any_model_name() && !diffusers::ENGINE.answers_any_model_name());
+    }
+
+    #[test]
+    fn only_vllm_takes_vllm_settings_and_checks_them() {
+        let share = |x| vllm::VllmOptions {
+            gpu_memory_utilization: Some(x),
+            hf_overrides: None,
+        };
+        assert!(vllm::ENGINE.check_options(&share(0.5)).is_ok());
+        assert!(vllm::ENGINE.check_options(&share(1.5)).is_err());
+        let err = llamacpp::ENGINE.check_options(&share(0.5)).unwrap_err();
+        assert!(err.contains("runs on llama.cpp"), "{err}");
+        assert!(diffusers::ENGINE.check_options(&Default::default()).is_ok());
+    }
     #[test]
     fn a_taken_port_is_recognised() {
         assert!(super::port_taken(

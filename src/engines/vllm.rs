@@ -70,7 +70,15 @@ impl Engine for Vllm {
     }
 
     fn token_counting(&self) -> Option<super::TokenCounting> {
-        Some(super::TokenCounting::Tokenize(TOKENIZE_PATH))
+        Some(super::TokenCounting {
+            path: TOKENIZE_PATH,
+            body: |chat| tokenize_body(&chat),
+            count: |answer| {
+                serde_json::from_value::<TokenCount>(answer)
+                    .map(|a| a.count)
+                    .map_err(|e| e.to_string())
+            },
+        })
     }
 
     fn check_options(&self, options: &VllmOptions) -> Result<(), String> {

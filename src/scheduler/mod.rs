@@ -135,6 +135,23 @@ enum Msg {
     MeasureDone(Option<Event>),
 }
 
+/// Reads the runners' state from the scheduler's actor; cheap to clone.
+#[derive(Clone)]
+pub struct Snapshots {
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl Snapshots {
+    /// Every runner as `/engines/ps` shows it (empty once the scheduler is gone).
+    pub async fn get(&self) -> Vec<RunnerInfo> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Snapshot(reply)).is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
 pub struct Scheduler {
     tx: mpsc::UnboundedSender<Msg>,
     actor: Mutex<Option<JoinHandle<()>>>,
@@ -240,11 +257,14 @@ impl Scheduler {
     }
 
     pub async fn snapshot(&self) -> Vec<RunnerInfo> {
-        let (reply, rx) = oneshot::channel();
-        if self.tx.send(Msg::Snapshot(reply)).is_err() {
-            return Vec::new();
+        self.snapshots().get().await
+    }
+
+    /// A handle that reads snapshots and nothing else (what `service::supervise` needs).
+    pub fn snapshots(&self) -> Snapshots {
+        Snapshots {
+            tx: self.tx.clone(),
         }
-        rx.await.unwrap_or_default()
     }
 
     /// Stops the selected runners (idle ones only unless `force`) and waits until their processes are gone.
