@@ -354,7 +354,11 @@ mod tests {
             .unwrap();
         let p = plan(&f, "ai/tiny", Mode::Completion).unwrap();
         assert_eq!(p.launch.context_size, 2048);
-        assert_eq!(p.launch.runtime_flags, ["--temp", "0"], "kept from [[models]]");
+        assert_eq!(
+            p.launch.runtime_flags,
+            ["--temp", "0"],
+            "kept from [[models]]"
+        );
         assert_eq!(p.launch.keep_alive, KeepAlive::parse("10m").unwrap());
         let wishes = RunnerWishes {
             context_size: Some(512),
@@ -385,8 +389,9 @@ mod tests {
             Err(PlanError::Refused(why)) => why,
             other => panic!("{other:?}"),
         };
-        assert!(refused(plan(&f, "ai/tiny", Mode::ImageGeneration))
-            .contains("cannot generate images"));
+        assert!(
+            refused(plan(&f, "ai/tiny", Mode::ImageGeneration)).contains("cannot generate images")
+        );
         let wrong = f.planner(false).plan(
             "ai/tiny",
             Mode::Completion,

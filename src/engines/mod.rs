@@ -349,7 +349,11 @@ mod tests {
     #[test]
     fn the_registry_gives_each_format_one_engine_and_each_engine_one_name() {
         let names: Vec<&str> = EngineKind::ALL.map(EngineKind::name).to_vec();
-        assert_eq!(names, ["llama.cpp", "vllm", "diffusers"], "the listing order");
+        assert_eq!(
+            names,
+            ["llama.cpp", "vllm", "diffusers"],
+            "the listing order"
+        );
         for e in EngineKind::ALL {
             assert_eq!(EngineKind::from_name(e.name()), Some(e));
             assert!(!e.install_recipe().is_empty(), "{e:?}");
@@ -385,10 +389,15 @@ mod tests {
         let vllm = vllm::ENGINE.token_counting().unwrap();
         assert_eq!(vllm.path, "/tokenize");
         assert_eq!((vllm.body)(chat)["add_generation_prompt"], true);
-        assert_eq!((vllm.count)(serde_json::json!({"count": 9, "tokens": []})), Ok(9));
+        assert_eq!(
+            (vllm.count)(serde_json::json!({"count": 9, "tokens": []})),
+            Ok(9)
+        );
         assert!(diffusers::ENGINE.token_counting().is_none());
         assert!(llamacpp::ENGINE.answers_any_model_name());
-        assert!(!vllm::ENGINE.answers_any_model_name() && !diffusers::ENGINE.answers_any_model_name());
+        assert!(
+            !vllm::ENGINE.answers_any_model_name() && !diffusers::ENGINE.answers_any_model_name()
+        );
     }
 
     #[test]
