@@ -456,7 +456,9 @@ impl Actor {
                         .and_then(|key| self.state.runners.get(key))
                         .map(|r| &r.launch);
                     let Some(launch) = launch else {
-                        // A grant names a runner the state holds; if not, the waiter is told, not guessed at.
+                        // A grant names a runner the state holds; if not, the waiter is told, not guessed at,
+                        // and the grant is given back as a dropped lease would.
+                        let _ = self.tx.send(Msg::Event(Event::Released { runner }));
                         if let Some(w) = self.waiters.remove(&waiter) {
                             let _ = w.send(Err(AcquireError::EngineFailed(
                                 "the runner vanished before it was granted".into(),
