@@ -112,7 +112,7 @@ const FLAGS: [&str; 6] = ["--temp", "0", "--threads", "1", "--threads-http", "32
 fn engine_args(gguf: &std::path::Path, port: u16) -> Vec<String> {
     let spec = dmr_supervisor::engines::LaunchSpec {
         model_name: "ai/tiny:latest".into(),
-        engine: dmr_supervisor::engines::EngineKind::LlamaCpp,
+        engine: dmr_supervisor::engines::llamacpp::ENGINE,
         vllm: Default::default(),
         model_path: gguf.to_path_buf(),
         chat_template: None,

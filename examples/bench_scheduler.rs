@@ -85,7 +85,7 @@ fn pct(v: &[Duration], p: f64) -> Duration {
 fn acquire(waiter: u64, model: &str, bytes: u64) -> Event {
     let launch = LaunchSpec {
         model_name: model.into(),
-        engine: dmr_supervisor::engines::EngineKind::LlamaCpp,
+        engine: dmr_supervisor::engines::llamacpp::ENGINE,
         vllm: Default::default(),
         model_path: format!("/blobs/{model}").into(),
         chat_template: None,
@@ -291,7 +291,7 @@ async fn direct(a: &Args, client: &HttpClient, model: usize) -> [Duration; 3] {
     let port = free_port().unwrap();
     let spec = LaunchSpec {
         model_name: format!("{}:latest", MODEL_NAMES[model]),
-        engine: dmr_supervisor::engines::EngineKind::LlamaCpp,
+        engine: dmr_supervisor::engines::llamacpp::ENGINE,
         vllm: Default::default(),
         model_path: a.ggufs[model].clone(),
         chat_template: None,

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod engines;
 pub mod gpu;
+pub mod launch;
 pub mod logs;
 pub mod metrics;
 pub mod proxy;
@@ -98,7 +99,10 @@ impl Running {
 
     /// Serves until `shutdown` fires; then drains requests and stops every engine (SIGTERM, grace, SIGKILL).
     pub async fn run(self, shutdown: CancellationToken) {
-        let status = tokio::spawn(service::supervise(self.app.clone(), shutdown.clone()));
+        let status = tokio::spawn(service::supervise(
+            self.app.scheduler.snapshots(),
+            shutdown.clone(),
+        ));
         let (stopping, app) = (shutdown.clone(), self.app.clone());
         tokio::spawn(async move {
             stopping.cancelled().await;

@@ -2,14 +2,12 @@
 //! `WATCHDOG=1` pings while the scheduler answers (only when systemd set `WatchdogSec=`), `RELOADING=1` around a
 //! config reload and `STOPPING=1` at shutdown. Outside systemd (`NOTIFY_SOCKET` unset) every call does nothing.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::App;
-use crate::scheduler::RunnerInfo;
+use crate::scheduler::{RunnerInfo, Snapshots};
 
 /// How often the status line is refreshed when no watchdog asks for more.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
@@ -72,7 +70,7 @@ pub fn status_line(runners: &[RunnerInfo]) -> String {
 
 /// Until `shutdown`: refreshes the status line and, when systemd asked for a watchdog, pings it at half its
 /// period — but only while the scheduler answers, so a wedged scheduler gets the service restarted.
-pub async fn supervise(app: Arc<App>, shutdown: CancellationToken) {
+pub async fn supervise(runners: Snapshots, shutdown: CancellationToken) {
     let watchdog = watchdog_period(
         std::env::var("WATCHDOG_USEC").ok().as_deref(),
         std::env::var("WATCHDOG_PID").ok().as_deref(),
@@ -86,7 +84,7 @@ pub async fn supervise(app: Arc<App>, shutdown: CancellationToken) {
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        let Ok(runners) = tokio::time::timeout(every, app.scheduler.snapshot()).await else {
+        let Ok(runners) = tokio::time::timeout(every, runners.get()).await else {
             tracing::warn!("the scheduler did not answer within {every:?}; no watchdog ping");
             continue;
         };
@@ -116,7 +114,7 @@ mod tests {
         RunnerInfo {
             model_id: "m".into(),
             model_name: "m".into(),
-            engine: crate::engines::EngineKind::LlamaCpp,
+            engine: crate::engines::llamacpp::ENGINE,
             mode: Mode::Completion,
             queued,
             loading,

@@ -4,7 +4,66 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{EngineCommand, LaunchSpec};
+use super::{Engine, EngineCommand, EngineKind, LaunchSpec, Mode};
+use crate::store::{ModelConfig, ModelFormat};
+
+/// The diffusers runner, registered in [`EngineKind::ALL`].
+pub const ENGINE: EngineKind = EngineKind::new(&Diffusers);
+
+pub struct Diffusers;
+
+impl Engine for Diffusers {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn formats(&self) -> &'static [ModelFormat] {
+        &[ModelFormat::Diffusers, ModelFormat::Dduf]
+    }
+
+    fn serves(&self, mode: Mode) -> bool {
+        mode == Mode::ImageGeneration
+    }
+
+    fn resolve(
+        &self,
+        config: &crate::config::EnginesConfig,
+        _path_var: Option<&str>,
+        data_dir: &Path,
+    ) -> Result<EngineCommand, String> {
+        resolve(
+            config.diffusers.python.as_deref(),
+            config.diffusers.runner.as_deref(),
+            data_dir,
+        )
+    }
+
+    fn argv(&self, spec: &LaunchSpec, port: u16) -> Vec<String> {
+        argv(spec, port)
+    }
+
+    /// Images have no context.
+    fn context_size(&self, _asked: Option<u32>, _model: &ModelConfig) -> u32 {
+        0
+    }
+
+    fn install_recipe(&self) -> &'static [(&'static str, &'static str)] {
+        &[
+            (
+                "install.sh",
+                include_str!("../../engines/diffusers/install.sh"),
+            ),
+            (
+                "requirements.txt",
+                include_str!("../../engines/diffusers/requirements.txt"),
+            ),
+            (
+                "runner.py",
+                include_str!("../../engines/diffusers/runner.py"),
+            ),
+        ]
+    }
+}
 
 /// The engine's name in URLs (`/engines/diffusers/v1/images/generations`) and in `/engines/ps`.
 pub const NAME: &str = "diffusers";
@@ -59,13 +118,12 @@ pub fn install_dir(data_dir: &Path) -> PathBuf {
 mod tests {
     use super::*;
     use crate::config::KeepAlive;
-    use crate::engines::{EngineKind, Mode};
 
     #[test]
     fn the_command_line_is_dmrs_and_flags_are_not_passed() {
         let spec = LaunchSpec {
             model_name: "ai/sd:latest".into(),
-            engine: EngineKind::Diffusers,
+            engine: ENGINE,
             model_path: "/b/model/sd.dduf".into(),
             chat_template: None,
             mode: Mode::ImageGeneration,

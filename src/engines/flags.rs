@@ -8,7 +8,7 @@
 
 /// llama-server flags a caller may set: threads, context and batching, offload and placement, KV cache, sampling,
 /// chat templates and reasoning, speculative decoding without a draft path, embeddings and pooling, logging verbosity.
-const LLAMACPP: &[&str] = &[
+pub(super) const LLAMACPP: &[&str] = &[
     "-t",
     "--threads",
     "-tb",
@@ -160,7 +160,7 @@ const LLAMACPP: &[&str] = &[
 
 /// vLLM flags a caller may set (DMR's list): parallelism, lengths and batching, dtype and quantization, KV cache,
 /// and switches. `--served-model-name` is left out: the supervisor names the model.
-const VLLM: &[&str] = &[
+pub(super) const VLLM: &[&str] = &[
     "--tensor-parallel-size",
     "-tp",
     "--pipeline-parallel-size",
@@ -189,11 +189,7 @@ const VLLM: &[&str] = &[
 
 /// The allowlist of an engine, by its name in URLs. The diffusers runner takes no flags.
 pub fn allowlist(engine: &str) -> Option<&'static [&'static str]> {
-    match engine {
-        super::llamacpp::NAME => Some(LLAMACPP),
-        super::vllm::NAME => Some(VLLM),
-        _ => None,
-    }
+    super::EngineKind::from_name(engine).and_then(|e| e.flag_allowlist())
 }
 
 /// Checks flags sent over the network for `engine`; the error names the first bad token and why.

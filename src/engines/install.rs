@@ -1,5 +1,5 @@
-//! Installing engines: each engine's recipe (`engines/<name>/install.sh` and the files beside it) is compiled into
-//! the binary, written to a temp directory and run with bash, its output lines reported as progress. Used by
+//! Installing engines: each engine's recipe (`engines/<name>/install.sh` and the files beside it, named by its
+//! `Engine::install_recipe`) is compiled into the binary, written to a temp directory and run with bash, its output lines reported as progress. Used by
 //! `dmr-supervisor engines install NAME` and `POST /engines/install-backend`. Also reads an installed engine's
 //! version (the `version` file a recipe writes, or llama.cpp's pinned directory name).
 
@@ -13,33 +13,7 @@ use super::EngineKind;
 
 /// The files of an engine's recipe: (name, content); `install.sh` is run.
 fn recipe(engine: EngineKind) -> &'static [(&'static str, &'static str)] {
-    match engine {
-        EngineKind::LlamaCpp => &[(
-            "install.sh",
-            include_str!("../../engines/llama.cpp/install.sh"),
-        )],
-        EngineKind::Vllm => &[
-            ("install.sh", include_str!("../../engines/vllm/install.sh")),
-            (
-                "requirements.txt",
-                include_str!("../../engines/vllm/requirements.txt"),
-            ),
-        ],
-        EngineKind::Diffusers => &[
-            (
-                "install.sh",
-                include_str!("../../engines/diffusers/install.sh"),
-            ),
-            (
-                "requirements.txt",
-                include_str!("../../engines/diffusers/requirements.txt"),
-            ),
-            (
-                "runner.py",
-                include_str!("../../engines/diffusers/runner.py"),
-            ),
-        ],
-    }
+    engine.install_recipe()
 }
 
 /// Runs `engine`'s recipe with `args`, sending each output line (stdout and stderr) to `progress`. Returns the

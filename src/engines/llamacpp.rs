@@ -6,7 +6,112 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{LaunchSpec, Mode};
+use super::{DemandInput, Engine, EngineCommand, EngineKind, LaunchSpec, Mode, Need};
+use crate::gpu::estimate::{self, LlamaFlags, ModelShape};
+use crate::store::{ModelConfig, ModelFormat};
+
+/// llama.cpp, registered in [`EngineKind::ALL`].
+pub const ENGINE: EngineKind = EngineKind::new(&LlamaCpp);
+
+pub struct LlamaCpp;
+
+impl Engine for LlamaCpp {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn formats(&self) -> &'static [ModelFormat] {
+        &[ModelFormat::Gguf]
+    }
+
+    fn serves(&self, mode: Mode) -> bool {
+        mode != Mode::ImageGeneration
+    }
+
+    fn resolve(
+        &self,
+        config: &crate::config::EnginesConfig,
+        path_var: Option<&str>,
+        data_dir: &Path,
+    ) -> Result<EngineCommand, String> {
+        resolve_binary(config.llamacpp.binary.as_deref(), path_var, data_dir).map(|program| {
+            EngineCommand {
+                program,
+                prefix: vec![],
+            }
+        })
+    }
+
+    fn argv(&self, spec: &LaunchSpec, port: u16) -> Vec<String> {
+        argv(spec, port)
+    }
+
+    /// What was asked, else the packaged context, else the daemon's default (a GGUF's trained length is often
+    /// far more than memory allows).
+    fn context_size(&self, asked: Option<u32>, model: &ModelConfig) -> u32 {
+        asked
+            .or(packaged_context(model))
+            .unwrap_or(crate::config::DEFAULT_CONTEXT_SIZE)
+    }
+
+    /// The GGUF prediction (weights, KV cache, compute buffers, per the runtime flags) plus the engine's own
+    /// overhead; in CPU mode that is host memory. Flags that pin GPUs (`--main-gpu`, `--tensor-split`) pin the
+    /// demand. An unknown architecture counts its file size. Flags with bad values are the caller's error.
+    fn demand(&self, input: &DemandInput<'_>) -> Result<Need, String> {
+        let launch = input.launch;
+        let flags = LlamaFlags::parse(&launch.runtime_flags, launch.context_size as u64)
+            .map_err(|e| format!("runtime flags of {}: {e}", launch.model_name))?;
+        let bytes = std::fs::metadata(&input.model.weights)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let cpu = !input.gpu;
+        let overhead = super::overhead(input.gpu);
+        let total = match ModelShape::from_gguf(&input.model.config.gguf, bytes) {
+            Ok(shape) => estimate::predict(&shape, &flags, cpu).total() + overhead,
+            Err(_) => bytes + overhead,
+        };
+        let pinned = flags.main_gpu.is_some() || !flags.tensor_split.is_empty();
+        Ok(if pinned && !cpu {
+            Need::Pinned(
+                estimate::spread(total, &flags, input.devices)
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(_, b)| *b > 0)
+                    .map(|(i, b)| (i as u32, b))
+                    .collect(),
+            )
+        } else {
+            Need::Any(total)
+        })
+    }
+
+    fn answers_any_model_name(&self) -> bool {
+        true
+    }
+
+    fn token_counting(&self) -> Option<super::TokenCounting> {
+        Some(super::TokenCounting {
+            path: COUNT_TOKENS_PATH,
+            body: |chat| chat,
+            count: |answer| {
+                serde_json::from_value::<crate::api::openai::InputTokens>(answer)
+                    .map(|a| a.input_tokens)
+                    .map_err(|e| e.to_string())
+            },
+        })
+    }
+
+    fn install_recipe(&self) -> &'static [(&'static str, &'static str)] {
+        &[(
+            "install.sh",
+            include_str!("../../engines/llama.cpp/install.sh"),
+        )]
+    }
+
+    fn flag_allowlist(&self) -> Option<&'static [&'static str]> {
+        Some(super::flags::LLAMACPP)
+    }
+}
 
 /// The engine's name in URLs (`/engines/llama.cpp/v1/...`) and in `/engines/ps`.
 pub const NAME: &str = "llama.cpp";
@@ -118,7 +223,7 @@ mod tests {
     fn spec(mode: Mode, flags: &[&str]) -> LaunchSpec {
         LaunchSpec {
             model_name: "ai/tiny:latest".into(),
-            engine: crate::engines::EngineKind::LlamaCpp,
+            engine: ENGINE,
             model_path: "/store/blobs/sha256/abc".into(),
             chat_template: None,
             mode,

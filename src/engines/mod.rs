@@ -1,6 +1,8 @@
-//! Engines: what runs beside us. `llamacpp`, `vllm` and `diffusers` know their engine's command line and where
-//! its executable is found; which one serves a model follows its format (GGUF → llama.cpp, safetensors → vLLM,
-//! diffusers pipelines → diffusers), as in DMR. `process` spawns an engine in its own process group, captures its
+//! Engines: what runs beside us. Each engine is one file (`llamacpp`, `vllm`, `diffusers`) implementing
+//! [`Engine`]: its command line, where its executable is found, its default context, its memory estimate, the name
+//! it answers to, how it counts tokens, which settings and flags it accepts. [`EngineKind::ALL`] registers them;
+//! which one serves a model follows its format (GGUF → llama.cpp, safetensors → vLLM, diffusers pipelines →
+//! diffusers), as in DMR. `process` spawns an engine in its own process group, captures its
 //! output, waits for readiness and stops the whole group. Nothing here decides *when* to start or stop an engine:
 //! that is the scheduler's job.
 
@@ -11,34 +13,81 @@ pub mod llamacpp;
 pub mod process;
 pub mod vllm;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::KeepAlive;
-use crate::store::ModelFormat;
+use crate::store::{Model, ModelConfig, ModelFormat};
 
-/// An inference engine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum EngineKind {
-    LlamaCpp,
-    Vllm,
-    Diffusers,
+/// What the supervisor knows of one inference engine. Each engine is one file here with one `impl Engine` and
+/// one line in [`EngineKind::ALL`]; the scheduler and the HTTP front ask the engine, never name it.
+pub trait Engine: Sync + 'static {
+    /// Its name in URLs (`/engines/vllm/v1/...`), in `/engines/ps` and in `/engines/status`.
+    fn name(&self) -> &'static str;
+    /// The model formats it runs (each format has exactly one engine).
+    fn formats(&self) -> &'static [ModelFormat];
+    /// The modes it can serve.
+    fn serves(&self, mode: Mode) -> bool;
+    /// How to start it (configured path, `$PATH`, install directory), or why it cannot be.
+    fn resolve(
+        &self,
+        config: &crate::config::EnginesConfig,
+        path_var: Option<&str>,
+        data_dir: &Path,
+    ) -> Result<EngineCommand, String>;
+    /// The argv (after the program and its prefix) that starts `spec` on `port`.
+    fn argv(&self, spec: &LaunchSpec, port: u16) -> Vec<String>;
+    /// The context size to start with, given what the request and the settings asked for (`None`: nothing) and
+    /// the model's config. 0 leaves the engine's own default.
+    fn context_size(&self, asked: Option<u32>, model: &ModelConfig) -> u32;
+    /// The memory a load is expected to take, before the first measurement replaces it. By default the weights
+    /// plus a quarter for activations, plus the engine's own footprint.
+    fn demand(&self, input: &DemandInput<'_>) -> Result<Need, String> {
+        Ok(Need::Any(files_estimate(input)))
+    }
+    /// Whether it answers to any model name (llama.cpp); otherwise the request's `model` is rewritten to the
+    /// name it was started with.
+    fn answers_any_model_name(&self) -> bool {
+        false
+    }
+    /// How it counts a chat's tokens with the template applied, if it can.
+    fn token_counting(&self) -> Option<TokenCounting> {
+        None
+    }
+    /// Checks engine settings stored by `_configure` (vLLM's `gpu-memory-utilization`, `hf-overrides`).
+    fn check_options(&self, options: &vllm::VllmOptions) -> Result<(), String> {
+        if options.gpu_memory_utilization.is_some() || options.hf_overrides.is_some() {
+            return Err(format!(
+                "\"vllm\" settings apply to vLLM models; this one runs on {}",
+                self.name()
+            ));
+        }
+        Ok(())
+    }
+    /// Its install recipe, compiled in: (file name, content); `install.sh` is run (`engines::install`).
+    fn install_recipe(&self) -> &'static [(&'static str, &'static str)];
+    /// The runtime flags a network caller may set (`engines::flags`); `None`: none at all.
+    fn flag_allowlist(&self) -> Option<&'static [&'static str]> {
+        None
+    }
 }
 
+/// An engine, as the rest of the daemon holds it: a handle on its [`Engine`], compared, ordered and hashed by its
+/// place in [`EngineKind::ALL`].
+#[derive(Clone, Copy)]
+pub struct EngineKind(&'static dyn Engine);
+
 impl EngineKind {
-    pub const ALL: [EngineKind; 3] = [
-        EngineKind::LlamaCpp,
-        EngineKind::Vllm,
-        EngineKind::Diffusers,
-    ];
+    /// Every engine, in the order `/engines/status` lists them. Registering an engine is one line here.
+    pub const ALL: [EngineKind; 3] = [llamacpp::ENGINE, vllm::ENGINE, diffusers::ENGINE];
+
+    pub const fn new(engine: &'static dyn Engine) -> EngineKind {
+        EngineKind(engine)
+    }
 
     /// Its name in URLs (`/engines/vllm/v1/...`), in `/engines/ps` and in `/engines/status`.
     pub fn name(self) -> &'static str {
-        match self {
-            EngineKind::LlamaCpp => llamacpp::NAME,
-            EngineKind::Vllm => vllm::NAME,
-            EngineKind::Diffusers => diffusers::NAME,
-        }
+        self.0.name()
     }
 
     pub fn from_name(name: &str) -> Option<EngineKind> {
@@ -47,20 +96,107 @@ impl EngineKind {
 
     /// The engine that runs a model of this format.
     pub fn for_format(format: ModelFormat) -> EngineKind {
-        match format {
-            ModelFormat::Gguf => EngineKind::LlamaCpp,
-            ModelFormat::Safetensors => EngineKind::Vllm,
-            ModelFormat::Diffusers | ModelFormat::Dduf => EngineKind::Diffusers,
-        }
+        EngineKind::ALL
+            .into_iter()
+            .find(|e| e.formats().contains(&format))
+            .unwrap_or(llamacpp::ENGINE)
     }
 
-    /// The modes it can serve.
-    pub fn serves(self, mode: Mode) -> bool {
-        match self {
-            EngineKind::LlamaCpp | EngineKind::Vllm => mode != Mode::ImageGeneration,
-            EngineKind::Diffusers => mode == Mode::ImageGeneration,
-        }
+    fn rank(self) -> usize {
+        EngineKind::ALL
+            .iter()
+            .position(|e| e.name() == self.name())
+            .unwrap_or(usize::MAX)
     }
+}
+
+impl std::ops::Deref for EngineKind {
+    type Target = dyn Engine;
+    fn deref(&self) -> &Self::Target {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for EngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl PartialEq for EngineKind {
+    fn eq(&self, other: &Self) -> bool {
+        self.name() == other.name()
+    }
+}
+
+impl Eq for EngineKind {}
+
+impl PartialOrd for EngineKind {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for EngineKind {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.rank()
+            .cmp(&other.rank())
+            .then_with(|| self.name().cmp(other.name()))
+    }
+}
+
+impl std::hash::Hash for EngineKind {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name().hash(state)
+    }
+}
+
+/// How an engine counts the tokens of an OpenAI chat request with its chat template applied: what to POST where,
+/// and where the count is in the answer.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenCounting {
+    pub path: &'static str,
+    /// The body to send, from the chat request.
+    pub body: fn(serde_json::Value) -> serde_json::Value,
+    /// The count in the engine's answer.
+    pub count: fn(serde_json::Value) -> Result<u64, String>,
+}
+
+/// What an engine's memory estimate may read.
+pub struct DemandInput<'a> {
+    pub model: &'a Model,
+    pub launch: &'a LaunchSpec,
+    /// The size of the model's files in the store.
+    pub files_bytes: u64,
+    /// Budgeting GPU memory (NVML), not host memory.
+    pub gpu: bool,
+    /// How many devices the probe saw.
+    pub devices: usize,
+    /// Measures memory now (vLLM takes a share of the largest GPU).
+    pub probe: &'a dyn crate::gpu::GpuProbe,
+}
+
+/// An engine's memory estimate, before the scheduler places it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Need {
+    /// This many bytes, wherever they fit.
+    Any(u64),
+    /// Pinned by the runtime flags: these bytes on these devices.
+    Pinned(std::collections::BTreeMap<u32, u64>),
+}
+
+/// The engine's footprint on this machine (GPU runtimes take more than a CPU process).
+pub fn overhead(gpu: bool) -> u64 {
+    if gpu {
+        crate::gpu::estimate::ENGINE_OVERHEAD_GPU
+    } else {
+        crate::gpu::estimate::ENGINE_OVERHEAD_CPU
+    }
+}
+
+/// The model's files plus a quarter for activations plus the engine's footprint.
+pub fn files_estimate(input: &DemandInput<'_>) -> u64 {
+    input.files_bytes + input.files_bytes / 4 + overhead(input.gpu)
 }
 
 /// How to run an engine: an executable and the arguments that come before the engine's own (`python runner.py`,
@@ -85,29 +221,7 @@ pub struct EngineFinder {
 
 impl EngineFinder {
     pub fn find(&self, engine: EngineKind) -> Result<EngineCommand, String> {
-        let path_var = self.path_var.as_deref();
-        match engine {
-            EngineKind::LlamaCpp => llamacpp::resolve_binary(
-                self.config.llamacpp.binary.as_deref(),
-                path_var,
-                &self.data_dir,
-            )
-            .map(|program| EngineCommand {
-                program,
-                prefix: vec![],
-            }),
-            EngineKind::Vllm => vllm::resolve(
-                self.config.vllm.binary.as_deref(),
-                &self.config.vllm.args,
-                path_var,
-                &self.data_dir,
-            ),
-            EngineKind::Diffusers => diffusers::resolve(
-                self.config.diffusers.python.as_deref(),
-                self.config.diffusers.runner.as_deref(),
-                &self.data_dir,
-            ),
-        }
+        engine.resolve(&self.config, self.path_var.as_deref(), &self.data_dir)
     }
 
     pub fn all(&self) -> EngineCommands {
@@ -120,11 +234,7 @@ impl EngineFinder {
 
 /// The argv (after the program) that starts `spec`'s engine on `port`.
 pub fn argv(command: &EngineCommand, spec: &LaunchSpec, port: u16) -> Vec<String> {
-    let own = match spec.engine {
-        EngineKind::LlamaCpp => llamacpp::argv(spec, port),
-        EngineKind::Vllm => vllm::argv(spec, port),
-        EngineKind::Diffusers => diffusers::argv(spec, port),
-    };
+    let own = spec.engine.argv(spec, port);
     command.prefix.iter().cloned().chain(own).collect()
 }
 
@@ -234,6 +344,74 @@ pub fn cuda_pin(devices: &[u32]) -> Vec<(String, String)> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_gives_each_format_one_engine_and_each_engine_one_name() {
+        let names: Vec<&str> = EngineKind::ALL.map(EngineKind::name).to_vec();
+        assert_eq!(
+            names,
+            ["llama.cpp", "vllm", "diffusers"],
+            "the listing order"
+        );
+        for e in EngineKind::ALL {
+            assert_eq!(EngineKind::from_name(e.name()), Some(e));
+            assert!(!e.install_recipe().is_empty(), "{e:?}");
+            assert!(e.install_recipe().iter().any(|(n, _)| *n == "install.sh"));
+        }
+        for format in [
+            ModelFormat::Gguf,
+            ModelFormat::Safetensors,
+            ModelFormat::Diffusers,
+            ModelFormat::Dduf,
+        ] {
+            let owners: Vec<_> = EngineKind::ALL
+                .into_iter()
+                .filter(|e| e.formats().contains(&format))
+                .collect();
+            assert_eq!(owners, [EngineKind::for_format(format)], "{format:?}");
+        }
+        let mut sorted = EngineKind::ALL.to_vec();
+        sorted.reverse();
+        sorted.sort();
+        assert_eq!(sorted, EngineKind::ALL, "ordered as registered");
+        assert_eq!(EngineKind::from_name("sglang"), None);
+    }
+
+    #[test]
+    fn engines_say_how_they_count_tokens_and_which_names_they_answer_to() {
+        let llama = llamacpp::ENGINE.token_counting().unwrap();
+        let chat = serde_json::json!({"model": "m", "messages": [], "max_tokens": 1});
+        assert_eq!(llama.path, "/v1/chat/completions/input_tokens");
+        assert_eq!((llama.body)(chat.clone()), chat);
+        assert_eq!((llama.count)(serde_json::json!({"input_tokens": 7})), Ok(7));
+        assert!((llama.count)(serde_json::json!({"count": 7})).is_err());
+        let vllm = vllm::ENGINE.token_counting().unwrap();
+        assert_eq!(vllm.path, "/tokenize");
+        assert_eq!((vllm.body)(chat)["add_generation_prompt"], true);
+        assert_eq!(
+            (vllm.count)(serde_json::json!({"count": 9, "tokens": []})),
+            Ok(9)
+        );
+        assert!(diffusers::ENGINE.token_counting().is_none());
+        assert!(llamacpp::ENGINE.answers_any_model_name());
+        assert!(
+            !vllm::ENGINE.answers_any_model_name() && !diffusers::ENGINE.answers_any_model_name()
+        );
+    }
+
+    #[test]
+    fn only_vllm_takes_vllm_settings_and_checks_them() {
+        let share = |x| vllm::VllmOptions {
+            gpu_memory_utilization: Some(x),
+            hf_overrides: None,
+        };
+        assert!(vllm::ENGINE.check_options(&share(0.5)).is_ok());
+        assert!(vllm::ENGINE.check_options(&share(1.5)).is_err());
+        let err = llamacpp::ENGINE.check_options(&share(0.5)).unwrap_err();
+        assert!(err.contains("runs on llama.cpp"), "{err}");
+        assert!(diffusers::ENGINE.check_options(&Default::default()).is_ok());
+    }
     #[test]
     fn a_taken_port_is_recognised() {
         assert!(super::port_taken(

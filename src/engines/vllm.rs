@@ -5,7 +5,106 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{EngineCommand, LaunchSpec, Mode};
+use super::{DemandInput, Engine, EngineCommand, EngineKind, LaunchSpec, Mode, Need};
+use crate::store::{ModelConfig, ModelFormat};
+
+/// vLLM, registered in [`EngineKind::ALL`].
+pub const ENGINE: EngineKind = EngineKind::new(&Vllm);
+
+pub struct Vllm;
+
+impl Engine for Vllm {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn formats(&self) -> &'static [ModelFormat] {
+        &[ModelFormat::Safetensors]
+    }
+
+    fn serves(&self, mode: Mode) -> bool {
+        mode != Mode::ImageGeneration
+    }
+
+    fn resolve(
+        &self,
+        config: &crate::config::EnginesConfig,
+        path_var: Option<&str>,
+        data_dir: &Path,
+    ) -> Result<EngineCommand, String> {
+        resolve(
+            config.vllm.binary.as_deref(),
+            &config.vllm.args,
+            path_var,
+            data_dir,
+        )
+    }
+
+    fn argv(&self, spec: &LaunchSpec, port: u16) -> Vec<String> {
+        argv(spec, port)
+    }
+
+    /// What was asked, else the model's own maximum (`max_position_embeddings`); 0 leaves the flag out.
+    fn context_size(&self, asked: Option<u32>, model: &ModelConfig) -> u32 {
+        asked
+            .or(model.context_size.and_then(|c| u32::try_from(c).ok()))
+            .unwrap_or(0)
+    }
+
+    /// vLLM takes `gpu_memory_utilization` (0.9 by default) of the GPU whatever the model, so on a GPU that share
+    /// of the largest device is its demand; otherwise the weights plus a quarter, plus its footprint.
+    fn demand(&self, input: &DemandInput<'_>) -> Result<Need, String> {
+        if input.gpu {
+            let share = input.launch.vllm.gpu_memory_utilization.unwrap_or(0.9);
+            let largest = input
+                .probe
+                .snapshot(&[])
+                .ok()
+                .and_then(|s| s.devices.iter().map(|d| d.total).max())
+                .unwrap_or(0);
+            if largest > 0 {
+                return Ok(Need::Any((largest as f64 * share) as u64));
+            }
+        }
+        Ok(Need::Any(super::files_estimate(input)))
+    }
+
+    fn token_counting(&self) -> Option<super::TokenCounting> {
+        Some(super::TokenCounting {
+            path: TOKENIZE_PATH,
+            body: |chat| tokenize_body(&chat),
+            count: |answer| {
+                serde_json::from_value::<TokenCount>(answer)
+                    .map(|a| a.count)
+                    .map_err(|e| e.to_string())
+            },
+        })
+    }
+
+    fn check_options(&self, options: &VllmOptions) -> Result<(), String> {
+        if let Some(u) = options.gpu_memory_utilization {
+            check_utilization(u)?;
+        }
+        if let Some(h) = &options.hf_overrides {
+            check_hf_overrides(h)?;
+        }
+        Ok(())
+    }
+
+    fn install_recipe(&self) -> &'static [(&'static str, &'static str)] {
+        &[
+            ("install.sh", include_str!("../../engines/vllm/install.sh")),
+            (
+                "requirements.txt",
+                include_str!("../../engines/vllm/requirements.txt"),
+            ),
+        ]
+    }
+
+    fn flag_allowlist(&self) -> Option<&'static [&'static str]> {
+        Some(super::flags::VLLM)
+    }
+}
 
 /// The engine's name in URLs (`/engines/vllm/v1/...`) and in `/engines/ps`.
 pub const NAME: &str = "vllm";
@@ -164,12 +263,11 @@ mod tests {
         );
     }
     use crate::config::KeepAlive;
-    use crate::engines::EngineKind;
 
     fn spec(mode: Mode, ctx: u32, flags: &[&str], vllm: VllmOptions) -> LaunchSpec {
         LaunchSpec {
             model_name: "ai/qwen:latest".into(),
-            engine: EngineKind::Vllm,
+            engine: ENGINE,
             model_path: "/store/bundles/sha256/ab/model".into(),
             chat_template: None,
             mode,

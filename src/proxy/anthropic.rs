@@ -15,7 +15,7 @@ use super::{translated, App};
 use crate::api::anthropic::{self, CountTokensOut, MessagesIn, Purpose, StreamTranslator};
 use crate::api::openai;
 use crate::api::ErrorKind;
-use crate::engines::{llamacpp, vllm, EngineKind, Mode, RunnerWishes};
+use crate::engines::{Mode, RunnerWishes};
 
 async fn read(app: &Arc<App>, req: http::Request<Incoming>) -> Result<MessagesIn, ApiError> {
     let (_, body) = read_body(req, app.body_limits()).await?;
@@ -80,42 +80,23 @@ pub async fn count_tokens(
         &RunnerWishes::default(),
     )
     .await?;
-    let input_tokens = match lease.engine {
-        EngineKind::Vllm => {
-            let chat = serde_json::to_value(&request).map_err(|e| {
-                ApiError::new(
-                    ErrorKind::Internal,
-                    format!("cannot encode the request: {e}"),
-                )
-            })?;
-            let body = vllm::tokenize_body(&chat);
-            let resp = translated::post(
-                &app.engines,
-                &lease,
-                vllm::TOKENIZE_PATH,
-                &body,
-                &model,
-                false,
-            )
-            .await?;
-            translated::collect::<vllm::TokenCount>(resp, &model)
-                .await?
-                .count
-        }
-        _ => {
-            let resp = translated::post(
-                &app.engines,
-                &lease,
-                llamacpp::COUNT_TOKENS_PATH,
-                &request,
-                &model,
-                false,
-            )
-            .await?;
-            translated::collect::<openai::InputTokens>(resp, &model)
-                .await?
-                .input_tokens
-        }
-    };
+    let counting = lease.engine.token_counting().ok_or_else(|| {
+        ApiError::bad_request(format!("{} cannot count tokens", lease.engine.name()))
+    })?;
+    let chat = serde_json::to_value(&request).map_err(|e| {
+        ApiError::new(
+            ErrorKind::Internal,
+            format!("cannot encode the request: {e}"),
+        )
+    })?;
+    let body = (counting.body)(chat);
+    let resp = translated::post(&app.engines, &lease, counting.path, &body, &model, false).await?;
+    let answer: serde_json::Value = translated::collect(resp, &model).await?;
+    let input_tokens = (counting.count)(answer).map_err(|e| {
+        ApiError::new(
+            ErrorKind::BadGateway,
+            format!("unreadable answer from the engine serving {model}: {e}"),
+        )
+    })?;
     Ok(json(StatusCode::OK, &CountTokensOut { input_tokens }))
 }

@@ -78,7 +78,7 @@ pub async fn set(
     });
     Ok(json(
         StatusCode::ACCEPTED,
-        &listed(&requested, config, engine),
+        &listed(&requested, config, engine.name()),
     ))
 }
 
@@ -131,20 +131,13 @@ fn validate(
         KeepAlive::parse(k).map_err(|e| ApiError::bad_request(format!("keep_alive: {e}")))?;
     }
     let v = input.vllm.clone().unwrap_or_default();
-    if (v.gpu_memory_utilization.is_some() || v.hf_overrides.is_some())
-        && engine != EngineKind::Vllm
-    {
-        return Err(ApiError::bad_request(format!(
-            "\"vllm\" settings apply to vLLM models; this one runs on {}",
-            engine.name()
-        )));
-    }
-    if let Some(u) = v.gpu_memory_utilization {
-        vllm::check_utilization(u).map_err(ApiError::bad_request)?;
-    }
-    if let Some(h) = &v.hf_overrides {
-        vllm::check_hf_overrides(h).map_err(ApiError::bad_request)?;
-    }
+    let options = vllm::VllmOptions {
+        gpu_memory_utilization: v.gpu_memory_utilization,
+        hf_overrides: v.hf_overrides.clone(),
+    };
+    engine
+        .check_options(&options)
+        .map_err(ApiError::bad_request)?;
     Ok(RuntimeConfig {
         model_id: model_id.to_string(),
         mode: mode.as_str().to_string(),
@@ -156,7 +149,7 @@ fn validate(
     })
 }
 
-fn listed(name: &str, c: RuntimeConfig, engine: EngineKind) -> native::ConfiguredModel {
+fn listed(name: &str, c: RuntimeConfig, backend: &'static str) -> native::ConfiguredModel {
     let vllm = (c.gpu_memory_utilization.is_some() || c.hf_overrides.is_some()).then(|| {
         native::VllmSettings {
             hf_overrides: c.hf_overrides.clone(),
@@ -164,7 +157,7 @@ fn listed(name: &str, c: RuntimeConfig, engine: EngineKind) -> native::Configure
         }
     });
     native::ConfiguredModel {
-        backend: engine.name(),
+        backend,
         model: name.to_string(),
         model_id: c.model_id,
         mode: c.mode,
@@ -193,7 +186,8 @@ pub async fn list(app: &Arc<App>, query: Option<&str>) -> Result<Response<Body>,
             .as_ref()
             .and_then(|m| m.tags.first().cloned())
             .unwrap_or_else(|| c.model_id.clone());
-        let engine = model.map_or(EngineKind::LlamaCpp, |m| EngineKind::for_format(m.format));
+        // A config whose model is gone names no backend.
+        let engine = model.map_or("", |m| EngineKind::for_format(m.format).name());
         out.push(listed(&name, c, engine));
     }
     Ok(json(StatusCode::OK, &out))
@@ -212,7 +206,7 @@ mod tests {
         let c = validate(
             &req(serde_json::json!({"model": "m", "context-size": 8192, "raw-runtime-flags": "--temp 0.5 --embeddings", "keep_alive": "10m"})),
             "sha256:x",
-            EngineKind::LlamaCpp,
+            crate::engines::llamacpp::ENGINE,
         )
         .unwrap();
         assert_eq!(c.context_size, Some(8192));
@@ -222,7 +216,7 @@ mod tests {
         );
         assert_eq!(c.mode, "embedding");
         let bad = |v: serde_json::Value| {
-            validate(&req(v), "id", EngineKind::LlamaCpp)
+            validate(&req(v), "id", crate::engines::llamacpp::ENGINE)
                 .unwrap_err()
                 .message
         };
@@ -244,7 +238,7 @@ mod tests {
                 .contains("apply to vLLM")
         );
         let vllm_bad = |v: serde_json::Value| {
-            validate(&req(v), "id", EngineKind::Vllm)
+            validate(&req(v), "id", crate::engines::vllm::ENGINE)
                 .unwrap_err()
                 .message
         };
@@ -263,7 +257,7 @@ mod tests {
         let ok = validate(
             &req(serde_json::json!({"vllm": {"hf-overrides": {"rope_theta": 1}, "gpu-memory-utilization": 0.5}, "runtime-flags": ["--enforce-eager"]})),
             "id",
-            EngineKind::Vllm,
+            crate::engines::vllm::ENGINE,
         )
         .unwrap();
         assert_eq!(ok.gpu_memory_utilization, Some(0.5));

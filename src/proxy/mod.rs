@@ -36,10 +36,10 @@ use tokio_util::sync::CancellationToken;
 
 use self::http::{json, percent_decode, text, ApiError, Body};
 use crate::api::{native, Dialect};
-use crate::config::{Config, KeepAlive, ModelSettings};
+use crate::config::{Config, ModelSettings};
 use crate::engines::{EngineKind, Mode};
 use crate::scheduler::Scheduler;
-use crate::store::{name, Model, Store, StoreError};
+use crate::store::{Model, Store, StoreError};
 
 /// Where the configuration came from, so that a reload reads it the same way.
 #[derive(Debug, Clone, Default)]
@@ -137,46 +137,7 @@ impl App {
     /// A model's settings in `mode`: the `[[models]]` entry of the name asked for, else of any of the model's tags,
     /// else defaults; then what `POST /engines/_configure` stored for the model and mode, which wins.
     pub fn settings_for(&self, requested: &str, model: &Model, mode: Mode) -> ModelSettings {
-        let requested = name::normalize(requested).ok();
-        let config = self.config();
-        let by_name = |n: &str| config.models.iter().find(|m| m.name == n);
-        let mut settings = requested
-            .as_deref()
-            .and_then(by_name)
-            .or_else(|| model.tags.iter().find_map(|t| by_name(t)))
-            .cloned()
-            .unwrap_or_else(|| {
-                ModelSettings::defaults_for(requested.as_deref().unwrap_or_default())
-            });
-        let stored = self
-            .store
-            .runtime_config(&model.id, mode.as_str())
-            .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "cannot read runtime configs");
-                None
-            });
-        if let Some(c) = stored {
-            if c.context_size.is_some() {
-                settings.context_size = c.context_size;
-            }
-            if let Some(flags) = c.runtime_flags {
-                settings.runtime_flags = flags;
-            }
-            if let Some(k) = c
-                .keep_alive
-                .as_deref()
-                .and_then(|k| KeepAlive::parse(k).ok())
-            {
-                settings.keep_alive = Some(k);
-            }
-            if c.gpu_memory_utilization.is_some() {
-                settings.vllm.gpu_memory_utilization = c.gpu_memory_utilization;
-            }
-            if c.hf_overrides.is_some() {
-                settings.vllm.hf_overrides = c.hf_overrides;
-            }
-        }
-        settings
+        crate::launch::settings(&self.config(), &self.store, requested, model, mode)
     }
 }
 

@@ -11,7 +11,6 @@ use hyper::body::Incoming;
 use super::http::{json, ndjson, parse_json, query_flag, read_body, ApiError, Body};
 use super::App;
 use crate::api::{native, openai, ErrorKind};
-use crate::registry::RegistryError;
 use crate::scheduler::Selector;
 use crate::store::{self, name, Model, StoreError};
 
@@ -314,111 +313,22 @@ fn progress_type(headers: &http::HeaderMap) -> &'static str {
     }
 }
 
-/// What a running pull reports.
-pub enum PullEvent {
-    Progress(crate::registry::Progress),
-    /// Finished: whether every blob was already there (nothing downloaded), or why it failed.
-    Done(Result<bool, String>),
+pub use crate::registry::pull::{Pull, PullEvent};
+
+/// [`Pull::prepare`] with the app's registries and store; its failures are the caller's HTTP statuses.
+pub async fn prepare_pull(app: &App, from: &str, bearer: Option<&str>) -> Result<Pull, ApiError> {
+    Pull::prepare(&app.registries, &app.store, from, bearer)
+        .await
+        .map_err(registry_error)
 }
 
-/// A pull whose source has answered: a registry's manifest and config, or a Hugging Face repository's file list.
-pub enum Pull {
-    Registry(crate::registry::Prepared),
-    HuggingFace(String, crate::registry::hf::Plan),
-}
-
-impl Pull {
-    /// Resolves `from` (`hf.co/...` goes to Hugging Face, anything else to a registry) and fetches what must be
-    /// known before streaming, so that its failures are HTTP statuses: 400 bad reference, 401, 404, 422 not a
-    /// model, 502.
-    pub async fn prepare(app: &App, from: &str, bearer: Option<&str>) -> Result<Pull, ApiError> {
-        if from.starts_with("hf.co/") || from.starts_with("huggingface.co/") {
-            let (tag, plan) = app
-                .registries
-                .prepare_hf(from, bearer)
-                .await
-                .map_err(registry_error)?;
-            return Ok(Pull::HuggingFace(tag, plan));
-        }
-        let prepared = app
-            .registries
-            .prepare(app.store.clone(), from, bearer)
-            .await
-            .map_err(registry_error)?;
-        Ok(Pull::Registry(prepared))
-    }
-
-    /// Bytes to download at most.
-    pub fn total(&self) -> u64 {
-        match self {
-            Pull::Registry(p) => p.total(),
-            Pull::HuggingFace(_, plan) => plan.total(),
-        }
-    }
-}
-
-/// Runs a pull in the background; `encode` turns each event into a line of the returned channel. A client that
-/// goes away (the receiver dropped) cancels the pull: nothing is committed, and what arrived of the current layer
-/// stays as `.incomplete` for the next pull to resume.
+/// [`Pull::start`] with the app's registries and store.
 pub fn start_pull(
     app: &Arc<App>,
     pull: Pull,
     encode: impl Fn(PullEvent) -> Vec<u8> + Send + Sync + 'static,
 ) -> tokio::sync::mpsc::UnboundedReceiver<Vec<u8>> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let app = app.clone();
-    tokio::spawn(async move {
-        let store = app.store.clone();
-        let (tag, cached) = match &pull {
-            Pull::Registry(p) => {
-                let (s, digests) = (store.clone(), p.layer_digests());
-                let cached =
-                    tokio::task::spawn_blocking(move || digests.iter().all(|d| s.has_blob(d)))
-                        .await
-                        .unwrap_or(false);
-                (p.tag().to_string(), cached)
-            }
-            Pull::HuggingFace(tag, _) => (tag.clone(), false),
-        };
-        let report = |p: crate::registry::Progress| {
-            let _ = tx.send(encode(PullEvent::Progress(p)));
-        };
-        let work = async {
-            match pull {
-                Pull::Registry(p) => app.registries.pull(store, p, &report).await,
-                Pull::HuggingFace(tag, plan) => {
-                    app.registries.pull_hf(store, &tag, plan, &report).await
-                }
-            }
-        };
-        let result = tokio::select! {
-            r = work => r,
-            _ = tx.closed() => Err(RegistryError::Interrupted("cancelled: the client went away".into())),
-        };
-        match &result {
-            Ok(model) => tracing::info!(model = tag, id = model.id, cached, "model pulled"),
-            Err(e @ (RegistryError::Unsupported(_) | RegistryError::Store(_))) => {
-                tracing::warn!(model = tag, error = %e, "pull refused");
-                // A refusal of what the registry sent, and the pull's protection of its blobs is over: what it
-                // left that no model names goes.
-                let store = app.store.clone();
-                let _ =
-                    tokio::task::spawn_blocking(move || store.collect_orphans("a refused pull"))
-                        .await;
-            }
-            Err(e) => {
-                // A cut, a cancel or a registry that failed midway: the layers that arrived stay for the next pull
-                // (the start-up collection removes them if none comes).
-                tracing::warn!(model = tag, error = %e, "pull failed");
-            }
-        }
-        let _ = tx.send(encode(PullEvent::Done(
-            result
-                .map(|_| cached)
-                .map_err(|e| app.store.redact(&e.to_string())),
-        )));
-    });
-    rx
+    pull.start(app.registries.clone(), app.store.clone(), encode)
 }
 
 /// A pull for `POST /models/create`: DMR's NDJSON progress lines, ending with `success` (or "Using cached model"
@@ -429,7 +339,7 @@ pub async fn pull(
     bearer: Option<&str>,
     content_type: &'static str,
 ) -> Result<Response<Body>, ApiError> {
-    let pull = Pull::prepare(app, from, bearer).await?;
+    let pull = prepare_pull(app, from, bearer).await?;
     let total = pull.total();
     let rx = start_pull(app, pull, move |event| {
         let line = match event {

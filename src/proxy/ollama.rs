@@ -362,7 +362,7 @@ pub async fn pull(
         .or(input.name)
         .filter(|m| !m.is_empty())
         .ok_or_else(|| ApiError::bad_request("model is required"))?;
-    let pull = super::models::Pull::prepare(app, &from, None).await?;
+    let pull = super::models::prepare_pull(app, &from, None).await?;
     let line = |v: serde_json::Value| {
         let mut b = serde_json::to_vec(&v).unwrap_or_default();
         b.push(b'\n');

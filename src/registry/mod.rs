@@ -7,11 +7,13 @@
 //! before it enters the store — and commits the model under its tag. At most
 //! `max_pulls` pulls run at once and one blob is never downloaded twice at the same time. Credentials: a bearer
 //! token from the request, else the user's docker `config.json` for that host, else anonymous (with the registry's
-//! token flow). Progress goes to a callback as DMR's NDJSON lines are built from it.
+//! token flow). Progress goes to a callback as DMR's NDJSON lines are built from it. `pull` runs a whole pull
+//! (registry or Hugging Face) in the background for the HTTP handlers.
 
 pub mod auth;
 mod capped;
 pub mod hf;
+pub mod pull;
 mod spool;
 
 use std::collections::HashMap;

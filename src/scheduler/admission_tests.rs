@@ -8,7 +8,7 @@ const MIB: u64 = 1 << 20;
 fn launch(model: &str) -> LaunchSpec {
     LaunchSpec {
         model_name: model.into(),
-        engine: crate::engines::EngineKind::LlamaCpp,
+        engine: crate::engines::llamacpp::ENGINE,
         model_path: format!("/blobs/{model}").into(),
         chat_template: None,
         mode: Mode::Completion,

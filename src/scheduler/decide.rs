@@ -799,7 +799,7 @@ mod tests {
     fn launch(model: &str, keep_alive: KeepAlive) -> LaunchSpec {
         LaunchSpec {
             model_name: model.into(),
-            engine: crate::engines::EngineKind::LlamaCpp,
+            engine: crate::engines::llamacpp::ENGINE,
             model_path: format!("/blobs/{model}").into(),
             chat_template: None,
             mode: Mode::Completion,

@@ -81,6 +81,15 @@ pub enum Demand {
     Pinned(Usage),
 }
 
+impl From<crate::engines::Need> for Demand {
+    fn from(need: crate::engines::Need) -> Demand {
+        match need {
+            crate::engines::Need::Any(bytes) => Demand::Any(bytes),
+            crate::engines::Need::Pinned(per_device) => Demand::Pinned(per_device),
+        }
+    }
+}
+
 impl Demand {
     pub fn bytes(&self) -> u64 {
         match self {

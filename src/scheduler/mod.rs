@@ -62,8 +62,8 @@ pub struct Lease {
     pub endpoint: Endpoint,
     /// The engine the runner runs.
     pub engine: engines::EngineKind,
-    /// The only model name the engine answers to, for engines that check it (vLLM, diffusers): the request's
-    /// `model` is rewritten to it. `None` for llama.cpp, which answers to any.
+    /// The only model name the engine answers to, for engines that check it: the request's `model` is rewritten
+    /// to it. `None` for engines that answer to any (`Engine::answers_any_model_name`).
     pub served_name: Option<String>,
     runner: RunnerId,
     tx: mpsc::UnboundedSender<Msg>,
@@ -133,6 +133,23 @@ enum Msg {
     Measure,
     /// A measurement finished (the event is `None` when the probe failed).
     MeasureDone(Option<Event>),
+}
+
+/// Reads the runners' state from the scheduler's actor; cheap to clone.
+#[derive(Clone)]
+pub struct Snapshots {
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl Snapshots {
+    /// Every runner as `/engines/ps` shows it (empty once the scheduler is gone).
+    pub async fn get(&self) -> Vec<RunnerInfo> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Snapshot(reply)).is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
 }
 
 pub struct Scheduler {
@@ -240,11 +257,14 @@ impl Scheduler {
     }
 
     pub async fn snapshot(&self) -> Vec<RunnerInfo> {
-        let (reply, rx) = oneshot::channel();
-        if self.tx.send(Msg::Snapshot(reply)).is_err() {
-            return Vec::new();
+        self.snapshots().get().await
+    }
+
+    /// A handle that reads snapshots and nothing else (what `service::supervise` needs).
+    pub fn snapshots(&self) -> Snapshots {
+        Snapshots {
+            tx: self.tx.clone(),
         }
-        rx.await.unwrap_or_default()
     }
 
     /// Stops the selected runners (idle ones only unless `force`) and waits until their processes are gone.
@@ -435,10 +455,20 @@ impl Actor {
                         .find(runner)
                         .and_then(|key| self.state.runners.get(key))
                         .map(|r| &r.launch);
-                    let engine = launch.map_or(engines::EngineKind::LlamaCpp, |l| l.engine);
-                    let served_name = launch
-                        .filter(|l| l.engine != engines::EngineKind::LlamaCpp)
-                        .map(|l| l.model_name.clone());
+                    let Some(launch) = launch else {
+                        // A grant names a runner the state holds; if not, the waiter is told, not guessed at,
+                        // and the grant is given back as a dropped lease would.
+                        let _ = self.tx.send(Msg::Event(Event::Released { runner }));
+                        if let Some(w) = self.waiters.remove(&waiter) {
+                            let _ = w.send(Err(AcquireError::EngineFailed(
+                                "the runner vanished before it was granted".into(),
+                            )));
+                        }
+                        continue;
+                    };
+                    let engine = launch.engine;
+                    let served_name =
+                        (!engine.answers_any_model_name()).then(|| launch.model_name.clone());
                     let lease = Lease {
                         endpoint,
                         engine,

@@ -464,6 +464,18 @@ impl Store {
         self.root.join("bundles/sha256")
     }
 
+    /// The bytes a model's blobs take on disk (what an engine loads, for a memory estimate); blobs that are
+    /// missing count nothing.
+    pub fn files_size(&self, model: &Model) -> u64 {
+        model
+            .files
+            .iter()
+            .filter_map(|d| d.strip_prefix("sha256:"))
+            .filter_map(|hex| fs::metadata(self.blob_path(hex)).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
     fn manifest_dir(&self) -> PathBuf {
         self.root.join("manifests/sha256")
     }

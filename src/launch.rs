@@ -1,0 +1,492 @@
+//! Launch planning: from a model name, a mode and what the request wishes, everything the scheduler needs to
+//! start a runner — the model's engine (by format; an engine named in the URL must agree), its settings
+//! (`[[models]]`, then what `_configure` stored), the context size (the engine's default when nothing is asked),
+//! keep-alive, and the memory the load is expected to take (the engine's estimate, cached per model, context and
+//! flags). It reads the store, the configuration and the memory probe, and nothing of HTTP: the front maps a
+//! [`PlanError`] to its dialect, then asks the scheduler for a lease with the [`Plan`].
+//!
+//! It sits between the front and the scheduler on purpose: the scheduler decides *when* and *where* a runner
+//! runs and knows no store; the front only translates.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::config::{Config, KeepAlive, ModelSettings};
+use crate::engines::{DemandInput, EngineKind, LaunchSpec, Mode, RunnerWishes};
+use crate::gpu::GpuProbe;
+use crate::scheduler::{Demand, RunnerKey};
+use crate::store::{name, Model, Store, StoreError};
+
+/// (model id, context size, runtime flags, vLLM's memory share as bits): what a prediction depends on.
+pub type DemandKey = (String, u32, Vec<String>, Option<u64>);
+
+/// Predictions by [`DemandKey`], so that requests for a loaded model do not redo them.
+pub type DemandCache = Mutex<HashMap<DemandKey, Demand>>;
+
+/// Predictions kept before the cache starts over.
+const CACHED_DEMANDS: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// No model by that name (the caller's 404).
+    #[error("model {0:?} not found")]
+    NotFound(String),
+    /// The request cannot be served as asked (the caller's 400): wrong engine or mode, bad flags.
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Where to start a runner, how, and what it is expected to take.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub key: RunnerKey,
+    pub launch: LaunchSpec,
+    pub demand: Demand,
+}
+
+/// What planning reads.
+pub struct Planner<'a> {
+    pub store: &'a Store,
+    pub config: &'a Config,
+    pub probe: &'a dyn GpuProbe,
+    /// Budgeting GPU memory (NVML), not host memory.
+    pub gpu: bool,
+    /// Devices the probe saw at start.
+    pub devices: usize,
+    pub demands: &'a DemandCache,
+}
+
+impl Planner<'_> {
+    /// The model a request names.
+    pub fn model(&self, requested: &str) -> Result<Model, PlanError> {
+        self.store.get(requested).map_err(|e| match e {
+            StoreError::NotFound(_) => PlanError::NotFound(requested.to_string()),
+            other => other.into(),
+        })
+    }
+
+    /// The plan for serving `requested` in `mode`. `in_path` is an engine the URL names; `wishes` override the
+    /// settings for this request.
+    pub fn plan(
+        &self,
+        requested: &str,
+        mode: Mode,
+        in_path: Option<EngineKind>,
+        wishes: &RunnerWishes,
+    ) -> Result<Plan, PlanError> {
+        let model = self.model(requested)?;
+        let engine = EngineKind::for_format(model.format);
+        if let Some(named) = in_path.filter(|e| *e != engine) {
+            return Err(PlanError::Refused(format!(
+                "model {requested} is a {} model, served by {}, not {}; use /engines/{}/v1/... or /engines/v1/...",
+                model.format.as_str(),
+                engine.name(),
+                named.name(),
+                engine.name()
+            )));
+        }
+        if !engine.serves(mode) {
+            let what = if mode == Mode::ImageGeneration {
+                "cannot generate images (only diffusers models can)".to_string()
+            } else {
+                format!(
+                    "is an image model: use /v1/images/generations, not {} requests",
+                    mode.as_str()
+                )
+            };
+            return Err(PlanError::Refused(format!("model {requested} {what}")));
+        }
+        let settings = settings(self.config, self.store, requested, &model, mode);
+        let asked = wishes.context_size.or(settings.context_size);
+        let launch = LaunchSpec {
+            model_name: model
+                .tags
+                .first()
+                .cloned()
+                .unwrap_or_else(|| model.id.clone()),
+            engine,
+            model_path: model.weights.clone(),
+            chat_template: model.chat_template.clone(),
+            mode,
+            context_size: engine.context_size(asked, &model.config),
+            runtime_flags: settings.runtime_flags,
+            keep_alive: wishes
+                .keep_alive
+                .or(settings.keep_alive)
+                .unwrap_or(self.config.scheduler.keep_alive),
+            vllm: settings.vllm,
+        };
+        let demand = self.demand(&model, &launch)?;
+        Ok(Plan {
+            key: RunnerKey {
+                model_id: model.id,
+                mode,
+            },
+            launch,
+            demand,
+        })
+    }
+
+    /// The engine's estimate, computed once per [`DemandKey`]: it reads file sizes and parses
+    /// metadata, which requests for a loaded model should not pay for.
+    fn demand(&self, model: &Model, launch: &LaunchSpec) -> Result<Demand, PlanError> {
+        let key = (
+            model.id.clone(),
+            launch.context_size,
+            launch.runtime_flags.clone(),
+            launch.vllm.gpu_memory_utilization.map(f64::to_bits),
+        );
+        if let Some(d) = self.cache().get(&key) {
+            return Ok(d.clone());
+        }
+        let input = DemandInput {
+            model,
+            launch,
+            files_bytes: self.store.files_size(model),
+            gpu: self.gpu,
+            devices: self.devices,
+            probe: self.probe,
+        };
+        let demand = Demand::from(launch.engine.demand(&input).map_err(PlanError::Refused)?);
+        let mut cache = self.cache();
+        if cache.len() >= CACHED_DEMANDS {
+            cache.clear();
+        }
+        cache.insert(key, demand.clone());
+        Ok(demand)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<DemandKey, Demand>> {
+        self.demands.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A model's settings in `mode`: the `[[models]]` entry of the name asked for, else of any of the model's tags,
+/// else defaults; then what `POST /engines/_configure` stored for the model and mode, which wins.
+pub fn settings(
+    config: &Config,
+    store: &Store,
+    requested: &str,
+    model: &Model,
+    mode: Mode,
+) -> ModelSettings {
+    let requested = name::normalize(requested).ok();
+    let by_name = |n: &str| config.models.iter().find(|m| m.name == n);
+    let mut settings = requested
+        .as_deref()
+        .and_then(by_name)
+        .or_else(|| model.tags.iter().find_map(|t| by_name(t)))
+        .cloned()
+        .unwrap_or_else(|| ModelSettings::defaults_for(requested.as_deref().unwrap_or_default()));
+    let stored = store
+        .runtime_config(&model.id, mode.as_str())
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read runtime configs");
+            None
+        });
+    if let Some(c) = stored {
+        if c.context_size.is_some() {
+            settings.context_size = c.context_size;
+        }
+        if let Some(flags) = c.runtime_flags {
+            settings.runtime_flags = flags;
+        }
+        if let Some(k) = c
+            .keep_alive
+            .as_deref()
+            .and_then(|k| KeepAlive::parse(k).ok())
+        {
+            settings.keep_alive = Some(k);
+        }
+        if c.gpu_memory_utilization.is_some() {
+            settings.vllm.gpu_memory_utilization = c.gpu_memory_utilization;
+        }
+        if c.hf_overrides.is_some() {
+            settings.vllm.hf_overrides = c.hf_overrides;
+        }
+    }
+    settings
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::engines::{diffusers, llamacpp, vllm};
+    use crate::gpu::{DeviceMemory, FakeProbe, Snapshot};
+    use crate::store::RuntimeConfig;
+
+    const GIB: u64 = 1 << 30;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Store,
+        config: Config,
+        probe: FakeProbe,
+        demands: DemandCache,
+        src: std::path::PathBuf,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(&dir.path().join("store")).unwrap();
+            let src = dir.path().join("src");
+            std::fs::create_dir_all(&src).unwrap();
+            let probe = FakeProbe::new(Snapshot {
+                devices: vec![device(0, 80 * GIB), device(1, 40 * GIB)],
+                processes: vec![],
+            });
+            Fixture {
+                _dir: dir,
+                store,
+                config: Config::default(),
+                probe,
+                demands: DemandCache::default(),
+                src,
+            }
+        }
+
+        fn planner(&self, gpu: bool) -> Planner<'_> {
+            Planner {
+                store: &self.store,
+                config: &self.config,
+                probe: &self.probe,
+                gpu,
+                devices: 2,
+                demands: &self.demands,
+            }
+        }
+
+        fn gguf(&self, tag: &str) -> Model {
+            let path = self.src.join("tiny.gguf");
+            std::fs::write(&path, crate::store::gguf::writer::tiny_model()).unwrap();
+            self.store.import(&path, tag, &mut |_| {}).unwrap()
+        }
+
+        fn files(&self, tag: &str, names: &[(&str, &[u8])]) -> Model {
+            let dir = self.src.join(tag.replace(['/', ':'], "_"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for (name, content) in names {
+                std::fs::write(dir.join(name), content).unwrap();
+            }
+            self.store.import(&dir, tag, &mut |_| {}).unwrap()
+        }
+
+        fn safetensors(&self, tag: &str) -> Model {
+            let header = br#"{"w":{"dtype":"U8","shape":[4000],"data_offsets":[0,4000]}}"#;
+            let mut weights = (header.len() as u64).to_le_bytes().to_vec();
+            weights.extend_from_slice(header);
+            weights.resize(weights.len() + 4000, 7);
+            self.files(
+                tag,
+                &[
+                    ("config.json", br#"{"max_position_embeddings": 32768}"#),
+                    ("model.safetensors", &weights),
+                    ("tokenizer.json", b"{}"),
+                ],
+            )
+        }
+    }
+
+    fn device(index: u32, total: u64) -> DeviceMemory {
+        DeviceMemory {
+            index,
+            name: format!("gpu{index}"),
+            total,
+            free: total,
+            used: 0,
+        }
+    }
+
+    fn plan(f: &Fixture, requested: &str, mode: Mode) -> Result<Plan, PlanError> {
+        f.planner(false)
+            .plan(requested, mode, None, &RunnerWishes::default())
+    }
+
+    #[test]
+    fn a_gguf_model_runs_on_llamacpp_with_the_default_context() {
+        let f = Fixture::new();
+        let model = f.gguf("ai/tiny");
+        let p = plan(&f, "ai/tiny", Mode::Completion).unwrap();
+        assert_eq!(p.launch.engine, llamacpp::ENGINE);
+        assert_eq!(p.launch.model_name, "ai/tiny:latest");
+        assert_eq!(p.launch.model_path, model.weights);
+        assert_eq!(p.launch.context_size, crate::config::DEFAULT_CONTEXT_SIZE);
+        assert_eq!(p.launch.keep_alive, f.config.scheduler.keep_alive);
+        assert_eq!(
+            p.key,
+            RunnerKey {
+                model_id: model.id,
+                mode: Mode::Completion
+            }
+        );
+        let Demand::Any(bytes) = p.demand else {
+            panic!("{:?}", p.demand)
+        };
+        assert!(bytes > crate::gpu::estimate::ENGINE_OVERHEAD_CPU, "{bytes}");
+    }
+
+    #[test]
+    fn wishes_beat_stored_settings_which_beat_the_configuration() {
+        let mut f = Fixture::new();
+        let model = f.gguf("ai/tiny");
+        let mut entry = ModelSettings::defaults_for("ai/tiny:latest");
+        entry.context_size = Some(1024);
+        entry.runtime_flags = vec!["--temp".into(), "0".into()];
+        f.config.models.push(entry);
+        let p = plan(&f, "ai/tiny", Mode::Completion).unwrap();
+        assert_eq!(p.launch.context_size, 1024);
+        assert_eq!(p.launch.runtime_flags, ["--temp", "0"]);
+        f.store
+            .set_runtime_config(RuntimeConfig {
+                model_id: model.id.clone(),
+                mode: "completion".into(),
+                context_size: Some(2048),
+                runtime_flags: None,
+                keep_alive: Some("10m".into()),
+                gpu_memory_utilization: None,
+                hf_overrides: None,
+            })
+            .unwrap();
+        let p = plan(&f, "ai/tiny", Mode::Completion).unwrap();
+        assert_eq!(p.launch.context_size, 2048);
+        assert_eq!(
+            p.launch.runtime_flags,
+            ["--temp", "0"],
+            "kept from [[models]]"
+        );
+        assert_eq!(p.launch.keep_alive, KeepAlive::parse("10m").unwrap());
+        let wishes = RunnerWishes {
+            context_size: Some(512),
+            keep_alive: Some(KeepAlive::parse("1m").unwrap()),
+        };
+        let p = f
+            .planner(false)
+            .plan("ai/tiny", Mode::Completion, None, &wishes)
+            .unwrap();
+        assert_eq!(p.launch.context_size, 512);
+        assert_eq!(p.launch.keep_alive, KeepAlive::parse("1m").unwrap());
+        let embedding = plan(&f, "ai/tiny", Mode::Embedding).unwrap();
+        assert_eq!(
+            embedding.launch.context_size, 1024,
+            "the stored config is per mode"
+        );
+    }
+
+    #[test]
+    fn refusals_name_the_problem() {
+        let mut f = Fixture::new();
+        f.gguf("ai/tiny");
+        assert!(matches!(
+            plan(&f, "ai/nope", Mode::Completion),
+            Err(PlanError::NotFound(n)) if n == "ai/nope"
+        ));
+        let refused = |r: Result<Plan, PlanError>| match r {
+            Err(PlanError::Refused(why)) => why,
+            other => panic!("{other:?}"),
+        };
+        assert!(
+            refused(plan(&f, "ai/tiny", Mode::ImageGeneration)).contains("cannot generate images")
+        );
+        let wrong = f.planner(false).plan(
+            "ai/tiny",
+            Mode::Completion,
+            Some(vllm::ENGINE),
+            &RunnerWishes::default(),
+        );
+        assert!(refused(wrong).contains("served by llama.cpp, not vllm"));
+        let mut entry = ModelSettings::defaults_for("ai/tiny:latest");
+        entry.runtime_flags = vec!["--tensor-split".into(), "x,y".into()];
+        f.config.models.push(entry);
+        assert!(refused(plan(&f, "ai/tiny", Mode::Completion)).starts_with("runtime flags of"));
+    }
+
+    #[test]
+    fn vllm_takes_its_share_of_the_largest_gpu_or_its_files_without_one() {
+        let f = Fixture::new();
+        let model = f.safetensors("ai/qwen");
+        let p = plan(&f, "ai/qwen", Mode::Completion).unwrap();
+        assert_eq!(p.launch.engine, vllm::ENGINE);
+        assert_eq!(p.launch.context_size, 32768, "the model's own maximum");
+        let files = f.store.files_size(&model);
+        assert!(files >= 4000, "{files}");
+        assert_eq!(
+            p.demand,
+            Demand::Any(files + files / 4 + crate::gpu::estimate::ENGINE_OVERHEAD_CPU)
+        );
+        f.store
+            .set_runtime_config(RuntimeConfig {
+                model_id: model.id.clone(),
+                mode: "completion".into(),
+                context_size: None,
+                runtime_flags: None,
+                keep_alive: None,
+                gpu_memory_utilization: Some(0.5),
+                hf_overrides: None,
+            })
+            .unwrap();
+        let on_gpu = f
+            .planner(true)
+            .plan("ai/qwen", Mode::Completion, None, &RunnerWishes::default())
+            .unwrap();
+        assert_eq!(on_gpu.launch.vllm.gpu_memory_utilization, Some(0.5));
+        assert_eq!(on_gpu.demand, Demand::Any(40 * GIB));
+    }
+
+    #[test]
+    fn pinning_flags_pin_the_demand_on_a_gpu() {
+        let mut f = Fixture::new();
+        f.gguf("ai/tiny");
+        let mut entry = ModelSettings::defaults_for("ai/tiny:latest");
+        entry.runtime_flags = vec!["--main-gpu".into(), "1".into(), "-sm".into(), "none".into()];
+        f.config.models.push(entry);
+        let p = f
+            .planner(true)
+            .plan("ai/tiny", Mode::Completion, None, &RunnerWishes::default())
+            .unwrap();
+        let Demand::Pinned(usage) = &p.demand else {
+            panic!("{:?}", p.demand)
+        };
+        assert_eq!(usage.keys().copied().collect::<Vec<_>>(), [1]);
+    }
+
+    #[test]
+    fn image_models_run_on_diffusers_without_context() {
+        let f = Fixture::new();
+        f.files(
+            "ai/sd",
+            &[("model_index.json", b"{}"), ("unet.bin", &[b'u'; 100])],
+        );
+        let p = plan(&f, "ai/sd", Mode::ImageGeneration).unwrap();
+        assert_eq!(p.launch.engine, diffusers::ENGINE);
+        assert_eq!(p.launch.context_size, 0);
+        let Err(PlanError::Refused(why)) = plan(&f, "ai/sd", Mode::Completion) else {
+            panic!("an image model cannot chat")
+        };
+        assert!(why.contains("is an image model"), "{why}");
+    }
+
+    #[test]
+    fn demands_are_cached_per_model_context_flags_and_share() {
+        let f = Fixture::new();
+        let model = f.gguf("ai/tiny");
+        let first = plan(&f, "ai/tiny", Mode::Completion).unwrap().demand;
+        std::fs::remove_file(Path::new(&model.weights)).unwrap();
+        assert_eq!(
+            plan(&f, "ai/tiny", Mode::Completion).unwrap().demand,
+            first,
+            "not recomputed"
+        );
+        assert_eq!(f.demands.lock().unwrap().len(), 1);
+        f.demands.lock().unwrap().clear();
+        assert_ne!(
+            plan(&f, "ai/tiny", Mode::Completion).unwrap().demand,
+            first,
+            "recomputed without the weights"
+        );
+    }
+}
