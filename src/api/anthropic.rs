@@ -17,7 +17,8 @@ use serde_json::Value;
 
 use super::openai::{
     ChatMessage, ChatRequest, ChatResponse, FunctionCall, FunctionDef, ImageUrl, JsonSchema,
-    MessageContent, NamedFunction, Part, ResponseFormat, SseDecoder, SseItem, StreamOptions, Tool, ToolCall, ToolChoice, Usage,
+    MessageContent, NamedFunction, Part, ResponseFormat, SseDecoder, SseItem, StreamOptions, Tool,
+    ToolCall, ToolChoice, Usage,
 };
 use super::{ErrorKind, StreamTranslate};
 

@@ -112,10 +112,12 @@ fn tool_choices_map_to_openai_and_need_tools() {
 
 #[test]
 fn structured_outputs_become_a_strict_json_schema_response_format() {
-    let schema = json!({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]});
+    let schema =
+        json!({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]});
     let want = json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": true}});
     let with = |extra: Value| {
-        let mut body = json!({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]});
+        let mut body =
+            json!({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]});
         body.as_object_mut()
             .unwrap()
             .extend(extra.as_object().unwrap().clone());
