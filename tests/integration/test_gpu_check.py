@@ -1,6 +1,7 @@
 """scripts/gpu-check --dry-run: the GPU check's CPU-only parts (argument handling, the JSON + Markdown report, the
 probe comparison on canned nvidia-smi output, the memory-holding engine stand-in's CLI and HTTP routes in CPU mode,
-the supervisor running that stand-in and measuring it, the out-of-memory retry), so the script cannot rot while no
+the supervisor running that stand-in and measuring it, the out-of-memory retry, the real llama-server served and
+timed on CPUs), so the script cannot rot while no
 GPU is lent. The GPU checks themselves only run on a machine with an NVIDIA GPU (issue 15, docs/gpu.md)."""
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ import sys
 
 from harness import REPO
 
-DRY = ["probe-compare", "standin-cpu", "supervisor-standin-cpu", "oom-retry-cpu"]
+DRY = ["probe-compare", "standin-cpu", "supervisor-standin-cpu", "oom-retry-cpu", "llama-serve-cpu"]
 GPU = ["nvml", "attribution", "eviction", "oom-retry", "llama-cuda", "diffusers"]
 
 
 def gpu_check(prereqs, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "scripts/gpu-check"), "--supervisor", str(prereqs.supervisor),
-                           "--gguf", str(prereqs.tiny_gguf), *args], capture_output=True, text=True, timeout=180)
+                           "--gguf", str(prereqs.tiny_gguf), "--llama-server", str(prereqs.llama_server), *args], capture_output=True, text=True, timeout=180)
 
 
 def test_the_dry_run_passes_and_writes_both_reports(prereqs, tmp_path):
@@ -32,6 +33,8 @@ def test_the_dry_run_passes_and_writes_both_reports(prereqs, tmp_path):
     # The supervisor's measurement of the stand-in's process group is its RSS (128 MiB held, touched).
     sup = figures["supervisor-standin-cpu"]
     assert sup["measured_bytes"] >= 128 << 20, sup
+    real = figures["llama-serve-cpu"]  # the real engine: measured, and timed direct and through the supervisor
+    assert real["measured_bytes"] > 0 and real["tokens_per_s_direct"] > 0 and real["tokens_per_s_supervisor"] > 0, real
     md = (tmp_path / "gpu-report.md").read_text()
     assert md.startswith("# GPU check (dry-run)") and "result: **pass**" in md, md
     for name in DRY + GPU:
