@@ -12,7 +12,8 @@
 # A model of your own must be able to greet: the "Say hello" step checks what it answers.
 #
 # Environment: DMR_SUPERVISOR_BIN (default: cargo build --release here), DMR_LLAMA_SERVER (default:
-# engines/llama.cpp/install.sh). Needs curl and python3.
+# engines/llama.cpp/install.sh), DMR_SMOKE_RUN_TIMEOUT (the run step's timeout, default 60s as in the workflow).
+# Needs curl and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { echo "== $*"; }
@@ -84,7 +85,7 @@ api GET /models | check 'any("'$model':latest" in m["tags"] for m in j)' "$model
 
 step "run it (60 s timeout)"
 # As the workflow: a timeout (124) is accepted, any other failure is not.
-timeout 60s "$DMR_SUPERVISOR_BIN" --host "$base" run "$model" "Give me a fact about whales." || {
+timeout "${DMR_SMOKE_RUN_TIMEOUT:-60s}" "$DMR_SUPERVISOR_BIN" --host "$base" run "$model" "Give me a fact about whales." || {
   code=$?
   [ "$code" = 124 ] || fail "dmr-supervisor run failed with exit code $code"
   echo "(timed out, as the workflow allows)"
