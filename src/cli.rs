@@ -76,7 +76,8 @@ pub enum Action {
         #[arg(long, short)]
         quiet: bool,
     },
-    /// Remove models (a tag, or a model by id; --force for a model with several tags or one that is loaded).
+    /// Remove models (a tag, or a model by id; --force for a model with several tags or one with
+    /// requests in flight; an idle loaded one is unloaded first).
     Rm {
         #[arg(required = true)]
         models: Vec<String>,

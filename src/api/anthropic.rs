@@ -4,7 +4,8 @@
 //! Request: `system` becomes the first message; `tool_result` blocks become `role: "tool"` messages placed before
 //! the rest of their user turn; assistant `tool_use` blocks become `tool_calls`; images become `image_url` parts
 //! (base64 sources as data URLs); `stop_sequences` → `stop`, `tool_choice` any → "required", `metadata.user_id` →
-//! `user`. Thinking blocks in the history are dropped (local chat templates have no slot for them).
+//! `user`, structured outputs (`output_format` or `output_config.format`, type `json_schema`) → a strict
+//! `response_format` json_schema, as LiteLLM's adapter maps them. Thinking blocks in the history are dropped (local chat templates have no slot for them).
 //! Answer: `finish_reason` stop → `end_turn` (or `stop_sequence` when the engine says which one hit), length →
 //! `max_tokens`, tool calls → `tool_use`; tool arguments are parsed into `input` objects. Streams are translated
 //! event by event (`message_start`, `ping`, per block `content_block_start`/`_delta`/`_stop`, `message_delta`,
@@ -15,8 +16,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::openai::{
-    ChatMessage, ChatRequest, ChatResponse, FunctionCall, FunctionDef, ImageUrl, MessageContent,
-    NamedFunction, Part, SseDecoder, SseItem, StreamOptions, Tool, ToolCall, ToolChoice, Usage,
+    ChatMessage, ChatRequest, ChatResponse, FunctionCall, FunctionDef, ImageUrl, JsonSchema,
+    MessageContent, NamedFunction, Part, ResponseFormat, SseDecoder, SseItem, StreamOptions, Tool,
+    ToolCall, ToolChoice, Usage,
 };
 use super::{ErrorKind, StreamTranslate};
 
@@ -62,6 +64,22 @@ pub struct MessagesIn {
     pub tools: Vec<ToolIn>,
     pub tool_choice: Option<ToolChoiceIn>,
     pub metadata: Option<Metadata>,
+    /// Structured outputs (the `structured-outputs` beta's spelling).
+    pub output_format: Option<OutputFormat>,
+    /// Structured outputs (the later spelling); its other keys (`effort`) are ignored.
+    pub output_config: Option<OutputConfig>,
+}
+
+/// `{"type": "json_schema", "schema": {...}}`: the answer is JSON that validates against `schema`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum OutputFormat {
+    JsonSchema { schema: Value },
+}
+
+#[derive(Debug, Deserialize)]
+pub struct OutputConfig {
+    pub format: Option<OutputFormat>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -233,12 +251,32 @@ impl MessagesIn {
             parallel_tool_calls: parallel.filter(|_| !tools.is_empty()),
             tools,
             user: self.metadata.as_ref().and_then(|m| m.user_id.clone()),
+            response_format: self.response_format(),
             ..ChatRequest::default()
         };
         if req.stop.is_some() {
             req.report_stop_word();
         }
         Ok(req)
+    }
+}
+
+impl MessagesIn {
+    /// `output_format` wins over `output_config.format` when a request has both.
+    fn response_format(&self) -> Option<ResponseFormat> {
+        let format = self
+            .output_format
+            .as_ref()
+            .or_else(|| self.output_config.as_ref()?.format.as_ref())?;
+        match format {
+            OutputFormat::JsonSchema { schema } => Some(ResponseFormat::JsonSchema {
+                json_schema: JsonSchema {
+                    name: "output".into(),
+                    schema: schema.clone(),
+                    strict: true,
+                },
+            }),
+        }
     }
 }
 

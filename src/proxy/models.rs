@@ -158,7 +158,8 @@ fn removed_json(removed: Vec<store::Removed>) -> Vec<native::Removed> {
         .collect()
 }
 
-/// `DELETE /models/{name}`: 409 while a runner of the model is loaded, unless `?force=true`, which stops it first.
+/// `DELETE /models/{name}`: stops the model's idle runners first, as `ollama rm` does; 409 while one of them still
+/// has requests in flight (or is loading), unless `?force=true`, which stops it regardless.
 pub async fn delete(
     app: &Arc<App>,
     reference: String,
@@ -171,22 +172,20 @@ pub async fn delete(
     let untag_only =
         model.tags.len() > 1 && name::normalize(&reference).is_ok_and(|t| model.tags.contains(&t));
     if !untag_only {
-        let loaded = app
-            .scheduler
-            .snapshot()
-            .await
-            .iter()
-            .any(|r| r.model_id == model.id);
-        if loaded && !force {
-            return Err(ApiError::new(
-                ErrorKind::Conflict,
-                format!("model {reference} is loaded; unload it first (POST /engines/unload) or add ?force=true"),
-            ));
-        }
-        if loaded {
+        let runs = |rs: &[crate::scheduler::RunnerInfo]| rs.iter().any(|r| r.model_id == model.id);
+        if runs(&app.scheduler.snapshot().await) {
+            // Idle runners only, unless forced; `unload` waits until their processes are gone.
             app.scheduler
-                .unload(Selector::Models(vec![model.id.clone()]), true)
+                .unload(Selector::Models(vec![model.id.clone()]), force)
                 .await;
+            if !force && runs(&app.scheduler.snapshot().await) {
+                return Err(ApiError::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "model {reference} has requests in flight; retry when they end, or add ?force=true"
+                    ),
+                ));
+            }
         }
     }
     let removed = blocking(app, move |s| s.delete(&reference, force)).await?;

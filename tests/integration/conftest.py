@@ -4,6 +4,7 @@ Inputs (environment):
   DMR_SUPERVISOR_BIN  the binary under test      (default <repo>/target/debug/dmr-supervisor; `cargo build`)
   DMR_LLAMA_SERVER    a real llama-server        (default: where engines/llama.cpp/install.sh puts it)
   DMR_TINY_GGUF       the tiny generated model   (default: where scripts/ensure-tiny-model.sh puts it)
+  DMR_SMOLLM2_GGUF    the real SmolLM2 model     (default: where scripts/ensure-smollm2.sh puts it)
 A missing input fails every test with the command that provides it; nothing is skipped.
 
 Fixtures:

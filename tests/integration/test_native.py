@@ -103,14 +103,33 @@ def test_create_malformed_json_and_bad_name(supervisors, prereqs, tmp_path):
     assert sup.get("/models").json() == []
 
 
-def test_delete_while_loaded_needs_force(sup):
+def test_delete_of_a_loaded_idle_model_stops_its_engine(sup):
+    # As `ollama rm`: an idle runner is stopped and the model deleted, no --force needed.
     model = sup.get("/models/ai/tiny").json()
     assert sup.chat(max_tokens=2).status_code == 200
     [spawn] = sup.spawns()
 
     r = sup.delete("/models/ai/tiny")
+    assert r.status_code == 200, r.text
+    assert r.json() == [{"Untagged": "ai/tiny:latest"}, {"Deleted": model["id"]}], r.text
+    assert pid_gone(spawn.pid), "the delete answers once the engine is gone"
+    assert sup.ps() == []
+    assert sup.get("/models/ai/tiny").status_code == 404
+    assert sup.get("/models").json() == []
+    assert sup.chat(max_tokens=2).status_code == 404
+
+
+def test_delete_while_requests_are_in_flight_needs_force(sup):
+    model = sup.get("/models/ai/tiny").json()
+    stream = sup.stream("/engines/v1/chat/completions",
+                        {"model": "ai/tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 200,
+                         "stream": True})
+    assert stream.status == 200 and stream.next_data()
+    [spawn] = sup.spawns()
+
+    r = sup.delete("/models/ai/tiny")
     assert r.status_code == 409, r.text
-    assert r.text.strip()
+    assert "requests in flight" in r.text, r.text
     assert sup.get("/models/ai/tiny").status_code == 200, "a refused delete keeps the model"
     assert not pid_gone(spawn.pid), "a refused delete keeps the runner"
 
@@ -118,6 +137,8 @@ def test_delete_while_loaded_needs_force(sup):
     assert r.status_code == 200, r.text
     assert r.json() == [{"Untagged": "ai/tiny:latest"}, {"Deleted": model["id"]}], r.text
     wait_until(lambda: pid_gone(spawn.pid), 8.0, f"engine pid {spawn.pid} to be stopped by the forced delete")
+    stream.rest()
+    stream.close()
     assert sup.ps() == []
     r = sup.get("/models/ai/tiny")
     assert r.status_code == 404, r.text

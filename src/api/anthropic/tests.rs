@@ -111,6 +111,36 @@ fn tool_choices_map_to_openai_and_need_tools() {
 }
 
 #[test]
+fn structured_outputs_become_a_strict_json_schema_response_format() {
+    let schema =
+        json!({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]});
+    let want = json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": true}});
+    let with = |extra: Value| {
+        let mut body =
+            json!({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        translate(body)
+    };
+    let beta = with(json!({"output_format": {"type": "json_schema", "schema": schema}}));
+    assert_eq!(beta["response_format"], want);
+    let later = with(
+        json!({"output_config": {"effort": "low", "format": {"type": "json_schema", "schema": schema}}}),
+    );
+    assert_eq!(later["response_format"], want);
+    assert!(with(json!({"output_config": {"effort": "low"}}))
+        .get("response_format")
+        .is_none());
+    let e = refusal(
+        json!({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}],
+            "output_format": {"type": "regex", "pattern": "x"}}),
+        Purpose::Generate,
+    );
+    assert!(e.contains("unknown variant `regex`"), "{e}");
+}
+
+#[test]
 fn bad_requests_are_refused_with_the_field_named() {
     let msgs = json!([{"role": "user", "content": "x"}]);
     assert_eq!(
