@@ -562,3 +562,9 @@ def engine_spy(prereqs: Prereqs, directory: Path) -> EngineSpy:
     binary.chmod(0o755)
     log = directory / "engine-requests.jsonl"
     return EngineSpy(binary, log, {"SPY_ENGINE": str(prereqs.llama_server), "SPY_LOG": str(log)})
+
+
+def figure(key: str, value: Any) -> None:
+    """Prints one measured figure as `figure KEY VALUE`: `scripts/reliability --write` puts it in the docs where they
+    say `<!--figure:KEY-->…<!--/figure-->`, so no figure there is typed by hand."""
+    print(f"\nfigure {key} {value}")

@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from harness import figure
+
 DEEP = b'{"model":"ai/tiny","messages":' + b"[" * 5000 + b"]" * 5000 + b"}"
 CHAT = "/engines/v1/chat/completions"
 
@@ -81,6 +83,8 @@ def test_huge_max_tokens_is_bounded_by_the_engine(sup):
     usage, [choice] = r.json()["usage"], r.json()["choices"]
     assert 0 < usage["completion_tokens"] and usage["prompt_tokens"] + usage["completion_tokens"] <= 512, usage
     assert choice["finish_reason"] == "length", choice
+    figure("hostile.max_tokens.completion_tokens", usage["completion_tokens"])
+    figure("hostile.max_tokens.prompt_tokens", usage["prompt_tokens"])
     # Past an int32 the engine refuses the value itself; its 400 reaches the caller as an OpenAI error.
     r = sup.post(CHAT, {"model": "ai/tiny", "messages": msgs, "max_tokens": 10**12}, timeout=60)
     assert r.status_code == 400 and "max_tokens" in r.json()["error"]["message"], r.text

@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from harness import REPO
+from harness import REPO, figure
 
 STREAMS = 1000
 
@@ -86,6 +86,10 @@ def test_a_thousand_concurrent_streams_complete_with_bounded_memory(supervisors,
     after = rss(pid)
     print(f"\n{STREAMS} streams in {took:.1f}s; supervisor RSS {before >> 20} MiB before, "
           f"{peak[0] >> 20} MiB peak, {after >> 20} MiB after")
+    figure("load.streams.seconds", f"{took:.1f}")
+    figure("load.streams.rss_before_mib", before >> 20)
+    figure("load.streams.rss_peak_mib", peak[0] >> 20)
+    figure("load.streams.rss_after_mib", after >> 20)
     # About 100 KiB per concurrent stream at the peak, at most; most of it returned afterwards.
     assert peak[0] - before < STREAMS * 100 * 1024, (before, peak[0])
     assert after - before < 64 << 20, (before, after)
@@ -106,6 +110,11 @@ def test_past_max_in_flight_requests_wait_and_past_max_queue_they_get_503_at_onc
     slowest = max(refusal_times, default=0.0)
     print(f"\n{STREAMS} streams in {took:.1f}s: {complete} complete, {refused} refused with 503 (the slowest "
           f"refusal {slowest * 1000:.0f} ms after its request), the engine held at most {stats.read_text()} at once")
+    figure("load.refused.seconds", f"{took:.1f}")
+    figure("load.refused.complete", complete)
+    figure("load.refused.refused", refused)
+    figure("load.refused.slowest_refusal_ms", f"{slowest * 1000:.0f}")
+    figure("load.refused.engine_most_at_once", stats.read_text().strip())
     assert complete + refused == STREAMS, f"{sum(r == -1 for r in results)} broken or malformed"
     # 100 in flight and 300 waiting are always served; the rest get 503 unless slots freed up while they arrived.
     assert complete >= 400 and refused > 0, (complete, refused)
