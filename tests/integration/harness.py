@@ -7,6 +7,9 @@ What lives here (conftest.py only wires it into pytest fixtures):
   engine wrapped by a script that logs `<pid> <argv...>` per spawn, and helpers for HTTP, SSE and processes.
 - Process and timing helpers: `wait_until` (poll a condition with a deadline; never sleep to synchronise),
   `pid_gone` (a zombie counts as gone).
+- `engine_spy`: the real llama-server behind a recording proxy (engine_spy.py), for tests that must see what the
+  supervisor sent to the engine (fields the tiny model's answer does not reveal, such as `tools`).
+- `figure`: prints a measured figure that `scripts/reliability --write` puts into docs/reliability.md.
 """
 
 from __future__ import annotations
