@@ -58,6 +58,113 @@ fn name_chars() -> impl Strategy<Value = String> {
     .prop_map(|v| v.into_iter().collect())
 }
 
+/// One layer of a generated manifest: its media type, digest, size and file path, each valid or not by choice.
+#[derive(Debug, Clone)]
+struct LayerSpec {
+    media_type: Result<&'static str, String>,
+    digest: Result<String, String>,
+    size: u64,
+    path: Option<(String, bool)>,
+}
+
+/// A DMR/OCI model manifest built from parts whose validity is known, so the property can say what
+/// `check_manifest` must do with it: `(manifest JSON, whether it must be accepted)`. Most parts are valid, so about
+/// half the manifests are, and the checks on accepted manifests run on every one of those.
+fn manifests() -> impl Strategy<Value = (String, bool)> {
+    let hex = "[0-9a-f]{64}";
+    let digest = prop_oneof![
+        8 => hex.prop_map(|h| Ok(format!("sha256:{h}"))),
+        1 => "[0-9a-fA-Z]{63,65}".prop_map(|h| Err(format!("sha256:{h}"))),
+        1 => hex.prop_map(|h| Err(format!("sha512:{h}"))),
+    ]
+    .prop_filter("a bad digest must be bad", |d| match d {
+        Ok(_) => true,
+        Err(d) => {
+            d.len() != 71
+                || !d.starts_with("sha256:")
+                || d[7..]
+                    .bytes()
+                    .any(|b| !b.is_ascii_hexdigit() || b.is_ascii_uppercase())
+        }
+    });
+    let media_type = prop_oneof![
+        9 => prop::sample::select(pulled::LAYER_MEDIA_TYPES.to_vec()).prop_map(Ok),
+        1 => "application/vnd\\.[a-z.]{1,20}".prop_map(Err),
+    ];
+    // (path, safe): safe paths, unsafe ones, and ones that collide with each other ("a" holds "a/b").
+    let path = prop_oneof![
+        Just(("model.gguf".to_string(), true)),
+        Just(("a".to_string(), true)),
+        Just(("a/b".to_string(), true)),
+        Just(("a/b/".to_string(), true)),
+        Just(("../etc/passwd".to_string(), false)),
+        Just(("/abs".to_string(), false)),
+        Just(("a/../../x".to_string(), false)),
+        Just(("./x".to_string(), false)),
+        Just((String::new(), false)),
+        "[a-z]{1,8}(/[a-z]{1,8}){0,2}\\.[a-z]{2,4}".prop_map(|p| (p, true)),
+    ];
+    let layer = (
+        media_type,
+        digest.clone(),
+        any::<u64>(),
+        prop::option::of(path),
+    )
+        .prop_map(|(media_type, digest, size, path)| LayerSpec {
+            media_type,
+            digest,
+            size,
+            path,
+        });
+    // How layers get paths: none (a GGUF model), one distinct safe path each, or any mix from the pool.
+    let paths_mode = prop_oneof![3 => Just(0u8), 3 => Just(1u8), 2 => Just(2u8)];
+    let config_type = prop_oneof![
+        9 => prop::sample::select(pulled::CONFIG_MEDIA_TYPES.to_vec()).prop_map(Ok),
+        1 => Just(Err("application/vnd.oci.image.config.v1+json".to_string())),
+    ];
+    (config_type, digest, prop::collection::vec(layer, 0..5), paths_mode).prop_map(|(config_type, config_digest, mut layers, mode)| {
+        for (i, l) in layers.iter_mut().enumerate() {
+            match mode {
+                0 => l.path = None,
+                1 => l.path = Some((format!("dir{i}/file{i}.bin"), true)),
+                _ => {}
+            }
+        }
+        let any_path = layers.iter().any(|l| l.path.is_some());
+        let paths_ok = !any_path || {
+            let all_safe = layers.iter().all(|l| l.path.as_ref().is_some_and(|(_, safe)| *safe));
+            let trimmed: Vec<&str> = layers.iter().filter_map(|l| l.path.as_ref()).map(|(p, _)| p.trim_end_matches('/')).collect();
+            let inside = |a: &str, b: &str| a == b || a.strip_prefix(b).is_some_and(|r| r.starts_with('/'));
+            let collide = trimmed.iter().enumerate().any(|(i, a)| trimmed[..i].iter().any(|b| inside(a, b) || inside(b, a)));
+            all_safe && !collide
+        };
+        let weights = ["application/vnd.docker.ai.gguf.v3", "application/vnd.docker.ai.safetensors", "application/vnd.docker.ai.dduf"];
+        let valid = config_type.is_ok()
+            && config_digest.is_ok()
+            && layers.iter().all(|l| l.media_type.is_ok() && l.digest.is_ok())
+            && paths_ok
+            && layers.iter().any(|l| l.media_type.as_ref().is_ok_and(|m| weights.contains(m)));
+        let text = |r: &Result<String, String>| r.clone().unwrap_or_else(|e| e);
+        let json = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": config_type.clone().map(str::to_string).unwrap_or_else(|e| e), "size": 300, "digest": text(&config_digest)},
+            "layers": layers.iter().map(|l| {
+                let mut d = serde_json::json!({
+                    "mediaType": l.media_type.clone().map(str::to_string).unwrap_or_else(|e| e),
+                    "size": l.size,
+                    "digest": text(&l.digest),
+                });
+                if let Some((p, _)) = &l.path {
+                    d["annotations"] = serde_json::json!({"org.cncf.model.filepath": p});
+                }
+                d
+            }).collect::<Vec<_>>(),
+        });
+        (json.to_string(), valid)
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(cases(256)))]
 
@@ -102,6 +209,26 @@ proptest! {
         }
         if let Some((repo, _)) = hf::parse(&format!("hf.co/{reference}")) {
             prop_assert!(!repo.split('/').any(|p| p.is_empty() || p == "." || p == ".."), "{repo}");
+        }
+    }
+
+    #[test]
+    fn generated_manifests_are_accepted_exactly_when_valid_and_keep_their_invariants((json, valid) in manifests()) {
+        let checked = pulled::check_manifest(json.as_bytes());
+        prop_assert_eq!(checked.is_ok(), valid, "{} -> {:?}", json, checked.as_ref().err());
+        if let Ok(info) = checked {
+            let m: serde_json::Value = serde_json::from_str(&json).unwrap();
+            prop_assert!(pulled::CONFIG_MEDIA_TYPES.contains(&info.config_media_type.as_str()));
+            prop_assert_eq!(info.layers.len(), m["layers"].as_array().unwrap().len());
+            for (l, raw) in info.layers.iter().zip(m["layers"].as_array().unwrap()) {
+                prop_assert!(l.digest.starts_with("sha256:") && l.digest.len() == 71, "{}", l.digest);
+                prop_assert!(pulled::LAYER_MEDIA_TYPES.contains(&l.media_type.as_str()));
+                prop_assert_eq!(l.size, raw["size"].as_u64().unwrap());
+                prop_assert_eq!(l.path.as_deref(), raw["annotations"]["org.cncf.model.filepath"].as_str());
+                if let Some(p) = &l.path {
+                    prop_assert!(format::safe_relative(p), "{}", p);
+                }
+            }
         }
     }
 

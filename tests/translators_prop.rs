@@ -139,8 +139,9 @@ fn sse(chunks: &[Value], done: bool) -> Vec<u8> {
 }
 
 /// Checks the Anthropic grammar: message_start, then blocks opened and closed in order (deltas only inside an
-/// open block), then either message_delta + message_stop or a final error event.
-fn check_anthropic_grammar(out: &[u8]) -> Result<(), String> {
+/// open block), then message_delta + message_stop when the stream is `complete` (and no error event anywhere), or
+/// one final error event when it is not.
+fn check_anthropic_grammar(out: &[u8], complete: bool) -> Result<(), String> {
     let text = std::str::from_utf8(out).map_err(|e| e.to_string())?;
     let mut open: Option<u64> = None;
     let mut next = 0u64;
@@ -182,14 +183,29 @@ fn check_anthropic_grammar(out: &[u8]) -> Result<(), String> {
     if names.first() != Some(&"message_start") {
         return Err(format!("first event {:?}", names.first()));
     }
+    let errors = names.iter().filter(|n| **n == "error").count();
     match names.as_slice() {
-        [.., "message_delta", "message_stop"] if open.is_none() => Ok(()),
-        [.., "error"] => Ok(()),
+        [.., "message_delta", "message_stop"] if complete && open.is_none() && errors == 0 => {
+            Ok(())
+        }
+        [.., "error"] if !complete && errors == 1 => Ok(()),
         other => Err(format!(
-            "bad ending {:?}",
+            "bad ending for a {} stream: {:?}",
+            if complete { "complete" } else { "truncated" },
             &other[other.len().saturating_sub(3)..]
         )),
     }
+}
+
+/// The text of every `text_delta` in an Anthropic stream.
+fn anthropic_text(out: &[u8]) -> String {
+    let text = String::from_utf8_lossy(out);
+    text.split("\n\n")
+        .filter_map(|e| e.split_once("\ndata: "))
+        .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
+        .filter(|d| d["delta"]["type"] == "text_delta")
+        .map(|d| d["delta"]["text"].as_str().unwrap_or_default().to_string())
+        .collect()
 }
 
 /// `PROPTEST_CASES` scales the runs (`scripts/fuzz`).
@@ -229,13 +245,24 @@ proptest! {
                                                      cuts in prop::collection::vec(0usize..40, 0..10)) {
         let bytes = sse(&chunks, done);
         let outs = stream_everything(&bytes, &cuts, false);
-        check_anthropic_grammar(&outs[0]).map_err(TestCaseError::fail)?;
-        for ndjson in &outs[1..] {
+        // An engine's stream is complete with `[DONE]` or a finish_reason; a complete one never ends in an error.
+        let complete = done || chunks.iter().any(|c| c["choices"][0].get("finish_reason").is_some());
+        check_anthropic_grammar(&outs[0], complete).map_err(TestCaseError::fail)?;
+        // Every piece of content reaches the client, in order.
+        let sent: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+        prop_assert_eq!(anthropic_text(&outs[0]), sent.clone());
+        for (ndjson, field) in outs[1..].iter().zip([["message", "content"], ["response", ""]]) {
             let text = std::str::from_utf8(ndjson).unwrap();
             let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+            // Ollama's dialect has no truncation marker: the stream ends with its `done` line, never an error.
             let last = lines.last().unwrap();
-            prop_assert!(last["done"] == true || last.get("error").is_some(), "{}", last);
-            prop_assert!(lines[..lines.len() - 1].iter().all(|l| l["done"] == false));
+            prop_assert!(last["done"] == true && last.get("error").is_none(), "{}", last);
+            prop_assert!(lines[..lines.len() - 1].iter().all(|l| l["done"] == false && l.get("error").is_none()));
+            let got: String = lines.iter().filter_map(|l| {
+                let v = &l[field[0]];
+                if field[1].is_empty() { v.as_str() } else { v[field[1]].as_str() }
+            }).collect();
+            prop_assert_eq!(got, sent.clone());
         }
     }
 }

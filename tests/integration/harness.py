@@ -7,6 +7,9 @@ What lives here (conftest.py only wires it into pytest fixtures):
   engine wrapped by a script that logs `<pid> <argv...>` per spawn, and helpers for HTTP, SSE and processes.
 - Process and timing helpers: `wait_until` (poll a condition with a deadline; never sleep to synchronise),
   `pid_gone` (a zombie counts as gone).
+- `engine_spy`: the real llama-server behind a recording proxy (engine_spy.py), for tests that must see what the
+  supervisor sent to the engine (fields the tiny model's answer does not reveal, such as `tools`).
+- `figure`: prints a measured figure that `scripts/reliability --write` puts into docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -558,3 +561,37 @@ def parse_chunks(frames: list[str]) -> Iterator[dict]:
         if f == "[DONE]":
             continue
         yield json.loads(f)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A recording spy in front of the real engine (engine_spy.py), for tests that must see what reached it
+
+
+@dataclass
+class EngineSpy:
+    binary: Path
+    log: Path
+    env: dict[str, str]
+
+    def bodies(self, path_suffix: str = "/chat/completions") -> list[dict]:
+        """The JSON bodies the engine received on paths ending in `path_suffix`, oldest first."""
+        if not self.log.exists():
+            return []
+        entries = [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+        return [e["body"] for e in entries if e["path"].endswith(path_suffix)]
+
+
+def engine_spy(prereqs: Prereqs, directory: Path) -> EngineSpy:
+    """Start a supervisor with `engine_binary=spy.binary, env=spy.env`; `spy.bodies()` is what reached the engine."""
+    directory.mkdir(parents=True, exist_ok=True)
+    binary = directory / "engine-spy.sh"
+    binary.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(Path(__file__).parent / 'engine_spy.py'))} \"$@\"\n")
+    binary.chmod(0o755)
+    log = directory / "engine-requests.jsonl"
+    return EngineSpy(binary, log, {"SPY_ENGINE": str(prereqs.llama_server), "SPY_LOG": str(log)})
+
+
+def figure(key: str, value: Any) -> None:
+    """Prints one measured figure as `figure KEY VALUE`: `scripts/reliability --write` puts it in the docs where they
+    say `<!--figure:KEY-->…<!--/figure-->`, so no figure there is typed by hand."""
+    print(f"\nfigure {key} {value}")

@@ -18,7 +18,7 @@ import signal
 import anthropic
 import pytest
 
-from harness import pid_gone, wait_until
+from harness import engine_spy, pid_gone, wait_until
 
 MODEL = "ai/tiny"
 MSGS = [{"role": "user", "content": "Hello"}]
@@ -343,17 +343,34 @@ def test_empty_user_content_is_400(sup):
     assert_anthropic_error(r, 400, "invalid_request_error")
 
 
-@pytest.mark.parametrize("tool_choice", [None, {"type": "auto"}, {"type": "any"},
-                                         {"type": "tool", "name": "get_weather"}, {"type": "none"}])
-def test_tools_are_accepted(sup, tool_choice):
+# What each Anthropic tool_choice must become in the OpenAI request the engine receives: `any` and `tool` tell the
+# engine that it must call a tool ("required", or the one named function).
+TOOL_CHOICES = [
+    (None, None),
+    ({"type": "auto"}, "auto"),
+    ({"type": "any"}, "required"),
+    ({"type": "tool", "name": "get_weather"}, {"type": "function", "function": {"name": "get_weather"}}),
+    ({"type": "none"}, "none"),
+]
+
+
+@pytest.mark.parametrize("tool_choice,engine_choice", TOOL_CHOICES, ids=["default", "auto", "any", "tool", "none"])
+def test_tools_are_accepted(supervisors, tmp_path, tool_choice, engine_choice):
+    spy = engine_spy(supervisors.prereqs, tmp_path / "spy")
+    sup = supervisors.start(engine_binary=str(spy.binary), env=spy.env)
     kw = {"tools": TOOLS}
     if tool_choice is not None:
         kw["tool_choice"] = tool_choice
     msg = client(sup).messages.create(model=MODEL, max_tokens=5,
                                       messages=[{"role": "user", "content": "Weather in Paris?"}], **kw)
-    # The random model does not call tools: it writes 5 tokens of text.
+    # The tiny model's ChatML template does not render tools, so the random model writes 5 tokens of text; what
+    # shows that the tools were not dropped is the request the engine received.
     assert msg.stop_reason == "max_tokens" and msg.usage.output_tokens == 5, msg
     assert [b.type for b in msg.content] == ["text"], msg
+    [sent] = spy.bodies()
+    assert sent["tools"] == [{"type": "function", "function": {
+        "name": "get_weather", "description": TOOLS[0]["description"], "parameters": TOOLS[0]["input_schema"]}}], sent
+    assert sent.get("tool_choice") == engine_choice, sent
 
 
 def test_tool_use_history_is_accepted(sup):

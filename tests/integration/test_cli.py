@@ -57,7 +57,20 @@ def test_run_streams_an_answer_and_chats_over_stdin(supervisors):
     chat = ok(cli(supervisors, sup, "run", "--max-tokens", "8", "ai/tiny", input="hello\nand again\n/bye\nnever sent\n"))
     assert len([l for l in chat.splitlines() if l.strip()]) >= 2, chat
     logged = [r for r in sup.get("/engines/requests").json() if r.get("model", "").startswith("ai/tiny")]
-    assert len(logged) >= 3  # one prompt, then two chat turns; the line after /bye is never sent
+    assert len(logged) == 3, logged  # one prompt, then two chat turns; neither /bye nor the line after it is sent
+    # /bye itself ends the chat: with stdin still open (no end of input), the command exits at once.
+    p = subprocess.Popen([str(supervisors.prereqs.supervisor), "--host", f"http://127.0.0.1:{sup.port}", "run",
+                          "--max-tokens", "2", "ai/tiny"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        p.stdin.write("hello\n/bye\n")
+        p.stdin.flush()
+        assert p.wait(timeout=60) == 0, p.stderr.read()
+    finally:
+        p.kill()
+        p.wait()
+        p.stdin.close()
+    assert len([r for r in sup.get("/engines/requests").json() if r.get("model", "").startswith("ai/tiny")]) == 4
     assert "Unloaded 1" in ok(cli(supervisors, sup, "unload", "--all"))
     failed(cli(supervisors, sup, "run", "ai/nope", "x"), "not found")
 

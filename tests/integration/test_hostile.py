@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from harness import figure
+
 DEEP = b'{"model":"ai/tiny","messages":' + b"[" * 5000 + b"]" * 5000 + b"}"
 CHAT = "/engines/v1/chat/completions"
 
@@ -73,8 +75,18 @@ def test_hostile_input_gets_a_4xx_in_its_dialect(sup, case):
 
 
 def test_huge_max_tokens_is_bounded_by_the_engine(sup):
-    # The engine caps generation at its context; the request neither hangs nor kills anything.
-    r = sup.post(CHAT, {"model": "ai/tiny", "messages": [{"role": "user", "content": "hi"}],
-                        "max_tokens": 10**12}, timeout=60)
-    assert r.status_code in (200, 400), r.text
+    # The largest max_tokens llama-server takes (2^31-1): generation stops when the context (512 tokens, the
+    # default config's) is full, in well under a minute, and the usage says so.
+    msgs = [{"role": "user", "content": "hi"}]
+    r = sup.post(CHAT, {"model": "ai/tiny", "messages": msgs, "max_tokens": 2**31 - 1}, timeout=60)
+    assert r.status_code == 200, r.text
+    usage, [choice] = r.json()["usage"], r.json()["choices"]
+    assert 0 < usage["completion_tokens"] and usage["prompt_tokens"] + usage["completion_tokens"] <= 512, usage
+    assert choice["finish_reason"] == "length", choice
+    figure("hostile.max_tokens.completion_tokens", usage["completion_tokens"])
+    figure("hostile.max_tokens.prompt_tokens", usage["prompt_tokens"])
+    # Past an int32 the engine refuses the value itself; its 400 reaches the caller as an OpenAI error.
+    r = sup.post(CHAT, {"model": "ai/tiny", "messages": msgs, "max_tokens": 10**12}, timeout=60)
+    assert r.status_code == 400 and "max_tokens" in r.json()["error"]["message"], r.text
+    # Neither request hung nor killed anything.
     assert sup.chat(max_tokens=2).status_code == 200

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 from harness import pid_gone, wait_until
 
 
 def test_idle_runner_unloads_after_keep_alive(supervisors):
     sup = supervisors.start(models=[supervisors.tiny_model(keep_alive="1s")])
     r = sup.chat(max_tokens=2)
+    answered = time.monotonic()
     assert r.status_code == 200, r.text
     [spawn] = sup.spawns()
     ps = sup.ps()
@@ -15,6 +18,10 @@ def test_idle_runner_unloads_after_keep_alive(supervisors):
 
     # 1 s idle, plus the scheduler's tick and the engine's SIGTERM handling
     wait_until(lambda: pid_gone(spawn.pid), 8.0, f"engine pid {spawn.pid} to exit after keep_alive=1s")
+    # ... and not before: the runner was last used before the answer reached us, so it lives on for at least
+    # keep_alive after that, less the time the answer took to travel back (a few ms; 100 ms allowed).
+    idle_for = time.monotonic() - answered
+    assert idle_for >= 0.9, f"the runner stopped {idle_for:.2f}s after its last request, before keep_alive=1s"
     wait_until(lambda: sup.ps() == [], 3.0, "/engines/ps to be empty")
     assert sup.alive()
 

@@ -157,22 +157,23 @@ def test_delete_idle_model_and_unknown(sup):
 
 
 @pytest.mark.parametrize(
-    "path",
+    "path,why",
     [
-        "/models/..%2F..%2Fetc",
-        "/models/..%2F..%2Fetc%2Fpasswd",
-        "/models/ai/ti%00ny",
-        "/models/%2e%2e/tiny",
-        "/models/ai/%2e%2e",
-        "/models/ai/tiny%5Cx",
-        "/models/ai/tiny%20x",
+        ("/models/..%2F..%2Fetc", "'..' path component"),
+        ("/models/..%2F..%2Fetc%2Fpasswd", "'..' path component"),
+        ("/models/ai/ti%00ny", "forbidden character"),
+        ("/models/%2e%2e/tiny", "'..' path component"),
+        ("/models/ai/%2e%2e", "'..' path component"),
+        ("/models/ai/tiny%5Cx", "forbidden character '\\\\'"),
+        ("/models/ai/tiny%20x", "forbidden character ' '"),
     ],
 )
-def test_bad_names_are_rejected(sup, path):
+def test_bad_names_are_rejected(sup, path, why):
+    # The contract: bad names (`..`, NUL, `%2e%2e`, backslash, spaces) are 400, never a 404 lookup, and say why.
     for method in ("GET", "DELETE"):
         status, headers, body = sup.raw(method, path)
-        assert status in (400, 404), (method, path, status, body)
-        assert body.strip(), (method, path, "a rejection says why")
+        assert status == 400, (method, path, status, body)
+        assert body.startswith(b"invalid model reference") and why in body.decode(), (method, path, body)
     # nothing was deleted or escaped
     assert sup.get("/models/ai/tiny").status_code == 200
 
@@ -188,8 +189,11 @@ def test_openai_model_lookup_rejects_bad_names(sup):
     status, _, body = sup.raw("GET", "/engines/v1/models/ai/ti%00ny")
     assert status == 400, (status, body)
     assert json.loads(body)["error"]["message"]
-    status, _, body = sup.raw("GET", "/engines/v1/models/" + quote("../../etc", safe=""))
-    assert status in (400, 404), (status, body)
+    for name, why in (("../../etc", "'..' path component"), ("ai/tiny\\x", "forbidden character")):
+        status, _, body = sup.raw("GET", "/engines/v1/models/" + quote(name, safe=""))
+        assert status == 400, (name, status, body)
+        error = json.loads(body)["error"]
+        assert error["message"].startswith("invalid model reference") and why in error["message"], (name, error)
 
 
 def test_engines_df_reports_store_size_and_measured_runner_memory(sup, prereqs):
