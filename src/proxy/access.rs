@@ -35,11 +35,12 @@ pub enum Verdict {
 }
 
 impl Access {
-    /// The verdict for a request; `trusted` for connections that need no key (the Unix socket).
+    /// The verdict for a request; `open` for routes that need no key (their `Guard::Open`), `trusted` for
+    /// connections that need no key (the Unix socket).
     pub fn check(
         &self,
         method: &Method,
-        path: &str,
+        open: bool,
         headers: &HeaderMap,
         trusted: bool,
     ) -> Verdict {
@@ -73,9 +74,7 @@ impl Access {
             }
         }
         // The dashboard page is static; the data it then fetches needs the key like anything else.
-        let open = trusted
-            || self.api_keys.is_empty()
-            || (method == Method::GET && (path == "/health" || path == "/dashboard"));
+        let open = trusted || self.api_keys.is_empty() || open;
         if open || self.key_in(headers) {
             Verdict::Allow(cors)
         } else {
@@ -173,7 +172,7 @@ mod tests {
             "https://app.example.com",
         ] {
             assert!(
-                matches!(a.check(&Method::POST, "/v1/chat/completions", &headers(&[("origin", o)]), false), Verdict::Allow(h) if h[0].1 == o),
+                matches!(a.check(&Method::POST, false, &headers(&[("origin", o)]), false), Verdict::Allow(h) if h[0].1 == o),
                 "{o}"
             );
         }
@@ -185,7 +184,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    a.check(&Method::GET, "/models", &headers(&[("origin", o)]), false),
+                    a.check(&Method::GET, false, &headers(&[("origin", o)]), false),
                     Verdict::Forbidden(_)
                 ),
                 "{o}"
@@ -194,7 +193,7 @@ mod tests {
         assert!(matches!(
             access(&[], &["*"]).check(
                 &Method::GET,
-                "/",
+                false,
                 &headers(&[("origin", "http://x.y")]),
                 false
             ),
@@ -202,7 +201,7 @@ mod tests {
         ));
         // No Origin: not a CORS request.
         assert_eq!(
-            a.check(&Method::GET, "/models", &HeaderMap::new(), false),
+            a.check(&Method::GET, false, &HeaderMap::new(), false),
             Verdict::Allow(vec![])
         );
     }
@@ -218,8 +217,7 @@ mod tests {
                 "authorization, content-type, x-stainless-os",
             ),
         ]);
-        let Verdict::Preflight(h) = a.check(&Method::OPTIONS, "/v1/chat/completions", &h, false)
-        else {
+        let Verdict::Preflight(h) = a.check(&Method::OPTIONS, false, &h, false) else {
             panic!()
         };
         let get = |n: header::HeaderName| {
@@ -243,20 +241,20 @@ mod tests {
         let a = access(&["sk-1", "sk-2"], &[]);
         let none = HeaderMap::new();
         assert_eq!(
-            a.check(&Method::GET, "/models", &none, false),
+            a.check(&Method::GET, false, &none, false),
             Verdict::Unauthorized
         );
         assert_eq!(
-            a.check(&Method::GET, "/health", &none, false),
+            a.check(&Method::GET, true, &none, false),
             Verdict::Allow(vec![])
         );
         assert_eq!(
-            a.check(&Method::GET, "/models", &none, true),
+            a.check(&Method::GET, false, &none, true),
             Verdict::Allow(vec![])
         );
         for h in [[("authorization", "Bearer sk-2")], [("x-api-key", "sk-1")]] {
             assert_eq!(
-                a.check(&Method::POST, "/api/chat", &headers(&h), false),
+                a.check(&Method::POST, false, &headers(&h), false),
                 Verdict::Allow(vec![])
             );
         }
@@ -266,13 +264,13 @@ mod tests {
             [("x-api-key", "sk-")],
         ] {
             assert_eq!(
-                a.check(&Method::POST, "/api/chat", &headers(&h), false),
+                a.check(&Method::POST, false, &headers(&h), false),
                 Verdict::Unauthorized
             );
         }
         // Without keys, everything is open.
         assert_eq!(
-            access(&[], &[]).check(&Method::GET, "/models", &none, false),
+            access(&[], &[]).check(&Method::GET, false, &none, false),
             Verdict::Allow(vec![])
         );
     }
