@@ -1,4 +1,6 @@
-//! Who may call: CORS and API keys, decided before routing. Pure: headers in, a verdict out.
+//! Who may call: CORS and API keys, decided once the route is known (the table's `Guard` says whether it needs a
+//! key; `routes::Guard::Local` routes are further held to local callers by the router). Pure: headers in, a
+//! verdict out.
 //!
 //! - **CORS**, as Ollama does it: a request whose `Origin` is not allowed gets 403; an allowed one gets
 //!   `Access-Control-Allow-Origin` (and `Vary: Origin`). Local origins (`localhost`, `127.0.0.1`, `[::1]`,
@@ -6,7 +8,7 @@
 //!   for any. Preflights (`OPTIONS` with `Access-Control-Request-Method`) are answered here, before any key check,
 //!   since browsers send them without credentials. Requests without `Origin` (curl, SDKs) are not CORS requests.
 //! - **API keys**, off by default like DMR: when `[server] api_keys` is set, every route except `GET /health`,
-//!   the static `GET /dashboard` page and preflights needs one of them as `Authorization: Bearer KEY` (OpenAI, Ollama clients) or `x-api-key: KEY`
+//!   the static `GET /dashboard` page (the table's `Guard::Open` routes) and preflights needs one of them as `Authorization: Bearer KEY` (OpenAI, Ollama clients) or `x-api-key: KEY`
 //!   (Anthropic clients); else 401 in the caller's dialect. The Unix socket is trusted (its file mode guards it).
 
 use http::{header, HeaderMap, HeaderValue, Method};

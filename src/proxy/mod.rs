@@ -1,6 +1,8 @@
 //! The HTTP front: accepts connections on TCP (HTTP/1.1, keep-alive, TCP_NODELAY) and on an optional Unix socket,
-//! checks CORS and API keys (`access`), routes each request to its handler, renders every error in the caller's
-//! dialect, and drains in-flight requests on shutdown. Handlers live in
+//! matches each request against the route table (`routes::ROUTES`), checks CORS, API keys and local-only routes
+//! (`access`, the route's `Guard`), calls the route's handler with the request's `routes::Ctx`, renders every error
+//! in the route's dialect, counts and times it, hands inference answers to the inspector, and drains in-flight
+//! requests on shutdown. Handlers live in
 //! `models`, `inference` (OpenAI pass-through), `anthropic`, `ollama` and `engines`; body and error plumbing in
 //! `http`; the engine client in `forward`; calls translated from another dialect in `translated`.
 

@@ -332,7 +332,14 @@ pub fn router() -> Result<matchit::Router<Entry>, String> {
                 ]
             }
         };
-        for pattern in mounts {
+        // A catch-all never matches nothing, but `GET /models/` reaches the handler with an empty name (its 400), as
+        // it always has: the pattern is mounted without its catch-all too.
+        let empty: Vec<String> = mounts
+            .iter()
+            .filter(|_| suffix.is_empty())
+            .filter_map(|p| p.strip_suffix("{*name}").map(str::to_string))
+            .collect();
+        for pattern in mounts.into_iter().chain(empty) {
             let entry = match patterns.iter_mut().find(|(p, _)| *p == pattern) {
                 Some((_, e)) => e,
                 None => {

@@ -158,6 +158,15 @@ fn model_names_keep_their_slashes_tags_and_encoding() {
         name_of(Method::GET, "/engines/vllm/v1/models/ai/tiny"),
         ("/v1/models/{*name}", Some("ai/tiny".into()))
     );
+    // An empty name reaches the handler (which refuses it), as before the table.
+    assert_eq!(
+        name_of(Method::GET, "/models/"),
+        ("/models/{*name}", Some(String::new()))
+    );
+    assert_eq!(
+        name_of(Method::GET, "/engines/v1/models/"),
+        ("/v1/models/{*name}", Some(String::new()))
+    );
     // Fixed routes win over the catch-all.
     assert_eq!(name_of(Method::POST, "/models/create").0, "/models/create");
 }
