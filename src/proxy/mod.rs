@@ -167,6 +167,7 @@ pub struct Server {
 
 impl Server {
     pub async fn bind(app: Arc<App>) -> std::io::Result<Server> {
+        routes::build();
         let config = app.config();
         let listener = TcpListener::bind(config.server.listen).await?;
         let socket = match &config.server.socket {

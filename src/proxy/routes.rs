@@ -384,9 +384,15 @@ fn split_suffix(pattern: &'static str) -> (&'static str, &'static str) {
 }
 
 static ROUTER: LazyLock<matchit::Router<Entry>> = LazyLock::new(|| {
-    // The table is static and `tests::the_table_builds` builds it: a failure here is a bug caught by `cargo test`.
+    // Invariant: the table is static and `tests::the_table_builds_without_collisions` builds it, so a table that
+    // does not build never leaves `cargo test`; `Server::bind` forces it, so it would fail at start, not later.
     router().unwrap_or_else(|e| panic!("the route table does not build: {e}"))
 });
+
+/// Builds the router now (it is otherwise built by the first request).
+pub fn build() {
+    LazyLock::force(&ROUTER);
+}
 
 /// What matched: the route, and its path parameters (still percent-encoded).
 pub struct Found {
