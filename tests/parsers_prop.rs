@@ -13,6 +13,7 @@ use dmr_supervisor::config::{parse_bytes, parse_duration, Config, KeepAlive};
 use dmr_supervisor::engines::flags;
 use dmr_supervisor::engines::vllm;
 use dmr_supervisor::proxy::access::Access;
+use dmr_supervisor::proxy::routes;
 use dmr_supervisor::registry::hf;
 use dmr_supervisor::store::{format, gguf, name, pulled};
 use http::{HeaderMap, HeaderValue, Method};
@@ -273,7 +274,10 @@ proptest! {
         let mut h = HeaderMap::new();
         if let Ok(v) = HeaderValue::from_str(&origin) { h.insert(http::header::ORIGIN, v); }
         if let Ok(v) = HeaderValue::from_str(&auth) { h.insert(http::header::AUTHORIZATION, v); }
-        let verdict = a.check(&Method::POST, &path, &h, false);
+        // No POST route is open: whatever the path, the table says a key is needed.
+        let open = routes::find(&Method::POST, &path).is_some_and(|f| f.route.guard == routes::Guard::Open);
+        prop_assert!(!open, "{path:?}");
+        let verdict = a.check(&Method::POST, open, &h, false);
         let has_key = auth.strip_prefix("Bearer ").or_else(|| auth.strip_prefix("bearer ")).map(str::trim) == Some("sk-secret");
         if !has_key {
             prop_assert!(!matches!(verdict, dmr_supervisor::proxy::access::Verdict::Allow(_)), "{origin:?} {auth:?}");

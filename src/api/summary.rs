@@ -62,6 +62,17 @@ pub fn answer(body: &[u8]) -> AnswerSummary {
     for d in &docs {
         absorb(&mut s, d);
     }
+    // llama-server's last chunk carries `timings` whether or not the client asked for `usage`
+    // (`stream_options.include_usage`, which Open WebUI does not send): its counts stand in for a missing usage.
+    // The prompt is what was evaluated (`prompt_n`) plus what the prompt cache already held (`cache_n`).
+    let timings = docs.iter().rev().find_map(|d| d.get("timings"));
+    let timing = |key: &str| timings.and_then(|t| t.get(key)?.as_u64());
+    if s.prompt_tokens.is_none() {
+        s.prompt_tokens = timing("prompt_n").map(|n| n + timing("cache_n").unwrap_or(0));
+    }
+    if s.completion_tokens.is_none() {
+        s.completion_tokens = timing("predicted_n");
+    }
     s
 }
 
@@ -159,6 +170,19 @@ mod tests {
                 completion_tokens: Some(2)
             }
         );
+        // Recorded from llama-server: a stream whose client did not ask for usage; the last chunk's timings count.
+        let no_usage = b"data: {\"choices\":[{\"finish_reason\":null,\"index\":0,\"delta\":{\"content\":\"Hi\"}}],\"created\":1,\"id\":\"c\",\"model\":\"ai/tiny\",\"object\":\"chat.completion.chunk\"}\n\ndata: {\"choices\":[{\"finish_reason\":\"length\",\"index\":0,\"delta\":{}}],\"created\":1,\"id\":\"c\",\"model\":\"ai/tiny\",\"object\":\"chat.completion.chunk\",\"timings\":{\"cache_n\":4,\"prompt_n\":5,\"prompt_ms\":1.2,\"predicted_n\":6,\"predicted_ms\":3.4}}\n\ndata: [DONE]\n\n";
+        assert_eq!(
+            answer(no_usage),
+            AnswerSummary {
+                text: "Hi".into(),
+                prompt_tokens: Some(9),
+                completion_tokens: Some(6)
+            }
+        );
+        // `usage`, when there, wins over timings .
+        let both = br#"{"choices":[{"message":{"content":"x"}}],"usage":{"prompt_tokens":12,"completion_tokens":1},"timings":{"prompt_n":2,"predicted_n":1}}"#;
+        assert_eq!(answer(both).prompt_tokens, Some(12));
         let whole = br#"{"content":[{"type":"text","text":"x"}],"usage":{"input_tokens":1,"output_tokens":1}}"#;
         assert_eq!(answer(whole).text, "x");
         assert_eq!(answer(b"\xff garbage"), AnswerSummary::default());

@@ -1,4 +1,6 @@
-//! Who may call: CORS and API keys, decided before routing. Pure: headers in, a verdict out.
+//! Who may call: CORS and API keys, decided once the route is known (the table's `Guard` says whether it needs a
+//! key; `routes::Guard::Local` routes are further held to local callers by the router). Pure: headers in, a
+//! verdict out.
 //!
 //! - **CORS**, as Ollama does it: a request whose `Origin` is not allowed gets 403; an allowed one gets
 //!   `Access-Control-Allow-Origin` (and `Vary: Origin`). Local origins (`localhost`, `127.0.0.1`, `[::1]`,
@@ -6,7 +8,7 @@
 //!   for any. Preflights (`OPTIONS` with `Access-Control-Request-Method`) are answered here, before any key check,
 //!   since browsers send them without credentials. Requests without `Origin` (curl, SDKs) are not CORS requests.
 //! - **API keys**, off by default like DMR: when `[server] api_keys` is set, every route except `GET /health`,
-//!   the static `GET /dashboard` page and preflights needs one of them as `Authorization: Bearer KEY` (OpenAI, Ollama clients) or `x-api-key: KEY`
+//!   the static `GET /dashboard` page (the table's `Guard::Open` routes) and preflights needs one of them as `Authorization: Bearer KEY` (OpenAI, Ollama clients) or `x-api-key: KEY`
 //!   (Anthropic clients); else 401 in the caller's dialect. The Unix socket is trusted (its file mode guards it).
 
 use http::{header, HeaderMap, HeaderValue, Method};
@@ -35,11 +37,12 @@ pub enum Verdict {
 }
 
 impl Access {
-    /// The verdict for a request; `trusted` for connections that need no key (the Unix socket).
+    /// The verdict for a request; `open` for routes that need no key (their `Guard::Open`), `trusted` for
+    /// connections that need no key (the Unix socket).
     pub fn check(
         &self,
         method: &Method,
-        path: &str,
+        open: bool,
         headers: &HeaderMap,
         trusted: bool,
     ) -> Verdict {
@@ -73,9 +76,7 @@ impl Access {
             }
         }
         // The dashboard page is static; the data it then fetches needs the key like anything else.
-        let open = trusted
-            || self.api_keys.is_empty()
-            || (method == Method::GET && (path == "/health" || path == "/dashboard"));
+        let open = trusted || self.api_keys.is_empty() || open;
         if open || self.key_in(headers) {
             Verdict::Allow(cors)
         } else {
@@ -173,7 +174,7 @@ mod tests {
             "https://app.example.com",
         ] {
             assert!(
-                matches!(a.check(&Method::POST, "/v1/chat/completions", &headers(&[("origin", o)]), false), Verdict::Allow(h) if h[0].1 == o),
+                matches!(a.check(&Method::POST, false, &headers(&[("origin", o)]), false), Verdict::Allow(h) if h[0].1 == o),
                 "{o}"
             );
         }
@@ -185,7 +186,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    a.check(&Method::GET, "/models", &headers(&[("origin", o)]), false),
+                    a.check(&Method::GET, false, &headers(&[("origin", o)]), false),
                     Verdict::Forbidden(_)
                 ),
                 "{o}"
@@ -194,7 +195,7 @@ mod tests {
         assert!(matches!(
             access(&[], &["*"]).check(
                 &Method::GET,
-                "/",
+                false,
                 &headers(&[("origin", "http://x.y")]),
                 false
             ),
@@ -202,7 +203,7 @@ mod tests {
         ));
         // No Origin: not a CORS request.
         assert_eq!(
-            a.check(&Method::GET, "/models", &HeaderMap::new(), false),
+            a.check(&Method::GET, false, &HeaderMap::new(), false),
             Verdict::Allow(vec![])
         );
     }
@@ -218,8 +219,7 @@ mod tests {
                 "authorization, content-type, x-stainless-os",
             ),
         ]);
-        let Verdict::Preflight(h) = a.check(&Method::OPTIONS, "/v1/chat/completions", &h, false)
-        else {
+        let Verdict::Preflight(h) = a.check(&Method::OPTIONS, false, &h, false) else {
             panic!()
         };
         let get = |n: header::HeaderName| {
@@ -243,20 +243,20 @@ mod tests {
         let a = access(&["sk-1", "sk-2"], &[]);
         let none = HeaderMap::new();
         assert_eq!(
-            a.check(&Method::GET, "/models", &none, false),
+            a.check(&Method::GET, false, &none, false),
             Verdict::Unauthorized
         );
         assert_eq!(
-            a.check(&Method::GET, "/health", &none, false),
+            a.check(&Method::GET, true, &none, false),
             Verdict::Allow(vec![])
         );
         assert_eq!(
-            a.check(&Method::GET, "/models", &none, true),
+            a.check(&Method::GET, false, &none, true),
             Verdict::Allow(vec![])
         );
         for h in [[("authorization", "Bearer sk-2")], [("x-api-key", "sk-1")]] {
             assert_eq!(
-                a.check(&Method::POST, "/api/chat", &headers(&h), false),
+                a.check(&Method::POST, false, &headers(&h), false),
                 Verdict::Allow(vec![])
             );
         }
@@ -266,13 +266,13 @@ mod tests {
             [("x-api-key", "sk-")],
         ] {
             assert_eq!(
-                a.check(&Method::POST, "/api/chat", &headers(&h), false),
+                a.check(&Method::POST, false, &headers(&h), false),
                 Verdict::Unauthorized
             );
         }
         // Without keys, everything is open.
         assert_eq!(
-            access(&[], &[]).check(&Method::GET, "/models", &none, false),
+            access(&[], &[]).check(&Method::GET, false, &none, false),
             Verdict::Allow(vec![])
         );
     }

@@ -11,29 +11,37 @@ use hyper::body::Incoming;
 
 use super::http::{json, parse_json, read_body, ApiError, Body};
 use super::inference::acquire;
+use super::routes::Ctx;
 use super::{translated, App};
 use crate::api::anthropic::{self, CountTokensOut, MessagesIn, Purpose, StreamTranslator};
 use crate::api::openai;
 use crate::api::ErrorKind;
 use crate::engines::{Mode, RunnerWishes};
 
-async fn read(app: &Arc<App>, req: http::Request<Incoming>) -> Result<MessagesIn, ApiError> {
+async fn read(
+    app: &Arc<App>,
+    ctx: &Ctx,
+    req: http::Request<Incoming>,
+) -> Result<MessagesIn, ApiError> {
     let (_, body) = read_body(req, app.body_limits()).await?;
+    ctx.note.body(&body);
     parse_json(&body)
 }
 
 pub async fn messages(
     app: &Arc<App>,
+    ctx: &Ctx,
     req: http::Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let started = Instant::now();
-    let input = read(app, req).await?;
+    let input = read(app, ctx, req).await?;
     let request = input
         .to_openai(Purpose::Generate)
         .map_err(ApiError::bad_request)?;
     translated::refuse_images(&request, &input.model)?;
     let (lease, model) = acquire(
         app,
+        &ctx.note,
         &input.model,
         Mode::Completion,
         &RunnerWishes::default(),
@@ -67,14 +75,16 @@ pub async fn messages(
 
 pub async fn count_tokens(
     app: &Arc<App>,
+    ctx: &Ctx,
     req: http::Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let input = read(app, req).await?;
+    let input = read(app, ctx, req).await?;
     let request = input
         .to_openai(Purpose::CountTokens)
         .map_err(ApiError::bad_request)?;
     let (lease, model) = acquire(
         app,
+        &ctx.note,
         &input.model,
         Mode::Completion,
         &RunnerWishes::default(),

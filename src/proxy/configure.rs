@@ -68,7 +68,15 @@ pub async fn set(
     // Preload with the new settings, as DMR does after a configure (Compose relies on it).
     let (app2, name) = (app.clone(), requested.clone());
     tokio::spawn(async move {
-        if let Err(e) = inference::acquire(&app2, &name, mode, &RunnerWishes::default()).await {
+        if let Err(e) = inference::acquire(
+            &app2,
+            &Default::default(),
+            &name,
+            mode,
+            &RunnerWishes::default(),
+        )
+        .await
+        {
             tracing::warn!(
                 model = name,
                 error = e.message,

@@ -143,7 +143,6 @@ pub async fn read_body(
     match Limited::new(body, limit).collect().await {
         Ok(collected) => {
             let body = collected.to_bytes();
-            super::note_body(&body);
             check_json(&body, limits.json_elements)?;
             Ok((parts, body))
         }

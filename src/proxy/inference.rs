@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 
 use super::forward::forward;
 use super::http::{parse_json, read_body, ApiError, Body};
+use super::routes::{Ctx, Note};
 use super::App;
 use crate::api::{openai, ErrorKind};
 use crate::engines::{EngineKind, Mode, RunnerWishes};
@@ -23,18 +24,28 @@ const RETRY_AFTER_SECS: u64 = 5;
 
 pub async fn handle(
     app: &Arc<App>,
+    ctx: &Ctx,
     req: http::Request<Incoming>,
     mode: Mode,
     engine: Option<EngineKind>,
     upstream: String,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = read_body(req, app.body_limits()).await?;
+    ctx.note.body(&body);
     let head: openai::RequestHead = parse_json(&body)?;
     let requested = match head.model {
         Some(m) if !m.is_empty() => m,
         _ => return Err(ApiError::bad_request("\"model\" is required")),
     };
-    let (lease, name) = acquire_on(app, &requested, mode, engine, &RunnerWishes::default()).await?;
+    let (lease, name) = acquire_on(
+        app,
+        &ctx.note,
+        &requested,
+        mode,
+        engine,
+        &RunnerWishes::default(),
+    )
+    .await?;
     let path_and_query = match parts.uri.query() {
         Some(q) => format!("{upstream}?{q}"),
         None => upstream,
@@ -52,21 +63,24 @@ pub async fn handle(
 }
 
 /// Resolves `requested` in the store and waits for a lease on a ready runner for it (starting one if needed).
-/// `wishes` override the configured context size and keep-alive for this request. Returns the lease and the
+/// `wishes` override the configured context size and keep-alive for this request. The model and its context size
+/// are noted in `note` (the request's, for metrics and the inspector) before the wait. Returns the lease and the
 /// model's display name.
 pub async fn acquire(
     app: &Arc<App>,
+    note: &Note,
     requested: &str,
     mode: Mode,
     wishes: &RunnerWishes,
 ) -> Result<(Lease, String), ApiError> {
-    acquire_on(app, requested, mode, None, wishes).await
+    acquire_on(app, note, requested, mode, None, wishes).await
 }
 
 /// [`acquire`], for a request whose path names an engine (`/engines/vllm/v1/...`): it must be the model's. The
 /// launch is planned (`launch::Planner`), then the scheduler is asked for a lease.
 pub async fn acquire_on(
     app: &Arc<App>,
+    note: &Note,
     requested: &str,
     mode: Mode,
     in_path: Option<EngineKind>,
@@ -79,7 +93,7 @@ pub async fn acquire_on(
         demand,
     } = planner(app, &config).plan(requested, mode, in_path, wishes)?;
     let name = launch.model_name.clone();
-    super::note_model(&name, launch.context_size);
+    note.model(&name, launch.context_size);
     let lease = app
         .scheduler
         .acquire(key, launch, demand)

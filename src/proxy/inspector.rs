@@ -1,7 +1,9 @@
 //! The request inspector: the last [`PER_MODEL`] inference exchanges of each model, bodies cut at [`CAP`] bytes,
 //! so memory stays bounded (models × 50 × 128 KiB at most). The answer body is teed as it streams to the client
-//! (`Recorder`), and the exchange is recorded when the body ends or the client leaves. `GET /engines/requests`
-//! lists them, newest first.
+//! (`Recorder`), and the exchange is recorded when the body ends or the client leaves. What is recorded: the
+//! answers of the routes the table marks `inference` (images included) whose handler noted a model and a body in
+//! its `Ctx`. `GET /engines/requests` lists them, newest first; token counts come from the answer's `usage`, else
+//! llama-server's `timings` (`api::summary`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

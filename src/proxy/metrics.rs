@@ -1,7 +1,7 @@
 //! `GET /metrics`: our counters and histograms (`crate::metrics`), gauges read now (runners by state, loads
 //! waiting for memory, each runner's predicted and measured memory, each device's memory), then every ready
 //! engine's own `/metrics` with `model` and `mode` labels added. Also the tap that times the first byte
-//! of streamed answers, and the route templates used as labels.
+//! of streamed answers (labelled by the route table's `label`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -158,64 +158,6 @@ pub async fn handle(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
     Ok(resp)
 }
 
-/// A route template for labels: fixed paths as they are, parameters as `{name}`, anything unknown as `other`.
-pub fn route_label(path: &str) -> String {
-    const FIXED: &[&str] = &[
-        "/",
-        "/health",
-        "/version",
-        "/metrics",
-        "/logs",
-        "/dashboard",
-        "/models",
-        "/models/create",
-        "/config/reload",
-        "/engines/ps",
-        "/engines/unload",
-        "/engines/status",
-        "/engines/df",
-        "/engines/requests",
-        "/engines/_configure",
-        "/api/version",
-        "/api/tags",
-        "/api/ps",
-        "/api/show",
-        "/api/chat",
-        "/api/generate",
-        "/api/delete",
-        "/api/embed",
-        "/api/embeddings",
-    ];
-    const OPENAI: &[&str] = &[
-        "chat/completions",
-        "completions",
-        "embeddings",
-        "messages",
-        "messages/count_tokens",
-        "models",
-    ];
-    if FIXED.contains(&path) {
-        return path.to_string();
-    }
-    if let Some((_, rest)) = super::openai_route(path) {
-        if OPENAI.contains(&rest) {
-            return format!("/v1/{rest}");
-        }
-        if rest.starts_with("models/") {
-            return "/v1/models/{name}".into();
-        }
-    }
-    if let Some(rest) = path.strip_prefix("/anthropic/v1/") {
-        if rest == "messages" || rest == "messages/count_tokens" {
-            return format!("/v1/{rest}");
-        }
-    }
-    if path.starts_with("/models/") {
-        return "/models/{name}".into();
-    }
-    "other".into()
-}
-
 /// A tap (`http::Tap`) that times a streamed answer's first body byte.
 pub fn first_byte_timer(
     metrics: Arc<Metrics>,
@@ -250,30 +192,4 @@ impl Tap for FirstByte {
     }
 
     fn end(&mut self, _complete: bool) {}
-}
-
-#[cfg(test)]
-mod tests {
-    use super::route_label;
-
-    #[test]
-    fn route_labels_are_templates() {
-        assert_eq!(
-            route_label("/engines/llama.cpp/v1/chat/completions"),
-            "/v1/chat/completions"
-        );
-        assert_eq!(route_label("/v1/messages"), "/v1/messages");
-        assert_eq!(
-            route_label("/anthropic/v1/messages/count_tokens"),
-            "/v1/messages/count_tokens"
-        );
-        assert_eq!(
-            route_label("/engines/v1/models/ai/tiny"),
-            "/v1/models/{name}"
-        );
-        assert_eq!(route_label("/models/ai/tiny:latest"), "/models/{name}");
-        assert_eq!(route_label("/api/chat"), "/api/chat");
-        assert_eq!(route_label("/etc/passwd"), "other");
-        assert_eq!(route_label("/v1/../../x"), "other");
-    }
 }

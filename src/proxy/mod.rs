@@ -1,6 +1,8 @@
 //! The HTTP front: accepts connections on TCP (HTTP/1.1, keep-alive, TCP_NODELAY) and on an optional Unix socket,
-//! checks CORS and API keys (`access`), routes each request to its handler, renders every error in the caller's
-//! dialect, and drains in-flight requests on shutdown. Handlers live in
+//! matches each request against the route table (`routes::ROUTES`), checks CORS, API keys and local-only routes
+//! (`access`, the route's `Guard`), calls the route's handler with the request's `routes::Ctx`, renders every error
+//! in the route's dialect, counts and times it, hands inference answers to the inspector, and drains in-flight
+//! requests on shutdown. Handlers live in
 //! `models`, `inference` (OpenAI pass-through), `anthropic`, `ollama` and `engines`; body and error plumbing in
 //! `http`; the engine client in `forward`; calls translated from another dialect in `translated`.
 
@@ -17,6 +19,7 @@ mod metrics;
 mod models;
 mod ollama;
 pub mod reload;
+pub mod routes;
 mod translated;
 
 use std::convert::Infallible;
@@ -25,7 +28,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::http::{Method, Request, Response, StatusCode};
+use ::http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -34,8 +37,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 
-use self::http::{json, percent_decode, text, ApiError, Body};
-use crate::api::{native, Dialect};
+use self::http::{ApiError, Body};
 use crate::config::{Config, ModelSettings};
 use crate::engines::{EngineKind, Mode};
 use crate::scheduler::Scheduler;
@@ -75,29 +77,6 @@ pub struct App {
     /// Cancelled when the server begins shutting down: ends `GET /logs?follow=1` streams so they do not hold the
     /// drain.
     pub shutdown: CancellationToken,
-}
-
-/// What handlers note about the request they serve, for metrics and the inspector.
-#[derive(Default)]
-struct RequestNote {
-    /// The model it resolved to (set by `inference::acquire`), and its runner's context size.
-    model: Option<(String, u32)>,
-    /// The request body (set by `read_body`).
-    body: Option<bytes::Bytes>,
-}
-
-tokio::task_local! {
-    static NOTE: std::cell::RefCell<RequestNote>;
-}
-
-/// Notes the model the current request is for (outside a request: nothing).
-pub fn note_model(name: &str, context_size: u32) {
-    let _ = NOTE.try_with(|n| n.borrow_mut().model = Some((name.to_string(), context_size)));
-}
-
-/// Notes the current request's body (a reference count, not a copy).
-pub fn note_body(body: &bytes::Bytes) {
-    let _ = NOTE.try_with(|n| n.borrow_mut().body = Some(body.clone()));
 }
 
 impl App {
@@ -149,6 +128,7 @@ pub struct Server {
 
 impl Server {
     pub async fn bind(app: Arc<App>) -> std::io::Result<Server> {
+        routes::build();
         let config = app.config();
         let listener = TcpListener::bind(config.server.listen).await?;
         let socket = match &config.server.socket {
@@ -296,26 +276,23 @@ fn bind_unix(path: &std::path::Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Routes one request and renders any error in the dialect of its route.
+/// Routes one request through the table (`routes`) and renders any error in the dialect of its route.
 async fn route(app: Arc<App>, req: Request<Incoming>, caller: Caller) -> Response<Body> {
-    let path = req.uri().path().to_string();
-    let anthropic = path.starts_with("/anthropic/")
-        || openai_route(&path).is_some_and(|(_, rest)| rest.starts_with("messages"));
-    let dialect = if anthropic {
-        Dialect::Anthropic
-    } else if path.starts_with("/engines/") || path.starts_with("/v1/") {
-        Dialect::OpenAi
-    } else if path.starts_with("/api/") {
-        Dialect::Ollama
-    } else {
-        Dialect::Native
-    };
     let started = std::time::Instant::now();
+    let found = routes::find(req.method(), req.uri().path());
+    let dialect = found.as_ref().map_or_else(
+        || routes::dialect_of_prefix(req.uri().path()),
+        |f| f.route.dialect,
+    );
+    let guard = found.as_ref().map_or(routes::Guard::Key, |f| f.route.guard);
     let method = req.method().clone();
-    let cors = match app
-        .access()
-        .check(&method, &path, req.headers(), caller.trusted)
-    {
+    let access = app.access();
+    let cors = match access.check(
+        &method,
+        guard == routes::Guard::Open,
+        req.headers(),
+        caller.trusted,
+    ) {
         access::Verdict::Allow(cors) => cors,
         access::Verdict::Preflight(cors) => {
             let mut resp = Response::new(http::full(""));
@@ -339,31 +316,42 @@ async fn route(app: Arc<App>, req: Request<Incoming>, caller: Caller) -> Respons
             return resp;
         }
     };
-    let arrived = std::time::SystemTime::now();
-    let (mut resp, note) = NOTE
-        .scope(std::cell::RefCell::default(), async {
-            let resp = dispatch(&app, req, &path, caller)
-                .await
-                .unwrap_or_else(|mut e| {
-                    e.message = app.store.redact(&e.message);
-                    e.into_response(dialect)
-                });
-            (resp, NOTE.with(|n| std::mem::take(&mut *n.borrow_mut())))
-        })
-        .await;
-    let model = note.model.as_ref().map(|(m, _)| m.clone());
-    resp.headers_mut().extend(cors);
-    let route = metrics::route_label(&path);
-    let dialect_label = match dialect {
-        Dialect::Native => "native",
-        Dialect::OpenAi => "openai",
-        Dialect::Ollama => "ollama",
-        Dialect::Anthropic => "anthropic",
+    let Some(found) = found else {
+        let e = ApiError::not_found(format!("no route for {method} {}", req.uri().path()));
+        let mut resp = e.into_response(dialect);
+        resp.headers_mut().extend(cors);
+        app.metrics.request(
+            "other",
+            routes::dialect_label(dialect),
+            "",
+            resp.status().as_u16(),
+            started.elapsed(),
+        );
+        return resp;
     };
+    if found.route.guard == routes::Guard::Local && !caller.local && access.api_keys.is_empty() {
+        let mut resp = routes::local_only(found.route).into_response(dialect);
+        resp.headers_mut().extend(cors);
+        return resp;
+    }
+    let arrived = std::time::SystemTime::now();
+    let ctx = Arc::new(routes::Ctx::new(caller, found));
+    let route = ctx.route;
+    let path = req.uri().path().to_string();
+    let mut resp = (route.handler)(app.clone(), req, ctx.clone())
+        .await
+        .unwrap_or_else(|mut e| {
+            e.message = app.store.redact(&e.message);
+            e.into_response(dialect)
+        });
+    let note = ctx.note.take();
+    let model = note.model.as_ref().map(|(m, _)| m.as_str());
+    resp.headers_mut().extend(cors);
+    let dialect_label = route.dialect_label();
     app.metrics.request(
-        &route,
+        route.label,
         dialect_label,
-        model.as_deref().unwrap_or(""),
+        model.unwrap_or(""),
         resp.status().as_u16(),
         started.elapsed(),
     );
@@ -376,16 +364,20 @@ async fn route(app: Arc<App>, req: Request<Incoming>, caller: Caller) -> Respons
         });
     // Inference answers are watched as they pass, by one wrapper: streams are timed to their first byte, and
     // exchanges of a resolved model are recorded for the inspector.
-    let inference = route.starts_with("/v1/") || route.starts_with("/api/");
-    let timer = (streamed && inference).then(|| {
-        metrics::first_byte_timer(app.metrics.clone(), route.clone(), dialect_label, started)
+    let timer = (streamed && route.inference).then(|| {
+        metrics::first_byte_timer(
+            app.metrics.clone(),
+            route.label.to_string(),
+            dialect_label,
+            started,
+        )
     });
-    let recorder = match (inference, note.model, note.body) {
+    let recorder = match (route.inference, note.model, note.body) {
         (true, Some((model, context_size)), Some(request)) => {
             let pending = inspector::Pending {
                 model,
                 dialect: dialect_label,
-                route,
+                route: route.label.to_string(),
                 status: resp.status().as_u16(),
                 context_size: Some(context_size),
                 request,
@@ -403,144 +395,6 @@ async fn route(app: Arc<App>, req: Request<Incoming>, caller: Caller) -> Respons
     }
     tracing::debug!(%method, path, status = resp.status().as_u16(), us = started.elapsed().as_micros() as u64, "request");
     resp
-}
-
-async fn dispatch(
-    app: &Arc<App>,
-    req: Request<Incoming>,
-    path: &str,
-    caller: Caller,
-) -> Result<Response<Body>, ApiError> {
-    let method = req.method().clone();
-    if let Some((named, rest)) = openai_route(path) {
-        let engine = match named {
-            None => None,
-            Some(e) => Some(EngineKind::from_name(e).ok_or_else(|| {
-                ApiError::not_found(format!(
-                    "unknown engine {e:?}; engines are {}",
-                    EngineKind::ALL.map(EngineKind::name).join(", ")
-                ))
-            })?),
-        };
-        let upstream = format!("/v1/{rest}");
-        return match (&method, rest) {
-            (&Method::GET, "models") => models::list_openai(app).await,
-            (&Method::GET, r) if r.starts_with("models/") => {
-                models::get_openai(app, percent_decode(&r["models/".len()..])?).await
-            }
-            (&Method::POST, "chat/completions" | "completions") => {
-                inference::handle(app, req, Mode::Completion, engine, upstream).await
-            }
-            (&Method::POST, "embeddings") => {
-                inference::handle(app, req, Mode::Embedding, engine, upstream).await
-            }
-            (&Method::POST, "images/generations") => {
-                inference::handle(app, req, Mode::ImageGeneration, engine, upstream).await
-            }
-            (&Method::POST, "messages") => anthropic::messages(app, req).await,
-            (&Method::POST, "messages/count_tokens") => anthropic::count_tokens(app, req).await,
-            _ => Err(ApiError::not_found(format!("no route for {method} {path}"))),
-        };
-    }
-    match (&method, path) {
-        (&Method::GET, "/") => Ok(text(StatusCode::OK, "dmr-supervisor is running")),
-        (&Method::POST, "/config/reload") => reload::handle(app, caller).await,
-        (&Method::GET, "/metrics") => metrics::handle(app).await,
-        (&Method::GET, "/dashboard") => Ok(dashboard()),
-        (&Method::GET, "/logs") => logs::handle(app, req.uri().query()).await,
-        (&Method::GET, "/health") => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
-        (&Method::GET, "/version") => Ok(json(
-            StatusCode::OK,
-            &native::Version {
-                version: env!("CARGO_PKG_VERSION"),
-            },
-        )),
-        (&Method::GET, "/models") => models::list_native(app).await,
-        (&Method::POST, "/models/create") => models::create(app, req, caller).await,
-        (&Method::GET, "/engines/ps") => engines::ps(app).await,
-        (&Method::POST, "/engines/unload") => engines::unload(app, req).await,
-        (&Method::GET, "/engines/status") => engines::status(app).await,
-        (&Method::POST, "/engines/install-backend") => {
-            engines::install_backend(app, req, caller).await
-        }
-        (&Method::GET, "/engines/df") => engines::df(app).await,
-        (&Method::GET, "/engines/requests") => inspector::list(app, req.uri().query()).await,
-        (&Method::POST, "/engines/_configure") => configure::set(app, req, None).await,
-        (&Method::GET, "/engines/_configure") => configure::list(app, req.uri().query()).await,
-        (&Method::POST, p) if p.starts_with("/engines/") && p.ends_with("/_configure") => {
-            let named = &p["/engines/".len()..p.len() - "/_configure".len()];
-            match EngineKind::from_name(named) {
-                Some(engine) => configure::set(app, req, Some(engine)).await,
-                None => Err(ApiError::bad_request(format!(
-                    "unknown engine {named:?} in {p}; engines are {}",
-                    EngineKind::ALL.map(EngineKind::name).join(", ")
-                ))),
-            }
-        }
-        (&Method::GET, "/api/version") => ollama::version().await,
-        (&Method::GET, "/api/tags") => ollama::tags(app).await,
-        (&Method::GET, "/api/ps") => ollama::ps(app).await,
-        (&Method::POST, "/api/show") => ollama::show(app, req).await,
-        (&Method::POST, "/api/chat") => ollama::chat(app, req).await,
-        (&Method::POST, "/api/generate") => ollama::generate(app, req).await,
-        (&Method::DELETE, "/api/delete") => ollama::delete(app, req).await,
-        (&Method::POST, "/api/pull") => ollama::pull(app, req).await,
-        (&Method::POST, "/api/embed") => ollama::embed(app, req, false).await,
-        (&Method::POST, "/api/embeddings") => ollama::embed(app, req, true).await,
-        (&Method::POST, "/anthropic/v1/messages") => anthropic::messages(app, req).await,
-        (&Method::POST, "/anthropic/v1/messages/count_tokens") => {
-            anthropic::count_tokens(app, req).await
-        }
-        (&Method::POST, p) if p.starts_with("/models/") && p.ends_with("/tag") => {
-            let query = req.uri().query().map(str::to_string);
-            models::tag(app, percent_decode(&p[8..p.len() - 4])?, query.as_deref()).await
-        }
-        (&Method::DELETE, "/models/purge") => models::purge(app).await,
-        (&Method::POST, "/models/load") => models::load(app, req).await,
-        (&Method::GET, p) if p.starts_with("/models/") && p.ends_with("/export") => {
-            models::export(app, percent_decode(&p[8..p.len() - 7])?).await
-        }
-        (&Method::POST, p) if p.starts_with("/models/") && p.ends_with("/repackage") => {
-            let name = percent_decode(&p[8..p.len() - 10])?;
-            models::repackage(app, req, name).await
-        }
-        (&Method::POST, p) if p.starts_with("/models/") && p.ends_with("/push") => {
-            let name = percent_decode(&p[8..p.len() - 5])?;
-            models::push(app, req, name).await
-        }
-        (&Method::GET, p) if p.starts_with("/models/") => {
-            models::get_native(app, percent_decode(&p[8..])?).await
-        }
-        (&Method::DELETE, p) if p.starts_with("/models/") => {
-            let query = req.uri().query().map(str::to_string);
-            models::delete(app, percent_decode(&p[8..])?, query.as_deref()).await
-        }
-        _ => Err(ApiError::not_found(format!("no route for {method} {path}"))),
-    }
-}
-
-/// The dashboard: one static page (no build step) that polls `/engines/ps`, `/engines/df`, `/engines/requests`
-/// and `/logs`.
-fn dashboard() -> Response<Body> {
-    let mut resp = Response::new(http::full(include_str!("dashboard.html")));
-    resp.headers_mut().insert(
-        ::http::header::CONTENT_TYPE,
-        ::http::HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    resp
-}
-
-/// Splits OpenAI-style paths: `/v1/REST`, `/engines/v1/REST`, `/engines/ENGINE/v1/REST` → (engine, REST).
-fn openai_route(path: &str) -> Option<(Option<&str>, &str)> {
-    if let Some(rest) = path.strip_prefix("/v1/") {
-        return Some((None, rest));
-    }
-    let after = path.strip_prefix("/engines/")?;
-    if let Some(rest) = after.strip_prefix("v1/") {
-        return Some((None, rest));
-    }
-    let (engine, rest) = after.split_once('/')?;
-    rest.strip_prefix("v1/").map(|r| (Some(engine), r))
 }
 
 /// The scheduler's limits from `[scheduler]`.
@@ -617,32 +471,5 @@ pub fn build_app(config: Config, source: ConfigSource, store: Store) -> App {
         finder,
         installing: Default::default(),
         memory,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::openai_route;
-
-    #[test]
-    fn openai_paths() {
-        assert_eq!(
-            openai_route("/v1/chat/completions"),
-            Some((None, "chat/completions"))
-        );
-        assert_eq!(
-            openai_route("/engines/v1/models/ai/tiny"),
-            Some((None, "models/ai/tiny"))
-        );
-        assert_eq!(
-            openai_route("/engines/llama.cpp/v1/embeddings"),
-            Some((Some("llama.cpp"), "embeddings"))
-        );
-        assert_eq!(
-            openai_route("/engines/foo/v1/completions"),
-            Some((Some("foo"), "completions"))
-        );
-        assert_eq!(openai_route("/engines/ps"), None);
-        assert_eq!(openai_route("/models"), None);
     }
 }

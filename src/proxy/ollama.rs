@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use super::http::{json, parse_json, read_body, ApiError, Body};
 use super::inference::acquire;
 use super::models::{blocking, PullEvent};
+use super::routes::Ctx;
 use super::{translated, App};
 use crate::api::ollama::{self, Call, StreamTranslator};
 use crate::api::openai;
@@ -170,9 +171,11 @@ pub async fn delete(
 
 pub async fn chat(
     app: &Arc<App>,
+    ctx: &Ctx,
     req: http::Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let (_, body) = read_body(req, app.body_limits()).await?;
+    ctx.note.body(&body);
     let chat: ollama::ChatIn = parse_json(&body)?;
     let wishes = chat.wishes().map_err(ApiError::bad_request)?;
     let request = chat.to_openai().map_err(ApiError::bad_request)?;
@@ -184,14 +187,16 @@ pub async fn chat(
         empty: chat.messages.is_empty(),
         wishes,
     };
-    generate_with(app, call, request).await
+    generate_with(app, ctx, call, request).await
 }
 
 pub async fn generate(
     app: &Arc<App>,
+    ctx: &Ctx,
     req: http::Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let (_, body) = read_body(req, app.body_limits()).await?;
+    ctx.note.body(&body);
     let gen: ollama::GenerateIn = parse_json(&body)?;
     let wishes = gen.wishes().map_err(ApiError::bad_request)?;
     let request = gen.to_openai().map_err(ApiError::bad_request)?;
@@ -202,7 +207,7 @@ pub async fn generate(
         empty: gen.prompt.is_empty() && gen.images.is_empty(),
         wishes,
     };
-    generate_with(app, call, request).await
+    generate_with(app, ctx, call, request).await
 }
 
 struct Generation<'a> {
@@ -226,6 +231,7 @@ fn require_model(requested: &str) -> Result<(), ApiError> {
 
 async fn generate_with(
     app: &Arc<App>,
+    ctx: &Ctx,
     g: Generation<'_>,
     request: openai::ChatRequest,
 ) -> Result<Response<Body>, ApiError> {
@@ -242,7 +248,7 @@ async fn generate_with(
         let out = ollama::Out::lifecycle(g.call, &name(&m), &now_rfc3339(), "unload");
         return Ok(json(StatusCode::OK, &out));
     }
-    let (lease, model) = acquire(app, g.requested, Mode::Completion, &g.wishes).await?;
+    let (lease, model) = acquire(app, &ctx.note, g.requested, Mode::Completion, &g.wishes).await?;
     let load_ns = started.elapsed().as_nanos() as u64;
     let created_at = now_rfc3339();
     if g.empty {
@@ -300,15 +306,17 @@ fn not_found(e: store::StoreError, requested: &str) -> ApiError {
 /// `/v1/embeddings` in an embedding runner.
 pub async fn embed(
     app: &Arc<App>,
+    ctx: &Ctx,
     req: http::Request<Incoming>,
     legacy: bool,
 ) -> Result<Response<Body>, ApiError> {
     let (_, body) = read_body(req, app.body_limits()).await?;
+    ctx.note.body(&body);
     let input: ollama::EmbedIn = parse_json(&body)?;
     require_model(&input.model)?;
     let wishes = input.wishes().map_err(ApiError::bad_request)?;
     let started = Instant::now();
-    let (lease, model) = acquire(app, &input.model, Mode::Embedding, &wishes).await?;
+    let (lease, model) = acquire(app, &ctx.note, &input.model, Mode::Embedding, &wishes).await?;
     let load_ns = started.elapsed().as_nanos() as u64;
     let texts = input.texts();
     let (embeddings, prompt_tokens) = if texts.is_empty() || (legacy && texts[0].is_empty()) {

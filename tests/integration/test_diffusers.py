@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import REPO
+from harness import REPO, wait_until
 
 RUNNER = REPO / "engines/diffusers/runner.py"
 
@@ -64,6 +64,15 @@ def test_a_pipeline_directory_generates_pngs_of_the_requested_size(supervisors, 
     again = sup.post("/engines/diffusers/v1/images/generations", {**body, "n": 1}, timeout=300)
     assert again.status_code == 200, again.text
     assert again.json()["data"][0]["b64_json"] == data[0]["b64_json"]
+    # Image requests are recorded by the inspector and counted under their own route.
+    def images():
+        recs = sup.get("/engines/requests").json()
+        return [x for x in recs if x["route"] == "/v1/images/generations"]
+    recs = wait_until(lambda: len(images()) >= 2 and images(), 5, "2 image records")
+    assert {(x["model"], x["dialect"], x["status"], x["prompt"]) for x in recs} == \
+        {("ai/tiny-sd:latest", "openai", 200, "a red square")}, recs
+    metrics = sup.get("/metrics").text
+    assert 'route="/v1/images/generations"' in metrics and 'route="other"' not in metrics
     [ps] = sup.ps()
     assert ps["backend_name"] == "diffusers" and ps["mode"] == "image-generation"
     assert sup.get("/models/ai/tiny-sd").json()["config"]["format"] == "diffusers"

@@ -61,6 +61,22 @@ def test_streams_are_reassembled_in_each_dialect(sup):
     assert recs[1]["completion_tokens"] == 4 and recs[1]["prompt_tokens"] > 0
 
 
+def test_streams_without_usage_count_tokens_from_the_engines_timings(sup):
+    """Open WebUI streams without `stream_options.include_usage`: no `usage` chunk, but llama-server's last chunk
+    carries `timings`, whose counts the inspector shows (the prompt cached from the first request included)."""
+    plain = sup.post("/engines/v1/chat/completions", {"model": "ai/tiny", "messages": MSG, "max_tokens": 2})
+    assert plain.status_code == 200
+    prompt_tokens = plain.json()["usage"]["prompt_tokens"]
+    stream = sup.stream("/v1/chat/completions",
+                        {"model": "ai/tiny", "messages": MSG, "max_tokens": 6, "stream": True})
+    chunks = [json.loads(d) for d in stream.rest() if d != "[DONE]"]
+    assert not any(c.get("usage") for c in chunks), "the engine sent usage unasked: this test proves nothing"
+    [rec, _] = latest(sup, 2)
+    assert rec["streamed"] and rec["route"] == "/v1/chat/completions", rec
+    assert rec["completion_tokens"] == 6 and rec["prompt_tokens"] == prompt_tokens, rec
+    assert rec["tokens_per_second"] > 0 and rec["context_used_percent"] > 0, rec
+
+
 def test_memory_is_bounded_per_model_and_per_body(sup):
     for i in range(53):
         assert sup.chat(max_tokens=1).status_code == 200
