@@ -191,7 +191,7 @@ pub static ROUTES: &[Route] = &[
         models::tag(app, ctx.name()?, req.uri().query()).await
     })),
     Route::new(Post, "/models/{*name}/push", Native, "/models/{name}/push", h!(|app, req, ctx| async {
-        models::push(app, req, ctx.name()?).await
+        models::push(app, req, ctx.name()?, ctx.caller).await
     })),
     Route::new(Post, "/models/{*name}/repackage", Native, "/models/{name}/repackage", h!(|app, req, ctx| async {
         models::repackage(app, req, ctx.name()?).await
@@ -253,7 +253,7 @@ pub static ROUTES: &[Route] = &[
     Route::new(Get, "/api/ps", Ollama, "/api/ps", h!(|app, req, ctx| ollama::ps(app))),
     Route::new(Post, "/api/show", Ollama, "/api/show", h!(|app, req, ctx| ollama::show(app, req))),
     Route::new(Delete, "/api/delete", Ollama, "/api/delete", h!(|app, req, ctx| ollama::delete(app, req))),
-    Route::new(Post, "/api/pull", Ollama, "/api/pull", h!(|app, req, ctx| ollama::pull(app, req))),
+    Route::new(Post, "/api/pull", Ollama, "/api/pull", h!(|app, req, ctx| ollama::pull(app, req, ctx.caller))),
     Route::new(Post, "/api/chat", Ollama, "/api/chat", h!(|app, req, ctx| ollama::chat(app, ctx, req)))
         .inference(),
     Route::new(Post, "/api/generate", Ollama, "/api/generate", h!(|app, req, ctx| ollama::generate(app, ctx, req)))
