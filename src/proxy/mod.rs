@@ -19,6 +19,7 @@ mod metrics;
 mod models;
 mod ollama;
 pub mod reload;
+mod responses;
 pub mod routes;
 mod translated;
 
@@ -77,6 +78,8 @@ pub struct App {
     /// Cancelled when the server begins shutting down: ends `GET /logs?follow=1` streams so they do not hold the
     /// drain.
     pub shutdown: CancellationToken,
+    /// The Responses API's kept responses (`[server] responses_max`, `responses_ttl`).
+    pub responses: responses::store::ResponseStore,
 }
 
 impl App {
@@ -461,6 +464,7 @@ pub fn build_app(config: Config, source: ConfigSource, store: Store) -> App {
         inspector: Arc::default(),
         demands: Default::default(),
         shutdown: CancellationToken::new(),
+        responses: responses::new_store(),
         access: arc_swap::ArcSwap::from_pointee(access_from(&config)),
         config: arc_swap::ArcSwap::from_pointee(config),
         source,
