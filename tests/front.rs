@@ -448,7 +448,10 @@ async fn anthropic_is_translated_both_ways(d: Arc<Daemon>) {
 async fn responses_are_translated_kept_and_chained(d: Arc<Daemon>) {
     use reqwest::Method;
     let (status, first) = d
-        .post("/v1/responses", json!({"model": "ai/tiny", "input": "hello", "instructions": "be brief"}))
+        .post(
+            "/v1/responses",
+            json!({"model": "ai/tiny", "input": "hello", "instructions": "be brief"}),
+        )
         .await;
     assert_eq!(status, 200, "{first}");
     assert_eq!(first["object"], "response");
@@ -459,22 +462,47 @@ async fn responses_are_translated_kept_and_chained(d: Arc<Daemon>) {
     let id = first["id"].as_str().expect("an id").to_string();
     assert!(id.starts_with("resp_"), "{id}");
     // Kept: GET returns the very object, input_items its input.
-    assert_eq!(d.send(Method::GET, &format!("/responses/{id}")).await, (200, first.clone()));
-    let (status, items) = d.send(Method::GET, &format!("/engines/v1/responses/{id}/input_items")).await;
+    assert_eq!(
+        d.send(Method::GET, &format!("/responses/{id}")).await,
+        (200, first.clone())
+    );
+    let (status, items) = d
+        .send(
+            Method::GET,
+            &format!("/engines/v1/responses/{id}/input_items"),
+        )
+        .await;
     assert_eq!(status, 200, "{items}");
-    assert_eq!(items["data"][0]["content"][0], json!({"type": "input_text", "text": "hello"}));
+    assert_eq!(
+        items["data"][0]["content"][0],
+        json!({"type": "input_text", "text": "hello"})
+    );
     assert_eq!(items["has_more"], false);
     // A forced tool call, then its output in a chained turn: the engine is sent the whole conversation.
-    let tools = json!([{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]);
+    let tools =
+        json!([{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]);
     let (status, call) = d
-        .post("/engines/llama.cpp/v1/responses", json!({"model": "ai/tiny", "input": "weather?", "tools": tools,
-               "tool_choice": "required", "previous_response_id": id}))
+        .post(
+            "/engines/llama.cpp/v1/responses",
+            json!({"model": "ai/tiny", "input": "weather?", "tools": tools,
+               "tool_choice": "required", "previous_response_id": id}),
+        )
         .await;
     assert_eq!(status, 200, "{call}");
     let item = &call["output"][0];
     assert_eq!(
-        (&item["type"], &item["call_id"], &item["name"], &item["arguments"]),
-        (&json!("function_call"), &json!("call_7"), &json!("get_weather"), &json!("{\"city\":\"Paris\"}"))
+        (
+            &item["type"],
+            &item["call_id"],
+            &item["name"],
+            &item["arguments"]
+        ),
+        (
+            &json!("function_call"),
+            &json!("call_7"),
+            &json!("get_weather"),
+            &json!("{\"city\":\"Paris\"}")
+        )
     );
     let (status, last) = d
         .post("/v1/responses", json!({"model": "ai/tiny", "previous_response_id": call["id"], "tools": tools,
@@ -485,7 +513,10 @@ async fn responses_are_translated_kept_and_chained(d: Arc<Daemon>) {
     // Every turn reaches the engine, instructions only with the turn that gave them ("roles" makes the fake
     // engine answer with the roles it was sent).
     let (status, roles) = d
-        .post("/v1/responses", json!({"model": "ai/tiny", "previous_response_id": last["id"], "input": "roles"}))
+        .post(
+            "/v1/responses",
+            json!({"model": "ai/tiny", "previous_response_id": last["id"], "input": "roles"}),
+        )
         .await;
     assert_eq!(status, 200, "{roles}");
     assert_eq!(
@@ -494,13 +525,29 @@ async fn responses_are_translated_kept_and_chained(d: Arc<Daemon>) {
     );
     // DELETE, then it is gone; store:false is never kept.
     let (status, deleted) = d.send(Method::DELETE, &format!("/v1/responses/{id}")).await;
-    assert_eq!((status, deleted), (200, json!({"id": id, "object": "response.deleted", "deleted": true})));
+    assert_eq!(
+        (status, deleted),
+        (
+            200,
+            json!({"id": id, "object": "response.deleted", "deleted": true})
+        )
+    );
     let (status, gone) = d.send(Method::GET, &format!("/v1/responses/{id}")).await;
     assert_eq!(status, 404, "{gone}");
     assert_eq!(gone["error"]["type"], "not_found_error");
-    let (_, unstored) = d.post("/v1/responses", json!({"model": "ai/tiny", "input": "x", "store": false})).await;
+    let (_, unstored) = d
+        .post(
+            "/v1/responses",
+            json!({"model": "ai/tiny", "input": "x", "store": false}),
+        )
+        .await;
     assert_eq!(unstored["store"], false);
-    let (status, _) = d.send(Method::GET, &format!("/v1/responses/{}", unstored["id"].as_str().unwrap_or(""))).await;
+    let (status, _) = d
+        .send(
+            Method::GET,
+            &format!("/v1/responses/{}", unstored["id"].as_str().unwrap_or("")),
+        )
+        .await;
     assert_eq!(status, 404);
     // Streams: the Responses events, ending with the whole response, which is kept too.
     let resp = d
@@ -527,7 +574,9 @@ async fn responses_are_translated_kept_and_chained(d: Arc<Daemon>) {
     assert_eq!(done["type"], "response.completed", "{text}");
     assert_eq!(done["response"]["usage"]["output_tokens"], 3);
     let streamed_id = done["response"]["id"].as_str().unwrap_or_default();
-    let (status, kept) = d.send(Method::GET, &format!("/v1/responses/{streamed_id}")).await;
+    let (status, kept) = d
+        .send(Method::GET, &format!("/v1/responses/{streamed_id}"))
+        .await;
     assert_eq!(status, 200, "{kept}");
     assert_eq!(kept, done["response"]);
 }

@@ -230,7 +230,11 @@ fn check_responses_grammar(out: &[u8], complete: bool, sent: &str) -> Result<(),
             return Err(format!("event {name} carries {}", data["type"]));
         }
         if data["sequence_number"] != events.len() as u64 {
-            return Err(format!("event {} numbered {}", events.len(), data["sequence_number"]));
+            return Err(format!(
+                "event {} numbered {}",
+                events.len(),
+                data["sequence_number"]
+            ));
         }
         events.push((name.to_string(), data));
     }
@@ -246,21 +250,32 @@ fn check_responses_grammar(out: &[u8], complete: bool, sent: &str) -> Result<(),
     let last = events.len() - 1;
     for (i, (name, data)) in events.iter().enumerate().skip(2) {
         let index = data["output_index"].as_u64();
-        let ends = matches!(name.as_str(), "response.completed" | "response.incomplete" | "response.failed");
+        let ends = matches!(
+            name.as_str(),
+            "response.completed" | "response.incomplete" | "response.failed"
+        );
         if ends != (i == last) {
             return Err(format!("{name} at {i} of {last}"));
         }
         match name.as_str() {
             "response.output_item.added" => {
                 if open.is_some() || index != Some(next) {
-                    return Err(format!("item added at {index:?} while {open:?} open, next {next}"));
+                    return Err(format!(
+                        "item added at {index:?} while {open:?} open, next {next}"
+                    ));
                 }
-                open = Some((next, data["item"]["type"].as_str().unwrap_or("").to_string(), false));
+                open = Some((
+                    next,
+                    data["item"]["type"].as_str().unwrap_or("").to_string(),
+                    false,
+                ));
                 next += 1;
                 message_text.clear();
             }
             "response.content_part.added" => match &mut open {
-                Some((at, kind, part)) if Some(*at) == index && kind == "message" && !*part => *part = true,
+                Some((at, kind, part)) if Some(*at) == index && kind == "message" && !*part => {
+                    *part = true
+                }
                 _ => return Err(format!("part added outside an open message: {data}")),
             },
             "response.output_text.delta" => match &open {
@@ -273,28 +288,41 @@ fn check_responses_grammar(out: &[u8], complete: bool, sent: &str) -> Result<(),
             },
             "response.output_text.done" => {
                 if data["text"] != message_text.as_str() {
-                    return Err(format!("text done {} after deltas {message_text:?}", data["text"]));
+                    return Err(format!(
+                        "text done {} after deltas {message_text:?}",
+                        data["text"]
+                    ));
                 }
             }
             "response.content_part.done" => match &mut open {
                 Some((at, _, part)) if Some(*at) == index && *part => *part = false,
                 _ => return Err(format!("part done while none open: {data}")),
             },
-            "response.function_call_arguments.delta" | "response.function_call_arguments.done" => match &open {
-                Some((at, kind, _)) if Some(*at) == index && kind == "function_call" => {}
-                _ => return Err(format!("{name} outside an open call: {data}")),
-            },
+            "response.function_call_arguments.delta" | "response.function_call_arguments.done" => {
+                match &open {
+                    Some((at, kind, _)) if Some(*at) == index && kind == "function_call" => {}
+                    _ => return Err(format!("{name} outside an open call: {data}")),
+                }
+            }
             "response.output_item.done" => match &open {
                 Some((at, _, false)) if Some(*at) == index => open = None,
                 _ => return Err(format!("item done while {open:?} open: {data}")),
             },
             "response.completed" | "response.incomplete" => {
                 if !complete || open.is_some() {
-                    return Err(format!("{name} for a truncated stream or with {open:?} open"));
+                    return Err(format!(
+                        "{name} for a truncated stream or with {open:?} open"
+                    ));
                 }
-                let output = data["response"]["output"].as_array().cloned().unwrap_or_default();
+                let output = data["response"]["output"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
                 if output.len() as u64 != next {
-                    return Err(format!("{} items in the response, {next} streamed", output.len()));
+                    return Err(format!(
+                        "{} items in the response, {next} streamed",
+                        output.len()
+                    ));
                 }
                 let final_text: String = output
                     .iter()
@@ -302,7 +330,9 @@ fn check_responses_grammar(out: &[u8], complete: bool, sent: &str) -> Result<(),
                     .filter_map(|o| o["content"][0]["text"].as_str())
                     .collect();
                 if final_text != all_text || all_text != sent {
-                    return Err(format!("final {final_text:?}, streamed {all_text:?}, sent {sent:?}"));
+                    return Err(format!(
+                        "final {final_text:?}, streamed {all_text:?}, sent {sent:?}"
+                    ));
                 }
             }
             "response.failed" => {

@@ -26,7 +26,7 @@ use serde_json::Value;
 use super::openai::{
     ChatMessage, ChatRequest, ChatResponse, FunctionCall, FunctionDef, ImageUrl, JsonSchema,
     MessageContent, NamedFunction, Part, ResponseFormat, SseDecoder, SseItem, StreamOptions, Tool,
-    ToolCall, ToolChoice, ToolCallOut, Usage,
+    ToolCall, ToolCallOut, ToolChoice, Usage,
 };
 use super::StreamTranslate;
 
@@ -71,10 +71,14 @@ impl<'de> Deserialize<'de> for Input {
             Value::Array(items) => items
                 .into_iter()
                 .enumerate()
-                .map(|(i, v)| ItemIn::from_value(v).map_err(|e| D::Error::custom(format!("input[{i}]: {e}"))))
+                .map(|(i, v)| {
+                    ItemIn::from_value(v).map_err(|e| D::Error::custom(format!("input[{i}]: {e}")))
+                })
                 .collect::<Result<_, _>>()
                 .map(Input::Items),
-            _ => Err(D::Error::custom("input: expected a string or a list of items")),
+            _ => Err(D::Error::custom(
+                "input: expected a string or a list of items",
+            )),
         }
     }
 }
@@ -113,7 +117,8 @@ pub enum ItemIn {
 impl ItemIn {
     fn from_value(mut v: Value) -> Result<ItemIn, serde_json::Error> {
         if let Value::Object(map) = &mut v {
-            map.entry("type").or_insert_with(|| Value::String("message".into()));
+            map.entry("type")
+                .or_insert_with(|| Value::String("message".into()));
         }
         serde_json::from_value(v)
     }
@@ -133,7 +138,9 @@ impl<'de> Deserialize<'de> for ContentIn {
             v @ Value::Array(_) => serde_json::from_value(v)
                 .map(ContentIn::Parts)
                 .map_err(D::Error::custom),
-            _ => Err(D::Error::custom("content: expected a string or a list of content parts")),
+            _ => Err(D::Error::custom(
+                "content: expected a string or a list of content parts",
+            )),
         }
     }
 }
@@ -147,17 +154,22 @@ impl<'de> Deserialize<'de> for ToolOutput {
         match Value::deserialize(d)? {
             Value::String(s) => Ok(ToolOutput(s)),
             v @ Value::Array(_) => {
-                let parts: Vec<ContentPart> = serde_json::from_value(v).map_err(D::Error::custom)?;
+                let parts: Vec<ContentPart> =
+                    serde_json::from_value(v).map_err(D::Error::custom)?;
                 parts
                     .iter()
                     .map(|p| match p {
-                        ContentPart::InputText { text } | ContentPart::OutputText { text } => Ok(text.as_str()),
+                        ContentPart::InputText { text } | ContentPart::OutputText { text } => {
+                            Ok(text.as_str())
+                        }
                         _ => Err(D::Error::custom("output: only text parts are supported")),
                     })
                     .collect::<Result<Vec<_>, _>>()
                     .map(|t| ToolOutput(t.join("\n")))
             }
-            _ => Err(D::Error::custom("output: expected a string or a list of parts")),
+            _ => Err(D::Error::custom(
+                "output: expected a string or a list of parts",
+            )),
         }
     }
 }
@@ -263,7 +275,9 @@ pub enum Item {
 impl Item {
     pub fn id(&self) -> &str {
         match self {
-            Item::Message { id, .. } | Item::FunctionCall { id, .. } | Item::FunctionCallOutput { id, .. } => id,
+            Item::Message { id, .. }
+            | Item::FunctionCall { id, .. }
+            | Item::FunctionCallOutput { id, .. } => id,
         }
     }
 }
@@ -324,14 +338,19 @@ impl ResponsesIn {
             return Err("model: field required".into());
         }
         if self.background == Some(true) {
-            return Err("background: background responses are not supported; omit it or set it to false".into());
+            return Err(
+                "background: background responses are not supported; omit it or set it to false"
+                    .into(),
+            );
         }
         if let Some(n) = self.max_output_tokens.filter(|n| *n < 1) {
             return Err(format!("max_output_tokens: must be at least 1, got {n}"));
         }
         match &self.input {
             None => Err("input: field required".into()),
-            Some(Input::Items(items)) if items.is_empty() => Err("input: at least one item is required".into()),
+            Some(Input::Items(items)) if items.is_empty() => {
+                Err("input: at least one item is required".into())
+            }
             _ => Ok(()),
         }
     }
@@ -409,7 +428,9 @@ impl ResponsesIn {
             model: self.model.clone(),
             messages,
             stream,
-            stream_options: stream.then_some(StreamOptions { include_usage: true }),
+            stream_options: stream.then_some(StreamOptions {
+                include_usage: true,
+            }),
             temperature: self.temperature,
             top_p: self.top_p,
             max_tokens: self.max_output_tokens,
@@ -446,7 +467,11 @@ impl ResponsesIn {
                 .unwrap_or_else(|| ToolChoiceIn::Mode("auto".into())),
             tools: self.tools.clone(),
             text: TextConfig {
-                format: self.text.as_ref().map(|t| t.format.clone()).unwrap_or_default(),
+                format: self
+                    .text
+                    .as_ref()
+                    .map(|t| t.format.clone())
+                    .unwrap_or_default(),
             },
             usage: None,
             metadata: self.metadata.clone().unwrap_or_default(),
@@ -554,7 +579,9 @@ pub fn to_messages(items: &[Item]) -> Result<Vec<ChatMessage>, String> {
                     }),
                 }
             }
-            Item::FunctionCallOutput { call_id, output, .. } => out.push(ChatMessage {
+            Item::FunctionCallOutput {
+                call_id, output, ..
+            } => out.push(ChatMessage {
                 role: "tool".into(),
                 content: Some(MessageContent::Text(output.clone())),
                 tool_calls: Vec::new(),
@@ -587,7 +614,11 @@ fn convert_tool(t: &ToolIn) -> Result<Tool, String> {
             t.kind
         ));
     }
-    let name = t.name.clone().filter(|n| !n.is_empty()).ok_or("name: field required")?;
+    let name = t
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or("name: field required")?;
     Ok(Tool {
         kind: "function",
         function: FunctionDef {
@@ -767,7 +798,11 @@ impl Default for Page {
 
 impl Page {
     /// From the query's values (`order`, `limit`, `after`); a bad one is a 400's message.
-    pub fn parse(order: Option<&str>, limit: Option<&str>, after: Option<String>) -> Result<Page, String> {
+    pub fn parse(
+        order: Option<&str>,
+        limit: Option<&str>,
+        after: Option<String>,
+    ) -> Result<Page, String> {
         let ascending = match order {
             None | Some("desc") => false,
             Some("asc") => true,
@@ -780,7 +815,11 @@ impl Page {
                 _ => return Err(format!("limit: {l:?} is not a number from 1 to 100")),
             },
         };
-        Ok(Page { ascending, limit, after })
+        Ok(Page {
+            ascending,
+            limit,
+            after,
+        })
     }
 
     pub fn of<'a>(&self, items: &'a [Item]) -> Result<ItemList<'a>, String> {
@@ -832,7 +871,10 @@ fn ending(finish: Option<&str>) -> (Status, Option<IncompleteDetails>) {
 fn call_item(tail: &str, n: usize, call: &ToolCallOut, status: Status) -> Item {
     Item::FunctionCall {
         id: format!("fc_{tail}_{n}"),
-        call_id: call.id.clone().unwrap_or_else(|| format!("call_{tail}_{n}")),
+        call_id: call
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("call_{tail}_{n}")),
         name: call.function.name.clone().unwrap_or_default(),
         arguments: call.function.arguments.clone().unwrap_or_default(),
         status,
@@ -849,7 +891,10 @@ pub fn from_chat(resp: &ChatResponse, mut skeleton: ResponseObject) -> ResponseO
         Status::Completed
     };
     let text = resp.text();
-    let calls = resp.content().map(|m| m.tool_calls.as_slice()).unwrap_or_default();
+    let calls = resp
+        .content()
+        .map(|m| m.tool_calls.as_slice())
+        .unwrap_or_default();
     let mut output = Vec::new();
     if !text.is_empty() || calls.is_empty() {
         output.push(Item::Message {
@@ -1033,7 +1078,15 @@ impl StreamTranslator {
         // The open item is the last of `output` (it was pushed when opened and nothing is pushed while it is).
         let mut item = self.response.output[index].clone();
         match (&mut item, open) {
-            (Item::Message { id, content, status: s, .. }, Open::Message) => {
+            (
+                Item::Message {
+                    id,
+                    content,
+                    status: s,
+                    ..
+                },
+                Open::Message,
+            ) => {
                 *s = status;
                 let text = match content.first() {
                     Some(PartOut::OutputText { text, .. }) => text.clone(),
@@ -1061,7 +1114,16 @@ impl StreamTranslator {
                     out,
                 );
             }
-            (Item::FunctionCall { id, name, arguments, status: s, .. }, Open::Call(_)) => {
+            (
+                Item::FunctionCall {
+                    id,
+                    name,
+                    arguments,
+                    status: s,
+                    ..
+                },
+                Open::Call(_),
+            ) => {
                 *s = Status::Completed;
                 let (id, name, arguments) = (id.clone(), name.clone(), arguments.clone());
                 self.emit(
@@ -1076,7 +1138,13 @@ impl StreamTranslator {
             }
             _ => {}
         }
-        self.emit(Event::ItemDone { output_index: index, item: &item }, out);
+        self.emit(
+            Event::ItemDone {
+                output_index: index,
+                item: &item,
+            },
+            out,
+        );
         self.response.output[index] = item;
     }
 
@@ -1097,7 +1165,13 @@ impl StreamTranslator {
                 content: Vec::new(),
             };
             let index = self.response.output.len();
-            self.emit(Event::ItemAdded { output_index: index, item: &item }, out);
+            self.emit(
+                Event::ItemAdded {
+                    output_index: index,
+                    item: &item,
+                },
+                out,
+            );
             let part = PartOut::output_text("");
             self.emit(
                 Event::PartAdded {
@@ -1139,7 +1213,10 @@ impl StreamTranslator {
         let n = call.index.unwrap_or(0);
         // A new id under the same index is a new call too (some engines send index 0 for each).
         let same = self.open == Some(Open::Call(n))
-            && call.id.as_ref().map_or(true, |id| Some(id) == self.call_id.as_ref());
+            && call
+                .id
+                .as_ref()
+                .map_or(true, |id| Some(id) == self.call_id.as_ref());
         if !same {
             self.close(Status::Completed, out);
             self.call_id = call.id.clone();
@@ -1150,12 +1227,24 @@ impl StreamTranslator {
                 arguments.clear();
             }
             let index = self.response.output.len();
-            self.emit(Event::ItemAdded { output_index: index, item: &item }, out);
+            self.emit(
+                Event::ItemAdded {
+                    output_index: index,
+                    item: &item,
+                },
+                out,
+            );
             self.response.output.push(item);
             self.open = Some(Open::Call(n));
         }
         let index = self.response.output.len() - 1;
-        let Some(Item::FunctionCall { id, name, arguments, .. }) = self.response.output.last_mut() else {
+        let Some(Item::FunctionCall {
+            id,
+            name,
+            arguments,
+            ..
+        }) = self.response.output.last_mut()
+        else {
             return;
         };
         if name.is_empty() {
@@ -1207,8 +1296,12 @@ impl StreamTranslator {
         self.response.usage = Some(self.usage.into());
         let response = self.response.clone();
         let event = match status {
-            Status::Incomplete => Event::Incomplete { response: &response },
-            _ => Event::Completed { response: &response },
+            Status::Incomplete => Event::Incomplete {
+                response: &response,
+            },
+            _ => Event::Completed {
+                response: &response,
+            },
         };
         self.emit(event, out);
     }
@@ -1218,8 +1311,18 @@ impl StreamTranslate for StreamTranslator {
     fn begin(&mut self) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         let response = self.response.clone();
-        self.emit(Event::Created { response: &response }, &mut out);
-        self.emit(Event::InProgress { response: &response }, &mut out);
+        self.emit(
+            Event::Created {
+                response: &response,
+            },
+            &mut out,
+        );
+        self.emit(
+            Event::InProgress {
+                response: &response,
+            },
+            &mut out,
+        );
         out
     }
 
@@ -1263,7 +1366,12 @@ impl StreamTranslate for StreamTranslator {
         });
         self.response.usage = Some(self.usage.into());
         let response = self.response.clone();
-        self.emit(Event::Failed { response: &response }, &mut out);
+        self.emit(
+            Event::Failed {
+                response: &response,
+            },
+            &mut out,
+        );
         out
     }
 }

@@ -807,11 +807,15 @@ mod tests {
         let err = parse("[server]\nresponses_max = 0\nresponses_ttl = \"soon\"").unwrap_err();
         let lines = err.lines();
         assert!(
-            lines.iter().any(|l| l == "server.responses_max: must be > 0"),
+            lines
+                .iter()
+                .any(|l| l == "server.responses_max: must be > 0"),
             "{lines:?}"
         );
         assert!(
-            lines.iter().any(|l| l.starts_with("server.responses_ttl: invalid duration")),
+            lines
+                .iter()
+                .any(|l| l.starts_with("server.responses_ttl: invalid duration")),
             "{lines:?}"
         );
         let err = parse("[server]\nresponses_ttl = \"0s\"").unwrap_err();

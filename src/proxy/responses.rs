@@ -19,7 +19,9 @@ use super::inference::acquire_on;
 use super::routes::Ctx;
 use super::{translated, App};
 use crate::api::openai;
-use crate::api::responses::{self, Deleted, Item, Page, ResponseObject, ResponsesIn, StreamTranslator};
+use crate::api::responses::{
+    self, Deleted, Item, Page, ResponseObject, ResponsesIn, StreamTranslator,
+};
 use crate::api::StreamTranslate;
 use crate::engines::{Mode, RunnerWishes};
 use store::{Kept, Limits, ResponseStore};
@@ -27,7 +29,9 @@ use store::{Kept, Limits, ResponseStore};
 /// A fresh response id: `resp_` and 48 hex digits, from the clock, a counter and the process id.
 fn new_id() -> (String, i64) {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut h = Sha256::new();
     h.update(now.as_nanos().to_le_bytes());
@@ -67,12 +71,18 @@ pub async fn create(
     let items = input.items(&id).map_err(ApiError::bad_request)?;
     let before = match &input.previous_response_id {
         None => Arc::new(Vec::new()),
-        Some(prev) => kept(app, prev)
-            .map_err(|_| ApiError::not_found(format!("previous response with id {prev:?} not found")))?
-            .history,
+        Some(prev) => {
+            kept(app, prev)
+                .map_err(|_| {
+                    ApiError::not_found(format!("previous response with id {prev:?} not found"))
+                })?
+                .history
+        }
     };
     let conversation: Vec<Item> = before.iter().chain(&items).cloned().collect();
-    let request = input.to_chat(&conversation).map_err(ApiError::bad_request)?;
+    let request = input
+        .to_chat(&conversation)
+        .map_err(ApiError::bad_request)?;
     translated::refuse_images(&request, &input.model)?;
     let (lease, model) = acquire_on(
         app,
@@ -89,14 +99,27 @@ pub async fn create(
         input: Arc::new(items),
         conversation: Arc::new(conversation),
     });
-    let resp = translated::post(&app.engines, &lease, "/v1/chat/completions", &request, &model, request.stream)
-        .await?;
+    let resp = translated::post(
+        &app.engines,
+        &lease,
+        "/v1/chat/completions",
+        &request,
+        &model,
+        request.stream,
+    )
+    .await?;
     if request.stream {
         let translator = Storing {
             inner: StreamTranslator::new(skeleton),
             keep,
         };
-        return Ok(translated::stream(resp, lease, translator, "text/event-stream", started));
+        return Ok(translated::stream(
+            resp,
+            lease,
+            translator,
+            "text/event-stream",
+            started,
+        ));
     }
     let answer: openai::ChatResponse = translated::collect(resp, &model).await?;
     drop(lease);
@@ -184,7 +207,9 @@ pub async fn get(app: &Arc<App>, ctx: &Ctx) -> Result<Response<Body>, ApiError> 
 pub async fn delete(app: &Arc<App>, ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let id = id_param(ctx)?;
     if !app.responses.delete(&id, limits(app).ttl, Instant::now()) {
-        return Err(ApiError::not_found(format!("response with id {id:?} not found")));
+        return Err(ApiError::not_found(format!(
+            "response with id {id:?} not found"
+        )));
     }
     Ok(json(StatusCode::OK, &Deleted::new(&id)))
 }

@@ -33,7 +33,8 @@ fn refusal(body: Value) -> String {
 
 #[test]
 fn a_full_request_translates_field_by_field() {
-    let schema = json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]});
+    let schema =
+        json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]});
     let out = translate(json!({
         "model": "ai/tiny",
         "instructions": "be brief",
@@ -93,7 +94,9 @@ fn a_string_input_is_one_user_message_and_formats_map() {
         out,
         json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": false})
     );
-    let out = translate(json!({"model": "m", "input": "hi", "text": {"format": {"type": "json_object"}}}));
+    let out = translate(
+        json!({"model": "m", "input": "hi", "text": {"format": {"type": "json_object"}}}),
+    );
     assert_eq!(out["response_format"], json!({"type": "json_object"}));
     let out = translate(json!({"model": "m", "input": "hi", "text": {"format": {"type": "text"}}}));
     assert!(out.get("response_format").is_none(), "{out}");
@@ -105,7 +108,9 @@ fn a_string_input_is_one_user_message_and_formats_map() {
 #[test]
 fn tool_choices_map_and_need_tools() {
     let with = |choice: Value| {
-        translate(json!({"model": "m", "input": "x", "tools": [{"type": "function", "name": "f"}], "tool_choice": choice}))
+        translate(
+            json!({"model": "m", "input": "x", "tools": [{"type": "function", "name": "f"}], "tool_choice": choice}),
+        )
     };
     assert_eq!(with(json!("auto"))["tool_choice"], "auto");
     assert_eq!(with(json!("none"))["tool_choice"], "none");
@@ -131,7 +136,10 @@ fn tool_choices_map_and_need_tools() {
             {"id": "d", "type": "function", "function": {"name": "g", "arguments": "{}"}}
         ]})
     );
-    assert_eq!(out["messages"][2], json!({"role": "tool", "content": "ok", "tool_call_id": "c"}));
+    assert_eq!(
+        out["messages"][2],
+        json!({"role": "tool", "content": "ok", "tool_call_id": "c"})
+    );
 }
 
 #[test]
@@ -139,24 +147,69 @@ fn bad_requests_are_refused_with_the_field_named() {
     let cases = [
         (json!({"input": "x"}), "model: field required"),
         (json!({"model": "m"}), "input: field required"),
-        (json!({"model": "m", "input": []}), "input: at least one item"),
-        (json!({"model": "m", "input": 7}), "input: expected a string or a list"),
-        (json!({"model": "m", "input": [{"role": "robot", "content": "x"}]}), "input[0]: unknown variant `robot`"),
-        (json!({"model": "m", "input": [{"type": "function_call", "name": "f"}]}), "input[0]: missing field `call_id`"),
-        (json!({"model": "m", "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}), "input[0]: input_file is not supported"),
-        (json!({"model": "m", "input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]}), "input[0]: input_image: only image_url"),
-        (json!({"model": "m", "input": "x", "max_output_tokens": 0}), "max_output_tokens: must be at least 1"),
-        (json!({"model": "m", "input": "x", "background": true}), "background: background responses are not supported"),
-        (json!({"model": "m", "input": "x", "tools": [{"type": "web_search"}]}), "tools[0]: tool type \"web_search\" is not available"),
-        (json!({"model": "m", "input": "x", "tools": [{"type": "function"}]}), "tools[0]: name: field required"),
-        (json!({"model": "m", "input": "x", "tools": [{"type": "function", "name": "f"}], "tool_choice": "sometimes"}), "tool_choice: \"sometimes\" is not one of"),
-        (json!({"model": "m", "input": "x", "tools": [{"type": "function", "name": "f"}], "tool_choice": {"type": "function", "name": "g"}}), "tool_choice: no function named \"g\""),
-        (json!({"model": "m", "input": "x", "text": {"format": {"type": "json_schema"}}}), "missing field `name`"),
-        (json!({"model": "m", "input": "x", "metadata": {"k": 1}}), "invalid type"),
+        (
+            json!({"model": "m", "input": []}),
+            "input: at least one item",
+        ),
+        (
+            json!({"model": "m", "input": 7}),
+            "input: expected a string or a list",
+        ),
+        (
+            json!({"model": "m", "input": [{"role": "robot", "content": "x"}]}),
+            "input[0]: unknown variant `robot`",
+        ),
+        (
+            json!({"model": "m", "input": [{"type": "function_call", "name": "f"}]}),
+            "input[0]: missing field `call_id`",
+        ),
+        (
+            json!({"model": "m", "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}),
+            "input[0]: input_file is not supported",
+        ),
+        (
+            json!({"model": "m", "input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]}),
+            "input[0]: input_image: only image_url",
+        ),
+        (
+            json!({"model": "m", "input": "x", "max_output_tokens": 0}),
+            "max_output_tokens: must be at least 1",
+        ),
+        (
+            json!({"model": "m", "input": "x", "background": true}),
+            "background: background responses are not supported",
+        ),
+        (
+            json!({"model": "m", "input": "x", "tools": [{"type": "web_search"}]}),
+            "tools[0]: tool type \"web_search\" is not available",
+        ),
+        (
+            json!({"model": "m", "input": "x", "tools": [{"type": "function"}]}),
+            "tools[0]: name: field required",
+        ),
+        (
+            json!({"model": "m", "input": "x", "tools": [{"type": "function", "name": "f"}], "tool_choice": "sometimes"}),
+            "tool_choice: \"sometimes\" is not one of",
+        ),
+        (
+            json!({"model": "m", "input": "x", "tools": [{"type": "function", "name": "f"}], "tool_choice": {"type": "function", "name": "g"}}),
+            "tool_choice: no function named \"g\"",
+        ),
+        (
+            json!({"model": "m", "input": "x", "text": {"format": {"type": "json_schema"}}}),
+            "missing field `name`",
+        ),
+        (
+            json!({"model": "m", "input": "x", "metadata": {"k": 1}}),
+            "invalid type",
+        ),
     ];
     for (body, want) in cases {
         let got = refusal(body.clone());
-        assert!(got.contains(want), "{body}: {got:?} does not contain {want:?}");
+        assert!(
+            got.contains(want),
+            "{body}: {got:?} does not contain {want:?}"
+        );
     }
 }
 
@@ -169,19 +222,33 @@ fn input_items_get_ids_and_a_chain_prepends_the_earlier_turns() {
         json!([{"type": "message", "id": "msg_one_in0", "status": "completed", "role": "user",
                 "content": [{"type": "input_text", "text": "hi"}]}])
     );
-    let answer = chat_response(json!({"choices": [{"message": {"content": "hello"}, "finish_reason": "stop"}]}));
+    let answer = chat_response(
+        json!({"choices": [{"message": {"content": "hello"}, "finish_reason": "stop"}]}),
+    );
     let done = from_chat(&answer, first.skeleton("resp_one", 1, "m"));
     let history: Vec<Item> = items.iter().chain(&done.output).cloned().collect();
     // The second turn: the first's input and output first, then its own; instructions are not carried over.
-    let second = parse(json!({"model": "m", "input": [{"role": "user", "content": "again"}], "previous_response_id": "resp_one"}));
-    let conversation: Vec<Item> = history.iter().chain(&second.items("resp_two").unwrap()).cloned().collect();
+    let second = parse(
+        json!({"model": "m", "input": [{"role": "user", "content": "again"}], "previous_response_id": "resp_one"}),
+    );
+    let conversation: Vec<Item> = history
+        .iter()
+        .chain(&second.items("resp_two").unwrap())
+        .cloned()
+        .collect();
     let out = serde_json::to_value(second.to_chat(&conversation).unwrap()).unwrap();
     assert_eq!(
         out["messages"],
         json!([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
                {"role": "user", "content": "again"}])
     );
-    assert_eq!(second.skeleton("resp_two", 2, "m").previous_response_id.as_deref(), Some("resp_one"));
+    assert_eq!(
+        second
+            .skeleton("resp_two", 2, "m")
+            .previous_response_id
+            .as_deref(),
+        Some("resp_one")
+    );
 }
 
 fn chat_response(v: Value) -> ChatResponse {
@@ -190,7 +257,11 @@ fn chat_response(v: Value) -> ChatResponse {
 
 fn whole(answer: Value, request: Value) -> Value {
     let req = parse(request);
-    serde_json::to_value(from_chat(&chat_response(answer), req.skeleton(ID, 1_700_000_000, "ai/tiny:latest"))).unwrap()
+    serde_json::to_value(from_chat(
+        &chat_response(answer),
+        req.skeleton(ID, 1_700_000_000, "ai/tiny:latest"),
+    ))
+    .unwrap()
 }
 
 #[test]
@@ -224,7 +295,10 @@ fn length_is_incomplete_and_tool_calls_are_function_call_items() {
         json!({"model": "m", "input": "x", "max_output_tokens": 3}),
     );
     assert_eq!(out["status"], "incomplete");
-    assert_eq!(out["incomplete_details"], json!({"reason": "max_output_tokens"}));
+    assert_eq!(
+        out["incomplete_details"],
+        json!({"reason": "max_output_tokens"})
+    );
     assert_eq!(out["output"][0]["status"], "incomplete");
     assert_eq!(out["max_output_tokens"], 3);
     let out = whole(
@@ -245,7 +319,10 @@ fn length_is_incomplete_and_tool_calls_are_function_call_items() {
         ])
     );
     assert_eq!(out["tool_choice"], "required");
-    assert_eq!(out["tools"], json!([{"type": "function", "name": "get_weather"}]));
+    assert_eq!(
+        out["tools"],
+        json!([{"type": "function", "name": "get_weather"}])
+    );
 }
 
 // ---- streams ----
@@ -360,7 +437,10 @@ fn a_stream_cut_by_length_ends_incomplete() {
     let (last, data) = events.last().unwrap();
     assert_eq!(last, "response.incomplete");
     assert_eq!(data["response"]["status"], "incomplete");
-    assert_eq!(data["response"]["incomplete_details"]["reason"], "max_output_tokens");
+    assert_eq!(
+        data["response"]["incomplete_details"]["reason"],
+        "max_output_tokens"
+    );
     assert_eq!(data["response"]["output"][0]["status"], "incomplete");
 }
 
@@ -425,7 +505,14 @@ fn a_stream_cut_short_ends_with_response_failed_and_nothing_after() {
     // An engine error frame fails the response too, and nothing follows it.
     let stream = "data: {\"error\":{\"message\":\"boom\"}}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: [DONE]\n\n";
     let events = run_stream(stream, 0, true);
-    assert_eq!(names(&events), ["response.created", "response.in_progress", "response.failed"]);
+    assert_eq!(
+        names(&events),
+        [
+            "response.created",
+            "response.in_progress",
+            "response.failed"
+        ]
+    );
     assert_eq!(events[2].1["response"]["error"]["message"], "boom");
 }
 
@@ -434,17 +521,22 @@ fn the_finished_response_is_kept_by_the_translator() {
     let req = parse(json!({"model": "m", "input": "x"}));
     let mut t = StreamTranslator::new(req.skeleton(ID, 1, "m"));
     t.begin();
-    t.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"},\"finish_reason\":\"stop\"}]}\n\n");
+    t.feed(
+        b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"},\"finish_reason\":\"stop\"}]}\n\n",
+    );
     assert!(t.finished().is_none(), "not before the end");
     t.feed(b"data: [DONE]\n\n");
     let done = t.finished().expect("finished");
     assert_eq!(done.status, Status::Completed);
-    assert_eq!(done.output[0], Item::Message {
-        id: "msg_abc".into(),
-        status: Status::Completed,
-        role: Role::Assistant,
-        content: vec![PartOut::output_text("hi")],
-    });
+    assert_eq!(
+        done.output[0],
+        Item::Message {
+            id: "msg_abc".into(),
+            status: Status::Completed,
+            role: Role::Assistant,
+            content: vec![PartOut::output_text("hi")],
+        }
+    );
 }
 
 #[test]
@@ -457,7 +549,10 @@ fn input_items_pages() {
         let list = p.of(&items).unwrap();
         let v = serde_json::to_value(&list).unwrap();
         (
-            list.data.iter().map(|i| i.id().to_string()).collect::<Vec<_>>(),
+            list.data
+                .iter()
+                .map(|i| i.id().to_string())
+                .collect::<Vec<_>>(),
             v["first_id"].clone(),
             v["last_id"].clone(),
             list.has_more,
@@ -465,17 +560,48 @@ fn input_items_pages() {
     };
     assert_eq!(
         ids(&Page::default()),
-        (vec!["msg_abc_in2".into(), "msg_abc_in1".into(), "msg_abc_in0".into()], json!("msg_abc_in2"), json!("msg_abc_in0"), false)
+        (
+            vec![
+                "msg_abc_in2".into(),
+                "msg_abc_in1".into(),
+                "msg_abc_in0".into()
+            ],
+            json!("msg_abc_in2"),
+            json!("msg_abc_in0"),
+            false
+        )
     );
     let asc2 = Page::parse(Some("asc"), Some("2"), None).unwrap();
-    assert_eq!(ids(&asc2), (vec!["msg_abc_in0".into(), "msg_abc_in1".into()], json!("msg_abc_in0"), json!("msg_abc_in1"), true));
+    assert_eq!(
+        ids(&asc2),
+        (
+            vec!["msg_abc_in0".into(), "msg_abc_in1".into()],
+            json!("msg_abc_in0"),
+            json!("msg_abc_in1"),
+            true
+        )
+    );
     let after = Page::parse(Some("asc"), Some("2"), Some("msg_abc_in1".into())).unwrap();
-    assert_eq!(ids(&after), (vec!["msg_abc_in2".into()], json!("msg_abc_in2"), json!("msg_abc_in2"), false));
+    assert_eq!(
+        ids(&after),
+        (
+            vec!["msg_abc_in2".into()],
+            json!("msg_abc_in2"),
+            json!("msg_abc_in2"),
+            false
+        )
+    );
     let list = serde_json::to_value(Page::default().of(&[]).unwrap()).unwrap();
-    assert_eq!(list, json!({"object": "list", "data": [], "first_id": null, "last_id": null, "has_more": false}));
+    assert_eq!(
+        list,
+        json!({"object": "list", "data": [], "first_id": null, "last_id": null, "has_more": false})
+    );
     assert!(Page::parse(Some("up"), None, None).is_err());
     assert!(Page::parse(None, Some("0"), None).is_err());
     assert!(Page::parse(None, Some("101"), None).is_err());
     assert!(Page::default().of(&items).is_ok());
-    assert!(Page::parse(None, None, Some("nope".into())).unwrap().of(&items).is_err());
+    assert!(Page::parse(None, None, Some("nope".into()))
+        .unwrap()
+        .of(&items)
+        .is_err());
 }

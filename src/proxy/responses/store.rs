@@ -53,7 +53,11 @@ impl ResponseStore {
     pub fn insert(&self, kept: Kept, limits: Limits, now: Instant) {
         let mut inner = self.lock();
         let id = kept.response.id.clone();
-        if inner.by_id.insert(id.clone(), Entry { kept, at: now }).is_none() {
+        if inner
+            .by_id
+            .insert(id.clone(), Entry { kept, at: now })
+            .is_none()
+        {
             inner.order.push_back(id);
         }
         while let Some(front) = inner.order.front().cloned() {
@@ -139,10 +143,18 @@ mod tests {
         let t = Instant::now();
         let ttl = Duration::from_secs(60);
         store.insert(kept("resp_a"), Limits { max: 10, ttl }, t);
-        assert!(store.get("resp_a", ttl, t + Duration::from_secs(59)).is_some());
-        assert!(store.get("resp_a", ttl, t + Duration::from_secs(60)).is_none());
+        assert!(store
+            .get("resp_a", ttl, t + Duration::from_secs(59))
+            .is_some());
+        assert!(store
+            .get("resp_a", ttl, t + Duration::from_secs(60))
+            .is_none());
         // An insert sweeps what has expired.
-        store.insert(kept("resp_b"), Limits { max: 10, ttl }, t + Duration::from_secs(61));
+        store.insert(
+            kept("resp_b"),
+            Limits { max: 10, ttl },
+            t + Duration::from_secs(61),
+        );
         assert_eq!(store.len(), 1);
         assert!(!store.delete("resp_a", ttl, t + Duration::from_secs(61)));
     }
@@ -158,7 +170,10 @@ mod tests {
         assert!(!store.delete("resp_a", HOUR, t), "deleted once");
         assert!(store.get("resp_a", HOUR, t).is_none());
         store.insert(kept("resp_c"), limits, t);
-        assert!(store.get("resp_b", HOUR, t).is_some(), "b keeps the slot a left");
+        assert!(
+            store.get("resp_b", HOUR, t).is_some(),
+            "b keeps the slot a left"
+        );
         assert!(store.get("resp_c", HOUR, t).is_some());
         // Many inserts and deletes keep the order list bounded.
         for i in 0..100 {
@@ -166,6 +181,10 @@ mod tests {
             store.insert(kept(&id), limits, t);
             store.delete(&id, HOUR, t);
         }
-        assert!(store.lock().order.len() <= 4, "{}", store.lock().order.len());
+        assert!(
+            store.lock().order.len() <= 4,
+            "{}",
+            store.lock().order.len()
+        );
     }
 }
