@@ -16,7 +16,7 @@ import openai
 import pydantic
 import pytest
 
-from harness import engine_spy
+from harness import engine_spy, wait_until
 
 TINY = "ai/tiny"
 SMOL = "ai/smollm2"
@@ -176,6 +176,27 @@ def test_raw_stream_cut_by_max_output_tokens_ends_incomplete(sup):
     # The engine drops an incomplete UTF-8 tail at the very end of a stream; the whole text keeps it as U+FFFD.
     whole = client(sup).responses.create(model=TINY, input="Hello", max_output_tokens=6)
     assert whole.output_text.startswith(deltas) and set(whole.output_text[len(deltas):]) <= {"\ufffd"}, (deltas, whole)
+
+
+def test_the_inspector_and_metrics_record_responses(sup):
+    c = client(sup)
+    whole = c.responses.create(model=TINY, input=[{"role": "user", "content": "hi there"}], max_output_tokens=4)
+    streamed = list(c.responses.create(model=TINY, input="again", max_output_tokens=5, stream=True))
+    text = "".join(e.delta for e in streamed if e.type == "response.output_text.delta")
+
+    def records():
+        recs = sup.get("/engines/requests").json()
+        return len(recs) >= 2 and recs
+    recs = wait_until(records, 5, "two records")
+    by_prompt = {r["prompt"]: r for r in recs}
+    rec = by_prompt["hi there"]
+    assert (rec["dialect"], rec["route"], rec["status"]) == ("openai", "/v1/responses", 200), rec
+    assert rec["answer"] == whole.output_text and rec["completion_tokens"] == 4, rec
+    assert rec["prompt_tokens"] == whole.usage.input_tokens, rec
+    rec = by_prompt["again"]
+    assert rec["streamed"] and rec["answer"] == text and rec["completion_tokens"] == 5, rec
+    metrics = sup.get("/metrics").text
+    assert 'route="/v1/responses"' in metrics, metrics[:2000]
 
 
 # --- the store ------------------------------------------------------------------------------------------------
