@@ -10,13 +10,15 @@ temperature 0 it generates exactly `max_output_tokens` tokens and token counts a
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import jsonschema
 import openai
 import pydantic
 import pytest
 
-from harness import engine_spy, wait_until
+from harness import engine_spy, pid_gone, wait_until
 
 TINY = "ai/tiny"
 SMOL = "ai/smollm2"
@@ -197,6 +199,41 @@ def test_the_inspector_and_metrics_record_responses(sup):
     assert rec["streamed"] and rec["answer"] == text and rec["completion_tokens"] == 5, rec
     metrics = sup.get("/metrics").text
     assert 'route="/v1/responses"' in metrics, metrics[:2000]
+
+
+def test_engine_killed_mid_stream_ends_with_response_failed_and_is_kept_failed(supervisors):
+    # At --ctx-size 8192 the tiny model streams 4000 tokens in seconds, and the first delta comes within
+    # milliseconds: an engine killed right after it is killed mid-generation (see test_engine_failure.py).
+    sup = supervisors.start(models=[supervisors.tiny_model(context_size=8192)])
+    s = sup.stream("/v1/responses", {"model": TINY, "max_output_tokens": 4000, "input": "Hello", "stream": True},
+                   timeout=30)
+    try:
+        assert s.status == 200
+        seen = []
+        while not seen or seen[-1]["type"] != "response.output_text.delta":
+            d = s.next_data()
+            assert d is not None, f"the stream ended before the first delta: {seen}"
+            seen.append(json.loads(d))
+        [spawn] = sup.spawns()
+        os.kill(spawn.pid, signal.SIGKILL)
+        rest = [json.loads(d) for d in s.rest()]
+    finally:
+        s.close()
+    events = seen + rest
+    types = [e["type"] for e in events]
+    assert [e["sequence_number"] for e in events] == list(range(len(events))), types[-5:]
+    assert "response.completed" not in types and "response.incomplete" not in types, types[-5:]
+    assert types[-1] == "response.failed" and types.count("response.failed") == 1, types[-5:]
+    failed = events[-1]["response"]
+    assert failed["status"] == "failed" and failed["error"]["code"] == "server_error", failed
+    assert failed["error"]["message"], failed
+    # Kept as it ended, as OpenAI keeps a failed response.
+    assert client(sup).responses.retrieve(failed["id"]).status == "failed"
+    # The next request gets a new engine.
+    wait_until(lambda: pid_gone(spawn.pid), 5.0, f"killed engine pid {spawn.pid} to be reaped")
+    r = client(sup).responses.create(model=TINY, input="Hello", max_output_tokens=2)
+    assert r.usage.output_tokens == 2, r
+    assert len(sup.spawns()) == 2
 
 
 # --- the store ------------------------------------------------------------------------------------------------
