@@ -109,7 +109,12 @@ fn absorb(s: &mut AnswerSummary, d: &Value) {
             s.text.push_str(t);
         }
     }
-    for item in d.get("output").and_then(Value::as_array).into_iter().flatten() {
+    for item in d
+        .get("output")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if item.get("type").and_then(Value::as_str) == Some("message") {
             if let Some(parts) = item.get("content") {
                 s.text.push_str(&content_text(parts));

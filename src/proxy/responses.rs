@@ -69,17 +69,20 @@ pub async fn create(
     input.check().map_err(ApiError::bad_request)?;
     let (id, created_at) = new_id();
     let items = input.items(&id).map_err(ApiError::bad_request)?;
-    let before = match &input.previous_response_id {
-        None => Arc::new(Vec::new()),
-        Some(prev) => {
-            kept(app, prev)
-                .map_err(|_| {
-                    ApiError::not_found(format!("previous response with id {prev:?} not found"))
-                })?
-                .history
-        }
+    let previous = match &input.previous_response_id {
+        None => None,
+        Some(prev) => Some(Arc::new(kept(app, prev).map_err(|_| {
+            ApiError::not_found(format!("previous response with id {prev:?} not found"))
+        })?)),
     };
-    let conversation: Vec<Item> = before.iter().chain(&items).cloned().collect();
+    let conversation: Vec<Item> = match &previous {
+        None => items.clone(),
+        Some(p) => p
+            .history()
+            .into_iter()
+            .chain(items.iter().cloned())
+            .collect(),
+    };
     let request = input
         .to_chat(&conversation)
         .map_err(ApiError::bad_request)?;
@@ -97,7 +100,7 @@ pub async fn create(
     let keep = input.storing().then(|| Keeper {
         app: app.clone(),
         input: Arc::new(items),
-        conversation: Arc::new(conversation),
+        previous,
     });
     let resp = translated::post(
         &app.engines,
@@ -134,19 +137,17 @@ pub async fn create(
 struct Keeper {
     app: Arc<App>,
     input: Arc<Vec<Item>>,
-    /// The conversation the engine was given (earlier turns and this input).
-    conversation: Arc<Vec<Item>>,
+    /// The turn it follows (`previous_response_id`).
+    previous: Option<Arc<Kept>>,
 }
 
 impl Keeper {
-    fn keep(&self, response: &ResponseObject) {
-        let mut history = (*self.conversation).clone();
-        history.extend(response.output.iter().cloned());
+    fn keep(self, response: &ResponseObject) {
         self.app.responses.insert(
             Kept {
                 response: Arc::new(response.clone()),
-                input: self.input.clone(),
-                history: Arc::new(history),
+                input: self.input,
+                previous: self.previous,
             },
             limits(&self.app),
             Instant::now(),

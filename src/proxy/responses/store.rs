@@ -15,8 +15,42 @@ pub struct Kept {
     pub response: Arc<ResponseObject>,
     /// Its own input items (`input_items` lists them).
     pub input: Arc<Vec<Item>>,
-    /// The whole conversation up to and including its output: what a next turn's `previous_response_id` prepends.
-    pub history: Arc<Vec<Item>>,
+    /// The response its request named as `previous_response_id`: a chain is linked, not copied at every turn, so
+    /// a conversation of N turns holds N turns (not N² of them). A link keeps an earlier turn alive after it
+    /// leaves the store, for as long as a later turn is kept.
+    pub previous: Option<Arc<Kept>>,
+}
+
+impl Kept {
+    /// The whole conversation up to and including this response's output: each turn's input, then its output,
+    /// oldest first. What a next turn's `previous_response_id` puts before its own input.
+    pub fn history(&self) -> Vec<Item> {
+        let mut turns = vec![self];
+        while let Some(previous) = turns.last().and_then(|k| k.previous.as_deref()) {
+            turns.push(previous);
+        }
+        turns
+            .iter()
+            .rev()
+            .flat_map(|k| k.input.iter().chain(&k.response.output))
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for Kept {
+    /// Unlinks a chain iteratively: dropping the last turn of a long conversation would otherwise recurse once per
+    /// turn.
+    fn drop(&mut self) {
+        let mut next = self.previous.take();
+        while let Some(link) = next {
+            next = match Arc::try_unwrap(link) {
+                Ok(mut turn) => turn.previous.take(),
+                // Still held elsewhere (kept in the store, or by another turn): nothing more to free.
+                Err(_) => None,
+            };
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -114,8 +148,28 @@ mod tests {
         Kept {
             response: Arc::new(req.skeleton(id, 0, "m")),
             input: Arc::new(req.items(id).unwrap()),
-            history: Arc::new(Vec::new()),
+            previous: None,
         }
+    }
+
+    #[test]
+    fn a_chain_is_linked_and_its_history_is_every_turn_in_order() {
+        let one = Arc::new(kept("resp_one"));
+        let mut two = kept("resp_two");
+        two.previous = Some(one.clone());
+        let mut three = kept("resp_three");
+        three.previous = Some(Arc::new(two));
+        let ids: Vec<String> = three.history().iter().map(|i| i.id().to_string()).collect();
+        assert_eq!(ids, ["msg_one_in0", "msg_two_in0", "msg_three_in0"]);
+        assert_eq!(one.history().len(), 1);
+        // A chain far longer than a stack allows for recursion is dropped without overflowing it.
+        let mut last = kept("resp_0");
+        for i in 1..200_000 {
+            let mut next = kept(&format!("resp_{i}"));
+            next.previous = Some(Arc::new(last));
+            last = next;
+        }
+        drop(last);
     }
 
     const HOUR: Duration = Duration::from_secs(3600);
