@@ -409,7 +409,7 @@ impl ResponsesIn {
         if let Some(instructions) = self.instructions.as_deref().filter(|s| !s.is_empty()) {
             messages.push(ChatMessage::text("system", instructions));
         }
-        messages.extend(to_messages(conversation)?);
+        messages.extend(to_messages(conversation));
         if messages.is_empty() {
             return Err("input: nothing to answer".into());
         }
@@ -518,7 +518,7 @@ fn parts_out(role: Role, content: &ContentIn) -> Result<Vec<PartOut>, String> {
 
 /// Kept items → chat messages. A `function_call` joins the assistant turn just before it (or starts one);
 /// a `function_call_output` is a `tool` message.
-pub fn to_messages(items: &[Item]) -> Result<Vec<ChatMessage>, String> {
+pub fn to_messages(items: &[Item]) -> Vec<ChatMessage> {
     let mut out: Vec<ChatMessage> = Vec::new();
     for item in items {
         match item {
@@ -589,7 +589,7 @@ pub fn to_messages(items: &[Item]) -> Result<Vec<ChatMessage>, String> {
             }),
         }
     }
-    Ok(out)
+    out
 }
 
 /// Text parts only → one string; anything else stays a list of parts.
@@ -939,6 +939,7 @@ pub enum Event<'a> {
         output_index: usize,
         content_index: usize,
         delta: &'a str,
+        /// Always `[]` (no log probabilities are asked of the engine); the SDK's event type requires the field.
         logprobs: [(); 0],
     },
     #[serde(rename = "response.output_text.done")]
