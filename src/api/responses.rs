@@ -343,6 +343,23 @@ impl ResponsesIn {
                     .into(),
             );
         }
+        // OpenAI's limits on `metadata`: it is kept and echoed, so it is bounded as OpenAI bounds it.
+        if let Some(metadata) = &self.metadata {
+            if metadata.len() > 16 {
+                return Err(format!(
+                    "metadata: at most 16 pairs, got {}",
+                    metadata.len()
+                ));
+            }
+            if let Some((k, _)) = metadata
+                .iter()
+                .find(|(k, v)| k.chars().count() > 64 || v.chars().count() > 512)
+            {
+                return Err(format!(
+                    "metadata: keys are at most 64 characters and values at most 512 ({k:?})"
+                ));
+            }
+        }
         if let Some(n) = self.max_output_tokens.filter(|n| *n < 1) {
             return Err(format!("max_output_tokens: must be at least 1, got {n}"));
         }

@@ -203,6 +203,18 @@ fn bad_requests_are_refused_with_the_field_named() {
             json!({"model": "m", "input": "x", "metadata": {"k": 1}}),
             "invalid type",
         ),
+        (
+            json!({"model": "m", "input": "x", "metadata": (0..17).map(|i| (i.to_string(), json!("v"))).collect::<serde_json::Map<_, _>>()}),
+            "metadata: at most 16 pairs, got 17",
+        ),
+        (
+            json!({"model": "m", "input": "x", "metadata": {"k": "v".repeat(513)}}),
+            "metadata: keys are at most 64",
+        ),
+        (
+            json!({"model": "m", "input": "x", "metadata": {"k".repeat(65): "v"}}),
+            "metadata: keys are at most 64",
+        ),
     ];
     for (body, want) in cases {
         let got = refusal(body.clone());
