@@ -407,6 +407,16 @@ def test_bad_input_items_query_is_400(sup):
 
 
 def test_an_engine_that_is_not_the_models_is_refused(sup):
-    r = sup.post("/engines/vllm/v1/responses", {"model": TINY, "input": "x"})
-    assert 400 <= r.status_code < 500, r.text
-    assert "error" in r.json(), r.text
+    err = assert_openai_error(sup.post("/engines/vllm/v1/responses", {"model": TINY, "input": "x"}), 400,
+                              "invalid_request_error")
+    assert "served by llama.cpp, not vllm" in err["message"], err
+    assert sup.ps() == [], "nothing was started for it"
+
+
+def test_an_image_for_a_model_without_a_projector_is_400(sup):
+    png = "data:image/png;base64,iVBORw0KGgo="
+    err = assert_openai_error(sup.post("/v1/responses", {"model": TINY, "input": [{"role": "user", "content": [
+        {"type": "input_text", "text": "what is this?"}, {"type": "input_image", "image_url": png}]}]}),
+        400, "invalid_request_error")
+    assert "does not accept images" in err["message"], err
+    assert sup.ps() == [], "refused before anything loads"
