@@ -2,8 +2,9 @@
 //! the request is translated to an OpenAI chat completion (with the conversation of `previous_response_id`
 //! prepended), sent to the runner, and the answer translated back — event by event when streaming — then kept
 //! in the [`store`] unless `store: false`. `GET`/`DELETE …/responses/{id}` and `…/{id}/input_items` read the
-//! store. Translated for every engine, vLLM included (it serves `/v1/responses` itself, but one path keeps the
-//! store, chaining and answers the same on every engine).
+//! store. Translated for every engine, never passed through: llama-server's own `/v1/responses` keeps nothing
+//! (no `GET`, no `previous_response_id`) and vLLM's keeps responses in the engine, which forgets them when it
+//! stops; one translation keeps the store, chaining and answers the same on every engine.
 
 pub mod store;
 
