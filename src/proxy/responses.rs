@@ -3,8 +3,8 @@
 //! prepended), sent to the runner, and the answer translated back — event by event when streaming — then kept
 //! in the [`store`] unless `store: false`. `GET`/`DELETE …/responses/{id}` and `…/{id}/input_items` read the
 //! store. Translated for every engine, never passed through: llama-server's own `/v1/responses` keeps nothing
-//! (no `GET`, no `previous_response_id`) and vLLM's keeps responses in the engine, which forgets them when it
-//! stops; one translation keeps the store, chaining and answers the same on every engine.
+//! (no `GET`, no `previous_response_id`) and vLLM's keeps them, if at all, in the engine, which forgets them
+//! when it stops; one translation keeps the store, chaining and answers the same on every engine.
 
 pub mod store;
 
