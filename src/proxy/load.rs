@@ -183,6 +183,17 @@ impl NodeLoad {
     }
 }
 
+/// Requests running and waiting on the node now (what vLLM Router's `power_of_two` policy compares, from
+/// `GET /get_load`): the scheduler's counts only, no engine asked.
+pub async fn measure_counts(app: &super::App) -> usize {
+    app.scheduler
+        .snapshot()
+        .await
+        .iter()
+        .map(|r| r.in_flight as usize + r.waiting)
+        .sum()
+}
+
 /// The node's load now: the scheduler's runners, and the KV-cache use of each ready engine that reports it.
 pub async fn measure(app: &super::App) -> NodeLoad {
     measure_runners(app, &app.scheduler.snapshot().await).await

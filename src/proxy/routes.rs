@@ -173,6 +173,12 @@ pub static ROUTES: &[Route] = &[
         .guard(Guard::Open),
     Route::new(Get, "/readyz", Native, "/readyz", h!(|app, req, ctx| async { Ok(readiness(app, "ready")) }))
         .guard(Guard::Open),
+    // vLLM Router's power_of_two policy polls each worker's load here.
+    Route::new(Get, "/get_load", Native, "/get_load", h!(|app, req, ctx| async {
+        let load = super::load::measure_counts(app).await;
+        Ok(json(StatusCode::OK, &serde_json::json!({ "load": load })))
+    }))
+        .guard(Guard::Open),
     Route::new(Get, "/version", Native, "/version", h!(|app, req, ctx| async { Ok(version()) })),
     Route::new(Get, "/dashboard", Native, "/dashboard", h!(|app, req, ctx| async { Ok(dashboard()) }))
         .guard(Guard::Open),

@@ -238,6 +238,7 @@ fn access_and_dialects_come_from_the_route() {
     assert_eq!(guard(Method::GET, "/health"), Guard::Open);
     assert_eq!(guard(Method::GET, "/livez"), Guard::Open);
     assert_eq!(guard(Method::GET, "/readyz"), Guard::Open);
+    assert_eq!(guard(Method::GET, "/get_load"), Guard::Open);
     assert_eq!(guard(Method::GET, "/dashboard"), Guard::Open);
     assert_eq!(guard(Method::POST, "/config/reload"), Guard::Local);
     assert_eq!(
@@ -247,8 +248,8 @@ fn access_and_dialects_come_from_the_route() {
     assert_eq!(guard(Method::GET, "/models"), Guard::Key);
     assert_eq!(
         ROUTES.iter().filter(|r| r.guard != Guard::Key).count(),
-        6,
-        "open and local-only routes are the six above"
+        7,
+        "open and local-only routes are the seven above"
     );
     let dialect = |m: Method, p: &str| find(&m, p).expect("served").route.dialect;
     assert_eq!(
