@@ -114,6 +114,7 @@ impl Planner<'_> {
             runtime_flags: settings.runtime_flags,
             keep_alive: wishes
                 .keep_alive
+                .map(|k| k.capped(self.config.scheduler.max_keep_alive))
                 .or(settings.keep_alive)
                 .unwrap_or(self.config.scheduler.keep_alive),
             vllm: settings.vllm,
@@ -198,7 +199,8 @@ pub fn settings(
             .as_deref()
             .and_then(|k| KeepAlive::parse(k).ok())
         {
-            settings.keep_alive = Some(k);
+            // Set over the network: no longer than the admin allows.
+            settings.keep_alive = Some(k.capped(config.scheduler.max_keep_alive));
         }
         if c.gpu_memory_utilization.is_some() {
             settings.vllm.gpu_memory_utilization = c.gpu_memory_utilization;
