@@ -136,11 +136,17 @@ mod tests {
 
     #[test]
     fn a_cap_shortens_long_keep_alives_and_forever() {
-        let (m5, h1) = (KeepAlive::For(Duration::from_secs(300)), KeepAlive::For(Duration::from_secs(3600)));
+        let (m5, h1) = (
+            KeepAlive::For(Duration::from_secs(300)),
+            KeepAlive::For(Duration::from_secs(3600)),
+        );
         assert_eq!(h1.capped(Some(m5)), m5);
         assert_eq!(KeepAlive::Forever.capped(Some(m5)), m5);
         assert_eq!(m5.capped(Some(h1)), m5, "shorter ones stay");
-        assert_eq!(KeepAlive::For(Duration::ZERO).capped(Some(m5)), KeepAlive::For(Duration::ZERO));
+        assert_eq!(
+            KeepAlive::For(Duration::ZERO).capped(Some(m5)),
+            KeepAlive::For(Duration::ZERO)
+        );
         assert_eq!(KeepAlive::Forever.capped(None), KeepAlive::Forever);
         assert_eq!(h1.capped(Some(KeepAlive::Forever)), h1);
     }
