@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write a tiny random-weight BERT cross-encoder (a reranker) GGUF that a real llama-server reranks with.
 
-    make-tiny-reranker.py OUT [--seed S]
+    make-tiny-reranker.py OUT [--seed S] [--embedding]
 
 The model is what llama.cpp's converter writes for a `BertForSequenceClassification` reranker (bge-reranker,
 ms-marco MiniLM cross-encoders): architecture `bert`, non-causal attention, pooling type RANK (4), one classifier
@@ -14,7 +14,8 @@ continuations (`x`), and a few whole words. llama-server started with `--reranki
 differently, so ordering, `top_n` and indices can be checked. About 60 KB.
 
 The same seed always gives the same bytes (no timestamps; numpy's PCG64). The file is written atomically: a
-temporary file beside OUT, fsynced, renamed over OUT. Needs `gguf` and `numpy` (scripts/python-env.sh).
+temporary file beside OUT, fsynced, renamed over OUT. `--embedding` writes the same encoder as an embedding model
+instead (pooling type MEAN, no classification head, no labels): what the supervisor must refuse to rerank with. Needs `gguf` and `numpy` (scripts/python-env.sh).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def weights(rng: np.random.Generator, shape: tuple[int, ...], std: float) -> np.
     return (rng.standard_normal(shape) * std).astype(np.float32)
 
 
-def write_model(out: Path, seed: int) -> None:
+def write_model(out: Path, seed: int, embedding: bool = False) -> None:
     tokens, types = build_vocab()
     n_vocab = len(tokens)
     rng = np.random.Generator(np.random.PCG64(seed))
@@ -89,8 +90,11 @@ def write_model(out: Path, seed: int) -> None:
         w.add_head_count(N_HEAD)
         w.add_layer_norm_eps(NORM_EPS)
         w.add_causal_attention(False)
-        w.add_pooling_type(gguf.PoolingType(POOLING_RANK))
-        w.add_classifier_output_labels(["LABEL_0"])
+        if embedding:
+            w.add_pooling_type(gguf.PoolingType.MEAN)
+        else:
+            w.add_pooling_type(gguf.PoolingType(POOLING_RANK))
+            w.add_classifier_output_labels(["LABEL_0"])
 
         w.add_tokenizer_model("bert")
         w.add_token_type_count(1)
@@ -125,10 +129,11 @@ def write_model(out: Path, seed: int) -> None:
             w.add_tensor(p + "ffn_down.bias", zeros.copy())
             w.add_tensor(p + "layer_output_norm.weight", ones.copy())
             w.add_tensor(p + "layer_output_norm.bias", zeros.copy())
-        w.add_tensor("cls.weight", weights(rng, (N_EMBD, N_EMBD), 0.3))
-        w.add_tensor("cls.bias", zeros.copy())
-        w.add_tensor("cls.output.weight", weights(rng, (1, N_EMBD), 1.0))
-        w.add_tensor("cls.output.bias", np.zeros((1,), dtype=np.float32))
+        if not embedding:
+            w.add_tensor("cls.weight", weights(rng, (N_EMBD, N_EMBD), 0.3))
+            w.add_tensor("cls.bias", zeros.copy())
+            w.add_tensor("cls.output.weight", weights(rng, (1, N_EMBD), 1.0))
+            w.add_tensor("cls.output.bias", np.zeros((1,), dtype=np.float32))
 
         w.write_header_to_file()
         w.write_kv_data_to_file()
@@ -147,10 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Write a tiny random-weight BERT reranker GGUF for tests.")
     ap.add_argument("out", type=Path, help="output .gguf path (written atomically)")
     ap.add_argument("--seed", type=int, default=0, help="weight seed (default 0); same seed, same bytes")
+    ap.add_argument("--embedding", action="store_true",
+                    help="an embedding model instead (mean pooling, no classification head)")
     args = ap.parse_args(argv)
     if args.seed < 0:
         ap.error("--seed must be >= 0")
-    write_model(args.out, args.seed)
+    write_model(args.out, args.seed, args.embedding)
     print(args.out)
     return 0
 
