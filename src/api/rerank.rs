@@ -49,14 +49,11 @@ impl RerankRequest {
         let documents = strings("documents", self.documents)?;
         let top_n = match self.top_n {
             None | Some(serde_json::Value::Null) => documents.len(),
-            Some(serde_json::Value::Number(n)) if n.as_u64().is_some_and(|n| n >= 1) => {
-                n.as_u64().map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX))
-            }
-            Some(other) => {
-                return Err(format!(
-                    "\"top_n\" must be a positive integer, not {other}"
-                ))
-            }
+            Some(v) => v
+                .as_u64()
+                .filter(|n| *n >= 1)
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+                .ok_or_else(|| format!("\"top_n\" must be a positive integer, not {v}"))?,
         };
         Ok(Rerank {
             model,
@@ -214,7 +211,13 @@ impl Score {
                 let at = (r.index < call.documents.len())
                     .then(|| call.first + r.index)
                     .filter(|at| *at < scores.len())
-                    .ok_or_else(|| format!("the engine's rerank answer names document {} of {}", r.index, call.documents.len()))?;
+                    .ok_or_else(|| {
+                        format!(
+                            "the engine's rerank answer names document {} of {}",
+                            r.index,
+                            call.documents.len()
+                        )
+                    })?;
                 scores[at] = Some(r.relevance_score);
             }
             let usage = answer.usage.clone().unwrap_or_default();
@@ -229,7 +232,9 @@ impl Score {
                     object: "score".into(),
                     score,
                 })
-                .ok_or_else(|| format!("the engine's rerank answers give no score for pair {index}"))
+                .ok_or_else(|| {
+                    format!("the engine's rerank answers give no score for pair {index}")
+                })
             })
             .collect::<Result<Vec<_>, String>>()?;
         Ok(ScoreAnswer {
@@ -328,27 +333,67 @@ mod tests {
 
     #[test]
     fn a_rerank_needs_a_model_a_string_query_and_strings_to_rank() {
-        let ok = rerank(json!({"model": "m", "query": "q", "documents": ["a", "b", "c"], "top_n": 2})).unwrap();
+        let ok =
+            rerank(json!({"model": "m", "query": "q", "documents": ["a", "b", "c"], "top_n": 2}))
+                .unwrap();
         assert_eq!(ok.documents, ["a", "b", "c"]);
         assert_eq!(ok.top_n, 2);
         assert_eq!(
-            rerank(json!({"model": "m", "query": "q", "documents": ["a"]})).unwrap().top_n,
+            rerank(json!({"model": "m", "query": "q", "documents": ["a"]}))
+                .unwrap()
+                .top_n,
             1,
             "all documents by default"
         );
         for (body, says) in [
-            (json!({"query": "q", "documents": ["a"]}), "\"model\" is required"),
-            (json!({"model": "", "query": "q", "documents": ["a"]}), "\"model\" is required"),
-            (json!({"model": "m", "documents": ["a"]}), "\"query\" is required"),
-            (json!({"model": "m", "query": 7, "documents": ["a"]}), "\"query\" must be a string, not a number"),
-            (json!({"model": "m", "query": "q"}), "\"documents\" is required"),
-            (json!({"model": "m", "query": "q", "documents": []}), "\"documents\" must not be empty"),
-            (json!({"model": "m", "query": "q", "documents": "a"}), "must be an array of strings, not a string"),
-            (json!({"model": "m", "query": "q", "documents": ["a", {"text": "b"}]}), "\"documents\"[1] must be a string, not an object"),
-            (json!({"model": "m", "query": "q", "documents": ["a"], "top_n": 0}), "\"top_n\" must be a positive integer"),
-            (json!({"model": "m", "query": "q", "documents": ["a"], "top_n": -1}), "\"top_n\" must be a positive integer"),
-            (json!({"model": "m", "query": "q", "documents": ["a"], "top_n": 1.5}), "\"top_n\" must be a positive integer"),
-            (json!({"model": "m", "query": "q", "documents": ["a"], "top_n": "2"}), "\"top_n\" must be a positive integer"),
+            (
+                json!({"query": "q", "documents": ["a"]}),
+                "\"model\" is required",
+            ),
+            (
+                json!({"model": "", "query": "q", "documents": ["a"]}),
+                "\"model\" is required",
+            ),
+            (
+                json!({"model": "m", "documents": ["a"]}),
+                "\"query\" is required",
+            ),
+            (
+                json!({"model": "m", "query": 7, "documents": ["a"]}),
+                "\"query\" must be a string, not a number",
+            ),
+            (
+                json!({"model": "m", "query": "q"}),
+                "\"documents\" is required",
+            ),
+            (
+                json!({"model": "m", "query": "q", "documents": []}),
+                "\"documents\" must not be empty",
+            ),
+            (
+                json!({"model": "m", "query": "q", "documents": "a"}),
+                "must be an array of strings, not a string",
+            ),
+            (
+                json!({"model": "m", "query": "q", "documents": ["a", {"text": "b"}]}),
+                "\"documents\"[1] must be a string, not an object",
+            ),
+            (
+                json!({"model": "m", "query": "q", "documents": ["a"], "top_n": 0}),
+                "\"top_n\" must be a positive integer",
+            ),
+            (
+                json!({"model": "m", "query": "q", "documents": ["a"], "top_n": -1}),
+                "\"top_n\" must be a positive integer",
+            ),
+            (
+                json!({"model": "m", "query": "q", "documents": ["a"], "top_n": 1.5}),
+                "\"top_n\" must be a positive integer",
+            ),
+            (
+                json!({"model": "m", "query": "q", "documents": ["a"], "top_n": "2"}),
+                "\"top_n\" must be a positive integer",
+            ),
         ] {
             let err = rerank(body.clone()).unwrap_err();
             assert!(err.contains(says), "{body}: {err}");
@@ -364,13 +409,34 @@ mod tests {
         let s = score(json!({"model": "m", "text_1": ["q1", "q2"], "text_2": ["a", "b"]})).unwrap();
         assert_eq!(s.text_1, ["q1", "q2"]);
         for (body, says) in [
-            (json!({"model": "m", "text_2": "d"}), "\"text_1\" is required"),
-            (json!({"model": "m", "text_1": "q"}), "\"text_2\" is required"),
-            (json!({"model": "m", "text_1": "q", "text_2": []}), "\"text_2\" must not be empty"),
-            (json!({"model": "m", "text_1": 1, "text_2": "d"}), "\"text_1\" must be a string or an array of strings"),
-            (json!({"model": "m", "text_1": "q", "text_2": ["a", 2]}), "\"text_2\"[1] must be a string"),
-            (json!({"model": "m", "text_1": ["a", "b"], "text_2": ["a", "b", "c"]}), "1:1, 1:N or N:N"),
-            (json!({"text_1": "q", "text_2": "d"}), "\"model\" is required"),
+            (
+                json!({"model": "m", "text_2": "d"}),
+                "\"text_1\" is required",
+            ),
+            (
+                json!({"model": "m", "text_1": "q"}),
+                "\"text_2\" is required",
+            ),
+            (
+                json!({"model": "m", "text_1": "q", "text_2": []}),
+                "\"text_2\" must not be empty",
+            ),
+            (
+                json!({"model": "m", "text_1": 1, "text_2": "d"}),
+                "\"text_1\" must be a string or an array of strings",
+            ),
+            (
+                json!({"model": "m", "text_1": "q", "text_2": ["a", 2]}),
+                "\"text_2\"[1] must be a string",
+            ),
+            (
+                json!({"model": "m", "text_1": ["a", "b"], "text_2": ["a", "b", "c"]}),
+                "1:1, 1:N or N:N",
+            ),
+            (
+                json!({"text_1": "q", "text_2": "d"}),
+                "\"model\" is required",
+            ),
         ] {
             let err = score(body.clone()).unwrap_err();
             assert!(err.contains(says), "{body}: {err}");
@@ -398,7 +464,15 @@ mod tests {
         );
         // The engine answers sorted by score.
         let got = s
-            .answer(&[(calls[0].clone(), answer(&[(2, 0.9), (0, 0.5), (1, -0.25)], 12))], "score-1".into(), 7, "ai/r")
+            .answer(
+                &[(
+                    calls[0].clone(),
+                    answer(&[(2, 0.9), (0, 0.5), (1, -0.25)], 12),
+                )],
+                "score-1".into(),
+                7,
+                "ai/r",
+            )
             .unwrap();
         assert_eq!(
             serde_json::to_value(&got).unwrap(),
@@ -415,13 +489,23 @@ mod tests {
         let s = score(json!({"model": "m", "text_1": ["q1", "q2"], "text_2": ["a", "b"]})).unwrap();
         let calls = s.reranks();
         assert_eq!(calls.len(), 2);
-        assert_eq!((calls[1].first, calls[1].query.as_str(), &calls[1].documents[..]), (1, "q2", &["b".to_string()][..]));
+        assert_eq!(
+            (
+                calls[1].first,
+                calls[1].query.as_str(),
+                &calls[1].documents[..]
+            ),
+            (1, "q2", &["b".to_string()][..])
+        );
         let answers = [
             (calls[0].clone(), answer(&[(0, 0.1)], 3)),
             (calls[1].clone(), answer(&[(0, 0.2)], 4)),
         ];
         let got = s.answer(&answers, "id".into(), 0, "m").unwrap();
-        assert_eq!(got.data.iter().map(|d| d.score).collect::<Vec<_>>(), [0.1, 0.2]);
+        assert_eq!(
+            got.data.iter().map(|d| d.score).collect::<Vec<_>>(),
+            [0.1, 0.2]
+        );
         assert_eq!(got.usage.prompt_tokens, 7);
     }
 
@@ -429,9 +513,19 @@ mod tests {
     fn an_engine_answer_that_misses_or_invents_a_pair_is_an_error() {
         let s = score(json!({"model": "m", "text_1": "q", "text_2": ["a", "b"]})).unwrap();
         let call = s.reranks().remove(0);
-        let missing = s.answer(&[(call.clone(), answer(&[(1, 0.3)], 1))], "id".into(), 0, "m");
+        let missing = s.answer(
+            &[(call.clone(), answer(&[(1, 0.3)], 1))],
+            "id".into(),
+            0,
+            "m",
+        );
         assert!(missing.unwrap_err().contains("no score for pair 0"));
-        let invented = s.answer(&[(call, answer(&[(0, 0.3), (5, 0.1)], 1))], "id".into(), 0, "m");
+        let invented = s.answer(
+            &[(call, answer(&[(0, 0.3), (5, 0.1)], 1))],
+            "id".into(),
+            0,
+            "m",
+        );
         assert!(invented.unwrap_err().contains("document 5 of 2"));
     }
 }

@@ -429,7 +429,10 @@ mod tests {
     #[test]
     fn reranking_runners_rerank_and_serve_rerank_but_not_score() {
         let args = argv(&spec(Mode::Reranking, &["--threads", "1"]), 1);
-        assert_eq!(args[11..], ["--embeddings", "--reranking", "--threads", "1"]);
+        assert_eq!(
+            args[11..],
+            ["--embeddings", "--reranking", "--threads", "1"]
+        );
         assert!(!args.contains(&"--pooling".to_string()), "{args:?}");
         assert_eq!(ENGINE.route_path(EngineRoute::Rerank), Some("/v1/rerank"));
         assert_eq!(ENGINE.route_path(EngineRoute::Score), None);
@@ -439,7 +442,11 @@ mod tests {
     #[test]
     fn an_embedding_gguf_is_not_a_reranker() {
         let mut config = ModelConfig::default();
-        assert_eq!(ENGINE.refuses_mode(Mode::Reranking, &config), None, "nothing declared");
+        assert_eq!(
+            ENGINE.refuses_mode(Mode::Reranking, &config),
+            None,
+            "nothing declared"
+        );
         config.gguf.insert("bert.pooling_type".into(), "4".into());
         assert_eq!(ENGINE.refuses_mode(Mode::Reranking, &config), None, "rank");
         config.gguf.insert("bert.pooling_type".into(), "1".into());

@@ -499,9 +499,12 @@ pub fn dialect_of_prefix(path: &str) -> Dialect {
         || path.starts_with("/v1/")
         || path == "/responses"
         || path.starts_with("/responses/")
-        || ["/rerank", "/score"]
-            .iter()
-            .any(|r| path == *r || path.strip_prefix(r).is_some_and(|rest| rest.starts_with('/')))
+        || ["/rerank", "/score"].iter().any(|r| {
+            path == *r
+                || path
+                    .strip_prefix(r)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })
     {
         Dialect::OpenAi
     } else if path.starts_with("/api/") {
