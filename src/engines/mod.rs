@@ -450,6 +450,38 @@ mod tests {
     }
 
     #[test]
+    fn engines_say_where_they_serve_rerank_score_and_tokenize() {
+        use EngineRoute::*;
+        let paths = |e: EngineKind| [Rerank, Score, Tokenize, Detokenize].map(|r| e.route_path(r));
+        assert_eq!(
+            paths(vllm::ENGINE),
+            [
+                Some("/v1/rerank"),
+                Some("/v1/score"),
+                Some("/tokenize"),
+                Some("/detokenize")
+            ]
+        );
+        assert_eq!(
+            paths(llamacpp::ENGINE),
+            [
+                Some("/v1/rerank"),
+                None,
+                Some("/tokenize"),
+                Some("/detokenize")
+            ],
+            "no /score: the front translates it to rerank"
+        );
+        assert_eq!(paths(diffusers::ENGINE), [None; 4]);
+        assert!(llamacpp::ENGINE.serves(Mode::Reranking) && vllm::ENGINE.serves(Mode::Reranking));
+        assert!(!diffusers::ENGINE.serves(Mode::Reranking));
+        assert_eq!(
+            Mode::ALL.map(Mode::as_str),
+            ["completion", "embedding", "reranking", "image-generation"]
+        );
+    }
+
+    #[test]
     fn only_vllm_takes_vllm_settings_and_checks_them() {
         let share = |x| vllm::VllmOptions {
             gpu_memory_utilization: Some(x),
