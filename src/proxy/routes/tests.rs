@@ -288,3 +288,37 @@ fn each_route_speaks_the_dialect_of_its_prefix() {
         assert_eq!(r.dialect, dialect_of_prefix(r.pattern), "{}", r.pattern);
     }
 }
+
+#[test]
+fn rerank_and_score_are_served_at_dmrs_paths_and_the_openai_mounts_with_one_label_each() {
+    for (what, label) in [("rerank", "/v1/rerank"), ("score", "/v1/score")] {
+        for prefix in [
+            "",
+            "/v1",
+            "/engines/v1",
+            "/engines/llama.cpp/v1",
+            "/engines",
+            "/engines/vllm",
+        ] {
+            let path = format!("{prefix}/{what}");
+            let found = find(&Method::POST, &path).unwrap_or_else(|| panic!("{path} is served"));
+            assert_eq!(found.route.label, label, "{path}");
+            assert!(found.route.inference, "{path}: timed and recorded");
+            assert_eq!(found.route.dialect, Dialect::OpenAi, "{path}");
+            assert!(find(&Method::GET, &path).is_none(), "GET {path}");
+        }
+        assert_eq!(dialect_of_prefix(&format!("/{what}/x")), Dialect::OpenAi);
+    }
+    assert_eq!(dialect_of_prefix("/rerankx"), Dialect::Native);
+    for (what, label) in [("tokenize", "/tokenize"), ("detokenize", "/detokenize")] {
+        for prefix in ["/engines", "/engines/llama.cpp"] {
+            let path = format!("{prefix}/{what}");
+            let found = find(&Method::POST, &path).unwrap_or_else(|| panic!("{path} is served"));
+            assert_eq!(found.route.label, label, "{path}");
+            assert!(found.route.inference);
+        }
+        // Not at the root nor under /v1: DMR has neither.
+        assert!(find(&Method::POST, &format!("/{what}")).is_none());
+        assert!(find(&Method::POST, &format!("/v1/{what}")).is_none());
+    }
+}
