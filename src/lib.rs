@@ -81,6 +81,37 @@ pub async fn start(config: Config, source: proxy::ConfigSource) -> Result<Runnin
     Ok(Running { server, app })
 }
 
+/// Stops a running daemon the way routers and service managers expect.
+pub struct Stopper {
+    app: Arc<proxy::App>,
+    shutdown: CancellationToken,
+}
+
+impl Stopper {
+    /// SIGTERM: turn not-ready now (`/readyz` and `/health` answer 503), keep serving for `[server] drain_delay` so
+    /// that routers notice and stop sending, then stop accepting and drain.
+    pub fn terminate(&self) {
+        let delay = self.app.config().server.drain_delay;
+        tracing::info!(
+            ?delay,
+            "not ready any more; serving on until routers have noticed, then draining"
+        );
+        self.app.draining.cancel();
+        service::stopping();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            shutdown.cancel();
+        });
+    }
+
+    /// SIGINT (Ctrl-C at a terminal): no drain delay, stop accepting now and drain.
+    pub fn interrupt(&self) {
+        self.app.draining.cancel();
+        self.shutdown.cancel();
+    }
+}
+
 impl Running {
     /// Re-reads the configuration file and applies it (SIGHUP); errors are logged and the running one kept.
     pub fn reloader(&self) -> impl Fn() + Send + Sync + 'static {
@@ -97,7 +128,16 @@ impl Running {
         self.server.local_addr()
     }
 
-    /// Serves until `shutdown` fires; then drains requests and stops every engine (SIGTERM, grace, SIGKILL).
+    /// What the signal handler calls to stop the daemon (`Stopper::terminate` on SIGTERM, `interrupt` on SIGINT).
+    pub fn stopper(&self, shutdown: CancellationToken) -> Stopper {
+        Stopper {
+            app: self.app.clone(),
+            shutdown,
+        }
+    }
+
+    /// Serves until `shutdown` fires; then drains requests and stops every engine (SIGTERM, grace, SIGKILL). The
+    /// node is not-ready from the moment it starts draining (`Stopper`), or from `shutdown` at the latest.
     pub async fn run(self, shutdown: CancellationToken) {
         let status = tokio::spawn(service::supervise(
             self.app.scheduler.snapshots(),
@@ -106,6 +146,7 @@ impl Running {
         let (stopping, app) = (shutdown.clone(), self.app.clone());
         tokio::spawn(async move {
             stopping.cancelled().await;
+            app.draining.cancel();
             service::stopping();
             app.shutdown.cancel();
         });

@@ -19,7 +19,8 @@ use dmr_supervisor::config::Config;
 /// $XDG_DATA_HOME/dmr-supervisor/engines/llama.cpp/current/bin (where engines/llama.cpp/install.sh puts it).
 /// config.example.toml documents every key. Once listening, the bound address is printed on stdout as
 /// `listening on ADDR`; logs go to stderr (RUST_LOG filters them, default `info`).
-/// SIGTERM or SIGINT drains in-flight requests, stops every engine and exits; a second signal exits at once.
+/// SIGTERM turns the node not-ready, serves on for `[server] drain_delay`, then drains in-flight requests, stops
+/// every engine and exits; SIGINT skips the delay; a second signal exits at once.
 /// SIGHUP (or POST /config/reload) re-reads the configuration file; an invalid one is logged and ignored.
 #[derive(Debug, Parser)]
 #[command(name = "dmr-supervisor", version, about, long_about)]
@@ -201,7 +202,7 @@ async fn run(config: Config, source: dmr_supervisor::proxy::ConfigSource) -> Exi
         }
     }
     let shutdown = CancellationToken::new();
-    let signals = tokio::spawn(watch_signals(shutdown.clone()));
+    let signals = tokio::spawn(watch_signals(running.stopper(shutdown.clone())));
     let hangups = tokio::spawn(watch_hangups(running.reloader()));
     running.run(shutdown).await;
     signals.abort();
@@ -209,8 +210,9 @@ async fn run(config: Config, source: dmr_supervisor::proxy::ConfigSource) -> Exi
     ExitCode::SUCCESS
 }
 
-/// First SIGTERM/SIGINT: graceful shutdown. Second: exit now (engines die with us through PDEATHSIG).
-async fn watch_signals(shutdown: CancellationToken) {
+/// First SIGTERM: not-ready, then after `[server] drain_delay` a graceful shutdown; first SIGINT: graceful shutdown
+/// now. Second signal: exit now (engines die with us through PDEATHSIG).
+async fn watch_signals(stopper: dmr_supervisor::Stopper) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -220,13 +222,20 @@ async fn watch_signals(shutdown: CancellationToken) {
         return;
     };
     for n in 0..2 {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
+        let terminate = tokio::select! {
+            _ = term.recv() => true,
+            _ = int.recv() => false,
+        };
         if n == 0 {
-            tracing::info!("signal received; shutting down");
-            shutdown.cancel();
+            tracing::info!(
+                signal = if terminate { "SIGTERM" } else { "SIGINT" },
+                "signal received; shutting down"
+            );
+            if terminate {
+                stopper.terminate();
+            } else {
+                stopper.interrupt();
+            }
         } else {
             tracing::warn!("second signal; exiting now");
             std::process::exit(130);

@@ -38,6 +38,9 @@ pub struct ServerConfig {
     pub allowed_origins: Vec<String>,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
+    /// On SIGTERM the node turns not-ready (`/readyz`, `/health` answer 503) and keeps serving this long, so that
+    /// routers and load balancers stop sending before it stops accepting.
+    pub drain_delay: Duration,
     /// A connection that has not sent a whole request head this long after it began one is closed (slowloris).
     pub header_read_timeout: Duration,
     /// Connections open at once over TCP; past it, new ones wait in the kernel's backlog until one closes.
@@ -198,6 +201,7 @@ impl Default for Config {
                 allowed_origins: Vec::new(),
                 max_body_bytes: 10 * 1024 * 1024,
                 shutdown_grace: Duration::from_secs(10),
+                drain_delay: Duration::from_secs(5),
                 header_read_timeout: Duration::from_secs(30),
                 max_connections: 1024,
                 max_json_elements: 50_000,
@@ -388,6 +392,11 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             "server.shutdown_grace",
             server.shutdown_grace.as_ref(),
             config.server.shutdown_grace,
+        );
+        config.server.drain_delay = errors.duration(
+            "server.drain_delay",
+            server.drain_delay.as_ref(),
+            config.server.drain_delay,
         );
         config.server.header_read_timeout = errors.duration(
             "server.header_read_timeout",

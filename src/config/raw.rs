@@ -29,6 +29,7 @@ pub struct RawServer {
     pub allowed_origins: Option<Vec<String>>,
     pub max_body_bytes: Option<i64>,
     pub shutdown_grace: Option<String>,
+    pub drain_delay: Option<String>,
     pub header_read_timeout: Option<String>,
     pub max_connections: Option<i64>,
     pub max_json_elements: Option<i64>,

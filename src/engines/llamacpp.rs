@@ -111,6 +111,50 @@ impl Engine for LlamaCpp {
     fn flag_allowlist(&self) -> Option<&'static [&'static str]> {
         Some(super::flags::LLAMACPP)
     }
+
+    fn kv_usage_path(&self) -> Option<&'static str> {
+        Some("/slots")
+    }
+
+    fn kv_cache_usage(&self, answer: &[u8], context_size: u32) -> Option<f64> {
+        kv_cache_usage(answer, context_size)
+    }
+}
+
+/// One slot of llama-server's `GET /slots`, the fields the KV-cache usage needs.
+#[derive(serde::Deserialize)]
+struct Slot {
+    n_ctx: u64,
+    #[serde(default)]
+    is_processing: bool,
+    #[serde(default)]
+    n_prompt_tokens: u64,
+    #[serde(default)]
+    next_token: Vec<NextToken>,
+}
+
+#[derive(serde::Deserialize)]
+struct NextToken {
+    #[serde(default)]
+    n_decoded: u64,
+}
+
+/// The tokens that busy slots hold (prompt plus decoded) over the KV cache's cells: the context the engine was
+/// started with (one cache shared by all slots), or the slots' own contexts when it chose its default. Idle
+/// slots' prompt caches are not counted: like vLLM's free prefix-cached blocks, they are given up on demand.
+/// `None` when the answer is not `/slots`' (llama-server started with `--no-slots`).
+pub fn kv_cache_usage(answer: &[u8], context_size: u32) -> Option<f64> {
+    let slots: Vec<Slot> = serde_json::from_slice(answer).ok()?;
+    let cells = match context_size {
+        0 => slots.iter().map(|s| s.n_ctx).max()?,
+        n => u64::from(n),
+    };
+    let used: u64 = slots
+        .iter()
+        .filter(|s| s.is_processing)
+        .map(|s| s.n_prompt_tokens + s.next_token.first().map_or(0, |t| t.n_decoded))
+        .sum();
+    (cells > 0).then(|| (used as f64 / cells as f64).min(1.0))
 }
 
 /// The engine's name in URLs (`/engines/llama.cpp/v1/...`) and in `/engines/ps`.
@@ -232,6 +276,21 @@ mod tests {
             keep_alive: KeepAlive::DEFAULT,
             vllm: Default::default(),
         }
+    }
+
+    #[test]
+    fn kv_cache_usage_counts_busy_slots_over_the_context() {
+        let slots = br#"[{"id":0,"n_ctx":512,"is_processing":true,"n_prompt_tokens":100,"next_token":[{"n_decoded":28}]},
+            {"id":1,"n_ctx":512,"is_processing":false,"n_prompt_tokens":300,"next_token":[{"n_decoded":9}]},
+            {"id":2,"n_ctx":512,"is_processing":false}]"#;
+        assert_eq!(kv_cache_usage(slots, 512), Some(0.25));
+        assert_eq!(
+            kv_cache_usage(slots, 0),
+            Some(0.25),
+            "the slots' context when the engine chose it"
+        );
+        assert_eq!(kv_cache_usage(slots, 64), Some(1.0), "never past 1");
+        assert_eq!(kv_cache_usage(br#"{"error":"slots disabled"}"#, 512), None);
     }
 
     #[test]

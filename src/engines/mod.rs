@@ -70,6 +70,20 @@ pub trait Engine: Sync + 'static {
     fn flag_allowlist(&self) -> Option<&'static [&'static str]> {
         None
     }
+    /// Where it reports how its KV cache is used (read by [`Engine::kv_cache_usage`]); `None`: it does not.
+    fn kv_usage_path(&self) -> Option<&'static str> {
+        None
+    }
+    /// The share of its KV cache (0..1) that running requests hold, from the answer of
+    /// [`Engine::kv_usage_path`] and the context it was started with (0: the engine's default).
+    fn kv_cache_usage(&self, _answer: &[u8], _context_size: u32) -> Option<f64> {
+        None
+    }
+    /// Whether its own `/metrics` already carries vLLM's load series (`vllm:num_requests_running`...), so the
+    /// supervisor passes them through instead of writing its own for it.
+    fn exports_vllm_metrics(&self) -> bool {
+        false
+    }
 }
 
 /// An engine, as the rest of the daemon holds it: a handle on its [`Engine`], compared, ordered and hashed by its

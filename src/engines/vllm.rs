@@ -18,6 +18,11 @@ impl Engine for Vllm {
         NAME
     }
 
+    /// vLLM's `/metrics` has `vllm:num_requests_running`, `vllm:kv_cache_usage_perc` and the rest itself.
+    fn exports_vllm_metrics(&self) -> bool {
+        true
+    }
+
     fn formats(&self) -> &'static [ModelFormat] {
         &[ModelFormat::Safetensors]
     }

@@ -1,6 +1,7 @@
 //! `GET /metrics`: our counters and histograms (`crate::metrics`), gauges read now (runners by state, loads
 //! waiting for memory, each runner's predicted and measured memory, each device's memory), then every ready
-//! engine's own `/metrics` with `model` and `mode` labels added. Also the tap that times the first byte
+//! engine's own `/metrics` with `model` and `mode` labels added. Before them, the load in vLLM's names that
+//! cluster routers read (`load`). Also the tap that times the first byte
 //! of streamed answers (labelled by the route table's `label`).
 
 use std::collections::BTreeSet;
@@ -133,6 +134,12 @@ pub async fn handle(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
         }
     }
     let mut seen = BTreeSet::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs() as f64);
+    super::load::measure_runners(app, &runners)
+        .await
+        .render(now, &mut out, &mut seen);
     for (r, ep) in runners.iter().filter_map(|r| r.endpoint.map(|e| (r, e))) {
         match tokio::time::timeout(ENGINE_TIMEOUT, app.engines.get_text(ep, "/metrics")).await {
             Ok(Ok(text)) => relabel(

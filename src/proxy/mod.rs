@@ -14,6 +14,7 @@ mod forward;
 pub mod http;
 mod inference;
 mod inspector;
+mod load;
 mod logs;
 mod metrics;
 mod models;
@@ -77,6 +78,9 @@ pub struct App {
     /// Cancelled when the server begins shutting down: ends `GET /logs?follow=1` streams so they do not hold the
     /// drain.
     pub shutdown: CancellationToken,
+    /// Cancelled when the node turns not-ready (SIGTERM): `/readyz` and `/health` answer 503 while it serves on for
+    /// `drain_delay`, so that routers stop sending before it stops accepting.
+    pub draining: CancellationToken,
 }
 
 impl App {
@@ -335,6 +339,11 @@ async fn route(app: Arc<App>, req: Request<Incoming>, caller: Caller) -> Respons
         return resp;
     }
     let arrived = std::time::SystemTime::now();
+    let load_format = req
+        .headers()
+        .get(load::FORMAT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let ctx = Arc::new(routes::Ctx::new(caller, found));
     let route = ctx.route;
     let path = req.uri().path().to_string();
@@ -347,6 +356,12 @@ async fn route(app: Arc<App>, req: Request<Incoming>, caller: Caller) -> Respons
     let note = ctx.note.take();
     let model = note.model.as_ref().map(|(m, _)| m.as_str());
     resp.headers_mut().extend(cors);
+    if let Some(format) = load_format {
+        let report = load::measure(&app).await.orca(&format);
+        if let Some(value) = report.and_then(|r| ::http::HeaderValue::try_from(r).ok()) {
+            resp.headers_mut().insert(load::REPORT_HEADER, value);
+        }
+    }
     let dialect_label = route.dialect_label();
     app.metrics.request(
         route.label,
@@ -461,6 +476,7 @@ pub fn build_app(config: Config, source: ConfigSource, store: Store) -> App {
         inspector: Arc::default(),
         demands: Default::default(),
         shutdown: CancellationToken::new(),
+        draining: CancellationToken::new(),
         access: arc_swap::ArcSwap::from_pointee(access_from(&config)),
         config: arc_swap::ArcSwap::from_pointee(config),
         source,

@@ -212,7 +212,7 @@ pub async fn create(
     let looks_like_path = from.starts_with('/') || from.starts_with('.') || from.ends_with(".gguf");
     let extras_given = create.license.is_some() || create.chat_template.is_some();
     if !looks_like_path && !extras_given {
-        return pull(app, from, create.bearer_token.as_deref(), content_type).await;
+        return pull(app, from, create.bearer_token.as_deref(), content_type, caller).await;
     }
     if !caller.local {
         // Nothing about the path is looked at, so the answer says nothing about the server's files.
@@ -315,7 +315,15 @@ fn progress_type(headers: &http::HeaderMap) -> &'static str {
 pub use crate::registry::pull::{Pull, PullEvent};
 
 /// [`Pull::prepare`] with the app's registries and store; its failures are the caller's HTTP statuses.
-pub async fn prepare_pull(app: &App, from: &str, bearer: Option<&str>) -> Result<Pull, ApiError> {
+pub async fn prepare_pull(
+    app: &App,
+    from: &str,
+    bearer: Option<&str>,
+    caller: super::Caller,
+) -> Result<Pull, ApiError> {
+    app.registries
+        .check_caller(from, caller.local)
+        .map_err(registry_error)?;
     Pull::prepare(&app.registries, &app.store, from, bearer)
         .await
         .map_err(registry_error)
@@ -337,8 +345,9 @@ pub async fn pull(
     from: &str,
     bearer: Option<&str>,
     content_type: &'static str,
+    caller: super::Caller,
 ) -> Result<Response<Body>, ApiError> {
-    let pull = prepare_pull(app, from, bearer).await?;
+    let pull = prepare_pull(app, from, bearer, caller).await?;
     let total = pull.total();
     let rx = start_pull(app, pull, move |event| {
         let line = match event {
@@ -391,6 +400,7 @@ pub async fn push(
     app: &Arc<App>,
     req: http::Request<Incoming>,
     reference: String,
+    caller: super::Caller,
 ) -> Result<Response<Body>, ApiError> {
     let content_type = progress_type(req.headers());
     let (_, body) = read_body(req, app.body_limits()).await?;
@@ -415,6 +425,9 @@ pub async fn push(
             .ok_or_else(|| ApiError::bad_request("the model has no tag to push to"))?
     };
     app.registries.resolve(&target).map_err(registry_error)?;
+    app.registries
+        .check_caller(&target, caller.local)
+        .map_err(registry_error)?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
     let app2 = app.clone();
     tokio::spawn(async move {
@@ -612,6 +625,7 @@ pub fn registry_error(e: crate::registry::RegistryError) -> ApiError {
     let kind = match &e {
         R::BadReference(..) => ErrorKind::BadRequest,
         R::Unauthorized(_) => ErrorKind::Unauthorized,
+        R::Forbidden(_) => ErrorKind::Forbidden,
         R::NotFound(_) => ErrorKind::NotFound,
         R::Unsupported(_) => ErrorKind::Unprocessable,
         R::Registry(_) | R::Interrupted(_) => ErrorKind::BadGateway,

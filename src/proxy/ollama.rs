@@ -362,6 +362,7 @@ pub async fn embed(
 pub async fn pull(
     app: &Arc<App>,
     req: http::Request<Incoming>,
+    caller: super::Caller,
 ) -> Result<Response<Body>, ApiError> {
     let (_, body) = read_body(req, app.body_limits()).await?;
     let input: ollama::PullIn = parse_json(&body)?;
@@ -370,7 +371,7 @@ pub async fn pull(
         .or(input.name)
         .filter(|m| !m.is_empty())
         .ok_or_else(|| ApiError::bad_request("model is required"))?;
-    let pull = super::models::prepare_pull(app, &from, None).await?;
+    let pull = super::models::prepare_pull(app, &from, None, caller).await?;
     let line = |v: serde_json::Value| {
         let mut b = serde_json::to_vec(&v).unwrap_or_default();
         b.push(b'\n');

@@ -166,7 +166,12 @@ use M::{Delete, Get, Post};
 pub static ROUTES: &[Route] = &[
     // DMR's native routes: plain-text errors.
     Route::new(Get, "/", Native, "/", h!(|app, req, ctx| async { Ok(text(StatusCode::OK, "dmr-supervisor is running")) })),
-    Route::new(Get, "/health", Native, "/health", h!(|app, req, ctx| async { Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))) }))
+    Route::new(Get, "/health", Native, "/health", h!(|app, req, ctx| async { Ok(readiness(app, "ok")) }))
+        .guard(Guard::Open),
+    // Probes for routers and Kubernetes: alive while the process serves; ready until it starts draining.
+    Route::new(Get, "/livez", Native, "/livez", h!(|app, req, ctx| async { Ok(json(StatusCode::OK, &serde_json::json!({"status": "alive"}))) }))
+        .guard(Guard::Open),
+    Route::new(Get, "/readyz", Native, "/readyz", h!(|app, req, ctx| async { Ok(readiness(app, "ready")) }))
         .guard(Guard::Open),
     Route::new(Get, "/version", Native, "/version", h!(|app, req, ctx| async { Ok(version()) })),
     Route::new(Get, "/dashboard", Native, "/dashboard", h!(|app, req, ctx| async { Ok(dashboard()) }))
@@ -186,7 +191,7 @@ pub static ROUTES: &[Route] = &[
         models::tag(app, ctx.name()?, req.uri().query()).await
     })),
     Route::new(Post, "/models/{*name}/push", Native, "/models/{name}/push", h!(|app, req, ctx| async {
-        models::push(app, req, ctx.name()?).await
+        models::push(app, req, ctx.name()?, ctx.caller).await
     })),
     Route::new(Post, "/models/{*name}/repackage", Native, "/models/{name}/repackage", h!(|app, req, ctx| async {
         models::repackage(app, req, ctx.name()?).await
@@ -248,7 +253,7 @@ pub static ROUTES: &[Route] = &[
     Route::new(Get, "/api/ps", Ollama, "/api/ps", h!(|app, req, ctx| ollama::ps(app))),
     Route::new(Post, "/api/show", Ollama, "/api/show", h!(|app, req, ctx| ollama::show(app, req))),
     Route::new(Delete, "/api/delete", Ollama, "/api/delete", h!(|app, req, ctx| ollama::delete(app, req))),
-    Route::new(Post, "/api/pull", Ollama, "/api/pull", h!(|app, req, ctx| ollama::pull(app, req))),
+    Route::new(Post, "/api/pull", Ollama, "/api/pull", h!(|app, req, ctx| ollama::pull(app, req, ctx.caller))),
     Route::new(Post, "/api/chat", Ollama, "/api/chat", h!(|app, req, ctx| ollama::chat(app, ctx, req)))
         .inference(),
     Route::new(Post, "/api/generate", Ollama, "/api/generate", h!(|app, req, ctx| ollama::generate(app, ctx, req)))
@@ -285,6 +290,19 @@ async fn configure_engine(
             req.uri().path(),
             EngineKind::ALL.map(EngineKind::name).join(", ")
         ))),
+    }
+}
+
+/// `{"status": ok}` with 200 while the node takes work; `{"status":"draining"}` with 503 once it is draining, so
+/// that a router's health check (vLLM Router's is `/health`) or a readiness probe stops sending here.
+fn readiness(app: &App, ok: &str) -> Response<Body> {
+    if app.draining.is_cancelled() {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "draining"}),
+        )
+    } else {
+        json(StatusCode::OK, &serde_json::json!({ "status": ok }))
     }
 }
 

@@ -58,6 +58,9 @@ pub enum RegistryError {
     /// A download cut too often, or a pull cancelled: what arrived is kept for the next pull to resume.
     #[error("{0}")]
     Interrupted(String),
+    /// A registry this caller may not have the daemon speak to (a loopback one, from the network).
+    #[error("{0}")]
+    Forbidden(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -123,6 +126,27 @@ impl Registries {
             .parse()
             .map_err(|e: oci_client::ParseError| bad(e.to_string()))?;
         Ok((tag, reference))
+    }
+
+    /// Refuses a network caller a pull from or push to a loopback registry that `[registry] insecure` does not
+    /// name: otherwise anyone who can reach the API could have the daemon send HTTP requests to its own local ports
+    /// (a probe of what listens there, or requests to local services that trust loopback). Hugging Face references
+    /// go to the configured endpoint and pass; a bad reference is left for the pull to report.
+    pub fn check_caller(&self, from: &str, local: bool) -> Result<(), RegistryError> {
+        if local || from.starts_with("hf.co/") || from.starts_with("huggingface.co/") {
+            return Ok(());
+        }
+        let Ok((_, reference)) = self.resolve(from) else {
+            return Ok(());
+        };
+        let host = reference.resolve_registry().to_string();
+        if is_loopback(&host) && !self.config.insecure.contains(&host) {
+            return Err(RegistryError::Forbidden(format!(
+                "registry {host} is on the daemon's loopback: only local callers may pull from or push to it \
+                 (an operator may allow it for everyone by listing it in [registry] insecure)"
+            )));
+        }
+        Ok(())
     }
 
     /// Whether the registry of `reference` is spoken to over plain HTTP (loopback, or `[registry] insecure`).

@@ -433,7 +433,8 @@ class SupervisorFactory:
         wrapper.chmod(0o755)
         store = store or d / "store"
         tables = {
-            "server": {"listen": "127.0.0.1:0", "shutdown_grace": "10s", **(server or {})},
+            # No drain delay unless a test asks (test_shutdown checks it): SIGTERM stops at once.
+            "server": {"listen": "127.0.0.1:0", "shutdown_grace": "10s", "drain_delay": "0s", **(server or {})},
             # Tests import their own files over the API (the daemon refuses server paths outside import_roots).
             "store": {"path": str(store), "import_roots": [str(self.tmp), str(self.prereqs.tiny_gguf.parent),
                                                         str(self.prereqs.smollm2_gguf.parent)],

@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -287,3 +288,67 @@ def test_json_bombs_and_bad_bytes_are_refused_before_any_engine(sup, path, diale
     # A request of ordinary shape is still served.
     r = sup.chat(max_tokens=2)
     assert r.status_code == 200, r.text
+
+
+class Listener:
+    """A local TCP port that counts the connections it gets: a service on the daemon's loopback that a network
+    caller would like to reach through the daemon."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            conn.close()
+
+    def close(self):
+        self._stop = True
+        self._thread.join(2)
+        self.sock.close()
+
+
+def test_a_remote_caller_cannot_aim_pulls_or_pushes_at_the_daemons_loopback(supervisors, remote):
+    """SSRF: `host:port/...` on loopback is spoken to over plain HTTP, so a pull or a push names any local port.
+    From the network that is refused (403, nothing connects); from loopback it goes ahead; an operator who lists
+    the registry in `[registry] insecure` allows it for everyone."""
+    target = Listener()
+    try:
+        sup = supervisors.start(server={"listen": "0.0.0.0:0"})
+        ref = f"127.0.0.1:{target.port}/ai/probe:latest"
+        assert sup.post(f"/models/ai/tiny/tag?repo=127.0.0.1:{target.port}/ai/probe&tag=latest").status_code == 201
+        for method, path, body in (
+            ("POST", "/models/create", {"from": ref}),
+            ("POST", "/models/create", {"from": f"localhost:{target.port}/ai/probe"}),
+            ("POST", "/api/pull", {"model": ref}),
+            ("POST", f"/models/{ref}/push", None),
+        ):
+            status, text = remote.request(sup.port, method, path, body)
+            assert status == 403, (path, body, status, text)
+            assert "loopback" in text, text
+        time.sleep(0.5)
+        assert target.connections == 0, "the daemon connected to its loopback for a network caller"
+        # The same pull from a local caller does reach the port (the refusal is about the caller).
+        assert sup.post("/models/create", {"from": ref}).status_code in (200, 502)
+        wait_until(lambda: target.connections > 0, 10.0, "a local caller's pull to reach the port")
+        seen = target.connections
+        # Listed by the operator: allowed for the network too.
+        allowed = supervisors.start(server={"listen": "0.0.0.0:0"},
+                                    extra=f'[registry]\ninsecure = ["127.0.0.1:{target.port}"]\n')
+        status, text = remote.request(allowed.port, "POST", "/models/create", {"from": ref})
+        assert status != 403, text
+        wait_until(lambda: target.connections > seen, 10.0, "the listed registry to be reached")
+    finally:
+        target.close()

@@ -4,7 +4,12 @@ relabelled with the model."""
 
 from __future__ import annotations
 
+import json
+import threading
+
 from prometheus_client.parser import text_string_to_metric_families
+
+from harness import wait_until
 
 
 def scrape(sup) -> dict[str, list]:
@@ -17,6 +22,13 @@ def scrape(sup) -> dict[str, list]:
 def value(samples, name: str, **labels) -> float:
     found = [s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
     assert len(found) == 1, (name, labels, [s for s in samples if s.name == name])
+    return found[0]
+
+
+def total(samples, name: str) -> float:
+    """The node's figure: the sample without labels."""
+    found = [s.value for s in samples if s.name == name and not s.labels]
+    assert len(found) == 1, (name, [s for s in samples if s.name == name])
     return found[0]
 
 
@@ -62,3 +74,53 @@ def test_evictions_are_counted(supervisors, tmp_path):
     m = scrape(sup)
     assert value(m["dmr_evictions"], "dmr_evictions_total", model="ai/tiny:latest") == 1
     assert value(m["dmr_runners"], "dmr_runners", state="loaded") == 1
+
+
+def test_router_load_series_and_orca_report_follow_the_requests(supervisors):
+    """The vLLM-named series cluster routers read (vLLM Router, llm-d's endpoint picker, AIBrix), and vLLM's ORCA
+    header: a long stream running and a second request waiting for the one slot (`max_in_flight = 1`) show up as
+    1 running, 1 waiting and a KV cache in use; both go back to 0 when they end."""
+    sup = supervisors.start(models=[supervisors.tiny_model(context_size=8192)], scheduler={"max_in_flight": 1})
+    model = "ai/tiny:latest"
+    idle = scrape(sup)
+    assert total(idle["vllm:num_requests_running"], "vllm:num_requests_running") == 0
+    assert not [s for s in idle["vllm:num_requests_running"] if s.labels], "no model loaded: only the node total"
+    assert value(idle["vllm:lora_requests_info"], "vllm:lora_requests_info", max_lora="0") > 1.7e9
+
+    s = sup.stream("/engines/v1/chat/completions",
+                   {"model": "ai/tiny", "stream": True, "max_tokens": 8000, "ignore_eos": True,
+                    "messages": [{"role": "user", "content": "Hello"}]}, timeout=60)
+    waiter = threading.Thread(target=lambda: sup.chat(max_tokens=2))
+    try:
+        assert s.status == 200 and s.next_data() not in (None, "[DONE]")
+        waiter.start()
+        wait_until(lambda: total(scrape(sup)["vllm:num_requests_waiting"], "vllm:num_requests_waiting") == 1,
+                   10.0, "the second request to wait for the slot")
+        busy = scrape(sup)
+        for name in ("vllm:num_requests_running", "vllm:num_requests_waiting"):
+            assert total(busy[name], name) == 1, name
+            assert value(busy[name], name, model_name=model) == 1, name
+        for name in ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"):
+            kv = value(busy[name], name, model_name=model)
+            assert 0 < kv < 1, (name, kv)  # the stream's prompt and tokens so far, over 8192 cells
+            assert total(busy[name], name) == kv, "the node's figure is its fullest cache"
+        assert value(busy["vllm:cache_config_info"], "vllm:cache_config_info", model_name=model,
+                     num_gpu_blocks="8192", block_size="1") == 1
+        text = sup.get("/engines/ps", headers={"endpoint-load-metrics-format": "text"})
+        report = text.headers["endpoint-load-metrics"]
+        assert report.startswith("TEXT "), report
+        fields = dict(f.split("=") for f in report[5:].split(", "))
+        assert float(fields["named_metrics.num_requests_running"]) == 1.0, report
+        assert float(fields["named_metrics.num_requests_waiting"]) == 1.0, report
+        assert 0 < float(fields["named_metrics.kv_cache_usage_perc"]) < 1, report
+        js = sup.get("/engines/ps", headers={"endpoint-load-metrics-format": "JSON"}).headers["endpoint-load-metrics"]
+        assert js.startswith("JSON ") and json.loads(js[5:])["named_metrics"]["num_requests_running"] == 1.0, js
+    finally:
+        s.close()
+        waiter.join(60)
+    wait_until(lambda: total(scrape(sup)["vllm:num_requests_running"], "vllm:num_requests_running") == 0, 10.0,
+               "running to go back to 0")
+    after = scrape(sup)
+    assert value(after["vllm:num_requests_waiting"], "vllm:num_requests_waiting", model_name=model) == 0
+    assert value(after["vllm:kv_cache_usage_perc"], "vllm:kv_cache_usage_perc", model_name=model) == 0
+    assert "endpoint-load-metrics" not in sup.get("/engines/ps").headers, "only when asked"

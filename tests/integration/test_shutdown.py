@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 
 import pytest
 
@@ -69,3 +70,38 @@ def test_sigterm_with_no_runner_exits_0_quickly(sup):
     assert sup.get("/models").status_code == 200
     sup.signal(signal.SIGTERM)
     assert sup.wait_exit(5.0) == 0
+
+
+def test_sigterm_turns_not_ready_then_serves_out_the_drain_delay(supervisors):
+    """What a router needs: on SIGTERM, /readyz and /health go 503 at once while /livez stays 200 and requests are
+    still served for drain_delay; only then does the node stop accepting and exit."""
+    sup = supervisors.start(server={"drain_delay": "3s"})
+    for path, status in (("/livez", "alive"), ("/readyz", "ready"), ("/health", "ok")):
+        r = sup.get(path)
+        assert r.status_code == 200 and r.json() == {"status": status}, (path, r.status_code, r.text)
+    assert sup.chat(max_tokens=2).status_code == 200
+    t0 = time.monotonic()
+    sup.signal(signal.SIGTERM)
+    wait_until(lambda: sup.get("/readyz").status_code == 503, 1.0, "/readyz to turn 503")
+    assert sup.get("/readyz").json() == {"status": "draining"}
+    assert sup.get("/health").status_code == 503
+    assert sup.get("/livez").status_code == 200
+    served = 0
+    while time.monotonic() - t0 < 2.0:
+        r = sup.chat(max_tokens=2)
+        assert r.status_code == 200, (r.status_code, r.text)
+        served += 1
+    assert served >= 1
+    rc = sup.wait_exit(15.0)
+    took = time.monotonic() - t0
+    assert rc == 0, rc
+    assert 3.0 <= took < 12.0, f"exited {took:.1f}s after SIGTERM with drain_delay 3s"
+
+
+def test_sigint_skips_the_drain_delay(supervisors):
+    sup = supervisors.start(server={"drain_delay": "30s"})
+    assert sup.get("/readyz").status_code == 200
+    t0 = time.monotonic()
+    sup.signal(signal.SIGINT)
+    assert sup.wait_exit(10.0) == 0
+    assert time.monotonic() - t0 < 10.0

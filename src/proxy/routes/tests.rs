@@ -203,6 +203,8 @@ fn engines_in_openai_paths() {
 fn access_and_dialects_come_from_the_route() {
     let guard = |m: Method, p: &str| find(&m, p).expect("served").route.guard;
     assert_eq!(guard(Method::GET, "/health"), Guard::Open);
+    assert_eq!(guard(Method::GET, "/livez"), Guard::Open);
+    assert_eq!(guard(Method::GET, "/readyz"), Guard::Open);
     assert_eq!(guard(Method::GET, "/dashboard"), Guard::Open);
     assert_eq!(guard(Method::POST, "/config/reload"), Guard::Local);
     assert_eq!(
@@ -212,8 +214,8 @@ fn access_and_dialects_come_from_the_route() {
     assert_eq!(guard(Method::GET, "/models"), Guard::Key);
     assert_eq!(
         ROUTES.iter().filter(|r| r.guard != Guard::Key).count(),
-        4,
-        "open and local-only routes are the four above"
+        6,
+        "open and local-only routes are the six above"
     );
     let dialect = |m: Method, p: &str| find(&m, p).expect("served").route.dialect;
     assert_eq!(
