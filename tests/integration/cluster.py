@@ -90,7 +90,8 @@ class Router:
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
                                      env=dict(os.environ, NO_COLOR="1", RUST_LOG_STYLE="never"))
         # The router binds only once one worker answered /health; ready once it sees all of them healthy.
-        wait_until(lambda: self._alive_or_fail() and self.healthy_workers() == set(self.workers), timeout,
+        wait_until(lambda: self._alive_or_fail() and self.healthy_workers() == set(self.workers)
+                   and requests.get(self.base + "/liveness", timeout=2).ok, timeout,
                    f"vllm-router on :{self.port} to see {len(self.workers)} healthy workers")
         return self
 

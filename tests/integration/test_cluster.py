@@ -188,7 +188,7 @@ def test_sigterm_one_node_under_load_drains_without_a_failed_request(supervisors
     engine_pids = [s.pid for s in victim.spawns()]
     rr = routers(nodes, "round_robin", ["--disable-retries"])
     with Load(rr, threads=3, max_tokens=32) as load:
-        wait_until(lambda: load.done() >= 30, 30, "30 requests before SIGTERM")
+        wait_until(lambda: load.done() >= 30 and node_chats(victim) >= 10, 30, "30 requests before SIGTERM")
         t_term = time.monotonic()
         victim.signal(signal.SIGTERM)
         wait_until(lambda: victim.get("/readyz", timeout=2).status_code == 503, 1, "/readyz to turn 503")
@@ -208,6 +208,8 @@ def test_sigterm_one_node_under_load_drains_without_a_failed_request(supervisors
     assert not load.failures(), f"{len(load.failures())} failed: {load.failures()[:3]}"
 
 
+@pytest.mark.xfail(strict=True, reason="the supervisor has no GET /get_load yet (the only load figure vLLM Router "
+                   "reads; Rust side, asked of the lead): remove this mark when it lands")
 def test_power_of_two_reads_each_nodes_load(supervisors, routers):
     """vLLM Router's power_of_two polls each worker's `GET /get_load` (`{"load": N}`) every
     `--worker-startup-check-interval` seconds; `/get_loads` on the router shows what it read (-1: nothing)."""
@@ -223,3 +225,30 @@ def test_power_of_two_reads_each_nodes_load(supervisors, routers):
     picks = [line for line in p2.log_text().splitlines() if "Power-of-two selection" in line]
     assert len(picks) >= 6, p2.log_text()[-3000:]
     assert all(any(n.base + "=0" in line for n in nodes) for line in picks), picks[:3]
+
+
+def test_model_aware_routing_sends_each_model_to_the_nodes_that_serve_it(supervisors, routers):
+    """vLLM Router's multi-model mode (`--enable-igw`): workers join over its API (`POST /workers {"url"}`), and
+    it learns the model each serves from the worker itself; requests go by their `model` field."""
+    tiny = supervisors.tiny_model(runtime_flags=["--temp", "0", "--threads", "1"])
+    tiny2 = supervisors.other_tiny_model(runtime_flags=["--temp", "0", "--threads", "1"])
+    a = supervisors.start(models=[tiny], name="node-tiny")
+    b = supervisors.start(models=[tiny2], name="node-tiny2")
+    for node, model in ((a, "ai/tiny:latest"), (b, "ai/tiny2:latest")):  # each lists exactly what it serves
+        assert [m["id"] for m in node.get("/v1/models").json()["data"]] == [model]
+        assert [m["id"] for m in node.get("/engines/v1/models").json()["data"]] == [model]
+    igw = routers([], "round_robin", ["--enable-igw"])
+    for node in (a, b):
+        r = requests.post(igw.base + "/workers", json={"url": node.base}, timeout=30)
+        assert r.status_code == 200 and r.json()["success"], r.text
+    workers = {w["url"]: w["model_id"] for w in requests.get(igw.base + "/workers", timeout=10).json()["workers"]}
+    assert workers == {a.base: "ai/tiny:latest", b.base: "ai/tiny2:latest"}
+    assert sorted(requests.get(igw.base + "/v1/models", timeout=10).json()["models"]) == \
+        ["ai/tiny2:latest", "ai/tiny:latest"]
+
+    before = counts([a, b])
+    for model in ["ai/tiny:latest", "ai/tiny2:latest"] * 6:
+        r = requests.post(igw.base + "/v1/chat/completions", timeout=60,
+                          json={"model": model, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200 and r.json()["model"] == model, r.text
+    assert delta(before, counts([a, b])) == [6, 6]  # no request reached a node without its model
