@@ -2,8 +2,9 @@
 
 Each supervisor has its own port, store and llama-server (the tiny model, `--temp 0`), started by the harness; the
 router is the vLLM project's own binary with static `--worker-urls`. Where a request went is read from each
-supervisor's own `dmr_requests_total`, not from the router. Health checks run every second with one failure
-enough (`--health-check-interval-secs 1 --health-failure-threshold 1`), and a circuit breaker that retries a
+supervisor's own `dmr_requests_total`, not from the router. Health checks go to `/readyz` every second with one
+failure enough (`--health-check-endpoint /readyz --health-check-interval-secs 1 --health-failure-threshold 1`;
+test_sigterm also holds `/health`, the router's default, to the same 503), and a circuit breaker that retries a
 failed worker after 3 s (`--cb-timeout-duration-secs 3`): the settings docs/scale-out.md recommends, and what
 bounds the time to notice a dead box, and to use it again, here.
 """
@@ -20,8 +21,8 @@ import requests
 from cluster import Load, Router, find_router, free_port, node_chats, prom_samples
 from harness import figure, pid_gone, wait_until
 
-HEALTH = ["--health-check-interval-secs", "1", "--health-failure-threshold", "1",
-          "--health-success-threshold", "1", "--health-check-timeout-secs", "1",
+HEALTH = ["--health-check-endpoint", "/readyz", "--health-check-interval-secs", "1",
+          "--health-failure-threshold", "1", "--health-success-threshold", "1", "--health-check-timeout-secs", "1",
           # Failed requests open a worker's circuit breaker (10 failures); it stays open 60 s by default, even once
           # the worker's health checks pass again: a box back from a crash would sit idle for a minute.
           "--cb-timeout-duration-secs", "3"]
