@@ -173,16 +173,18 @@ def test_sigkill_one_node_under_load(supervisors, routers):
     figure("cluster.sigkill_failed", f"{len(failed)} of {len(load.outcomes)} ({retried:.0f} retried by the router)")
     figure("cluster.restart_readmitted_s", f"{t_readmitted - t_back:.2f}")
     figure("cluster.restart_used_s", f"{t_used - t_back:.2f}")
-    assert t_noticed - t_kill < 3.0, "the router took more than 3 s to stop using a dead node"
+    # One health check period plus its timeout (1 s each), with a margin for a loaded CI machine.
+    assert t_noticed - t_kill < 4.0, "the router took more than 4 s to stop using a dead node"
     assert len(in_flight) <= 3, f"more failures than requests in flight: {in_flight}"
     assert not after, f"requests sent after the kill failed: {after[:3]}"
     assert sum(1 for o in load.outcomes if o.start > t_kill and o.status == 200) >= 30
 
 
 def test_sigterm_one_node_under_load_drains_without_a_failed_request(supervisors, routers):
-    """Needs the drain of issue 16 item 3 (`/readyz` 503 and `/health` 503 at once on SIGTERM, listening on for
-    `[server] drain_delay`). The router retries nothing here (`--disable-retries`): zero failures is the drain's."""
-    nodes = start_nodes(supervisors, server={"drain_delay": "2s"})
+    """The drain of issue 16 item 3: `/readyz` and `/health` 503 at once on SIGTERM, serving on for `[server]
+    drain_delay` (3 s: over the router's 1 s check + 1 s timeout). The router retries nothing here
+    (`--disable-retries`): zero failures is the drain's doing, not the router's."""
+    nodes = start_nodes(supervisors, server={"drain_delay": "3s"})
     victim = nodes[2]
     r = victim.get("/readyz")
     assert r.status_code == 200 and r.json() == {"status": "ready"}, (r.status_code, r.text)
