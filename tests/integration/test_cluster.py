@@ -11,6 +11,7 @@ bounds the time to notice a dead box, and to use it again, here.
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 import uuid
@@ -87,6 +88,16 @@ def test_round_robin_and_power_of_two_spread_over_all_three_with_correct_answers
         assert body["choices"][0]["message"]["content"] == want_text, body  # same model, temperature 0
         assert body["model"] == "ai/tiny:latest" and body["usage"]["completion_tokens"] == 8, body
     assert delta(before, counts(nodes)) == [10, 10, 10]  # round robin: exactly a third each
+
+    # vLLM's ORCA load report comes back through the router, for an ORCA-aware proxy or client in front of it.
+    for fmt in ("json", "text"):
+        r = rr.chat("spread", headers={"endpoint-load-metrics-format": fmt})
+        report = r.headers.get("endpoint-load-metrics", "")
+        assert r.status_code == 200 and report.startswith(fmt.upper() + " "), (fmt, r.headers)
+    named = json.loads(rr.chat("spread", headers={"endpoint-load-metrics-format": "json"})
+                       .headers["endpoint-load-metrics"][len("JSON "):])["named_metrics"]
+    assert named["num_requests_running"] >= 1 and named["num_requests_waiting"] >= 0, named  # it counts itself
+    assert 0 <= named["kv_cache_usage_perc"] <= 1, named
     rr.stop()
 
     p2 = routers(nodes, "power_of_two", ["--worker-startup-check-interval", "1"])
