@@ -191,6 +191,32 @@ def test_sigkill_one_node_under_load(supervisors, routers):
     assert sum(1 for o in load.outcomes if o.start > t_kill and o.status == 200) >= 30
 
 
+def test_sigkill_without_router_retries_fails_only_what_reached_the_dead_node(supervisors, routers):
+    """The same crash with the router's retries off (`--disable-retries`): what fails is what was on the dead box or
+    sent to it before the router noticed; nothing sent after that fails."""
+    nodes = start_nodes(supervisors)
+    victim = nodes[0]
+    rr = routers(nodes, "round_robin", ["--disable-retries"])
+    with Load(rr, threads=3, max_tokens=32) as load:
+        wait_until(lambda: load.done() >= 30 and node_chats(victim) >= 10, 30, "30 requests before the kill")
+        t_kill = time.monotonic()
+        victim.signal(signal.SIGKILL)
+        wait_until(lambda: victim.base not in rr.healthy_workers(), 10, "the router to mark the killed node down")
+        t_noticed = time.monotonic()
+        n = load.done()
+        wait_until(lambda: load.done() >= n + 60, 30, "60 requests after the router noticed")
+    failed = load.failures()
+    late = [o for o in failed if o.start > t_noticed]
+    figure("cluster.sigkill_no_retries_failed",
+           f"{len(failed)} of {len(load.outcomes)}, all sent in the {t_noticed - t_kill:.2f} s before the router noticed")
+    assert failed, "a SIGKILLed box failed nothing: the kill did not hit a box under load"
+    assert all(o.start < t_noticed for o in failed) and not late, f"failed after the router noticed: {late[:3]}"
+    # Round robin keeps sending a third of the load to the dead box until it is noticed: about that many fail.
+    sent_before = sum(1 for o in load.outcomes if t_kill - 0.5 <= o.start < t_noticed)
+    assert len(failed) <= sent_before / 3 + 3 + 1, (len(failed), sent_before)
+    assert sum(1 for o in load.outcomes if o.start > t_noticed and o.status == 200) >= 60
+
+
 def test_sigterm_one_node_under_load_drains_without_a_failed_request(supervisors, routers):
     """The drain of issue 16 item 3: `/readyz` and `/health` 503 at once on SIGTERM, serving on for `[server]
     drain_delay` (3 s: over the router's 1 s check + 1 s timeout). The router retries nothing here
