@@ -114,7 +114,8 @@ def run_engine(kind: str, factory: SupervisorFactory, router_bin: Path, front: s
                                         if router else None)
                 # Supervisor 0 serves every request in direct and router1, a third in router3.
                 share = 3 if name == "router3" else 1
-                res["sup_cpu_us"] = max(cpu_s(sups[0].proc.pid) - s0 - idle["sup"] * dt, 0) / (res["requests"] / share) * 1e6
+                sup_cpu = max(cpu_s(sups[0].proc.pid) - s0 - idle["sup"] * dt, 0)
+                res["sup_cpu_us"] = sup_cpu / (res["requests"] / share) * 1e6
                 runs[name].append(res)
                 print(f"{kind:8} {name:8} p50 {res['p50']:.2f} ms  p99 {res['p99']:.2f} ms  "
                       f"{res['rps']:.0f} req/s  errors {res['errors']}", file=sys.stderr)
@@ -151,7 +152,8 @@ def table(results: dict) -> str:
                      f"{r1['p99'] - d['p99']:+.2f} ms at p99, {100 * (r1['rps'] / d['rps'] - 1):+.0f} % req/s; "
                      f"one /metrics scrape costs a supervisor {med['_scrape']['us']:.0f} µs CPU "
                      f"({med['_scrape']['bytes']} bytes); idle, the router burns "
-                     f"{med['_idle']['r3'] * 1000:.0f} ms CPU/s with 3 workers ({med['_idle']['r1'] * 1000:.0f} with 1), "
+                     f"{med['_idle']['r3'] * 1000:.0f} ms CPU/s with 3 workers "
+                     f"({med['_idle']['r1'] * 1000:.0f} with 1), "
                      f"a supervisor {med['_idle']['sup'] * 1000:.0f} ms/s (already taken out of the CPU columns).")
         if "router1-stream" in med:
             per_frame = (med["router1-stream"]["router_cpu_us"] - r1["router_cpu_us"]) / (STREAM_FRAMES - 1)

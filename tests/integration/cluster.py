@@ -38,7 +38,8 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def find_router() -> Path:
-    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dmr-supervisor/fleet-env/bin/vllm-router"
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    default = cache / "dmr-supervisor/fleet-env/bin/vllm-router"
     path = Path(os.environ.get("DMR_VLLM_ROUTER") or default)
     if not (path.is_file() and os.access(path, os.X_OK)):
         pytest.fail(f"vllm-router not found at {path} (DMR_VLLM_ROUTER): run `{REPO}/scripts/fleet-env.sh` and set "

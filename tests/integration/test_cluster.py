@@ -208,7 +208,8 @@ def test_sigkill_without_router_retries_fails_only_what_reached_the_dead_node(su
     failed = load.failures()
     late = [o for o in failed if o.start > t_noticed]
     figure("cluster.sigkill_no_retries_failed",
-           f"{len(failed)} of {len(load.outcomes)}, all sent in the {t_noticed - t_kill:.2f} s before the router noticed")
+           f"{len(failed)} of {len(load.outcomes)}, all sent in the {t_noticed - t_kill:.2f} s "
+           "before the router noticed")
     assert failed, "a SIGKILLed box failed nothing: the kill did not hit a box under load"
     assert all(o.start < t_noticed for o in failed) and not late, f"failed after the router noticed: {late[:3]}"
     # Round robin keeps sending a third of the load to the dead box until it is noticed: about that many fail.

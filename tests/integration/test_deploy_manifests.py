@@ -142,7 +142,8 @@ def router_parse(args: list[str]) -> subprocess.CompletedProcess:
     """The real vllm-router's own parser and validation, without starting it."""
     code = ("import sys; from vllm_router.launch_router import parse_router_args; "
             "a = parse_router_args(sys.argv[1:]); a._validate_router_args(); "
-            "import json; print(json.dumps({k: v for k, v in vars(a).items() if isinstance(v, (str, int, bool, list, dict, type(None)))}))")
+            "import json; print(json.dumps({k: v for k, v in vars(a).items() "
+            "if isinstance(v, (str, int, bool, list, dict, type(None)))}))")
     return subprocess.run([str(fleet_bin() / "python"), "-c", code, *args], capture_output=True, text=True)
 
 
@@ -216,7 +217,8 @@ def prom_families(text: str) -> dict[str, dict]:
             m = re.match(r"([^{\s]+)(\{(.*)\})?\s+(\S+)$", line)
             if m:
                 labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(3) or ""))
-                fams.setdefault(m.group(1), {"type": None, "samples": []})["samples"].append((labels, float(m.group(4))))
+                fam = fams.setdefault(m.group(1), {"type": None, "samples": []})
+                fam["samples"].append((labels, float(m.group(4))))
     return fams
 
 
