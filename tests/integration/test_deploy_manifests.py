@@ -29,7 +29,7 @@ from harness import REPO
 
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "kubernetes"
-KUBE_VERSION = "1.33.0"  # the oldest Kubernetes these manifests target (runtimeClassName, grpc probes: GA)
+KUBE_VERSIONS = ["1.33.0", "1.37.0"]  # the oldest these manifests target (grpc probes GA), and the newest bundled
 CRD = REPO / "tests/deploy/crds/inference.networking.k8s.io_inferencepools.yaml"
 
 
@@ -58,15 +58,16 @@ def objects() -> dict[tuple[str, str], dict]:
     return out
 
 
-def kubernetes_validate(paths: list[Path]) -> subprocess.CompletedProcess:
-    return subprocess.run([str(fleet_bin() / "kubernetes-validate"), "--strict", "-k", KUBE_VERSION,
+def kubernetes_validate(paths: list[Path], version: str = KUBE_VERSIONS[0]) -> subprocess.CompletedProcess:
+    return subprocess.run([str(fleet_bin() / "kubernetes-validate"), "--strict", "-k", version,
                            *map(str, paths)], capture_output=True, text=True)
 
 
-def test_every_kubernetes_object_validates_against_the_openapi_schemas():
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+def test_every_kubernetes_object_validates_against_the_openapi_schemas(version):
     paths = manifests()
     assert len(paths) >= 7, paths
-    p = kubernetes_validate(paths)
+    p = kubernetes_validate(paths, version)
     out = p.stdout + p.stderr
     passed = re.findall(r"passed for resource (\S+)", out)
     builtin = [(d["kind"], d["metadata"]["name"]) for path in paths for d in documents(path)
