@@ -269,6 +269,27 @@ def test_power_of_two_reads_each_nodes_load(supervisors, routers):
     assert all(any(n.base + "=0" in line for n in nodes) for line in picks), picks[:3]
 
 
+def test_api_keys_pass_through_the_router_and_probes_need_none(supervisors, routers):
+    """Boxes with `[server] api_keys`: the router health-checks `/readyz` without a key, and passes the client's
+    key to the box. Its own `--api-key` is not added to proxied requests (vllm-router 0.1.17), so clients carry
+    theirs; a request without one gets the box's 401 back."""
+    model = supervisors.tiny_model(runtime_flags=["--temp", "0", "--threads", "1"])
+    nodes = [supervisors.start(server={"api_keys": ["sk-fleet"]}, models=[model], name=f"keyed{i}")
+             for i in range(2)]
+    for node in nodes:  # the test's own reads of /metrics need the key too
+        node.session.headers["Authorization"] = "Bearer sk-fleet"
+    rr = routers(nodes, "round_robin", ["--api-key", "sk-fleet"])  # starts only once both pass /readyz unkeyed
+    body = {"model": "ai/tiny", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+    anonymous = requests.post(rr.base + "/v1/chat/completions", json=body, timeout=30)
+    assert anonymous.status_code == 401 and "API key" in anonymous.json()["error"]["message"], anonymous.text
+    before = counts(nodes)
+    for _ in range(4):
+        r = requests.post(rr.base + "/v1/chat/completions", json=body, timeout=60,
+                          headers={"Authorization": "Bearer sk-fleet"})
+        assert r.status_code == 200, r.text
+    assert delta(before, counts(nodes)) == [2, 2]
+
+
 SLOW_ENGINE = """#!/bin/sh
 # llama-server that takes {delay} s to start: requests for a model that is not loaded yet wait on this node.
 sleep {delay}
