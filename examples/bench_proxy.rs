@@ -238,8 +238,9 @@ impl Side {
         }
     }
 
-    fn cpu_now(&self) -> f64 {
-        self.pid.map_or(0.0, cpu_seconds)
+    /// CPU seconds now: (the proxy's own threads, the supervisor's engine-output readers).
+    fn cpu_now(&self) -> (f64, f64) {
+        self.pid.map_or((0.0, 0.0), cpu_seconds)
     }
 
     /// Microseconds of this side's proxy CPU per request in measurement `i`.
@@ -250,15 +251,33 @@ impl Side {
 }
 
 /// CPU time of a process, in seconds: the sum of its threads' time on a CPU (`/proc/PID/task/*/schedstat`,
-/// nanoseconds; `/proc/PID/stat`'s utime + stime tick at only 100 Hz, too coarse for a few hundred µs a request).
-fn cpu_seconds(pid: i32) -> f64 {
+/// nanoseconds; `/proc/PID/stat`'s utime + stime tick at only 100 Hz, too coarse for a few hundred µs a request),
+/// split into (the other threads, the supervisor's engine-output reader threads, named `engine-out-*`).
+fn cpu_seconds(pid: i32) -> (f64, f64) {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("proc task");
-    let ns: u64 = tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
-    ns as f64 / 1e9
+    let (mut own, mut readers) = (0u64, 0u64);
+    for t in tasks.flatten() {
+        let Some(ns) = std::fs::read_to_string(t.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.starts_with("engine-out") {
+            readers += ns;
+        } else {
+            own += ns;
+        }
+    }
+    (own as f64 / 1e9, readers as f64 / 1e9)
+}
+
+/// CPU spent between two readings, when `sides` sides' requests alternated one by one on the one engine: the
+/// supervisor's engine-output readers read the log lines of every side's requests, so only their share for this
+/// side's is counted (`sides` = 1 when this side ran alone).
+fn spent(before: (f64, f64), after: (f64, f64), sides: usize) -> f64 {
+    (after.0 - before.0) + (after.1 - before.1) / sides as f64
 }
 
 /// The `--port` of the supervisor's engine: its child process.
@@ -379,18 +398,20 @@ async fn main() {
             load(client, &side.translated.0, side.translated.1, 1, 5).await;
         }
         // Sequential requests alternate one by one, so all sides see the same moment's noise. A proxy is idle while
-        // another side is measured, so its CPU over the whole loop is its CPU for its own requests.
-        let cpu0: Vec<f64> = sides.iter().map(Side::cpu_now).collect();
+        // another side is measured, so its CPU over the whole loop is its CPU for its own requests, except the
+        // supervisor's engine-output readers, which read every side's log lines (`spent`).
+        let n = sides.len();
+        let cpu0: Vec<(f64, f64)> = sides.iter().map(Side::cpu_now).collect();
         for _ in 0..100 {
             for side in sides.iter_mut() {
                 side.c1.push(post(client, &side.chat, CHAT).await.1);
             }
         }
         for (side, c0) in sides.iter_mut().zip(&cpu0) {
-            side.cpu[0].0 += side.cpu_now() - c0;
+            side.cpu[0].0 += spent(*c0, side.cpu_now(), n);
             side.cpu[0].1 += 100;
         }
-        let cpu0: Vec<f64> = sides.iter().map(Side::cpu_now).collect();
+        let cpu0: Vec<(f64, f64)> = sides.iter().map(Side::cpu_now).collect();
         for _ in 0..100 {
             for side in sides.iter_mut() {
                 let (url, body) = (side.translated.0.clone(), side.translated.1);
@@ -398,7 +419,7 @@ async fn main() {
             }
         }
         for (side, c0) in sides.iter_mut().zip(&cpu0) {
-            side.cpu[2].0 += side.cpu_now() - c0;
+            side.cpu[2].0 += spent(*c0, side.cpu_now(), n);
             side.cpu[2].1 += 100;
         }
         for _ in 0..50 {
@@ -411,7 +432,7 @@ async fn main() {
             for side in sides.iter_mut() {
                 let c0 = side.cpu_now();
                 let (lat, wall) = load(client, &side.chat, CHAT, 16, 10).await;
-                side.cpu[1].0 += side.cpu_now() - c0;
+                side.cpu[1].0 += spent(c0, side.cpu_now(), 1);
                 side.cpu[1].1 += lat.len();
                 side.c16_n += lat.len();
                 side.c16_wall += wall;
@@ -489,6 +510,8 @@ fn report(sides: &[Side], cold: &[Vec<Duration>; 2], rounds: usize) {
         "\n{rounds} rounds against the supervisor's own llama-server; per round and side: 100 sequential chats, 100 \
          Anthropic (or OpenAI) chats and 50 streams (alternating request by request between the sides), 2 batches of \
          16×10 concurrent chats (alternating batch by batch), 3 cold starts. `supervisor / bare` is the ratio of \
-         added latency for latency rows, of CPU for CPU rows, of throughput for requests/s."
+         added latency for latency rows, of CPU for CPU rows, of throughput for requests/s. Supervisor CPU counts \
+         all its threads, but of its engine-output reader threads (which read llama-server's log lines of every \
+         side's requests) only the share of its own requests in the alternating rows."
     );
 }

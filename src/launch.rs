@@ -60,8 +60,8 @@ pub struct Planner<'a> {
 
 impl Planner<'_> {
     /// The model a request names.
-    pub fn model(&self, requested: &str) -> Result<Model, PlanError> {
-        self.store.get(requested).map_err(|e| match e {
+    pub fn model(&self, requested: &str) -> Result<std::sync::Arc<Model>, PlanError> {
+        self.store.get_shared(requested).map_err(|e| match e {
             StoreError::NotFound(_) => PlanError::NotFound(requested.to_string()),
             other => other.into(),
         })
@@ -121,7 +121,7 @@ impl Planner<'_> {
         let demand = self.demand(&model, &launch)?;
         Ok(Plan {
             key: RunnerKey {
-                model_id: model.id,
+                model_id: model.id.clone(),
                 mode,
             },
             launch,

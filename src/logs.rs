@@ -5,7 +5,8 @@
 
 use std::collections::VecDeque;
 use std::fmt::Write;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::SystemTime;
 
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -19,20 +20,26 @@ pub const KEEP: usize = 2000;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct LogLine {
-    /// RFC 3339, UTC, milliseconds.
-    pub time: String,
+    /// When it was kept; written as RFC 3339, UTC, milliseconds, only when the line is read (formatting it for
+    /// every engine line was a fifth of the proxy's work per request).
+    #[serde(serialize_with = "rfc3339_millis")]
+    pub time: SystemTime,
     pub level: &'static str,
     /// `supervisor` or `engine`.
     pub source: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
+    pub model: Option<Arc<str>>,
     pub message: String,
 }
 
 impl LogLine {
     /// `TIME LEVEL [model] message` (engine lines say `engine` before the model).
     pub fn text(&self) -> String {
-        let mut s = format!("{} {:5} ", self.time, self.level);
+        let mut s = format!(
+            "{} {:5} ",
+            crate::store::rfc3339_at(self.time, true),
+            self.level
+        );
         if self.source == "engine" {
             s += "engine ";
         }
@@ -44,9 +51,12 @@ impl LogLine {
     }
 }
 
+/// Lines are shared between the ring and followers, not copied.
+pub type Line = Arc<LogLine>;
+
 pub struct LogHub {
-    ring: Mutex<VecDeque<LogLine>>,
-    tx: broadcast::Sender<LogLine>,
+    ring: Mutex<VecDeque<Line>>,
+    tx: broadcast::Sender<Line>,
 }
 
 impl LogHub {
@@ -58,6 +68,7 @@ impl LogHub {
     }
 
     pub fn push(&self, line: LogLine) {
+        let line = Arc::new(line);
         let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
         if ring.len() == KEEP {
             ring.pop_front();
@@ -68,18 +79,18 @@ impl LogHub {
     }
 
     /// One line of an engine's output.
-    pub fn push_engine(&self, model: &str, line: &str) {
+    pub fn push_engine(&self, model: &Arc<str>, line: String) {
         self.push(LogLine {
-            time: now_rfc3339(),
+            time: SystemTime::now(),
             level: "INFO",
             source: "engine",
-            model: Some(model.to_string()),
-            message: line.to_string(),
+            model: Some(model.clone()),
+            message: line,
         });
     }
 
     /// The last `n` lines kept, oldest first, and a receiver for lines after them.
-    pub fn tail(&self, n: usize) -> (Vec<LogLine>, broadcast::Receiver<LogLine>) {
+    pub fn tail(&self, n: usize) -> (Vec<Line>, broadcast::Receiver<Line>) {
         let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
         // Subscribed under the lock: no line falls between the tail and the stream.
         let rx = self.tx.subscribe();
@@ -106,10 +117,10 @@ impl<S: Subscriber> Layer<S> for HubLayer {
         let mut v = Fields::default();
         event.record(&mut v);
         hub().push(LogLine {
-            time: now_rfc3339(),
+            time: SystemTime::now(),
             level: level_name(*meta.level()),
             source: "supervisor",
-            model: v.model,
+            model: v.model.map(Arc::from),
             message: v.message + &v.rest,
         });
     }
@@ -155,8 +166,8 @@ impl Visit for Fields {
     }
 }
 
-fn now_rfc3339() -> String {
-    crate::store::rfc3339_at(std::time::SystemTime::now(), true)
+fn rfc3339_millis<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::store::rfc3339_at(*t, true))
 }
 
 #[cfg(test)]
@@ -173,7 +184,7 @@ mod tests {
             tracing::info!(target: "hyper", "not kept: another crate");
             tracing::debug!(target: "engine", model = %"ai/y", "not kept: engine lines come directly");
         });
-        hub().push_engine("ai/x", "llama_model_load: loaded");
+        hub().push_engine(&Arc::from("ai/x"), "llama_model_load: loaded".into());
         let (lines, _) = hub().tail(KEEP);
         let mine: Vec<_> = lines
             .iter()

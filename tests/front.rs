@@ -102,10 +102,38 @@ async fn answer(req: Request<Incoming>, alias: String) -> Result<Response<Body>,
                 .and_then(|m| m["content"].as_str())
                 .unwrap_or_default()
                 .to_string();
+            if last == "roles" {
+                let roles: Vec<&str> = request["messages"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|m| m["role"].as_str().unwrap_or("?"))
+                    .collect();
+                return json_answer(
+                    200,
+                    json!({"id": "c3", "choices": [{"index": 0, "finish_reason": "stop",
+                           "message": {"role": "assistant", "content": format!("roles: {}", roles.join(" "))}}]}),
+                );
+            }
             if last == "fail" {
                 return json_answer(
                     500,
                     json!({"error": {"code": 500, "message": "the fake engine failed", "type": "server_error"}}),
+                );
+            }
+            // A forced tool call is answered with one (the real tiny model's template has no tools).
+            if request["tool_choice"] == json!("required") && request["stream"] != json!(true) {
+                return json_answer(
+                    200,
+                    json!({
+                        "id": "c2", "object": "chat.completion", "created": 1, "model": alias,
+                        "choices": [{"index": 0, "finish_reason": "tool_calls",
+                                     "message": {"role": "assistant", "content": null, "tool_calls": [
+                                         {"id": "call_7", "type": "function",
+                                          "function": {"name": request["tools"][0]["function"]["name"], "arguments": "{\"city\":\"Paris\"}"}}]}}],
+                        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+                        "received": String::from_utf8_lossy(&body),
+                    }),
                 );
             }
             if request["stream"] != json!(true) {
@@ -241,6 +269,21 @@ impl Daemon {
         )
     }
 
+    async fn send(&self, method: reqwest::Method, path: &str) -> (u16, Value) {
+        let resp = self
+            .client
+            .request(method, self.url(path))
+            .send()
+            .await
+            .expect("send");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
     async fn in_flight(&self) -> u64 {
         let ps: Value = self
             .client
@@ -281,6 +324,7 @@ async fn run_all() -> usize {
         streams_pass_through_to_done,
         a_client_leaving_mid_stream_releases_the_runner,
         anthropic_is_translated_both_ways,
+        responses_are_translated_kept_and_chained,
         errors_take_the_shape_of_each_dialect,
         engine_errors_reach_the_client,
     ];
@@ -399,6 +443,142 @@ async fn anthropic_is_translated_both_ways(d: Arc<Daemon>) {
         )
         .await;
     assert_eq!((status, body), (200, json!({"input_tokens": 42})));
+}
+
+async fn responses_are_translated_kept_and_chained(d: Arc<Daemon>) {
+    use reqwest::Method;
+    let (status, first) = d
+        .post(
+            "/v1/responses",
+            json!({"model": "ai/tiny", "input": "hello", "instructions": "be brief"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["object"], "response");
+    assert_eq!(first["status"], "completed");
+    assert_eq!(first["model"], "ai/tiny:latest");
+    assert_eq!(first["output"][0]["content"][0]["text"], "echo: hello");
+    assert_eq!(first["usage"]["total_tokens"], 5);
+    let id = first["id"].as_str().expect("an id").to_string();
+    assert!(id.starts_with("resp_"), "{id}");
+    // Kept: GET returns the very object, input_items its input.
+    assert_eq!(
+        d.send(Method::GET, &format!("/responses/{id}")).await,
+        (200, first.clone())
+    );
+    let (status, items) = d
+        .send(
+            Method::GET,
+            &format!("/engines/v1/responses/{id}/input_items"),
+        )
+        .await;
+    assert_eq!(status, 200, "{items}");
+    assert_eq!(
+        items["data"][0]["content"][0],
+        json!({"type": "input_text", "text": "hello"})
+    );
+    assert_eq!(items["has_more"], false);
+    // A forced tool call, then its output in a chained turn: the engine is sent the whole conversation.
+    let tools =
+        json!([{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]);
+    let (status, call) = d
+        .post(
+            "/engines/llama.cpp/v1/responses",
+            json!({"model": "ai/tiny", "input": "weather?", "tools": tools,
+               "tool_choice": "required", "previous_response_id": id}),
+        )
+        .await;
+    assert_eq!(status, 200, "{call}");
+    let item = &call["output"][0];
+    assert_eq!(
+        (
+            &item["type"],
+            &item["call_id"],
+            &item["name"],
+            &item["arguments"]
+        ),
+        (
+            &json!("function_call"),
+            &json!("call_7"),
+            &json!("get_weather"),
+            &json!("{\"city\":\"Paris\"}")
+        )
+    );
+    let (status, last) = d
+        .post("/v1/responses", json!({"model": "ai/tiny", "previous_response_id": call["id"], "tools": tools,
+               "input": [{"type": "function_call_output", "call_id": "call_7", "output": "sunny"}]}))
+        .await;
+    assert_eq!(status, 200, "{last}");
+    assert_eq!(last["output"][0]["content"][0]["text"], "echo: sunny");
+    // Every turn reaches the engine, instructions only with the turn that gave them ("roles" makes the fake
+    // engine answer with the roles it was sent).
+    let (status, roles) = d
+        .post(
+            "/v1/responses",
+            json!({"model": "ai/tiny", "previous_response_id": last["id"], "input": "roles"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{roles}");
+    assert_eq!(
+        roles["output"][0]["content"][0]["text"],
+        "roles: user assistant user assistant tool assistant user"
+    );
+    // DELETE, then it is gone; store:false is never kept.
+    let (status, deleted) = d.send(Method::DELETE, &format!("/v1/responses/{id}")).await;
+    assert_eq!(
+        (status, deleted),
+        (
+            200,
+            json!({"id": id, "object": "response.deleted", "deleted": true})
+        )
+    );
+    let (status, gone) = d.send(Method::GET, &format!("/v1/responses/{id}")).await;
+    assert_eq!(status, 404, "{gone}");
+    assert_eq!(gone["error"]["type"], "not_found_error");
+    let (_, unstored) = d
+        .post(
+            "/v1/responses",
+            json!({"model": "ai/tiny", "input": "x", "store": false}),
+        )
+        .await;
+    assert_eq!(unstored["store"], false);
+    let (status, _) = d
+        .send(
+            Method::GET,
+            &format!("/v1/responses/{}", unstored["id"].as_str().unwrap_or("")),
+        )
+        .await;
+    assert_eq!(status, 404);
+    // Streams: the Responses events, ending with the whole response, which is kept too.
+    let resp = d
+        .client
+        .post(d.url("/v1/responses"))
+        .json(&json!({"model": "ai/tiny", "input": "hi", "stream": true}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let text = resp.text().await.expect("body");
+    let events: Vec<Value> = text
+        .split("\n\n")
+        .filter_map(|e| e.split_once("\ndata: "))
+        .map(|(_, d)| serde_json::from_str(d).expect("json"))
+        .collect();
+    let deltas: String = events
+        .iter()
+        .filter(|e| e["type"] == "response.output_text.delta")
+        .map(|e| e["delta"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(deltas, "t0 t1 t2 ");
+    let done = events.last().expect("events");
+    assert_eq!(done["type"], "response.completed", "{text}");
+    assert_eq!(done["response"]["usage"]["output_tokens"], 3);
+    let streamed_id = done["response"]["id"].as_str().unwrap_or_default();
+    let (status, kept) = d
+        .send(Method::GET, &format!("/v1/responses/{streamed_id}"))
+        .await;
+    assert_eq!(status, 200, "{kept}");
+    assert_eq!(kept, done["response"]);
 }
 
 async fn errors_take_the_shape_of_each_dialect(d: Arc<Daemon>) {

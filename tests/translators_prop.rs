@@ -4,6 +4,7 @@
 use dmr_supervisor::api::anthropic::{self, MessagesIn, Purpose};
 use dmr_supervisor::api::ollama::{self, Call, ChatIn, EmbedIn, GenerateIn};
 use dmr_supervisor::api::openai::{ChatResponse, SseDecoder};
+use dmr_supervisor::api::responses::{self, ResponsesIn};
 use dmr_supervisor::api::StreamTranslate;
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -72,7 +73,20 @@ fn translate_everything(body: &[u8]) {
     }
     if let Ok(r) = serde_json::from_slice::<ChatResponse>(body) {
         let _ = anthropic::from_openai(&r, "m");
+        let _ = responses::from_chat(&r, responses_skeleton());
     }
+    if let Ok(r) = serde_json::from_slice::<ResponsesIn>(body) {
+        let _ = r.check();
+        if let Ok(items) = r.items("resp_x") {
+            let _ = r.to_chat(&items);
+        }
+        let _ = r.skeleton("resp_x", 0, "m");
+    }
+}
+
+fn responses_skeleton() -> responses::ResponseObject {
+    let req: ResponsesIn = serde_json::from_str(r#"{"model":"m","input":"x"}"#).expect("a request");
+    req.skeleton("resp_x", 1, "m")
 }
 
 fn translators() -> Vec<Box<dyn StreamTranslate>> {
@@ -80,6 +94,7 @@ fn translators() -> Vec<Box<dyn StreamTranslate>> {
         Box::new(anthropic::StreamTranslator::new("m")),
         Box::new(ollama::StreamTranslator::new(Call::Chat, "m", "t", 0)),
         Box::new(ollama::StreamTranslator::new(Call::Generate, "m", "t", 0)),
+        Box::new(responses::StreamTranslator::new(responses_skeleton())),
     ]
 }
 
@@ -197,6 +212,140 @@ fn check_anthropic_grammar(out: &[u8], complete: bool) -> Result<(), String> {
     }
 }
 
+/// Checks the Responses grammar: every event's `event:` line is its `type`; sequence numbers count from 0;
+/// `response.created`, `response.in_progress`, then items opened (`output_item.added`, at the next output index)
+/// and closed (`output_item.done`) one at a time, text deltas only inside an open message's open part, argument
+/// deltas only inside an open function call; the text deltas make each `output_text.done` and the final
+/// response's text, which is `sent`; a `complete` stream ends with `response.completed` or `response.incomplete`
+/// and nothing open, a truncated one with `response.failed`; nothing follows the end.
+fn check_responses_grammar(out: &[u8], complete: bool, sent: &str) -> Result<(), String> {
+    let text = std::str::from_utf8(out).map_err(|e| e.to_string())?;
+    let mut events = Vec::new();
+    for event in text.split("\n\n").filter(|e| !e.is_empty()) {
+        let (name, data) = event.split_once('\n').ok_or("event without data")?;
+        let name = name.strip_prefix("event: ").ok_or("no event line")?;
+        let data: Value = serde_json::from_str(data.strip_prefix("data: ").ok_or("no data line")?)
+            .map_err(|e| e.to_string())?;
+        if data["type"] != name {
+            return Err(format!("event {name} carries {}", data["type"]));
+        }
+        if data["sequence_number"] != events.len() as u64 {
+            return Err(format!(
+                "event {} numbered {}",
+                events.len(),
+                data["sequence_number"]
+            ));
+        }
+        events.push((name.to_string(), data));
+    }
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    if names.get(..2) != Some(&["response.created", "response.in_progress"][..]) {
+        return Err(format!("begins with {:?}", &names[..names.len().min(2)]));
+    }
+    // (output index, kind, part open)
+    let mut open: Option<(u64, String, bool)> = None;
+    let mut next = 0u64;
+    let mut message_text = String::new();
+    let mut all_text = String::new();
+    let last = events.len() - 1;
+    for (i, (name, data)) in events.iter().enumerate().skip(2) {
+        let index = data["output_index"].as_u64();
+        let ends = matches!(
+            name.as_str(),
+            "response.completed" | "response.incomplete" | "response.failed"
+        );
+        if ends != (i == last) {
+            return Err(format!("{name} at {i} of {last}"));
+        }
+        match name.as_str() {
+            "response.output_item.added" => {
+                if open.is_some() || index != Some(next) {
+                    return Err(format!(
+                        "item added at {index:?} while {open:?} open, next {next}"
+                    ));
+                }
+                open = Some((
+                    next,
+                    data["item"]["type"].as_str().unwrap_or("").to_string(),
+                    false,
+                ));
+                next += 1;
+                message_text.clear();
+            }
+            "response.content_part.added" => match &mut open {
+                Some((at, kind, part)) if Some(*at) == index && kind == "message" && !*part => {
+                    *part = true
+                }
+                _ => return Err(format!("part added outside an open message: {data}")),
+            },
+            "response.output_text.delta" => match &open {
+                Some((at, kind, true)) if Some(*at) == index && kind == "message" => {
+                    let delta = data["delta"].as_str().unwrap_or_default();
+                    message_text.push_str(delta);
+                    all_text.push_str(delta);
+                }
+                _ => return Err(format!("text delta outside an open part: {data}")),
+            },
+            "response.output_text.done" => {
+                if data["text"] != message_text.as_str() {
+                    return Err(format!(
+                        "text done {} after deltas {message_text:?}",
+                        data["text"]
+                    ));
+                }
+            }
+            "response.content_part.done" => match &mut open {
+                Some((at, _, part)) if Some(*at) == index && *part => *part = false,
+                _ => return Err(format!("part done while none open: {data}")),
+            },
+            "response.function_call_arguments.delta" | "response.function_call_arguments.done" => {
+                match &open {
+                    Some((at, kind, _)) if Some(*at) == index && kind == "function_call" => {}
+                    _ => return Err(format!("{name} outside an open call: {data}")),
+                }
+            }
+            "response.output_item.done" => match &open {
+                Some((at, _, false)) if Some(*at) == index => open = None,
+                _ => return Err(format!("item done while {open:?} open: {data}")),
+            },
+            "response.completed" | "response.incomplete" => {
+                if !complete || open.is_some() {
+                    return Err(format!(
+                        "{name} for a truncated stream or with {open:?} open"
+                    ));
+                }
+                let output = data["response"]["output"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                if output.len() as u64 != next {
+                    return Err(format!(
+                        "{} items in the response, {next} streamed",
+                        output.len()
+                    ));
+                }
+                let final_text: String = output
+                    .iter()
+                    .filter(|o| o["type"] == "message")
+                    .filter_map(|o| o["content"][0]["text"].as_str())
+                    .collect();
+                if final_text != all_text || all_text != sent {
+                    return Err(format!(
+                        "final {final_text:?}, streamed {all_text:?}, sent {sent:?}"
+                    ));
+                }
+            }
+            "response.failed" => {
+                if complete {
+                    return Err("a complete stream failed".into());
+                }
+            }
+            other => return Err(format!("unknown event {other}")),
+        }
+    }
+    Ok(())
+}
+
 /// The text of every `text_delta` in an Anthropic stream.
 fn anthropic_text(out: &[u8]) -> String {
     let text = String::from_utf8_lossy(out);
@@ -251,7 +400,11 @@ proptest! {
         // Every piece of content reaches the client, in order.
         let sent: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
         prop_assert_eq!(anthropic_text(&outs[0]), sent.clone());
-        for (ndjson, field) in outs[1..].iter().zip([["message", "content"], ["response", ""]]) {
+        check_responses_grammar(&outs[3], complete, &sent).map_err(TestCaseError::fail)?;
+        // However the engine's bytes were cut, the Responses events are the same bytes.
+        let whole = stream_everything(&bytes, &[], false);
+        prop_assert_eq!(&whole[3], &outs[3]);
+        for (ndjson, field) in outs[1..3].iter().zip([["message", "content"], ["response", ""]]) {
             let text = std::str::from_utf8(ndjson).unwrap();
             let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
             // Ollama's dialect has no truncation marker: the stream ends with its `done` line, never an error.

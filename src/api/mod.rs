@@ -5,6 +5,7 @@ pub mod anthropic;
 pub mod native;
 pub mod ollama;
 pub mod openai;
+pub mod responses;
 pub mod summary;
 
 /// Who is calling, which decides the shape of an error.

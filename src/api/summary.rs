@@ -19,6 +19,16 @@ pub fn prompt(request: &[u8]) -> Option<String> {
         return Some(p.to_string());
     }
     if let Some(input) = v.get("input") {
+        // The Responses API's message items: the last user turn, as for chat.
+        let last_user = input.as_array().and_then(|items| {
+            items
+                .iter()
+                .rev()
+                .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+        });
+        if let Some(content) = last_user.and_then(|m| m.get("content")) {
+            return Some(content_text(content));
+        }
         return Some(match input {
             Value::String(s) => s.clone(),
             other => other.to_string(),
@@ -92,6 +102,25 @@ fn absorb(s: &mut AnswerSummary, d: &Value) {
             s.text.push_str(t);
         }
     }
+    // The Responses API: text deltas of a stream (its final event's whole response is not read again), or a
+    // whole response's message items.
+    if str_at("/type") == Some("response.output_text.delta") {
+        if let Some(t) = str_at("/delta") {
+            s.text.push_str(t);
+        }
+    }
+    for item in d
+        .get("output")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if item.get("type").and_then(Value::as_str) == Some("message") {
+            if let Some(parts) = item.get("content") {
+                s.text.push_str(&content_text(parts));
+            }
+        }
+    }
     if let Some(blocks) = d.get("content").and_then(Value::as_array) {
         s.text
             .push_str(&content_text(&Value::Array(blocks.clone())));
@@ -103,6 +132,8 @@ fn absorb(s: &mut AnswerSummary, d: &Value) {
         ("/usage/input_tokens", true),
         ("/message/usage/input_tokens", true),
         ("/usage/output_tokens", false),
+        ("/response/usage/input_tokens", true),
+        ("/response/usage/output_tokens", false),
         ("/prompt_eval_count", true),
         ("/eval_count", false),
     ] {
@@ -140,6 +171,10 @@ mod tests {
         assert_eq!(
             prompt(br#"{"input":["x","y"]}"#).as_deref(),
             Some(r#"["x","y"]"#)
+        );
+        assert_eq!(
+            prompt(br#"{"input":[{"role":"user","content":"a"},{"role":"assistant","content":"b"},{"type":"message","role":"user","content":[{"type":"input_text","text":"c"}]}]}"#).as_deref(),
+            Some("c")
         );
         assert_eq!(prompt(b"not json"), None);
     }
@@ -186,5 +221,24 @@ mod tests {
         let whole = br#"{"content":[{"type":"text","text":"x"}],"usage":{"input_tokens":1,"output_tokens":1}}"#;
         assert_eq!(answer(whole).text, "x");
         assert_eq!(answer(b"\xff garbage"), AnswerSummary::default());
+        // The Responses API: a whole response, and a stream (whose last event repeats the whole response).
+        let response = br#"{"object":"response","output":[{"type":"message","content":[{"type":"output_text","text":"Hi!"}]},{"type":"function_call","arguments":"{}"}],"usage":{"input_tokens":4,"output_tokens":2}}"#;
+        assert_eq!(
+            answer(response),
+            AnswerSummary {
+                text: "Hi!".into(),
+                prompt_tokens: Some(4),
+                completion_tokens: Some(2)
+            }
+        );
+        let stream = "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"output\":[],\"usage\":null}}\n\nevent: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hel\"}\n\nevent: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"lo\"}\n\nevent: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"output\":[{\"type\":\"message\",\"content\":[{\"type\":\"output_text\",\"text\":\"Hello\"}]}],\"usage\":{\"input_tokens\":6,\"output_tokens\":2}}}\n\n";
+        assert_eq!(
+            answer(stream.as_bytes()),
+            AnswerSummary {
+                text: "Hello".into(),
+                prompt_tokens: Some(6),
+                completion_tokens: Some(2)
+            }
+        );
     }
 }

@@ -48,6 +48,10 @@ pub struct ServerConfig {
     /// A JSON body with more values than this (array elements and object members, at any depth) is refused with
     /// 400 before it reaches an engine.
     pub max_json_elements: usize,
+    /// The Responses API keeps at most this many responses in memory (the oldest leave first).
+    pub responses_max: usize,
+    /// ... and each for this long after it was made.
+    pub responses_ttl: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -205,6 +209,8 @@ impl Default for Config {
                 header_read_timeout: Duration::from_secs(30),
                 max_connections: 1024,
                 max_json_elements: 50_000,
+                responses_max: 1000,
+                responses_ttl: Duration::from_secs(3600),
             },
             store: StoreConfig {
                 path: default_store_path(),
@@ -406,6 +412,14 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         if config.server.header_read_timeout.is_zero() {
             errors.push("server.header_read_timeout", "must be > 0");
         }
+        config.server.responses_ttl = errors.duration(
+            "server.responses_ttl",
+            server.responses_ttl.as_ref(),
+            config.server.responses_ttl,
+        );
+        if config.server.responses_ttl.is_zero() {
+            errors.push("server.responses_ttl", "must be > 0");
+        }
         for (key, value, slot) in [
             (
                 "server.max_connections",
@@ -416,6 +430,11 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
                 "server.max_json_elements",
                 server.max_json_elements,
                 &mut config.server.max_json_elements,
+            ),
+            (
+                "server.responses_max",
+                server.responses_max,
+                &mut config.server.responses_max,
             ),
         ] {
             match value.map(usize::try_from) {
@@ -784,6 +803,32 @@ mod tests {
         assert_eq!(c.server.max_body_bytes, 10 << 20);
         assert_eq!(c.scheduler.keep_alive, KeepAlive::DEFAULT);
         assert!(c.models.is_empty());
+    }
+
+    #[test]
+    fn the_responses_store_is_bounded_and_checked() {
+        let c = parse("").unwrap();
+        assert_eq!(c.server.responses_max, 1000);
+        assert_eq!(c.server.responses_ttl, Duration::from_secs(3600));
+        let c = parse("[server]\nresponses_max = 5\nresponses_ttl = \"90s\"").unwrap();
+        assert_eq!(c.server.responses_max, 5);
+        assert_eq!(c.server.responses_ttl, Duration::from_secs(90));
+        let err = parse("[server]\nresponses_max = 0\nresponses_ttl = \"soon\"").unwrap_err();
+        let lines = err.lines();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l == "server.responses_max: must be > 0"),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("server.responses_ttl: invalid duration")),
+            "{lines:?}"
+        );
+        let err = parse("[server]\nresponses_ttl = \"0s\"").unwrap_err();
+        assert_eq!(err.lines(), ["server.responses_ttl: must be > 0"]);
     }
 
     #[test]

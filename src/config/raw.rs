@@ -33,6 +33,8 @@ pub struct RawServer {
     pub header_read_timeout: Option<String>,
     pub max_connections: Option<i64>,
     pub max_json_elements: Option<i64>,
+    pub responses_max: Option<i64>,
+    pub responses_ttl: Option<String>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

@@ -1,5 +1,6 @@
 //! One engine process: spawned in its own process group with `PR_SET_PDEATHSIG` (so it dies with us even when we
-//! are SIGKILLed), its stdout/stderr forwarded to tracing and kept in a bounded buffer, readiness polled on
+//! are SIGKILLed), its stdout/stderr read by a thread each (blocking pipes, off the async reactor) into the log hub
+//! and a bounded buffer, readiness polled on
 //! `GET /health`, and stopped as a whole group (SIGTERM, grace, SIGKILL, reap). When `stop` or `wait_exit`
 //! returns, the engine's whole process group has been signalled and the leader reaped: nothing it spawned remains.
 //!
@@ -14,11 +15,10 @@ use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// Lines of engine output kept per runner.
@@ -74,7 +74,11 @@ pub struct EngineProcess {
     logs: LogBuffer,
     /// Poked on every output line: readiness is re-checked at once when the engine says something.
     activity: Arc<Notify>,
-    readers: Vec<JoinHandle<()>>,
+    /// Each fires when its output reader thread has read to EOF.
+    readers: Vec<tokio::sync::oneshot::Receiver<()>>,
+    /// Dropped when the engine has exited: the readers stop letting the pipe fill and read to EOF at once, so the
+    /// end of an engine is reported without waiting out their pause.
+    hurry: Vec<std::sync::mpsc::Sender<()>>,
     exit: Option<String>,
     /// The model, for log lines.
     label: String,
@@ -94,6 +98,11 @@ impl EngineProcess {
             source,
         };
         let parent = nix::unistd::getpid();
+        // Plain blocking pipes read by threads of their own, not the async reactor: llama-server writes each log
+        // line in three writes, and every write to a pipe the reactor watches wakes a worker thread (edge-triggered
+        // epoll reports each one), most of the proxy's CPU per request.
+        let (out_r, out_w) = std::io::pipe().map_err(spawn_err)?;
+        let (err_r, err_w) = std::io::pipe().map_err(spawn_err)?;
         let mut cmd = Command::new(binary);
         cmd.args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -102,8 +111,8 @@ impl EngineProcess {
             .env_remove("WATCHDOG_USEC")
             .env_remove("WATCHDOG_PID")
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(out_w)
+            .stderr(err_w)
             .process_group(0)
             .kill_on_drop(true);
         // SAFETY: the closure runs in the forked child before exec; it only makes async-signal-safe syscalls
@@ -119,30 +128,36 @@ impl EngineProcess {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(spawn_err)?;
+        let spawned = cmd.spawn();
+        // Our copies of the write ends go, so the readers see EOF when the engine's group is gone.
+        drop(cmd);
+        let child = spawned.map_err(spawn_err)?;
         let pid = child
             .id()
             .ok_or_else(|| spawn_err(std::io::Error::other("the engine exited at once")))?;
         let logs = LogBuffer::default();
         let activity = Arc::new(Notify::new());
         let mut readers = Vec::new();
-        if let Some(out) = child.stdout.take() {
-            readers.push(tokio::spawn(read_lines(
-                out,
-                logs.clone(),
-                activity.clone(),
-                label.to_string(),
-                pid,
-            )));
-        }
-        if let Some(err) = child.stderr.take() {
-            readers.push(tokio::spawn(read_lines(
-                err,
-                logs.clone(),
-                activity.clone(),
-                label.to_string(),
-                pid,
-            )));
+        let mut hurry = Vec::new();
+        for pipe in [out_r, err_r] {
+            let (done_tx, done) = tokio::sync::oneshot::channel();
+            let (hurry_tx, hurry_rx) = std::sync::mpsc::channel::<()>();
+            let (logs, activity, label) = (logs.clone(), activity.clone(), label.to_string());
+            let reader = std::thread::Builder::new()
+                .name(format!("engine-out-{pid}"))
+                .spawn(move || {
+                    read_lines(pipe, &hurry_rx, &logs, &activity, &label, pid);
+                    let _ = done_tx.send(());
+                });
+            match reader {
+                Ok(_) => {
+                    readers.push(done);
+                    hurry.push(hurry_tx);
+                }
+                Err(e) => {
+                    tracing::warn!(runner.pid = pid, error = %e, "cannot start an output reader")
+                }
+            }
         }
         tracing::info!(model = label, runner.pid = pid, binary = %binary.display(), ?args, "engine started");
         Ok(EngineProcess {
@@ -151,6 +166,7 @@ impl EngineProcess {
             logs,
             activity,
             readers,
+            hurry,
             exit: None,
             label: label.to_string(),
         })
@@ -193,6 +209,15 @@ impl EngineProcess {
         }
     }
 
+    /// Waits until the engine's leader exits by itself and reaps it; its group is not cleared and its output not
+    /// drained yet (`wait_exit` does that). Cancel-safe.
+    pub async fn reaped(&mut self) -> String {
+        if let Some(e) = &self.exit {
+            return e.clone();
+        }
+        describe(self.child.wait().await)
+    }
+
     /// Waits until the engine exits by itself; then clears its process group. Returns how it ended.
     pub async fn wait_exit(&mut self) -> String {
         if let Some(e) = &self.exit {
@@ -229,15 +254,11 @@ impl EngineProcess {
     /// After the leader is reaped: kill whatever is left in its group, and let the log readers drain.
     async fn finish(&mut self, status: String) {
         let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        self.hurry.clear();
         for reader in self.readers.drain(..) {
-            // Readers end at EOF, which the group kill guarantees; the timeout is a backstop.
-            let abort = reader.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(1), reader)
-                .await
-                .is_err()
-            {
-                abort.abort();
-            }
+            // Readers end at EOF, which the group kill guarantees; the timeout is a backstop (a thread still
+            // blocked then ends by itself at EOF).
+            let _ = tokio::time::timeout(Duration::from_secs(1), reader).await;
         }
         tracing::info!(model = %self.label, runner.pid = self.pid, status, "engine stopped");
         self.exit = Some(status);
@@ -261,36 +282,58 @@ fn describe(status: std::io::Result<ExitStatus>) -> String {
     }
 }
 
-async fn read_lines(
-    mut pipe: impl AsyncRead + Unpin,
-    logs: LogBuffer,
-    activity: Arc<Notify>,
-    label: String,
+/// How long an output reader lets an engine's pipe fill between reads.
+const COALESCE: Duration = Duration::from_millis(20);
+
+/// Reads an engine's output to EOF on a thread of its own: each line goes to the log hub, the runner's buffer and
+/// (at debug level) tracing, and wakes `activity`. After each read that did not fill the buffer it lets the pipe
+/// fill for [`COALESCE`], so that a burst of small writes costs one wake-up; the engine never waits on it (a pipe
+/// holds 64 KiB). Once the engine has exited (`hurry` disconnected) it reads to EOF without pausing.
+fn read_lines(
+    mut pipe: impl std::io::Read,
+    hurry: &std::sync::mpsc::Receiver<()>,
+    logs: &LogBuffer,
+    activity: &Notify,
+    label: &str,
     pid: u32,
 ) {
+    let label: Arc<str> = Arc::from(label);
     let mut buf = [0u8; 8192];
     let mut line = Vec::with_capacity(256);
+    let append = |line: &mut Vec<u8>, part: &[u8]| {
+        let room = MAX_LINE.saturating_sub(line.len());
+        line.extend_from_slice(&part[..part.len().min(room)]);
+    };
     let emit = |line: &mut Vec<u8>| {
-        let text = String::from_utf8_lossy(line).trim_end().to_string();
+        let text = match std::str::from_utf8(line) {
+            Ok(s) => s.trim_end().to_owned(),
+            Err(_) => String::from_utf8_lossy(line).trim_end().to_owned(),
+        };
         line.clear();
         if !text.is_empty() {
             tracing::debug!(target: "engine", model = %label, runner.pid = pid, "{text}");
-            crate::logs::hub().push_engine(&label, &text);
+            crate::logs::hub().push_engine(&label, text.clone());
             logs.push(text);
         }
-        activity.notify_one();
     };
     loop {
-        let n = match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
+        let n = match pipe.read(&mut buf) {
+            Ok(0) => break,
             Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
         };
-        for &b in &buf[..n] {
-            if b == b'\n' {
-                emit(&mut line);
-            } else if line.len() < MAX_LINE {
-                line.push(b);
-            }
+        let mut rest = &buf[..n];
+        while let Some(i) = rest.iter().position(|&b| b == b'\n') {
+            append(&mut line, &rest[..i]);
+            emit(&mut line);
+            rest = &rest[i + 1..];
+        }
+        append(&mut line, rest);
+        activity.notify_one();
+        if n < buf.len() {
+            // Returns at once when the engine has exited (the sender is gone).
+            let _ = hurry.recv_timeout(COALESCE);
         }
     }
     if !line.is_empty() {

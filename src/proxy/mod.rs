@@ -20,6 +20,7 @@ mod metrics;
 mod models;
 mod ollama;
 pub mod reload;
+mod responses;
 pub mod routes;
 mod translated;
 
@@ -81,6 +82,8 @@ pub struct App {
     /// Cancelled when the node turns not-ready (SIGTERM): `/readyz` and `/health` answer 503 while it serves on for
     /// `drain_delay`, so that routers stop sending before it stops accepting.
     pub draining: CancellationToken,
+    /// The Responses API's kept responses (`[server] responses_max`, `responses_ttl`).
+    pub responses: responses::store::ResponseStore,
 }
 
 impl App {
@@ -477,6 +480,7 @@ pub fn build_app(config: Config, source: ConfigSource, store: Store) -> App {
         demands: Default::default(),
         shutdown: CancellationToken::new(),
         draining: CancellationToken::new(),
+        responses: responses::new_store(),
         access: arc_swap::ArcSwap::from_pointee(access_from(&config)),
         config: arc_swap::ArcSwap::from_pointee(config),
         source,

@@ -212,7 +212,14 @@ pub async fn create(
     let looks_like_path = from.starts_with('/') || from.starts_with('.') || from.ends_with(".gguf");
     let extras_given = create.license.is_some() || create.chat_template.is_some();
     if !looks_like_path && !extras_given {
-        return pull(app, from, create.bearer_token.as_deref(), content_type, caller).await;
+        return pull(
+            app,
+            from,
+            create.bearer_token.as_deref(),
+            content_type,
+            caller,
+        )
+        .await;
     }
     if !caller.local {
         // Nothing about the path is looked at, so the answer says nothing about the server's files.

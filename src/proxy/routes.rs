@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use super::http::{json, percent_decode, text, ApiError, Body};
 use super::{
     anthropic, configure, engines, inference, inspector, logs, metrics, models, ollama, reload,
-    App, Caller,
+    responses, App, Caller,
 };
 use crate::api::{native, Dialect, ErrorKind};
 use crate::engines::{EngineKind, Mode};
@@ -232,6 +232,20 @@ pub static ROUTES: &[Route] = &[
         .openai().inference(),
     Route::new(Post, "/v1/images/generations", OpenAi, "/v1/images/generations", h!(|app, req, ctx| infer(app, ctx, req, Mode::ImageGeneration)))
         .openai().inference(),
+    // OpenAI's Responses API, at /v1/responses (and the OpenAI mounts) and /responses; translated to chat.
+    Route::new(Post, "/v1/responses", OpenAi, "/v1/responses", h!(|app, req, ctx| responses::create(app, ctx, req)))
+        .openai().inference(),
+    Route::new(Get, "/v1/responses/{id}", OpenAi, "/v1/responses/{id}", h!(|app, req, ctx| responses::get(app, ctx)))
+        .openai(),
+    Route::new(Delete, "/v1/responses/{id}", OpenAi, "/v1/responses/{id}", h!(|app, req, ctx| responses::delete(app, ctx)))
+        .openai(),
+    Route::new(Get, "/v1/responses/{id}/input_items", OpenAi, "/v1/responses/{id}/input_items", h!(|app, req, ctx| responses::input_items(app, ctx, req.uri().query())))
+        .openai(),
+    Route::new(Post, "/responses", OpenAi, "/v1/responses", h!(|app, req, ctx| responses::create(app, ctx, req)))
+        .inference(),
+    Route::new(Get, "/responses/{id}", OpenAi, "/v1/responses/{id}", h!(|app, req, ctx| responses::get(app, ctx))),
+    Route::new(Delete, "/responses/{id}", OpenAi, "/v1/responses/{id}", h!(|app, req, ctx| responses::delete(app, ctx))),
+    Route::new(Get, "/responses/{id}/input_items", OpenAi, "/v1/responses/{id}/input_items", h!(|app, req, ctx| responses::input_items(app, ctx, req.uri().query()))),
     // Anthropic, at /v1/messages (and the OpenAI mounts) and /anthropic/v1/messages.
     Route::new(Post, "/v1/messages", Anthropic, "/v1/messages", h!(|app, req, ctx| async {
         ctx.engine()?;
@@ -442,7 +456,8 @@ pub fn find(method: &Method, path: &str) -> Option<Found> {
 }
 
 /// The dialect of a path that matches no route, from its prefix: Anthropic's `/anthropic/…` and `…/v1/messages…`,
-/// OpenAI under `/engines/` and `/v1/`, Ollama under `/api/`, else DMR's native API.
+/// OpenAI under `/engines/`, `/v1/` and `/responses` (the Responses API's root mount), Ollama under `/api/`, else
+/// DMR's native API.
 pub fn dialect_of_prefix(path: &str) -> Dialect {
     let openai_rest = path
         .strip_prefix("/v1/")
@@ -453,7 +468,11 @@ pub fn dialect_of_prefix(path: &str) -> Dialect {
         });
     if path.starts_with("/anthropic/") || openai_rest.is_some_and(|r| r.starts_with("messages")) {
         Dialect::Anthropic
-    } else if path.starts_with("/engines/") || path.starts_with("/v1/") {
+    } else if path.starts_with("/engines/")
+        || path.starts_with("/v1/")
+        || path == "/responses"
+        || path.starts_with("/responses/")
+    {
         Dialect::OpenAi
     } else if path.starts_with("/api/") {
         Dialect::Ollama

@@ -138,6 +138,12 @@ pub enum Event {
     Unresponsive {
         runner: RunnerId,
     },
+    /// The runner's engine exited by itself and has been reaped; its output is still being read, and its `Exited`
+    /// follows. No new request may be granted to it meanwhile.
+    Exiting {
+        runner: RunnerId,
+        status: String,
+    },
     /// A request on this runner ended (also sent for a grant whose client had already left).
     Released {
         runner: RunnerId,
@@ -494,6 +500,15 @@ pub fn decide(state: &mut State, event: Event, now: Instant) -> Vec<Action> {
             if let Some(key) = state.find(runner).cloned() {
                 let why = format!(
                     "the engine for {} stopped responding to its health checks",
+                    state.runners[&key].launch.model_name
+                );
+                state.stop(&key, &mut actions, Rejection::EngineFailed(why));
+            }
+        }
+        Event::Exiting { runner, status } => {
+            if let Some(key) = state.find(runner).cloned() {
+                let why = format!(
+                    "the engine for {} {status}",
                     state.runners[&key].launch.model_name
                 );
                 state.stop(&key, &mut actions, Rejection::EngineFailed(why));
@@ -1023,6 +1038,48 @@ mod tests {
         );
         assert_eq!(
             decide(&mut s, Event::Unresponsive { runner: 1 }, t),
+            [Action::Stop { runner: 1 }]
+        );
+        assert!(s.runners.is_empty() && s.stopping.contains_key(&1));
+        // A request in the moment before the process is reaped starts a fresh runner, not a grant on the old one.
+        assert!(matches!(
+            decide(&mut s, acquire(2, "m"), t)[..],
+            [Action::Spawn { runner: 2, .. }]
+        ));
+        assert!(decide(&mut s, Event::Released { runner: 1 }, t).is_empty());
+        decide(
+            &mut s,
+            Event::Exited {
+                runner: 1,
+                reason: "killed".into(),
+            },
+            t,
+        );
+        assert!(s.stopping.is_empty() && s.runners.len() == 1);
+    }
+
+    #[test]
+    fn a_reaped_engine_is_out_of_the_choices_before_its_output_is_drained() {
+        let mut s = State::default();
+        let t = Instant::now();
+        decide(&mut s, acquire(1, "m"), t);
+        decide(
+            &mut s,
+            Event::Loaded {
+                runner: 1,
+                endpoint: EP,
+            },
+            t,
+        );
+        assert_eq!(
+            decide(
+                &mut s,
+                Event::Exiting {
+                    runner: 1,
+                    status: "was killed by signal SIGKILL".into()
+                },
+                t
+            ),
             [Action::Stop { runner: 1 }]
         );
         assert!(s.runners.is_empty() && s.stopping.contains_key(&1));

@@ -749,7 +749,10 @@ async fn run_runner(
         }
     }
     let reason = tokio::select! {
-        status = process.wait_exit() => {
+        status = process.reaped() => {
+            // Out of the scheduler's choices at once: reading the rest of its output (`wait_exit`) takes a moment.
+            send(Event::Exiting { runner, status: status.clone() });
+            process.wait_exit().await;
             let tail = process.logs().tail(10);
             tracing::warn!(model, status, tail, "the engine exited unexpectedly");
             format!("the engine for {model} {status}")

@@ -28,7 +28,7 @@ pub use runtime::RuntimeConfig;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use thiserror::Error;
 
@@ -135,7 +135,8 @@ pub struct Store {
 #[derive(Debug, Default)]
 struct Cache {
     index: Option<Index>,
-    models: std::collections::HashMap<String, Model>,
+    /// Models by id, shared with the callers of `get_shared` (the request path: no copy per request).
+    models: std::collections::HashMap<String, Arc<Model>>,
     /// `runtime-configs.json`, parsed (read per request by `settings_for`).
     runtime: Option<Vec<RuntimeConfig>>,
 }
@@ -259,15 +260,25 @@ impl Store {
 
     /// The model `reference` names: a tag (normalised), a full id or a unique id prefix.
     pub fn get(&self, reference: &str) -> Result<Model, StoreError> {
-        let reference = name::parse_reference(reference)?;
-        let mut cache = self.lock();
-        let index = cache.index(&self.index_path())?;
-        let entry = index.models[index.resolve(&reference)?].clone();
+        self.get_shared(reference).map(|m| (*m).clone())
+    }
+
+    /// [`Store::get`], without copying the model: what the request path uses.
+    pub fn get_shared(&self, given: &str) -> Result<Arc<Model>, StoreError> {
+        let reference = name::parse_reference(given)?;
+        let mut guard = self.lock();
+        guard.index(&self.index_path())?;
+        let cache = &mut *guard;
+        let Some(index) = cache.index.as_ref() else {
+            return Err(StoreError::NotFound(given.to_string())); // loaded just above
+        };
+        let entry = &index.models[index.resolve(&reference)?];
         if let Some(model) = cache.models.get(&entry.id) {
             return Ok(model.clone());
         }
-        let model = self.load_model(&entry)?;
-        cache.models.insert(entry.id.clone(), model.clone());
+        let entry = entry.clone();
+        let model = Arc::new(self.load_model(&entry)?);
+        guard.models.insert(entry.id.clone(), model.clone());
         Ok(model)
     }
 

@@ -194,3 +194,24 @@ def test_ollama_and_anthropic_clients_reach_a_vllm_model_too(supervisors, tmp_pa
                                                "messages": [{"role": "user", "content": "one two three"}]})
     assert r.status_code == 200 and r.json() == {"input_tokens": 5}, r.text
     assert len(starts(log)) == 1
+
+
+def test_the_responses_api_reaches_a_vllm_model_translated_to_chat(supervisors, tmp_path, qwen):
+    # vLLM serves /v1/responses itself; the supervisor translates for every engine instead (one store, one chain),
+    # so the stand-in, which has no /v1/responses, answers it through its chat route.
+    sup, log = start(supervisors, tmp_path, qwen)
+    r = sup.post("/engines/vllm/v1/responses", {"model": "ai/qwen", "input": "hi", "max_output_tokens": 3})
+    assert r.status_code == 200, r.text
+    first = r.json()
+    assert first["object"] == "response" and first["model"] == "ai/qwen:latest", first
+    assert first["output"][0]["type"] == "message" and first["output"][0]["content"][0]["text"], first
+    r = sup.post("/v1/responses", {"model": "ai/qwen", "input": "again", "max_output_tokens": 3,
+                                   "previous_response_id": first["id"]})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["input_tokens"] > first["usage"]["input_tokens"], r.json()["usage"]
+    stream = sup.stream("/v1/responses", {"model": "ai/qwen", "input": "hi", "max_output_tokens": 3, "stream": True})
+    events = [json.loads(d) for d in stream.rest()]
+    assert events[0]["type"] == "response.created", events[:2]
+    assert events[-1]["type"] in ("response.completed", "response.incomplete"), events[-1]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert len(starts(log)) == 1

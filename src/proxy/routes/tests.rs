@@ -119,6 +119,39 @@ fn name_of(method: Method, path: &str) -> (&'static str, Option<String>) {
 }
 
 #[test]
+fn the_responses_api_is_served_at_every_mount_with_one_label_per_template() {
+    for prefix in ["", "/v1", "/engines/v1", "/engines/llama.cpp/v1"] {
+        let post = find(&Method::POST, &format!("{prefix}/responses")).expect("served");
+        assert_eq!(post.route.label, "/v1/responses", "{prefix}");
+        assert!(post.route.inference, "{prefix}: timed and recorded");
+        assert_eq!(post.route.dialect, Dialect::OpenAi);
+        let path = format!("{prefix}/responses/resp_1");
+        assert_eq!(
+            label(Method::GET, &path),
+            Some("/v1/responses/{id}"),
+            "{path}"
+        );
+        assert_eq!(
+            label(Method::DELETE, &path),
+            Some("/v1/responses/{id}"),
+            "{path}"
+        );
+        let found = find(&Method::GET, &format!("{path}/input_items")).expect("served");
+        assert_eq!(found.route.label, "/v1/responses/{id}/input_items");
+        assert!(found
+            .params
+            .iter()
+            .any(|(k, v)| *k == "id" && v == "resp_1"));
+    }
+    assert!(find(&Method::GET, "/responses").is_none());
+    assert!(find(&Method::POST, "/responses/resp_1").is_none());
+    // Unmatched paths under the root mount answer in OpenAI's shape, like the routes there.
+    assert_eq!(dialect_of_prefix("/responses/a/b/c"), Dialect::OpenAi);
+    assert_eq!(dialect_of_prefix("/responses"), Dialect::OpenAi);
+    assert_eq!(dialect_of_prefix("/responsesx"), Dialect::Native);
+}
+
+#[test]
 fn model_names_keep_their_slashes_tags_and_encoding() {
     assert_eq!(
         name_of(Method::GET, "/models/ai/tiny:q4"),
