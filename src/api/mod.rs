@@ -5,6 +5,7 @@ pub mod anthropic;
 pub mod native;
 pub mod ollama;
 pub mod openai;
+pub mod rerank;
 pub mod responses;
 pub mod summary;
 
