@@ -250,8 +250,6 @@ def test_sigterm_one_node_under_load_drains_without_a_failed_request(supervisors
     assert not load.failures(), f"{len(load.failures())} failed: {load.failures()[:3]}"
 
 
-@pytest.mark.xfail(strict=True, reason="the supervisor has no GET /get_load yet (the only load figure vLLM Router "
-                   "reads; Rust side, asked of the lead): remove this mark when it lands")
 def test_power_of_two_reads_each_nodes_load(supervisors, routers):
     """vLLM Router's power_of_two polls each worker's `GET /get_load` (`{"load": N}`) every
     `--worker-startup-check-interval` seconds; `/get_loads` on the router shows what it read (-1: nothing)."""
@@ -300,8 +298,6 @@ exec {real} "$@"
 """
 
 
-@pytest.mark.xfail(strict=True, reason="the supervisor has no GET /get_load yet (the only load figure vLLM Router "
-                   "reads; Rust side, asked of the lead): remove this mark when it lands")
 def test_power_of_two_steers_away_from_a_node_with_waiting_requests(supervisors, routers, tmp_path):
     """Requests queued on node 0 (waiting for a slow engine start) show in its `/get_load`; power_of_two, which
     polls it every second, then sends none of the next requests there. Without our figure it would send node 0
@@ -336,6 +332,7 @@ def test_power_of_two_steers_away_from_a_node_with_waiting_requests(supervisors,
     for t in holders:
         t.join(timeout=30)
     assert held == [200] * 4
+    figure("cluster.p2c_steer_spread", "/".join(map(str, spread)))
     assert spread[0] == 0 and sum(spread) == 12, f"power_of_two sent node 0, with 4 queued, {spread[0]} of 12"
 
 
