@@ -26,12 +26,14 @@ pub struct CreateRequest {
         skip_serializing_if = "Option::is_none"
     )]
     pub bearer_token: Option<String>,
-    /// Our extension for packaging a local GGUF: a license file and a chat template (absolute paths), added as
-    /// DMR's license and chat-template layers.
+    /// Our extension for packaging a local GGUF: a license file, a chat template and a multimodal projector
+    /// (absolute paths), added as DMR's license, chat-template and mmproj layers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub license: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_template: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mmproj: Option<String>,
 }
 
 /// `POST /models/{name}/push` body.
