@@ -5,13 +5,17 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// An entry of `GET /models`: `{"id","tags","created","config":{…}}`. `config` is the store's config JSON.
+/// An entry of `GET /models`: `{"id","tags","created","config":{…}}`. `config` is the store's config JSON. Our
+/// extension: `"vision": true` for a model that accepts images in chat (it has an mmproj layer); absent otherwise,
+/// so that an entry is DMR's shape unless there is something to say.
 #[derive(Debug, Serialize)]
 pub struct Model<C: Serialize> {
     pub id: String,
     pub tags: Vec<String>,
     pub created: i64,
     pub config: C,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub vision: bool,
 }
 
 /// `POST /models/create` body. `name` is our extension for local imports (DMR derives names from references).

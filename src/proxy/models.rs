@@ -42,6 +42,7 @@ pub async fn blocking<T: Send + 'static>(
 
 fn native_model(m: Model) -> native::Model<store::ModelConfig> {
     native::Model {
+        vision: m.vision(),
         id: m.id,
         tags: m.tags,
         created: m.created,

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::forward::{send, EnginePools};
 use super::http::{ApiError, Body, BoxError};
-use crate::api::{openai, ErrorKind, StreamTranslate};
+use crate::api::{ErrorKind, StreamTranslate};
 use crate::scheduler::Lease;
 
 /// llama-server's and vLLM's error body; we pass its message on.
@@ -86,13 +86,45 @@ pub async fn post<T: Serialize>(
     ))
 }
 
-/// Images need a vision model: with llama.cpp, a multimodal projector beside the weights, which the store does
-/// not import yet. Refusing here gives the caller a 400 naming the model, instead of the engine's 500.
-pub fn refuse_images(request: &openai::ChatRequest, model: &str) -> Result<(), ApiError> {
-    if request.has_images() {
-        return Err(ApiError::bad_request(format!(
-            "{model} does not accept images: it has no multimodal projector"
-        )));
+/// Whether the images of a chat may go to `requested`'s engine, before anything loads: the model must be a vision
+/// model (with llama.cpp, one packaged with a multimodal projector, its mmproj layer), else the caller gets a 400
+/// naming the model instead of the engine's 500; and each image must be a `data:` URL, or an `http(s)://` one when
+/// `[server] fetch_image_urls` lets the engine fetch it (never another scheme: `file://` would read the server's
+/// files). A model that does not resolve passes: the lease that follows answers its 404.
+pub fn check_images<'a>(
+    app: &super::App,
+    urls: impl IntoIterator<Item = &'a str>,
+    requested: &str,
+) -> Result<(), ApiError> {
+    let mut urls = urls.into_iter().peekable();
+    if urls.peek().is_none() {
+        return Ok(());
+    }
+    if let Ok(model) = app.resolve(requested) {
+        if !model.vision() {
+            return Err(ApiError::bad_request(format!(
+                "{requested} does not accept images: it has no multimodal projector (package it with --mmproj)"
+            )));
+        }
+    }
+    let fetch = app.config().server.fetch_image_urls;
+    for url in urls {
+        let scheme = url.split_once(':').map_or("", |(s, _)| s).to_ascii_lowercase();
+        match scheme.as_str() {
+            "data" => {}
+            "http" | "https" if fetch => {}
+            "http" | "https" => {
+                return Err(ApiError::bad_request(
+                    "image URLs are not fetched: send the image inline as a data: URL (base64), or set \
+                     [server] fetch_image_urls = true to let the engine fetch http(s) URLs",
+                ))
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "an image must be a data: URL (base64) or an http(s):// URL",
+                ))
+            }
+        }
     }
     Ok(())
 }
