@@ -111,7 +111,7 @@ def test_images_reach_a_packaged_vision_model_in_every_dialect(supervisors, tiny
         if image:
             content.insert(0, {"type": "image", "source": {"type": "base64", "media_type": "image/png",
                                                              "data": PNG_B64}})
-        msg = ant.messages.create(model="ai/tiny-vision", max_tokens=2, temperature=0,
+        msg = ant.messages.create(model="ai/tiny-vision", max_tokens=2,
                                   messages=[{"role": "user", "content": content}])
         return msg.usage.input_tokens
 
