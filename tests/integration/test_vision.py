@@ -194,3 +194,31 @@ def test_a_server_side_import_takes_an_mmproj_path_and_http_images_when_allowed(
         assert hits == ["/green.png"], hits
     finally:
         images.shutdown()
+
+
+def test_a_hugging_face_pull_takes_the_repositorys_projector(supervisors, tiny_mmproj, tmp_path):
+    """`hf.co/org/repo` with an `mmproj-*.gguf` beside the weights: the projector (F16 preferred, as DMR picks)
+    comes as the model's mmproj layer and the pulled model takes images."""
+    from hf_repos import PINNED, HfServer, lines, start
+
+    repo = tmp_path / "hf/testorg/vision-GGUF"
+    repo.mkdir(parents=True)
+    (repo / "tiny-Q4_K_M.gguf").write_bytes(supervisors.prereqs.tiny_gguf.read_bytes())
+    (repo / "mmproj-tiny-f16.gguf").write_bytes(tiny_mmproj.read_bytes())
+    (repo / "mmproj-tiny-Q8_0.gguf").write_bytes(b"not the one: DMR prefers F16")
+    for p in repo.iterdir():
+        os.utime(p, (PINNED, PINNED))
+    with HfServer(tmp_path / "hf") as hf:
+        sup = start(supervisors, hf.url)
+        out = lines(sup.post("/models/create", {"from": "hf.co/testorg/vision-GGUF"}, timeout=120))
+        assert out[-1] == {"type": "success", "message": "Model pulled successfully"}, out[-3:]
+        name = "huggingface.co/testorg/vision-gguf:latest"
+        assert sup.get(f"/models/{name}").json().get("vision") is True
+        r = sup.get(f"/models/{name}/export")
+        with tarfile.open(fileobj=io.BytesIO(r.content)) as tar:
+            manifest = json.load(tar.extractfile("manifest.json"))
+            [layer] = [l for l in manifest["layers"] if l["mediaType"] == MMPROJ_MEDIA_TYPE]
+            assert tar.extractfile("blobs/sha256/" + layer["digest"][7:]).read() == tiny_mmproj.read_bytes()
+        oai = openai.OpenAI(base_url=sup.url("/engines/v1"), api_key="none", max_retries=0)
+        text_only = openai_chat(oai, name, None).usage.prompt_tokens
+        assert openai_chat(oai, name, DATA_URL).usage.prompt_tokens >= text_only + IMAGE_TOKENS
