@@ -664,11 +664,18 @@ mod tests {
             image_urls(body).unwrap(),
             ["data:image/png;base64,iVBOR", "https://x/y.png", ""]
         );
-        assert!(image_urls(br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#)
+        assert!(
+            image_urls(br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#)
+                .unwrap()
+                .is_empty()
+        );
+        // A text that merely mentions the word, and a body that is no chat at all.
+        assert!(image_urls(br#"{"model":"m","prompt":"\"image_url\""}"#)
             .unwrap()
             .is_empty());
-        // A text that merely mentions the word, and a body that is no chat at all.
-        assert!(image_urls(br#"{"model":"m","prompt":"\"image_url\""}"#).unwrap().is_empty());
-        assert!(image_urls(br#"{"messages":[{"content":[{"type":"image_url","image_url":7}]}]}"#).is_err());
+        assert!(
+            image_urls(br#"{"messages":[{"content":[{"type":"image_url","image_url":7}]}]}"#)
+                .is_err()
+        );
     }
 }

@@ -173,7 +173,10 @@ mod tests {
             assert_eq!(loaded.chat_template.is_some(), tpl.is_some());
             assert_eq!(loaded.mmproj.is_some(), proj.is_some());
             if let Some(blob) = &loaded.mmproj {
-                assert_eq!(std::fs::read(blob).unwrap(), std::fs::read(&mmproj).unwrap());
+                assert_eq!(
+                    std::fs::read(blob).unwrap(),
+                    std::fs::read(&mmproj).unwrap()
+                );
             }
         }
     }

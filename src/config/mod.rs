@@ -818,8 +818,16 @@ mod tests {
         let c = parse("").unwrap();
         assert_eq!(c.server.responses_max, 1000);
         assert_eq!(c.server.responses_ttl, Duration::from_secs(3600));
-        assert!(!c.server.fetch_image_urls, "image URLs are not fetched unless configured");
-        assert!(parse("[server]\nfetch_image_urls = true").unwrap().server.fetch_image_urls);
+        assert!(
+            !c.server.fetch_image_urls,
+            "image URLs are not fetched unless configured"
+        );
+        assert!(
+            parse("[server]\nfetch_image_urls = true")
+                .unwrap()
+                .server
+                .fetch_image_urls
+        );
         let c = parse("[server]\nresponses_max = 5\nresponses_ttl = \"90s\"").unwrap();
         assert_eq!(c.server.responses_max, 5);
         assert_eq!(c.server.responses_ttl, Duration::from_secs(90));

@@ -109,7 +109,10 @@ pub fn check_images<'a>(
     }
     let fetch = app.config().server.fetch_image_urls;
     for url in urls {
-        let scheme = url.split_once(':').map_or("", |(s, _)| s).to_ascii_lowercase();
+        let scheme = url
+            .split_once(':')
+            .map_or("", |(s, _)| s)
+            .to_ascii_lowercase();
         match scheme.as_str() {
             "data" => {}
             "http" | "https" if fetch => {}

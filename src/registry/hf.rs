@@ -102,7 +102,11 @@ pub fn choose(tree: &[TreeEntry], tag: &str) -> Result<Vec<TreeEntry>, String> {
         .copied()
         .filter(|e| e.path.ends_with(".gguf") && !is_mmproj(&e.path))
         .collect();
-    let projectors: Vec<&TreeEntry> = files.iter().copied().filter(|e| is_mmproj(&e.path)).collect();
+    let projectors: Vec<&TreeEntry> = files
+        .iter()
+        .copied()
+        .filter(|e| is_mmproj(&e.path))
+        .collect();
     let projector = projectors
         .iter()
         .find(|e| e.path.to_ascii_lowercase().contains("f16"))
@@ -461,16 +465,28 @@ mod tests {
             entry("mmproj-f16.gguf"),
         ];
         let paths = |tree: &[TreeEntry], tag| -> Vec<String> {
-            choose(tree, tag).unwrap().into_iter().map(|e| e.path).collect()
+            choose(tree, tag)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.path)
+                .collect()
         };
         assert_eq!(paths(&tree, "latest"), ["m-Q4_K_M.gguf", "mmproj-f16.gguf"]);
         assert_eq!(paths(&tree, "q8_0"), ["m-Q8_0.gguf", "mmproj-f16.gguf"]);
         let mut two = tree.clone();
         two.insert(1, entry("mmproj-Q8_0.gguf"));
-        assert_eq!(paths(&two, "latest"), ["m-Q4_K_M.gguf", "mmproj-f16.gguf"], "F16 first");
+        assert_eq!(
+            paths(&two, "latest"),
+            ["m-Q4_K_M.gguf", "mmproj-f16.gguf"],
+            "F16 first"
+        );
         two.retain(|e| e.path != "mmproj-f16.gguf");
         assert_eq!(paths(&two, "latest"), ["m-Q4_K_M.gguf", "mmproj-Q8_0.gguf"]);
-        assert_eq!(paths(&two[2..], "latest"), ["m-Q4_K_M.gguf"], "no projector, none fetched");
+        assert_eq!(
+            paths(&two[2..], "latest"),
+            ["m-Q4_K_M.gguf"],
+            "no projector, none fetched"
+        );
         assert!(choose(&tree, "Q2_K").unwrap_err().contains("no GGUF file"));
         let only = vec![entry("x-f16.gguf")];
         assert_eq!(choose(&only, "latest").unwrap()[0].path, "x-f16.gguf");
