@@ -266,6 +266,19 @@ pub async fn create(
             if !path.is_file() {
                 return Err(ApiError::bad_request(format!("{what} {p:?} is not a file")));
             }
+            if what == "mmproj" {
+                // Refused before the import streams, without echoing the file's bytes.
+                let probe = path.clone();
+                let gguf =
+                    tokio::task::spawn_blocking(move || store::gguf::read_file(&probe).is_ok())
+                        .await
+                        .unwrap_or(false);
+                if !gguf {
+                    return Err(ApiError::bad_request(format!(
+                        "mmproj {p:?} is not a GGUF file (a multimodal projector is one)"
+                    )));
+                }
+            }
             *slot = Some(path);
         }
     }

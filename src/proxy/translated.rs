@@ -108,28 +108,28 @@ pub fn check_images<'a>(
         }
     }
     let fetch = app.config().server.fetch_image_urls;
-    for url in urls {
-        let scheme = url
-            .split_once(':')
-            .map_or("", |(s, _)| s)
-            .to_ascii_lowercase();
-        match scheme.as_str() {
-            "data" => {}
-            "http" | "https" if fetch => {}
-            "http" | "https" => {
-                return Err(ApiError::bad_request(
-                    "image URLs are not fetched: send the image inline as a data: URL (base64), or set \
-                     [server] fetch_image_urls = true to let the engine fetch http(s) URLs",
-                ))
-            }
-            _ => {
-                return Err(ApiError::bad_request(
-                    "an image must be a data: URL (base64) or an http(s):// URL",
-                ))
-            }
-        }
+    match urls.find_map(|url| image_url_refused(url, fetch)) {
+        Some(why) => Err(ApiError::bad_request(why)),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Why an image URL may not go to the engine, if it may not: only `data:` URLs, and `http(s)://` ones when the
+/// engine may fetch them (`fetch`).
+fn image_url_refused(url: &str, fetch: bool) -> Option<&'static str> {
+    let scheme = url
+        .split_once(':')
+        .map_or("", |(s, _)| s)
+        .to_ascii_lowercase();
+    match scheme.as_str() {
+        "data" => None,
+        "http" | "https" if fetch => None,
+        "http" | "https" => Some(
+            "image URLs are not fetched: send the image inline as a data: URL (base64), or set \
+             [server] fetch_image_urls = true to let the engine fetch http(s) URLs",
+        ),
+        _ => Some("an image must be a data: URL (base64) or an http(s):// URL"),
+    }
 }
 
 /// Reads a whole engine answer and parses it.
@@ -231,6 +231,46 @@ impl<T: StreamTranslate + Unpin> http_body::Body for TranslatedBody<T> {
                             .concat(),
                     );
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::image_url_refused;
+
+    #[test]
+    fn only_data_urls_pass_unless_fetching_is_allowed_and_never_other_schemes() {
+        assert_eq!(
+            image_url_refused("data:image/png;base64,iVBOR", false),
+            None
+        );
+        assert_eq!(
+            image_url_refused("DATA:image/png;base64,iVBOR", false),
+            None
+        );
+        for url in ["http://10.0.0.1/x.png", "HTTPS://example.com/y.jpg"] {
+            assert!(
+                image_url_refused(url, false)
+                    .unwrap()
+                    .contains("fetch_image_urls"),
+                "{url}"
+            );
+            assert_eq!(image_url_refused(url, true), None, "{url}");
+        }
+        for url in [
+            "file:///etc/passwd",
+            "ftp://h/x",
+            "iVBORw0KGgo=",
+            "",
+            "/etc/passwd",
+        ] {
+            for fetch in [false, true] {
+                assert!(
+                    image_url_refused(url, fetch).unwrap().contains("data: URL"),
+                    "{url}"
+                );
             }
         }
     }

@@ -185,6 +185,12 @@ def test_a_server_side_import_takes_an_mmproj_path_and_http_images_when_allowed(
         r = sup.post("/models/create", {"from": str(supervisors.prereqs.tiny_gguf), "name": "ai/bad",
                                         "mmproj": "/etc/hostname"})
         assert r.status_code == 403, (r.status_code, r.text)
+        junk = tmp_path / "junk.mmproj"
+        junk.write_bytes(b"SECRET-BYTES not a projector")
+        r = sup.post("/models/create", {"from": str(supervisors.prereqs.tiny_gguf), "name": "ai/bad",
+                                        "mmproj": str(junk)})
+        assert r.status_code == 400 and "not a GGUF file" in r.text and "SECRET" not in r.text, r.text
+        assert sup.get("/models/ai/bad").status_code == 404
 
         oai = openai.OpenAI(base_url=sup.url("/engines/v1"), api_key="none", max_retries=0)
         text_only = openai_chat(oai, "ai/seen", None).usage.prompt_tokens
