@@ -86,8 +86,8 @@ pub async fn post<T: Serialize>(
     ))
 }
 
-/// Whether the images of a chat may go to `requested`'s engine, before anything loads: the model must be a vision
-/// model (with llama.cpp, one packaged with a multimodal projector, its mmproj layer), else the caller gets a 400
+/// Whether the images of a chat may go to `requested`'s engine, before anything loads: a GGUF model must be a
+/// vision model (packaged with a multimodal projector, its mmproj layer, for llama.cpp), else the caller gets a 400
 /// naming the model instead of the engine's 500; and each image must be a `data:` URL, or an `http(s)://` one when
 /// `[server] fetch_image_urls` lets the engine fetch it (never another scheme: `file://` would read the server's
 /// files). A model that does not resolve passes: the lease that follows answers its 404.
@@ -101,7 +101,9 @@ pub fn check_images<'a>(
         return Ok(());
     }
     if let Ok(model) = app.resolve(requested) {
-        if !model.vision() {
+        // A GGUF (llama.cpp) model sees images only through a projector; vLLM serves vision-language safetensors
+        // models by themselves, so it judges their images.
+        if model.format == crate::store::ModelFormat::Gguf && !model.vision() {
             return Err(ApiError::bad_request(format!(
                 "{requested} does not accept images: it has no multimodal projector (package it with --mmproj)"
             )));
