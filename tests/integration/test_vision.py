@@ -228,3 +228,25 @@ def test_a_hugging_face_pull_takes_the_repositorys_projector(supervisors, tiny_m
         oai = openai.OpenAI(base_url=sup.url("/engines/v1"), api_key="none", max_retries=0)
         text_only = openai_chat(oai, name, None).usage.prompt_tokens
         assert openai_chat(oai, name, DATA_URL).usage.prompt_tokens >= text_only + IMAGE_TOKENS
+
+
+def test_a_vision_model_pushes_and_pulls_with_its_projector(supervisors, tiny_mmproj, tmp_path):
+    """`package --mmproj … --push` puts DMR's mmproj layer in the registry's manifest; a pull into an empty store
+    brings it back and the pulled model takes images."""
+    from registry import Registry, get_manifest
+
+    with Registry(tmp_path / "registry") as reg:
+        a = supervisors.start(name="a", models=[])
+        target = f"{reg.host}/vision/tiny:v1"
+        p = cli(supervisors, a, "package", "--gguf", str(supervisors.prereqs.tiny_gguf), "--mmproj", str(tiny_mmproj),
+                target, "--push")
+        assert p.returncode == 0 and p.stdout.strip().splitlines()[-1] == "Model pushed successfully", p.stderr
+        manifest, _ = get_manifest(reg, "vision/tiny", "v1")
+        assert [l["mediaType"] for l in manifest["layers"]] == ["application/vnd.docker.ai.gguf.v3", MMPROJ_MEDIA_TYPE]
+        b = supervisors.start(name="b", models=[])
+        p = cli(supervisors, b, "pull", target)
+        assert p.returncode == 0, p.stderr
+        assert b.get(f"/models/{target}").json().get("vision") is True
+        oai = openai.OpenAI(base_url=b.url("/engines/v1"), api_key="none", max_retries=0)
+        text_only = openai_chat(oai, target, None).usage.prompt_tokens
+        assert openai_chat(oai, target, DATA_URL).usage.prompt_tokens >= text_only + IMAGE_TOKENS
