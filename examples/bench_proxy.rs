@@ -116,6 +116,7 @@ fn engine_args(gguf: &std::path::Path, port: u16) -> Vec<String> {
         vllm: Default::default(),
         model_path: gguf.to_path_buf(),
         chat_template: None,
+        mmproj: None,
         mode: dmr_supervisor::engines::Mode::Completion,
         context_size: 512,
         runtime_flags: FLAGS.iter().map(|f| f.to_string()).collect(),

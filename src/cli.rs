@@ -43,6 +43,10 @@ pub enum Action {
         /// A Jinja chat template, packaged as DMR's chat-template layer.
         #[arg(long, conflicts_with = "from")]
         chat_template: Option<String>,
+        /// A multimodal projector (a GGUF file: the image encoder of a vision model), packaged as DMR's mmproj
+        /// layer; llama.cpp is started with it (`--mmproj`) and the model accepts images in chat.
+        #[arg(long, conflicts_with = "from")]
+        mmproj: Option<String>,
         /// The context size recorded in the model's config (what engines get unless configured otherwise).
         #[arg(long)]
         context_size: Option<u64>,
@@ -218,6 +222,7 @@ impl Cli {
         model: String,
         license: Option<String>,
         chat_template: Option<String>,
+        mmproj: Option<String>,
         target: &str,
     ) -> Result<(), Failure> {
         // Before copying a model of many GB: is the daemon there at all?
@@ -240,6 +245,7 @@ impl Cli {
                 model: std::path::Path::new(&model),
                 license: license.as_deref().map(std::path::Path::new),
                 chat_template: chat_template.as_deref().map(std::path::Path::new),
+                mmproj: mmproj.as_deref().map(std::path::Path::new),
             };
             package::Packaged::build(&sources, &tag, &mut |p| {
                 reporter.set_length(p.total);
@@ -290,6 +296,7 @@ impl Cli {
                     name: None,
                     license: None,
                     chat_template: None,
+                    mmproj: None,
                 };
                 let resp = self
                     .send(self.http.post(self.url("/models/create")).json(&body))
@@ -327,12 +334,13 @@ impl Cli {
                 target,
                 license,
                 chat_template,
+                mmproj,
                 context_size,
                 push,
             } => {
                 let source = match (gguf, from) {
                     (Some(gguf), _) => {
-                        self.package_and_upload(gguf, license, chat_template, &target)
+                        self.package_and_upload(gguf, license, chat_template, mmproj, &target)
                             .await?;
                         // A context size is set by repackaging the upload onto its own name.
                         target.clone()

@@ -112,6 +112,7 @@ impl Planner<'_> {
             engine,
             model_path: model.weights.clone(),
             chat_template: model.chat_template.clone(),
+            mmproj: model.mmproj.clone(),
             mode,
             context_size: engine.context_size(asked, &model.config),
             runtime_flags: settings.runtime_flags,

@@ -5,13 +5,17 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// An entry of `GET /models`: `{"id","tags","created","config":{…}}`. `config` is the store's config JSON.
+/// An entry of `GET /models`: `{"id","tags","created","config":{…}}`. `config` is the store's config JSON. Our
+/// extension: `"vision": true` for a model that accepts images in chat (it has an mmproj layer); absent otherwise,
+/// so that an entry is DMR's shape unless there is something to say.
 #[derive(Debug, Serialize)]
 pub struct Model<C: Serialize> {
     pub id: String,
     pub tags: Vec<String>,
     pub created: i64,
     pub config: C,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub vision: bool,
 }
 
 /// `POST /models/create` body. `name` is our extension for local imports (DMR derives names from references).
@@ -26,12 +30,14 @@ pub struct CreateRequest {
         skip_serializing_if = "Option::is_none"
     )]
     pub bearer_token: Option<String>,
-    /// Our extension for packaging a local GGUF: a license file and a chat template (absolute paths), added as
-    /// DMR's license and chat-template layers.
+    /// Our extension for packaging a local GGUF: a license file, a chat template and a multimodal projector
+    /// (absolute paths), added as DMR's license, chat-template and mmproj layers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub license: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_template: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mmproj: Option<String>,
 }
 
 /// `POST /models/{name}/push` body.

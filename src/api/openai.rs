@@ -14,6 +14,61 @@ pub struct RequestHead {
     pub stream: Option<bool>,
 }
 
+/// The image URLs of a chat completion request that is forwarded untouched (`messages[].content[]` parts of type
+/// `image_url`, whose `image_url` is `{"url": …}` or, as some clients send it, the URL itself). Only the parts are
+/// modelled, strictly (a part this cannot read is an error, not an image let through unchecked); a body without the
+/// text `"image_url"` is not parsed again (the common case costs one scan).
+pub fn image_urls(body: &[u8]) -> Result<Vec<String>, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Body {
+        #[serde(default)]
+        messages: Vec<Message>,
+    }
+    #[derive(Deserialize)]
+    struct Message {
+        #[serde(default)]
+        content: Option<Content>,
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Content {
+        Text(#[allow(dead_code)] String),
+        Parts(Vec<PartIn>),
+    }
+    #[derive(Deserialize)]
+    struct PartIn {
+        #[serde(rename = "type", default)]
+        kind: String,
+        #[serde(default)]
+        image_url: Option<UrlIn>,
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum UrlIn {
+        Object { url: String },
+        Bare(String),
+    }
+    const NEEDLE: &[u8] = b"\"image_url\"";
+    if !body.windows(NEEDLE.len()).any(|w| w == NEEDLE) {
+        return Ok(Vec::new());
+    }
+    let parsed: Body = serde_json::from_slice(body)?;
+    Ok(parsed
+        .messages
+        .into_iter()
+        .filter_map(|m| match m.content {
+            Some(Content::Parts(parts)) => Some(parts),
+            _ => None,
+        })
+        .flatten()
+        .filter(|p| p.kind == "image_url")
+        .map(|p| match p.image_url {
+            Some(UrlIn::Object { url } | UrlIn::Bare(url)) => url,
+            None => String::new(),
+        })
+        .collect())
+}
+
 /// A chat completion request we build ourselves (when translating from another dialect).
 #[derive(Debug, Default, Serialize)]
 pub struct ChatRequest {
@@ -61,14 +116,19 @@ pub struct ChatRequest {
 }
 
 impl ChatRequest {
-    /// Whether any message carries an image.
-    pub fn has_images(&self) -> bool {
-        self.messages.iter().any(|m| match &m.content {
-            Some(MessageContent::Parts(parts)) => {
-                parts.iter().any(|p| matches!(p, Part::ImageUrl { .. }))
-            }
-            _ => false,
-        })
+    /// The URLs of the images the messages carry (`data:` or `http(s)://`), in order.
+    pub fn image_urls(&self) -> impl Iterator<Item = &str> {
+        self.messages
+            .iter()
+            .filter_map(|m| match &m.content {
+                Some(MessageContent::Parts(parts)) => Some(parts),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|p| match p {
+                Part::ImageUrl { image_url } => Some(image_url.url.as_str()),
+                Part::Text { .. } => None,
+            })
     }
 
     /// Asks llama-server to say which stop word ended the generation (see `verbose`). vLLM reports it unasked
@@ -590,5 +650,32 @@ mod tests {
         assert_eq!(head.model.as_deref(), Some("m"));
         assert!(serde_json::from_str::<RequestHead>(r#"{"model":"m","messages":[}"#).is_err());
         assert!(serde_json::from_str::<RequestHead>(r#"{"model":7}"#).is_err());
+    }
+
+    #[test]
+    fn image_urls_of_a_forwarded_chat_are_found_in_every_message_and_shape() {
+        let body = br#"{"model":"m","messages":[
+            {"role":"system","content":"plain text"},
+            {"role":"user","content":[{"type":"text","text":"what is \"image_url\"?"},
+                {"type":"image_url","image_url":{"url":"data:image/png;base64,iVBOR","detail":"low"}}]},
+            {"role":"assistant","content":null},
+            {"role":"user","content":[{"type":"image_url","image_url":"https://x/y.png"},{"type":"image_url"}]}]}"#;
+        assert_eq!(
+            image_urls(body).unwrap(),
+            ["data:image/png;base64,iVBOR", "https://x/y.png", ""]
+        );
+        assert!(
+            image_urls(br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#)
+                .unwrap()
+                .is_empty()
+        );
+        // A text that merely mentions the word, and a body that is no chat at all.
+        assert!(image_urls(br#"{"model":"m","prompt":"\"image_url\""}"#)
+            .unwrap()
+            .is_empty());
+        assert!(
+            image_urls(br#"{"messages":[{"content":[{"type":"image_url","image_url":7}]}]}"#)
+                .is_err()
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use futures_util::StreamExt;
 
-use crate::store::{archive, pulled::Artifact, ImportProgress, Store, StoreError};
+use crate::store::{archive, pulled::Artifact, GgufExtras, ImportProgress, Store, StoreError};
 
 use super::Failure;
 
@@ -25,11 +25,23 @@ pub struct Sources<'a> {
     pub model: &'a Path,
     pub license: Option<&'a Path>,
     pub chat_template: Option<&'a Path>,
+    /// A vision model's multimodal projector (`--mmproj`), a GGUF file.
+    pub mmproj: Option<&'a Path>,
+}
+
+impl Sources<'_> {
+    fn extras(&self) -> GgufExtras<'_> {
+        GgufExtras {
+            license: self.license,
+            chat_template: self.chat_template,
+            mmproj: self.mmproj,
+        }
+    }
 }
 
 impl Packaged {
-    /// Imports `sources` under `tag` into a new temporary store in `$TMPDIR` (a GGUF with a license or a chat
-    /// template through `package_gguf`, anything else through `import`, as `POST /models/create` does).
+    /// Imports `sources` under `tag` into a new temporary store in `$TMPDIR` (a GGUF with a license, a chat
+    /// template or a projector through `package_gguf`, anything else through `import`, as `POST /models/create` does).
     pub fn build(
         sources: &Sources<'_>,
         tag: &str,
@@ -40,14 +52,8 @@ impl Packaged {
             .tempdir()
             .map_err(|e| Failure(format!("cannot make a temporary store: {e}")))?;
         let store = Store::open(dir.path())?;
-        let imported = if sources.license.is_some() || sources.chat_template.is_some() {
-            store.package_gguf(
-                sources.model,
-                tag,
-                sources.license,
-                sources.chat_template,
-                progress,
-            )
+        let imported = if !sources.extras().is_empty() {
+            store.package_gguf(sources.model, tag, sources.extras(), progress)
         } else {
             store.import(sources.model, tag, progress)
         };
@@ -125,13 +131,21 @@ mod tests {
         let (license, template) = (files.path().join("LICENSE"), files.path().join("t.jinja"));
         std::fs::write(&license, "MIT\n").unwrap();
         std::fs::write(&template, "{{ messages }}").unwrap();
+        // Any GGUF passes the store's check of a projector; the engine is what reads it.
+        let mmproj = files.path().join("mmproj.gguf");
+        tiny_gguf(&mmproj);
         let daemon_dir = tempfile::tempdir().unwrap();
         let daemon = Store::open(daemon_dir.path()).unwrap();
-        for (lic, tpl) in [(None, None), (Some(&license), Some(&template))] {
+        for (lic, tpl, proj) in [
+            (None, None, None),
+            (Some(&license), Some(&template), None),
+            (None, None, Some(&mmproj)),
+        ] {
             let sources = Sources {
                 model: &gguf,
                 license: lic.map(|p| p.as_path()),
                 chat_template: tpl.map(|p| p.as_path()),
+                mmproj: proj.map(|p| p.as_path()),
             };
             let packaged = Packaged::build(&sources, "ai/up", &mut |_| {}).unwrap();
             let temp_root = packaged.dir().to_path_buf();
@@ -139,13 +153,7 @@ mod tests {
             let reference_dir = tempfile::tempdir().unwrap();
             let reference = Store::open(reference_dir.path()).unwrap();
             let expected = reference
-                .package_gguf(
-                    &gguf,
-                    "ai/ref",
-                    lic.map(|p| p.as_path()),
-                    tpl.map(|p| p.as_path()),
-                    &mut |_| {},
-                )
+                .package_gguf(&gguf, "ai/ref", sources.extras(), &mut |_| {})
                 .unwrap();
             assert_eq!(packaged.id(), expected.id);
             let id = packaged.id().to_string();
@@ -163,6 +171,13 @@ mod tests {
                 .unwrap();
             assert_eq!(loaded.id, id);
             assert_eq!(loaded.chat_template.is_some(), tpl.is_some());
+            assert_eq!(loaded.mmproj.is_some(), proj.is_some());
+            if let Some(blob) = &loaded.mmproj {
+                assert_eq!(
+                    std::fs::read(blob).unwrap(),
+                    std::fs::read(&mmproj).unwrap()
+                );
+            }
         }
     }
 
@@ -174,6 +189,7 @@ mod tests {
             model: &missing,
             license: None,
             chat_template: None,
+            mmproj: None,
         };
         let Err(Failure(why)) = Packaged::build(&sources, "ai/x", &mut |_| {}) else {
             panic!("a missing file packages");

@@ -52,6 +52,10 @@ pub struct ServerConfig {
     pub responses_max: usize,
     /// ... and each for this long after it was made.
     pub responses_ttl: Duration,
+    /// Whether an image in chat may be an `http(s)://` URL, which the engine then fetches (llama-server does).
+    /// Off by default: the engine would reach any address the client names, from the server's network. Images
+    /// sent as `data:` URLs (base64) are always accepted by a vision model.
+    pub fetch_image_urls: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -213,6 +217,7 @@ impl Default for Config {
                 max_json_elements: 50_000,
                 responses_max: 1000,
                 responses_ttl: Duration::from_secs(3600),
+                fetch_image_urls: false,
             },
             store: StoreConfig {
                 path: default_store_path(),
@@ -414,6 +419,9 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         );
         if config.server.header_read_timeout.is_zero() {
             errors.push("server.header_read_timeout", "must be > 0");
+        }
+        if let Some(fetch) = server.fetch_image_urls {
+            config.server.fetch_image_urls = fetch;
         }
         config.server.responses_ttl = errors.duration(
             "server.responses_ttl",
@@ -819,6 +827,16 @@ mod tests {
         let c = parse("").unwrap();
         assert_eq!(c.server.responses_max, 1000);
         assert_eq!(c.server.responses_ttl, Duration::from_secs(3600));
+        assert!(
+            !c.server.fetch_image_urls,
+            "image URLs are not fetched unless configured"
+        );
+        assert!(
+            parse("[server]\nfetch_image_urls = true")
+                .unwrap()
+                .server
+                .fetch_image_urls
+        );
         let c = parse("[server]\nresponses_max = 5\nresponses_ttl = \"90s\"").unwrap();
         assert_eq!(c.server.responses_max, 5);
         assert_eq!(c.server.responses_ttl, Duration::from_secs(90));

@@ -35,6 +35,7 @@ pub struct RawServer {
     pub max_json_elements: Option<i64>,
     pub responses_max: Option<i64>,
     pub responses_ttl: Option<String>,
+    pub fetch_image_urls: Option<bool>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

@@ -126,6 +126,7 @@ mod tests {
             engine: ENGINE,
             model_path: "/b/model/sd.dduf".into(),
             chat_template: None,
+            mmproj: None,
             mode: Mode::ImageGeneration,
             context_size: 0,
             runtime_flags: vec!["--x".into()],

@@ -243,6 +243,10 @@ pub fn argv(spec: &LaunchSpec, port: u16) -> Vec<String> {
             template.display().to_string(),
         ]);
     }
+    if let (Mode::Completion, Some(mmproj)) = (spec.mode, &spec.mmproj) {
+        // As DMR does for a model with a projector layer: images in chat reach the vision encoder.
+        args.extend(["--mmproj".into(), mmproj.display().to_string()]);
+    }
     if spec.mode == Mode::Reranking {
         // As DMR does; `--reranking` pools by rank (the classification head's score).
         args.extend(["--embeddings".into(), "--reranking".into()]);
@@ -308,6 +312,7 @@ mod tests {
             engine: ENGINE,
             model_path: "/store/blobs/sha256/abc".into(),
             chat_template: None,
+            mmproj: None,
             mode,
             context_size: 512,
             runtime_flags: flags.iter().map(|s| s.to_string()).collect(),
@@ -414,6 +419,32 @@ mod tests {
         }
         let kwargs = with(Mode::Completion, &["--chat-template-kwargs", "{}"]);
         assert!(kwargs.contains(&"--chat-template-file".to_string()));
+    }
+
+    #[test]
+    fn a_packaged_projector_is_given_to_chat_runners_before_the_user_flags() {
+        let with = |mode, flags: &[&str]| {
+            let mut s = spec(mode, flags);
+            s.chat_template = Some("/store/blobs/sha256/t".into());
+            s.mmproj = Some("/store/blobs/sha256/p".into());
+            argv(&s, 1)
+        };
+        let args = with(Mode::Completion, &["--temp", "0"]);
+        assert_eq!(
+            args[11..],
+            [
+                "--chat-template-file",
+                "/store/blobs/sha256/t",
+                "--mmproj",
+                "/store/blobs/sha256/p",
+                "--temp",
+                "0"
+            ]
+        );
+        let args = with(Mode::Embedding, &[]);
+        assert!(!args.contains(&"--mmproj".to_string()), "{args:?}");
+        let plain = argv(&spec(Mode::Completion, &[]), 1);
+        assert!(!plain.contains(&"--mmproj".to_string()), "{plain:?}");
     }
 
     #[test]

@@ -331,6 +331,8 @@ pub struct LaunchSpec {
     pub model_path: PathBuf,
     /// A packaged chat template for llama.cpp (`--chat-template-file`), unless the runtime flags pick one.
     pub chat_template: Option<PathBuf>,
+    /// A vision model's multimodal projector for llama.cpp (`--mmproj`), from the model's mmproj layer.
+    pub mmproj: Option<PathBuf>,
     pub mode: Mode,
     pub context_size: u32,
     pub runtime_flags: Vec<String>,

@@ -285,6 +285,7 @@ mod tests {
             engine: ENGINE,
             model_path: "/store/bundles/sha256/ab/model".into(),
             chat_template: None,
+            mmproj: None,
             mode,
             context_size: ctx,
             runtime_flags: flags.iter().map(|s| s.to_string()).collect(),

@@ -38,7 +38,7 @@ pub async fn messages(
     let request = input
         .to_openai(Purpose::Generate)
         .map_err(ApiError::bad_request)?;
-    translated::refuse_images(&request, &input.model)?;
+    translated::check_images(app, request.image_urls(), &input.model)?;
     let (lease, model) = acquire(
         app,
         &ctx.note,

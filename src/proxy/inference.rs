@@ -37,6 +37,11 @@ pub async fn handle(
         Some(m) if !m.is_empty() => m,
         _ => return Err(ApiError::bad_request("\"model\" is required")),
     };
+    if mode == Mode::Completion {
+        let urls = openai::image_urls(&body)
+            .map_err(|e| ApiError::bad_request(format!("the chat's messages do not parse: {e}")))?;
+        super::translated::check_images(app, urls.iter().map(String::as_str), &requested)?;
+    }
     let (lease, name) = acquire_on(
         app,
         &ctx.note,

@@ -42,6 +42,7 @@ pub async fn blocking<T: Send + 'static>(
 
 fn native_model(m: Model) -> native::Model<store::ModelConfig> {
     native::Model {
+        vision: m.vision(),
         id: m.id,
         tags: m.tags,
         created: m.created,
@@ -193,7 +194,7 @@ pub async fn delete(
 }
 
 /// `POST /models/create {"from": REF}`: pulls a registry or Hugging Face reference; or, with `"from": "/abs/path"`
-/// (and `license`, `chat_template` paths), imports a GGUF file, safetensors or diffusers directory, or `.dduf` file
+/// (and `license`, `chat_template`, `mmproj` paths), imports a GGUF file, safetensors or diffusers directory, or `.dduf` file
 /// of the server's. Server paths are an operator's tool: only a local caller (loopback or the Unix socket) may name
 /// them, and only below `[store] import_roots` (`store::sources`); anyone else uploads a model archive
 /// (`POST /models/load`, which `dmr-supervisor package` uses). Streams DMR's NDJSON progress lines.
@@ -210,7 +211,8 @@ pub async fn create(
         return Err(ApiError::bad_request("\"from\" is empty"));
     }
     let looks_like_path = from.starts_with('/') || from.starts_with('.') || from.ends_with(".gguf");
-    let extras_given = create.license.is_some() || create.chat_template.is_some();
+    let extras_given =
+        create.license.is_some() || create.chat_template.is_some() || create.mmproj.is_some();
     if !looks_like_path && !extras_given {
         return pull(
             app,
@@ -252,22 +254,38 @@ pub async fn create(
     }
     .map_err(|e| ApiError::bad_request(format!("invalid model name: {e}")))?;
 
-    let mut extras: (Option<PathBuf>, Option<PathBuf>) = (None, None);
+    let mut extras: [Option<PathBuf>; 3] = [None, None, None];
+    let [license, template, mmproj] = &mut extras;
     for (given, slot, what) in [
-        (&create.license, &mut extras.0, "license"),
-        (&create.chat_template, &mut extras.1, "chat_template"),
+        (&create.license, license, "license"),
+        (&create.chat_template, template, "chat_template"),
+        (&create.mmproj, mmproj, "mmproj"),
     ] {
         if let Some(p) = given {
             let path = allowed(p)?;
             if !path.is_file() {
                 return Err(ApiError::bad_request(format!("{what} {p:?} is not a file")));
             }
+            if what == "mmproj" {
+                // Refused before the import streams, without echoing the file's bytes.
+                let probe = path.clone();
+                let gguf =
+                    tokio::task::spawn_blocking(move || store::gguf::read_file(&probe).is_ok())
+                        .await
+                        .unwrap_or(false);
+                if !gguf {
+                    return Err(ApiError::bad_request(format!(
+                        "mmproj {p:?} is not a GGUF file (a multimodal projector is one)"
+                    )));
+                }
+            }
             *slot = Some(path);
         }
     }
-    if (extras.0.is_some() || extras.1.is_some()) && src.is_dir() {
+    let extras_given = extras.iter().any(Option::is_some);
+    if extras_given && src.is_dir() {
         return Err(ApiError::bad_request(
-            "a license or chat template can only be packaged with a GGUF file",
+            "a license, chat template or mmproj can only be packaged with a GGUF file",
         ));
     }
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
@@ -280,14 +298,14 @@ pub async fn create(
                 .unwrap_or_else(|| src.display().to_string());
             let _ = tx.send(native::ProgressLine::progress(p.total, id, p.current).to_line());
         };
-        let imported = if extras.0.is_some() || extras.1.is_some() {
-            app.store.package_gguf(
-                &src,
-                &tag,
-                extras.0.as_deref(),
-                extras.1.as_deref(),
-                &mut report,
-            )
+        let imported = if extras_given {
+            let [license, chat_template, mmproj] = &extras;
+            let extras = store::GgufExtras {
+                license: license.as_deref(),
+                chat_template: chat_template.as_deref(),
+                mmproj: mmproj.as_deref(),
+            };
+            app.store.package_gguf(&src, &tag, extras, &mut report)
         } else {
             app.store.import(&src, &tag, &mut report)
         };

@@ -153,10 +153,19 @@ pub async fn show(
         template,
         details: details(&m),
         model_info: m.config.gguf.clone(),
-        capabilities: vec!["completion"],
+        capabilities: capabilities(&m),
         modified_at: store::rfc3339(m.created),
     };
     Ok(json(StatusCode::OK, &show))
+}
+
+/// What `/api/show` says a model can do: chat, and images in chat when it has a multimodal projector.
+fn capabilities(m: &store::Model) -> Vec<&'static str> {
+    let mut caps = vec!["completion"];
+    if m.vision() {
+        caps.push("vision");
+    }
+    caps
 }
 
 /// `DELETE /api/delete {"model"}`: as DMR's delete of a tag; 404 when unknown.
@@ -236,7 +245,7 @@ async fn generate_with(
     request: openai::ChatRequest,
 ) -> Result<Response<Body>, ApiError> {
     require_model(g.requested)?;
-    translated::refuse_images(&request, g.requested)?;
+    translated::check_images(app, request.image_urls(), g.requested)?;
     let started = Instant::now();
     if g.empty && g.wishes.keep_alive == Some(KeepAlive::For(Duration::ZERO)) {
         let m = app

@@ -87,7 +87,7 @@ pub async fn create(
     let request = input
         .to_chat(&conversation)
         .map_err(ApiError::bad_request)?;
-    translated::refuse_images(&request, &input.model)?;
+    translated::check_images(app, request.image_urls(), &input.model)?;
     let (lease, model) = acquire_on(
         app,
         &ctx.note,

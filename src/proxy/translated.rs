@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::forward::{send, EnginePools};
 use super::http::{ApiError, Body, BoxError};
-use crate::api::{openai, ErrorKind, StreamTranslate};
+use crate::api::{ErrorKind, StreamTranslate};
 use crate::scheduler::Lease;
 
 /// llama-server's and vLLM's error body; we pass its message on.
@@ -86,15 +86,52 @@ pub async fn post<T: Serialize>(
     ))
 }
 
-/// Images need a vision model: with llama.cpp, a multimodal projector beside the weights, which the store does
-/// not import yet. Refusing here gives the caller a 400 naming the model, instead of the engine's 500.
-pub fn refuse_images(request: &openai::ChatRequest, model: &str) -> Result<(), ApiError> {
-    if request.has_images() {
-        return Err(ApiError::bad_request(format!(
-            "{model} does not accept images: it has no multimodal projector"
-        )));
+/// Whether the images of a chat may go to `requested`'s engine, before anything loads: a GGUF model must be a
+/// vision model (packaged with a multimodal projector, its mmproj layer, for llama.cpp), else the caller gets a 400
+/// naming the model instead of the engine's 500; and each image must be a `data:` URL, or an `http(s)://` one when
+/// `[server] fetch_image_urls` lets the engine fetch it (never another scheme: `file://` would read the server's
+/// files). A model that does not resolve passes: the lease that follows answers its 404.
+pub fn check_images<'a>(
+    app: &super::App,
+    urls: impl IntoIterator<Item = &'a str>,
+    requested: &str,
+) -> Result<(), ApiError> {
+    let mut urls = urls.into_iter().peekable();
+    if urls.peek().is_none() {
+        return Ok(());
     }
-    Ok(())
+    if let Ok(model) = app.resolve(requested) {
+        // A GGUF (llama.cpp) model sees images only through a projector; vLLM serves vision-language safetensors
+        // models by themselves, so it judges their images.
+        if model.format == crate::store::ModelFormat::Gguf && !model.vision() {
+            return Err(ApiError::bad_request(format!(
+                "{requested} does not accept images: it has no multimodal projector (package it with --mmproj)"
+            )));
+        }
+    }
+    let fetch = app.config().server.fetch_image_urls;
+    match urls.find_map(|url| image_url_refused(url, fetch)) {
+        Some(why) => Err(ApiError::bad_request(why)),
+        None => Ok(()),
+    }
+}
+
+/// Why an image URL may not go to the engine, if it may not: only `data:` URLs, and `http(s)://` ones when the
+/// engine may fetch them (`fetch`).
+fn image_url_refused(url: &str, fetch: bool) -> Option<&'static str> {
+    let scheme = url
+        .split_once(':')
+        .map_or("", |(s, _)| s)
+        .to_ascii_lowercase();
+    match scheme.as_str() {
+        "data" => None,
+        "http" | "https" if fetch => None,
+        "http" | "https" => Some(
+            "image URLs are not fetched: send the image inline as a data: URL (base64), or set \
+             [server] fetch_image_urls = true to let the engine fetch http(s) URLs",
+        ),
+        _ => Some("an image must be a data: URL (base64) or an http(s):// URL"),
+    }
 }
 
 /// Reads a whole engine answer and parses it.
@@ -196,6 +233,46 @@ impl<T: StreamTranslate + Unpin> http_body::Body for TranslatedBody<T> {
                             .concat(),
                     );
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::image_url_refused;
+
+    #[test]
+    fn only_data_urls_pass_unless_fetching_is_allowed_and_never_other_schemes() {
+        assert_eq!(
+            image_url_refused("data:image/png;base64,iVBOR", false),
+            None
+        );
+        assert_eq!(
+            image_url_refused("DATA:image/png;base64,iVBOR", false),
+            None
+        );
+        for url in ["http://10.0.0.1/x.png", "HTTPS://example.com/y.jpg"] {
+            assert!(
+                image_url_refused(url, false)
+                    .unwrap()
+                    .contains("fetch_image_urls"),
+                "{url}"
+            );
+            assert_eq!(image_url_refused(url, true), None, "{url}");
+        }
+        for url in [
+            "file:///etc/passwd",
+            "ftp://h/x",
+            "iVBORw0KGgo=",
+            "",
+            "/etc/passwd",
+        ] {
+            for fetch in [false, true] {
+                assert!(
+                    image_url_refused(url, fetch).unwrap().contains("data: URL"),
+                    "{url}"
+                );
             }
         }
     }

@@ -86,14 +86,32 @@ pub fn parse(from: &str) -> Option<(String, String)> {
     ok.then(|| (repo.to_string(), tag.to_string()))
 }
 
-/// The files to fetch from a repository's tree for `tag`; an error names why none fit.
+/// Whether a repository file is a vision model's multimodal projector (`mmproj-*.gguf`, as DMR and llama.cpp's
+/// repositories name them).
+fn is_mmproj(path: &str) -> bool {
+    path.ends_with(".gguf") && path.to_ascii_lowercase().contains("mmproj")
+}
+
+/// The files to fetch from a repository's tree for `tag`; an error names why none fit. A GGUF repository gives
+/// its chosen weights, then its projector if it has one (F16 preferred, as DMR picks), packaged as the model's
+/// mmproj layer.
 pub fn choose(tree: &[TreeEntry], tag: &str) -> Result<Vec<TreeEntry>, String> {
     let files: Vec<&TreeEntry> = tree.iter().filter(|e| e.kind == "file").collect();
     let ggufs: Vec<&TreeEntry> = files
         .iter()
         .copied()
-        .filter(|e| e.path.ends_with(".gguf") && !e.path.to_ascii_lowercase().contains("mmproj"))
+        .filter(|e| e.path.ends_with(".gguf") && !is_mmproj(&e.path))
         .collect();
+    let projectors: Vec<&TreeEntry> = files
+        .iter()
+        .copied()
+        .filter(|e| is_mmproj(&e.path))
+        .collect();
+    let projector = projectors
+        .iter()
+        .find(|e| e.path.to_ascii_lowercase().contains("f16"))
+        .or(projectors.first())
+        .map(|e| (*e).clone());
     if ggufs.is_empty() {
         let model: Vec<TreeEntry> = files
             .into_iter()
@@ -122,7 +140,7 @@ pub fn choose(tree: &[TreeEntry], tag: &str) -> Result<Vec<TreeEntry>, String> {
             None
         });
     match found {
-        Some(e) => Ok(vec![(*e).clone()]),
+        Some(e) => Ok(std::iter::once((*e).clone()).chain(projector).collect()),
         None => Err(format!(
             "no GGUF file in the repository matches {tag:?} (it has {})",
             ggufs
@@ -296,14 +314,28 @@ pub async fn pull(
             done,
         });
     }
-    // A single GGUF is imported as a file; anything else as the repository's directory.
-    let src: PathBuf = if files.len() == 1 && files[0].path.ends_with(".gguf") {
-        staging.join(&files[0].path)
-    } else {
-        staging.clone()
+    // A single GGUF (and its projector) is imported as a file; anything else as the repository's directory.
+    let mmproj: Option<PathBuf> = files
+        .iter()
+        .find(|f| is_mmproj(&f.path))
+        .map(|f| staging.join(&f.path));
+    let weights: Vec<&File> = files.iter().filter(|f| !is_mmproj(&f.path)).collect();
+    let src: PathBuf = match weights[..] {
+        [only] if only.path.ends_with(".gguf") => staging.join(&only.path),
+        _ => staging.clone(),
     };
     let (s, tag) = (store.clone(), store_tag.to_string());
-    let model = super::on_store(move || s.import(&src, &tag, &mut |_| {})).await?;
+    let model = super::on_store(move || match &mmproj {
+        Some(mmproj) => {
+            let extras = crate::store::GgufExtras {
+                mmproj: Some(mmproj),
+                ..Default::default()
+            };
+            s.package_gguf(&src, &tag, extras, &mut |_| {})
+        }
+        None => s.import(&src, &tag, &mut |_| {}),
+    })
+    .await?;
     let _ = std::fs::remove_dir_all(&staging);
     Ok(model)
 }
@@ -432,8 +464,29 @@ mod tests {
             entry("m-Q4_K_M.gguf"),
             entry("mmproj-f16.gguf"),
         ];
-        assert_eq!(choose(&tree, "latest").unwrap()[0].path, "m-Q4_K_M.gguf");
-        assert_eq!(choose(&tree, "q8_0").unwrap()[0].path, "m-Q8_0.gguf");
+        let paths = |tree: &[TreeEntry], tag| -> Vec<String> {
+            choose(tree, tag)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.path)
+                .collect()
+        };
+        assert_eq!(paths(&tree, "latest"), ["m-Q4_K_M.gguf", "mmproj-f16.gguf"]);
+        assert_eq!(paths(&tree, "q8_0"), ["m-Q8_0.gguf", "mmproj-f16.gguf"]);
+        let mut two = tree.clone();
+        two.insert(1, entry("mmproj-Q8_0.gguf"));
+        assert_eq!(
+            paths(&two, "latest"),
+            ["m-Q4_K_M.gguf", "mmproj-f16.gguf"],
+            "F16 first"
+        );
+        two.retain(|e| e.path != "mmproj-f16.gguf");
+        assert_eq!(paths(&two, "latest"), ["m-Q4_K_M.gguf", "mmproj-Q8_0.gguf"]);
+        assert_eq!(
+            paths(&two[2..], "latest"),
+            ["m-Q4_K_M.gguf"],
+            "no projector, none fetched"
+        );
         assert!(choose(&tree, "Q2_K").unwrap_err().contains("no GGUF file"));
         let only = vec![entry("x-f16.gguf")];
         assert_eq!(choose(&only, "latest").unwrap()[0].path, "x-f16.gguf");

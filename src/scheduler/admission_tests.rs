@@ -11,6 +11,7 @@ fn launch(model: &str) -> LaunchSpec {
         engine: crate::engines::llamacpp::ENGINE,
         model_path: format!("/blobs/{model}").into(),
         chat_template: None,
+        mmproj: None,
         mode: Mode::Completion,
         context_size: 512,
         runtime_flags: vec![],

@@ -817,6 +817,7 @@ mod tests {
             engine: crate::engines::llamacpp::ENGINE,
             model_path: format!("/blobs/{model}").into(),
             chat_template: None,
+            mmproj: None,
             mode: Mode::Completion,
             context_size: 512,
             runtime_flags: vec![],

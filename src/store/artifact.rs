@@ -145,6 +145,9 @@ pub(super) fn config_bytes_for(config: &ModelConfig, diff_ids: &[String], create
 
 /// DMR's layer type for a license file.
 pub(super) const LICENSE_MEDIA_TYPE: &str = "application/vnd.docker.ai.license";
+/// DMR's layer type for a multimodal projector (a vision model's image encoder, llama-server's `--mmproj`). The
+/// model-spec repository says `…gguf.v3.mmproj`; DMR's code, which we follow, uses this one.
+pub const MMPROJ_MEDIA_TYPE: &str = "application/vnd.docker.ai.mmproj";
 /// DMR's layer type for a chat template.
 pub(super) const CHAT_TEMPLATE_MEDIA_TYPE: &str = "application/vnd.docker.ai.chat.template.jinja";
 

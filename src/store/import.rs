@@ -11,7 +11,7 @@ use super::artifact::{self, sha256_hex};
 use super::fsutil::{self, io_err, remove_quietly, write_new};
 use super::index::{Entry, Index, Source};
 use super::name::{self, NameError};
-use super::{gguf, ImportProgress, Model, Store, StoreError};
+use super::{gguf, GgufExtras, ImportProgress, Model, Store, StoreError};
 
 impl Store {
     /// Imports the GGUF file `src` under `tag` (normalised): validates the GGUF header, streams
@@ -25,23 +25,29 @@ impl Store {
         tag: &str,
         progress: &mut dyn FnMut(ImportProgress),
     ) -> Result<Model, StoreError> {
-        self.package_gguf(src, tag, None, None, progress)
+        self.package_gguf(src, tag, GgufExtras::default(), progress)
     }
 
-    /// [`import_gguf`](Self::import_gguf) with DMR's optional extra layers: a license file and a chat template,
-    /// packaged as `application/vnd.docker.ai.license` and `…chat.template.jinja` after the weights (DMR's order),
-    /// so that the artifact is one DMR itself would pull.
+    /// [`import_gguf`](Self::import_gguf) with DMR's optional extra layers: a license file, a chat template and a
+    /// multimodal projector, packaged as `application/vnd.docker.ai.license`, `…chat.template.jinja` and `…mmproj`
+    /// after the weights, so that the artifact is one DMR itself would pull. The projector must be a GGUF file.
     pub fn package_gguf(
         &self,
         src: &Path,
         tag: &str,
-        license: Option<&Path>,
-        chat_template: Option<&Path>,
+        extras: GgufExtras<'_>,
         progress: &mut dyn FnMut(ImportProgress),
     ) -> Result<Model, StoreError> {
+        if let Some(mmproj) = extras.mmproj {
+            gguf::read_file(mmproj).map_err(|source| StoreError::Gguf {
+                path: mmproj.to_path_buf(),
+                source,
+            })?;
+        }
         let extras: Vec<(&Path, &'static str)> = [
-            (license, artifact::LICENSE_MEDIA_TYPE),
-            (chat_template, artifact::CHAT_TEMPLATE_MEDIA_TYPE),
+            (extras.license, artifact::LICENSE_MEDIA_TYPE),
+            (extras.chat_template, artifact::CHAT_TEMPLATE_MEDIA_TYPE),
+            (extras.mmproj, artifact::MMPROJ_MEDIA_TYPE),
         ]
         .into_iter()
         .filter_map(|(p, media)| p.map(|p| (p, media)))
@@ -120,6 +126,13 @@ impl Store {
                 None,
             )
         })?;
+        let layer_blob = |media_type: &str| {
+            layers
+                .iter()
+                .find(|(media, _, _)| *media == media_type)
+                .and_then(|(_, digest, _)| artifact::digest_hex(digest))
+                .map(|hex| self.blob_path(hex))
+        };
         Ok(Model {
             id,
             tags: entry.tags,
@@ -128,11 +141,8 @@ impl Store {
             format: super::ModelFormat::Gguf,
             weights: self.blob_path(&hex),
             files: entry.files,
-            chat_template: layers
-                .iter()
-                .find(|(media, _, _)| *media == artifact::CHAT_TEMPLATE_MEDIA_TYPE)
-                .and_then(|(_, digest, _)| artifact::digest_hex(digest))
-                .map(|hex| self.blob_path(hex)),
+            chat_template: layer_blob(artifact::CHAT_TEMPLATE_MEDIA_TYPE),
+            mmproj: layer_blob(artifact::MMPROJ_MEDIA_TYPE),
         })
     }
 

@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use thiserror::Error;
 
 use artifact::{digest_hex, sha256_digest, ConfigFile, Manifest};
-pub use artifact::{rfc3339, rfc3339_at, ModelConfig};
+pub use artifact::{rfc3339, rfc3339_at, ModelConfig, MMPROJ_MEDIA_TYPE};
 use fsutil::{io_err, remove_quietly, remove_temps, sync_dir, write_new};
 use gguf::GgufError;
 use index::{Entry, Index};
@@ -102,6 +102,30 @@ pub struct Model {
     /// A GGUF model's packaged chat template (DMR's `…chat.template.jinja` layer), given to llama-server as
     /// `--chat-template-file` in place of the one in the GGUF's metadata.
     pub chat_template: Option<PathBuf>,
+    /// A GGUF model's multimodal projector (DMR's `…mmproj` layer): a vision model's image encoder, given to
+    /// llama-server as `--mmproj`. A model with one accepts images in chat.
+    pub mmproj: Option<PathBuf>,
+}
+
+impl Model {
+    /// Whether the model accepts images in chat (it has a multimodal projector).
+    pub fn vision(&self) -> bool {
+        self.mmproj.is_some()
+    }
+}
+
+/// The optional layers packaged with a GGUF's weights (`package_gguf`), each a file to copy into the store.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GgufExtras<'a> {
+    pub license: Option<&'a Path>,
+    pub chat_template: Option<&'a Path>,
+    pub mmproj: Option<&'a Path>,
+}
+
+impl GgufExtras<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.license.is_none() && self.chat_template.is_none() && self.mmproj.is_none()
+    }
 }
 
 /// Import progress: `digest` is set on the final report, once the content hash is known.
@@ -386,10 +410,13 @@ impl Store {
                 &format!("unknown model format {:?}", config.config.format),
             )
         })?;
-        let chat_template = if format == ModelFormat::Gguf {
-            self.chat_template_of(&manifest)
+        let (chat_template, mmproj) = if format == ModelFormat::Gguf {
+            (
+                self.layer_blob(&manifest, artifact::CHAT_TEMPLATE_MEDIA_TYPE),
+                self.layer_blob(&manifest, artifact::MMPROJ_MEDIA_TYPE),
+            )
         } else {
-            None
+            (None, None)
         };
         let weights = if format == ModelFormat::Gguf {
             let layer = manifest
@@ -426,15 +453,17 @@ impl Store {
             weights,
             files: entry.files.clone(),
             chat_template,
+            mmproj,
         })
     }
 
-    /// The blob of a manifest's chat-template layer, if it has one and the blob is there.
-    fn chat_template_of(&self, manifest: &Manifest) -> Option<PathBuf> {
+    /// The blob of a manifest's layer of `media_type` (a chat template, a projector), if it has one and the blob
+    /// is there.
+    fn layer_blob(&self, manifest: &Manifest, media_type: &str) -> Option<PathBuf> {
         manifest
             .layers
             .iter()
-            .find(|l| l.media_type == artifact::CHAT_TEMPLATE_MEDIA_TYPE)
+            .find(|l| l.media_type == media_type)
             .and_then(|l| digest_hex(&l.digest))
             .map(|hex| self.blob_path(hex))
             .filter(|p| p.is_file())

@@ -27,7 +27,7 @@ pub const CONFIG_MEDIA_TYPES: [&str; 3] = [
 /// Layer media types a pulled model may have (DMR's); any other is refused before anything is downloaded.
 pub const LAYER_MEDIA_TYPES: [&str; 9] = [
     artifact::GGUF_MEDIA_TYPE,
-    "application/vnd.docker.ai.mmproj",
+    artifact::MMPROJ_MEDIA_TYPE,
     "application/vnd.docker.ai.chat.template.jinja",
     "application/vnd.docker.ai.license",
     artifact::SAFETENSORS_MEDIA_TYPE,

@@ -297,6 +297,45 @@ fn shared_weights_survive_until_the_last_user_goes() {
 }
 
 #[test]
+fn a_projector_is_an_mmproj_layer_found_again_after_a_restart_and_must_be_gguf() {
+    let f = fixture();
+    let weights = model_file(&f.src, "w", "llama", 0, MTIME);
+    let projector = model_file(&f.src, "p", "clip", 1, MTIME);
+    let extras = GgufExtras {
+        mmproj: Some(&projector),
+        ..Default::default()
+    };
+    let m = f
+        .store
+        .package_gguf(&weights, "ai/v", extras, &mut |_| {})
+        .expect("package");
+    let blob = m.mmproj.clone().expect("the projector's blob");
+    assert_eq!(fs::read(&blob).unwrap(), fs::read(&projector).unwrap());
+    assert!(m.vision() && m.chat_template.is_none());
+    let plain = import(&f.store, &weights, "ai/plain").expect("plain");
+    assert!(!plain.vision() && plain.mmproj.is_none());
+    drop(f.store);
+    let reopened = Store::open(&f.root).expect("reopen");
+    assert_eq!(reopened.get("ai/v").expect("get").mmproj, Some(blob));
+    let before = snapshot(&f.root);
+    let junk = f.src.join("junk.mmproj");
+    fs::write(&junk, b"not a gguf").unwrap();
+    let bad = GgufExtras {
+        mmproj: Some(&junk),
+        ..Default::default()
+    };
+    let err = reopened
+        .package_gguf(&weights, "ai/bad", bad, &mut |_| {})
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Gguf { .. }), "{err:?}");
+    assert_eq!(
+        snapshot(&f.root),
+        before,
+        "a refused projector changes nothing"
+    );
+}
+
+#[test]
 fn survives_a_restart() {
     let f = fixture();
     import(&f.store, &model_file(&f.src, "a", "llama", 0, MTIME), "a").expect("a");
