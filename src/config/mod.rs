@@ -52,6 +52,8 @@ pub struct ServerConfig {
     pub responses_max: usize,
     /// ... and each for this long after it was made.
     pub responses_ttl: Duration,
+    /// The largest blob Ollama's `POST /api/blobs/sha256:…` accepts (streamed to disk, never held in memory).
+    pub max_blob_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -211,6 +213,7 @@ impl Default for Config {
                 max_json_elements: 50_000,
                 responses_max: 1000,
                 responses_ttl: Duration::from_secs(3600),
+                max_blob_bytes: 256 << 30,
             },
             store: StoreConfig {
                 path: default_store_path(),
@@ -435,6 +438,11 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
                 "server.responses_max",
                 server.responses_max,
                 &mut config.server.responses_max,
+            ),
+            (
+                "server.max_blob_bytes",
+                server.max_blob_bytes,
+                &mut config.server.max_blob_bytes,
             ),
         ] {
             match value.map(usize::try_from) {

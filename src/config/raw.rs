@@ -35,6 +35,7 @@ pub struct RawServer {
     pub max_json_elements: Option<i64>,
     pub responses_max: Option<i64>,
     pub responses_ttl: Option<String>,
+    pub max_blob_bytes: Option<i64>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

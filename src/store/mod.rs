@@ -13,6 +13,7 @@ pub mod pulled;
 pub mod sources;
 
 mod artifact;
+mod create;
 mod fsutil;
 mod gc;
 mod import;
@@ -21,6 +22,7 @@ mod index;
 mod repackage;
 mod runtime;
 
+pub use create::{Base, Recipe};
 pub use format::ModelFormat;
 pub use gc::{Collected, Protected};
 pub use runtime::RuntimeConfig;
@@ -76,6 +78,8 @@ pub enum StoreError {
         declared: u64,
         actual: u64,
     },
+    #[error("the blob is larger than {limit} bytes")]
+    TooLarge { limit: u64 },
     #[error("{path} has digest {actual}, expected {expected}")]
     DigestMismatch {
         path: PathBuf,
@@ -161,7 +165,11 @@ impl Store {
     /// Opens the store at `root`, creating the layout if missing and sweeping temp files left by
     /// a crash. A `models.json` or `layout.json` that does not parse is an error, never reset.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
-        for dir in [root.join("blobs/sha256"), root.join("manifests/sha256")] {
+        for dir in [
+            root.join("blobs/sha256"),
+            root.join("manifests/sha256"),
+            root.join("uploads/sha256"),
+        ] {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
         let root = fs::canonicalize(root).map_err(io_err(root))?;
@@ -201,7 +209,12 @@ impl Store {
                 remove_quietly(&entry.path());
             }
         }
-        for dir in [store.root.clone(), store.blob_dir(), store.manifest_dir()] {
+        for dir in [
+            store.root.clone(),
+            store.blob_dir(),
+            store.manifest_dir(),
+            store.upload_dir(),
+        ] {
             let n = remove_temps(&dir)?;
             if n > 0 {
                 tracing::info!(dir = %dir.display(), removed = n, "removed leftover temp files");
@@ -330,6 +343,11 @@ impl Store {
             if entry.file_name().to_string_lossy().ends_with(".incomplete") {
                 remove_quietly(&entry.path());
             }
+        }
+        // Uploads no model has used yet (Ollama's `/api/blobs`).
+        let uploads = self.upload_dir();
+        for entry in fs::read_dir(&uploads).map_err(io_err(&uploads))?.flatten() {
+            remove_quietly(&entry.path());
         }
         Ok(gone
             .into_iter()
