@@ -21,9 +21,9 @@ from harness import sha256_file
 from registry import Registry, get_manifest
 
 MSGS = [{"role": "user", "content": "Hello"}]
-SYSTEM = "You are a careful assistant who answers every question briefly and politely. " * 8
+SYSTEM = "You are a careful assistant who answers every question briefly and politely. " * 3
 # A Jinja chat template (what llama-server runs) with a fixed preamble, that mentions tools.
-TEMPLATE = ("Tools may be offered; none are today. " * 30
+TEMPLATE = ("Tools may be offered; none are today. " * 10 + "{% if tools %}{{ tools }}{% endif %}"
             + "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:")
 
 
@@ -33,6 +33,12 @@ def client(sup) -> ollama.Client:
 
 def lines(r) -> list[dict]:
     return [json.loads(line) for line in r.text.splitlines() if line.strip()]
+
+
+def system_of(sup, model: str) -> str | None:
+    r = sup.post("/api/show", {"model": model})
+    assert r.status_code == 200, r.text
+    return r.json().get("system")
 
 
 def head(sup, digest: str) -> int:
@@ -87,46 +93,47 @@ def test_create_from_a_model_with_parameters_system_and_template(supervisors):
     c = client(sup)
     base_id = sup.get("/models/ai/tiny").json()["id"]
     out = list(c.create(model="me/derived", from_="ai/tiny", stream=True,
-                        parameters={"num_ctx": 256, "temperature": 0, "num_predict": 4, "stop": ["zzz"]},
+                        parameters={"num_ctx": 2048, "temperature": 0, "num_predict": 4, "stop": ["zzz"]},
                         system=SYSTEM))
     assert out[0].status == "reading model metadata" and out[-1].status == "success", out
     derived = sup.get("/models/me/derived").json()
-    assert derived["id"] != base_id and derived["config"]["context_size"] == 256, derived
+    assert derived["id"] != base_id and derived["config"]["context_size"] == 2048, derived
     # The weights are shared: the base's GGUF layer is the derived model's.
     base_blobs = {p.name for p in (sup.store / "blobs/sha256").iterdir()}
     assert len(base_blobs) == 3, base_blobs  # weights + two configs
 
     s = c.show("me/derived")
-    assert s.system == SYSTEM, s.system
     assert "temperature" in s.parameters and "num_predict" in s.parameters and '"zzz"' in s.parameters, s.parameters
-    assert c.show("ai/tiny").system is None
+    # The SDK's ShowResponse has no `system`; Ollama's answer does.
+    assert system_of(sup, "me/derived") == SYSTEM
+    assert system_of(sup, "ai/tiny") is None
 
     # The model's parameters are the defaults of its requests: num_predict 4 at temperature 0.
     r = c.chat(model="me/derived", messages=MSGS, stream=False)
     assert r.eval_count == 4, r
     r = c.chat(model="me/derived", messages=MSGS, options={"num_predict": 2}, stream=False)
     assert r.eval_count == 2, r  # the request's own options win
-    assert sup.spawns()[-1].flag("--ctx-size") == "256"
+    assert sup.spawns()[-1].flag("--ctx-size") == "2048"
     # The system prompt goes first when the messages bring none, so the prompt grows by its tokens ...
     opts = {"temperature": 0, "num_predict": 1}
     plain = c.chat(model="ai/tiny", messages=MSGS, options=opts, stream=False).prompt_eval_count
     with_system = c.chat(model="me/derived", messages=MSGS, options=opts, stream=False).prompt_eval_count
-    assert with_system >= plain + 100, (plain, with_system)
+    assert with_system >= plain + 50, (plain, with_system)
     # ... and not when they do.
     own = [{"role": "system", "content": "Be short."}, *MSGS]
     assert (c.chat(model="me/derived", messages=own, options=opts, stream=False).prompt_eval_count
             == c.chat(model="ai/tiny", messages=own, options=opts, stream=False).prompt_eval_count)
     gen = c.generate(model="me/derived", prompt="Hello", options=opts, stream=False)
-    assert gen.prompt_eval_count >= plain + 100, gen
+    assert gen.prompt_eval_count >= plain + 50, gen
 
     # A Jinja template becomes the chat template llama-server runs; it mentions tools, so `show` says so.
     assert c.show("ai/tiny").capabilities == ["completion"]
     c.create(model="me/templated", from_="me/derived", template=TEMPLATE)
     s = c.show("me/templated")
     assert s.template == TEMPLATE and s.capabilities == ["completion", "tools"], s
-    assert s.system == SYSTEM  # kept from its base
+    assert system_of(sup, "me/templated") == SYSTEM  # kept from its base
     templated = c.chat(model="me/templated", messages=MSGS, options=opts, stream=False).prompt_eval_count
-    assert templated >= with_system + 200, (with_system, templated)
+    assert templated >= with_system + 50, (with_system, templated)
     spawn = sup.spawns()[-1]
     template_blob = Path(spawn.flag("--chat-template-file"))
     assert template_blob.parent == sup.store / "blobs/sha256" and template_blob.read_text() == TEMPLATE
