@@ -300,12 +300,18 @@ fn response_format(format: Option<&Value>) -> Result<Option<ResponseFormat>, Str
 impl ChatIn {
     /// A model's own defaults (from `/api/create`), as Ollama applies them: its parameters under the request's
     /// options, and its system prompt first unless the messages bring one.
-    pub fn with_model_defaults(mut self, system: Option<&str>, options: &BTreeMap<String, Value>) -> Self {
+    pub fn with_model_defaults(
+        mut self,
+        system: Option<&str>,
+        options: &BTreeMap<String, Value>,
+    ) -> Self {
         if !options.is_empty() {
             self.options = Some(self.options.take().unwrap_or_default().or_defaults(options));
         }
         let has_system = self.messages.iter().any(|m| m.role == "system");
-        if let Some(system) = system.filter(|s| !s.is_empty() && !has_system && !self.messages.is_empty()) {
+        if let Some(system) =
+            system.filter(|s| !s.is_empty() && !has_system && !self.messages.is_empty())
+        {
             self.messages.insert(
                 0,
                 Message {
@@ -411,7 +417,11 @@ impl ChatIn {
 impl GenerateIn {
     /// A model's own defaults (from `/api/create`): its parameters under the request's options, its system prompt
     /// unless the request gives one.
-    pub fn with_model_defaults(mut self, system: Option<&str>, options: &BTreeMap<String, Value>) -> Self {
+    pub fn with_model_defaults(
+        mut self,
+        system: Option<&str>,
+        options: &BTreeMap<String, Value>,
+    ) -> Self {
         if !options.is_empty() {
             self.options = Some(self.options.take().unwrap_or_default().or_defaults(options));
         }
@@ -991,7 +1001,12 @@ impl CreateIn {
                 .as_u64()
                 .filter(|n| (1..=i32::MAX as u64).contains(n))
                 .map(Some)
-                .ok_or_else(|| format!("parameters.num_ctx: {v} is not a context size (1 to {})", i32::MAX)),
+                .ok_or_else(|| {
+                    format!(
+                        "parameters.num_ctx: {v} is not a context size (1 to {})",
+                        i32::MAX
+                    )
+                }),
         }
     }
 
@@ -1005,7 +1020,8 @@ impl CreateIn {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let as_object = Value::Object(rest.clone().into_iter().collect());
-        serde_json::from_value::<StrictOptions>(as_object).map_err(|e| format!("parameters: {e}"))?;
+        serde_json::from_value::<StrictOptions>(as_object)
+            .map_err(|e| format!("parameters: {e}"))?;
         Ok(rest)
     }
 }
@@ -1051,7 +1067,11 @@ impl Progress {
 
     /// A layer's transfer: `"<verb> <12 hex>"` with its digest, size and bytes done.
     pub fn layer(verb: &str, digest: &str, total: u64, completed: u64) -> Progress {
-        let short: String = digest.trim_start_matches("sha256:").chars().take(12).collect();
+        let short: String = digest
+            .trim_start_matches("sha256:")
+            .chars()
+            .take(12)
+            .collect();
         Progress {
             status: format!("{verb} {short}"),
             digest: Some(digest.to_string()),
@@ -1083,6 +1103,67 @@ pub fn error_body(message: &str) -> Vec<u8> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn show_reports_model_info_capabilities_and_parameters_as_ollama_does() {
+        let gguf = BTreeMap::from([
+            ("general.architecture".to_string(), "llama".to_string()),
+            ("general.name".to_string(), "123".to_string()),
+            ("general.file_type".to_string(), "15".to_string()),
+            ("llama.context_length".to_string(), "8192".to_string()),
+            ("llama.rope.freq_base".to_string(), "10000.5".to_string()),
+        ]);
+        let info = model_info(&gguf);
+        assert_eq!(info["general.architecture"], json!("llama"));
+        assert_eq!(info["general.name"], json!("123"), "names stay text");
+        assert_eq!(info["general.file_type"], json!(15));
+        assert_eq!(info["llama.context_length"], json!(8192));
+        assert_eq!(info["llama.rope.freq_base"], json!(10000.5));
+        assert_eq!(capabilities(false, "{{ messages }}", false), ["completion"]);
+        assert_eq!(
+            capabilities(false, "{% if tools %}{% endif %}", true),
+            ["completion", "tools", "vision"]
+        );
+        assert_eq!(capabilities(true, "tools", false), ["embedding"]);
+        let params = BTreeMap::from([
+            ("stop".to_string(), json!(["a", "b"])),
+            ("temperature".to_string(), json!(0.5)),
+        ]);
+        let text = parameters_text(&params);
+        let lines: Vec<String> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        assert_eq!(lines, ["stop \"a\"", "stop \"b\"", "temperature 0.5"]);
+    }
+
+    #[test]
+    fn a_models_defaults_go_under_the_requests_own() {
+        let defaults = BTreeMap::from([
+            ("temperature".to_string(), json!(0.1)),
+            ("num_predict".to_string(), json!(4)),
+        ]);
+        let chat: ChatIn = serde_json::from_value(json!({
+            "model": "m", "messages": [{"role": "user", "content": "hi"}], "options": {"num_predict": 2}
+        }))
+        .unwrap();
+        let chat = chat.with_model_defaults(Some("be brief"), &defaults);
+        let o = chat.options.as_ref().unwrap();
+        assert_eq!((o.temperature, o.num_predict), (Some(0.1), Some(2)));
+        assert_eq!(chat.messages[0].role, "system");
+        assert_eq!(chat.messages[0].content, "be brief");
+        let own: ChatIn = serde_json::from_value(json!({
+            "model": "m", "messages": [{"role": "system", "content": "mine"}, {"role": "user", "content": "hi"}]
+        }))
+        .unwrap();
+        let own = own.with_model_defaults(Some("be brief"), &defaults);
+        assert_eq!(own.messages.len(), 2);
+        assert_eq!(own.messages[0].content, "mine");
+        let gen: GenerateIn = serde_json::from_value(json!({"model": "m", "prompt": "x"})).unwrap();
+        let gen = gen.with_model_defaults(Some("be brief"), &defaults);
+        assert_eq!(gen.system.as_deref(), Some("be brief"));
+        assert_eq!(gen.options.as_ref().unwrap().num_predict, Some(4));
+    }
 
     #[test]
     fn tools_images_and_format_translate() {

@@ -814,6 +814,22 @@ mod tests {
     }
 
     #[test]
+    fn the_blob_upload_cap_has_a_default_that_fits_real_ggufs_and_is_checked() {
+        let c = parse("").unwrap();
+        assert_eq!(c.server.max_blob_bytes, 256 << 30);
+        let c = parse("[server]\nmax_blob_bytes = 4096").unwrap();
+        assert_eq!(c.server.max_blob_bytes, 4096);
+        let err = parse("[server]\nmax_blob_bytes = 0").unwrap_err();
+        assert!(
+            err.lines()
+                .iter()
+                .any(|l| l == "server.max_blob_bytes: must be > 0"),
+            "{:?}",
+            err.lines()
+        );
+    }
+
+    #[test]
     fn the_responses_store_is_bounded_and_checked() {
         let c = parse("").unwrap();
         assert_eq!(c.server.responses_max, 1000);

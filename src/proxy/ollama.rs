@@ -181,8 +181,15 @@ pub async fn show(
 
 /// The model a request names, if the store has it: for its defaults (from `/api/create`) before its request is
 /// translated. An unknown model is left to the lease, which answers its 404.
-fn defaults_of(app: &App, requested: &str) -> (Option<String>, std::collections::BTreeMap<String, serde_json::Value>) {
-    match app.resolve(requested) {
+fn defaults_of(
+    app: &App,
+    requested: &str,
+) -> (
+    Option<String>,
+    std::collections::BTreeMap<String, serde_json::Value>,
+) {
+    // The shared copy: this runs per request.
+    match app.store.get_shared(requested) {
         Ok(m) => (m.config.system.clone(), m.config.options.clone()),
         Err(_) => (None, Default::default()),
     }

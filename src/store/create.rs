@@ -52,7 +52,11 @@ impl Store {
         fs::read(self.manifest_path(hex))
             .ok()
             .and_then(|b| serde_json::from_slice::<artifact::Manifest>(&b).ok())
-            .is_some_and(|m| m.layers.iter().any(|l| l.media_type == artifact::MMPROJ_MEDIA_TYPE))
+            .is_some_and(|m| {
+                m.layers
+                    .iter()
+                    .any(|l| l.media_type == artifact::MMPROJ_MEDIA_TYPE)
+            })
     }
 
     /// Whether `digest` is an uploaded blob or a blob of the store.
@@ -302,7 +306,9 @@ mod tests {
         let store = Store::open(dir.path()).expect("open");
         let data = tiny_gguf();
         let digest = sha256_digest(&data);
-        store.upload(&digest, &mut &data[..], 1 << 30).expect("upload");
+        store
+            .upload(&digest, &mut &data[..], 1 << 30)
+            .expect("upload");
         let m = store
             .create_model(Base::Blob(&digest), "me/base", &Recipe::default())
             .expect("create");
@@ -336,7 +342,9 @@ mod tests {
         ));
         let junk = b"not a gguf at all".to_vec();
         let junk_digest = sha256_digest(&junk);
-        store.upload(&junk_digest, &mut &junk[..], 100).expect("upload");
+        store
+            .upload(&junk_digest, &mut &junk[..], 100)
+            .expect("upload");
         assert!(matches!(
             store.create_model(Base::Blob(&junk_digest), "me/x", &Recipe::default()),
             Err(StoreError::Gguf { .. })

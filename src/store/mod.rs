@@ -209,6 +209,22 @@ impl Store {
                 remove_quietly(&entry.path());
             }
         }
+        // Uploads (Ollama's `/api/blobs`) that no create used within a week go too.
+        for entry in fs::read_dir(store.upload_dir())
+            .map_err(io_err(&store.upload_dir()))?
+            .flatten()
+        {
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > week);
+            if stale {
+                tracing::info!(file = %entry.path().display(), "removing an upload older than a week");
+                remove_quietly(&entry.path());
+            }
+        }
         for dir in [
             store.root.clone(),
             store.blob_dir(),

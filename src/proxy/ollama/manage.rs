@@ -32,7 +32,10 @@ fn new_name(given: &str, what: &str) -> Result<String, ApiError> {
 
 /// `POST /api/copy {"source","destination"}` → 200 with an empty body, as Ollama; 404 unknown source, 400 bad
 /// names.
-pub async fn copy(app: &Arc<App>, req: http::Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub async fn copy(
+    app: &Arc<App>,
+    req: http::Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let (_, body) = read_body(req, app.body_limits()).await?;
     let input: ollama::CopyIn = parse_json(&body)?;
     if input.source.trim().is_empty() {
@@ -43,7 +46,9 @@ pub async fn copy(app: &Arc<App>, req: http::Request<Incoming>) -> Result<Respon
     blocking(app, move |s| s.tag(&source, &destination))
         .await
         .map_err(|e| match e.kind {
-            ErrorKind::NotFound => ApiError::not_found(format!("model '{}' not found", input.source)),
+            ErrorKind::NotFound => {
+                ApiError::not_found(format!("model '{}' not found", input.source))
+            }
             _ => e,
         })?;
     Ok(Response::new(full(Bytes::new())))
@@ -139,16 +144,32 @@ fn too_large(cap: u64) -> ApiError {
 
 /// An Ollama (Go `text/template`) template: llama-server runs Jinja chat templates only.
 fn is_go_template(t: &str) -> bool {
-    [".Prompt", ".System", ".Messages", ".Response", ".Tools", "{{ .", "{{- ."]
-        .iter()
-        .any(|m| t.contains(m))
+    [
+        ".Prompt",
+        ".System",
+        ".Messages",
+        ".Response",
+        ".Tools",
+        "{{ .",
+        "{{- .",
+    ]
+    .iter()
+    .any(|m| t.contains(m))
 }
 
 /// What a create is made from, and with what, checked before anything is written.
 fn plan(input: &CreateIn) -> Result<(String, Option<String>, Option<String>, Recipe), ApiError> {
-    let model = input.model.as_deref().or(input.name.as_deref()).unwrap_or_default();
+    let model = input
+        .model
+        .as_deref()
+        .or(input.name.as_deref())
+        .unwrap_or_default();
     let model = new_name(model, "model")?;
-    let refuse = |what: &str| Err(ApiError::bad_request(format!("{what} is not supported here")));
+    let refuse = |what: &str| {
+        Err(ApiError::bad_request(format!(
+            "{what} is not supported here"
+        )))
+    };
     if input.modelfile.is_some() && input.files.is_empty() && input.from.is_none() {
         return Err(ApiError::bad_request(
             "\"modelfile\" is not supported: send \"from\" or \"files\" (as Ollama clients since 0.5.5 do)",
@@ -166,7 +187,11 @@ fn plan(input: &CreateIn) -> Result<(String, Option<String>, Option<String>, Rec
     let blob = match (input.files.len(), &input.from) {
         (0, None) => return Err(ApiError::bad_request("\"from\" or \"files\" is required")),
         (0, Some(_)) => None,
-        (_, Some(_)) => return Err(ApiError::bad_request("give \"from\" or \"files\", not both")),
+        (_, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give \"from\" or \"files\", not both",
+            ))
+        }
         (1, None) => {
             let (file, digest) = input.files.iter().next().expect("one entry");
             if !file.to_ascii_lowercase().ends_with(".gguf") {
@@ -204,7 +229,10 @@ fn plan(input: &CreateIn) -> Result<(String, Option<String>, Option<String>, Rec
 /// `system`, `template` (Jinja: its chat template) and `license`. The model is made before the answer (it is
 /// quick: the weights are linked, not copied), so a failure is a 4xx; then Ollama's progress lines (`parsing
 /// GGUF`, `using existing layer …`, `writing manifest`, `success`), or only the last with `"stream": false`.
-pub async fn create(app: &Arc<App>, req: http::Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub async fn create(
+    app: &Arc<App>,
+    req: http::Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let (_, body) = read_body(req, app.body_limits()).await?;
     let input: CreateIn = parse_json(&body)?;
     let (model, blob, from, recipe) = plan(&input)?;
@@ -222,8 +250,12 @@ pub async fn create(app: &Arc<App>, req: http::Request<Incoming>) -> Result<Resp
         (StoreError::NotFound(_), Some(d), _) => ApiError::bad_request(format!(
             "blob {d} has not been uploaded: POST /api/blobs/{d} first"
         )),
-        (StoreError::NotFound(_), None, Some(m)) => ApiError::not_found(format!("model '{m}' not found")),
-        (e @ (StoreError::Gguf { .. } | StoreError::Conflict(_)), _, _) => ApiError::bad_request(e.to_string()),
+        (StoreError::NotFound(_), None, Some(m)) => {
+            ApiError::not_found(format!("model '{m}' not found"))
+        }
+        (e @ (StoreError::Gguf { .. } | StoreError::Conflict(_)), _, _) => {
+            ApiError::bad_request(e.to_string())
+        }
         (e, _, _) => e.into(),
     })?;
     tracing::info!(model, id = made.id, "model created");
@@ -239,7 +271,10 @@ pub async fn create(app: &Arc<App>, req: http::Request<Incoming>) -> Result<Resp
     );
     lines.push(Progress::status("writing manifest"));
     lines.push(Progress::status("success"));
-    Ok(progress_answer(lines.iter().map(Progress::to_line).collect(), input.stream))
+    Ok(progress_answer(
+        lines.iter().map(Progress::to_line).collect(),
+        input.stream,
+    ))
 }
 
 /// Lines already made, as Ollama answers them: NDJSON, or with `"stream": false` the last one alone.
@@ -290,7 +325,9 @@ pub async fn push(
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
     let _ = tx.send(Progress::status("retrieving manifest").to_line());
     start_push(app, target, None, tx, |event| match event {
-        PushEvent::Progress(p) => Progress::layer("pushing", &p.layer, p.layer_size, p.layer_done).to_line(),
+        PushEvent::Progress(p) => {
+            Progress::layer("pushing", &p.layer, p.layer_size, p.layer_done).to_line()
+        }
         PushEvent::Done(Ok(_)) => {
             let mut b = Progress::status("pushing manifest").to_line();
             b.extend(Progress::status("success").to_line());
@@ -328,23 +365,59 @@ mod tests {
             "system": "hi", "license": ["a", "b"]
         })))
         .expect("planned");
-        assert_eq!((model.as_str(), blob.as_deref(), from), ("me/m:latest", Some(d.as_str()), None));
+        assert_eq!(
+            (model.as_str(), blob.as_deref(), from),
+            ("me/m:latest", Some(d.as_str()), None)
+        );
         assert_eq!(recipe.context_size, Some(512));
         assert!(!recipe.options.contains_key("num_ctx"));
         assert_eq!(recipe.options["temperature"], serde_json::json!(0.2));
         assert_eq!(recipe.license.as_deref(), Some("a\nb"));
         for (bad, why) in [
-            (serde_json::json!({"files": {"m.gguf": d}}), "\"model\" is required"),
-            (serde_json::json!({"model": "a/../b", "from": "x"}), "invalid model"),
-            (serde_json::json!({"model": "m"}), "\"from\" or \"files\" is required"),
-            (serde_json::json!({"model": "m", "from": "x", "files": {"m.gguf": d}}), "not both"),
-            (serde_json::json!({"model": "m", "files": {"m.bin": d}}), "not a .gguf"),
-            (serde_json::json!({"model": "m", "from": "x", "quantize": "q4_K_M"}), "quantize"),
-            (serde_json::json!({"model": "m", "from": "x", "adapters": {"a": d}}), "adapters"),
-            (serde_json::json!({"model": "m", "from": "x", "parameters": {"num_ctx": 0}}), "num_ctx"),
-            (serde_json::json!({"model": "m", "from": "x", "parameters": {"tempreature": 1}}), "tempreature"),
-            (serde_json::json!({"model": "m", "from": "x", "template": "{{ .Prompt }}"}), "Go"),
-            (serde_json::json!({"model": "m", "modelfile": "FROM x"}), "modelfile"),
+            (
+                serde_json::json!({"files": {"m.gguf": d}}),
+                "\"model\" is required",
+            ),
+            (
+                serde_json::json!({"model": "a/../b", "from": "x"}),
+                "invalid model",
+            ),
+            (
+                serde_json::json!({"model": "m"}),
+                "\"from\" or \"files\" is required",
+            ),
+            (
+                serde_json::json!({"model": "m", "from": "x", "files": {"m.gguf": d}}),
+                "not both",
+            ),
+            (
+                serde_json::json!({"model": "m", "files": {"m.bin": d}}),
+                "not a .gguf",
+            ),
+            (
+                serde_json::json!({"model": "m", "from": "x", "quantize": "q4_K_M"}),
+                "quantize",
+            ),
+            (
+                serde_json::json!({"model": "m", "from": "x", "adapters": {"a": d}}),
+                "adapters",
+            ),
+            (
+                serde_json::json!({"model": "m", "from": "x", "parameters": {"num_ctx": 0}}),
+                "num_ctx",
+            ),
+            (
+                serde_json::json!({"model": "m", "from": "x", "parameters": {"tempreature": 1}}),
+                "tempreature",
+            ),
+            (
+                serde_json::json!({"model": "m", "from": "x", "template": "{{ .Prompt }}"}),
+                "Go",
+            ),
+            (
+                serde_json::json!({"model": "m", "modelfile": "FROM x"}),
+                "modelfile",
+            ),
         ] {
             let e = plan(&create(bad.clone())).expect_err(&bad.to_string());
             assert_eq!(e.kind, ErrorKind::BadRequest, "{bad}");
