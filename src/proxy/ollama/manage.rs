@@ -157,8 +157,24 @@ fn is_go_template(t: &str) -> bool {
     .any(|m| t.contains(m))
 }
 
-/// What a create is made from, and with what, checked before anything is written.
-fn plan(input: &CreateIn) -> Result<(String, Option<String>, Option<String>, Recipe), ApiError> {
+/// A create, checked before anything is written: the new model's name, what it is made from, and what changes.
+#[derive(Debug)]
+struct Plan {
+    model: String,
+    from: Source,
+    recipe: Recipe,
+}
+
+/// What a created model is made from.
+#[derive(Debug, Clone, PartialEq)]
+enum Source {
+    /// An uploaded GGUF blob (`files`), by digest.
+    Blob(String),
+    /// A stored model (`from`).
+    Model(String),
+}
+
+fn plan(input: &CreateIn) -> Result<Plan, ApiError> {
     let model = input
         .model
         .as_deref()
@@ -184,31 +200,29 @@ fn plan(input: &CreateIn) -> Result<(String, Option<String>, Option<String>, Rec
     if !input.messages.is_empty() {
         return refuse("\"messages\" (a packaged conversation)");
     }
-    let blob = match (input.files.len(), &input.from) {
-        (0, None) => return Err(ApiError::bad_request("\"from\" or \"files\" is required")),
-        (0, Some(_)) => None,
-        (_, Some(_)) => {
+    let from = match (input.files.iter().next(), input.files.len(), &input.from) {
+        (None, _, None) => return Err(ApiError::bad_request("\"from\" or \"files\" is required")),
+        (None, _, Some(m)) => Source::Model(m.clone()),
+        (Some(_), _, Some(_)) => {
             return Err(ApiError::bad_request(
                 "give \"from\" or \"files\", not both",
             ))
         }
-        (1, None) => {
-            let (file, digest) = input.files.iter().next().expect("one entry");
+        (Some((file, digest)), 1, None) => {
             if !file.to_ascii_lowercase().ends_with(".gguf") {
                 return Err(ApiError::bad_request(format!(
                     "files: {file:?} is not a .gguf file (only GGUF models can be created from files)"
                 )));
             }
-            Some(digest.clone())
+            Source::Blob(digest.clone())
         }
-        (_, None) => {
+        (Some(_), _, None) => {
             return Err(ApiError::bad_request(
                 "files: give one .gguf file (safetensors models cannot be created from files here)",
             ))
         }
     };
-    if let Some(t) = input.template.as_deref().filter(|t| is_go_template(t)) {
-        let _ = t;
+    if input.template.as_deref().is_some_and(is_go_template) {
         return Err(ApiError::bad_request(
             "template: this is an Ollama (Go) template; the engine runs Jinja chat templates (as in a GGUF's \
              tokenizer.chat_template)",
@@ -221,7 +235,11 @@ fn plan(input: &CreateIn) -> Result<(String, Option<String>, Option<String>, Rec
         chat_template: input.template.clone().filter(|t| !t.is_empty()),
         license: input.license.as_ref().map(ollama::Texts::joined),
     };
-    Ok((model, blob, input.from.clone(), recipe))
+    Ok(Plan {
+        model,
+        from,
+        recipe,
+    })
 }
 
 /// `POST /api/create`: a new GGUF model from an uploaded blob (`files: {"x.gguf": "sha256:…"}`) or from a stored
@@ -235,37 +253,44 @@ pub async fn create(
 ) -> Result<Response<Body>, ApiError> {
     let (_, body) = read_body(req, app.body_limits()).await?;
     let input: CreateIn = parse_json(&body)?;
-    let (model, blob, from, recipe) = plan(&input)?;
-    let (tag, b, f) = (model.clone(), blob.clone(), from.clone());
+    let Plan {
+        model,
+        from,
+        recipe,
+    } = plan(&input)?;
+    let (tag, base) = (model.clone(), from.clone());
     let made = blocking(app, move |s| {
-        let base = match (&b, &f) {
-            (Some(d), _) => Base::Blob(d),
-            (None, Some(m)) => Base::Model(m),
-            (None, None) => return Ok(Err(StoreError::NotFound(tag))),
+        let base = match &base {
+            Source::Blob(d) => Base::Blob(d),
+            Source::Model(m) => Base::Model(m),
         };
         Ok(s.create_model(base, &tag, &recipe))
     })
     .await?
-    .map_err(|e| match (e, &blob, &from) {
-        (StoreError::NotFound(_), Some(d), _) => ApiError::bad_request(format!(
+    .map_err(|e| match (e, &from) {
+        (StoreError::NotFound(_), Source::Blob(d)) => ApiError::bad_request(format!(
             "blob {d} has not been uploaded: POST /api/blobs/{d} first"
         )),
-        (StoreError::NotFound(_), None, Some(m)) => {
+        (StoreError::NotFound(_), Source::Model(m)) => {
             ApiError::not_found(format!("model '{m}' not found"))
         }
-        (e @ (StoreError::Gguf { .. } | StoreError::Conflict(_)), _, _) => {
+        (e @ (StoreError::Gguf { .. } | StoreError::Conflict(_)), _) => {
             ApiError::bad_request(e.to_string())
         }
-        (e, _, _) => e.into(),
+        (e, _) => e.into(),
     })?;
     tracing::info!(model, id = made.id, "model created");
-    let mut lines = vec![Progress::status(if blob.is_some() {
-        "parsing GGUF"
-    } else {
-        "reading model metadata"
+    let mut lines = vec![Progress::status(match from {
+        Source::Blob(_) => "parsing GGUF",
+        Source::Model(_) => "reading model metadata",
     })];
+    // A model's files are its layers, then its config (`Store::commit_artifact`).
+    let layers = made
+        .files
+        .split_last()
+        .map_or(&[][..], |(_, layers)| layers);
     lines.extend(
-        made.files
+        layers
             .iter()
             .map(|d| Progress::status(format!("using existing layer {d}"))),
     );
@@ -360,15 +385,17 @@ mod tests {
     #[test]
     fn creates_are_planned_or_refused_before_anything_is_written() {
         let d = format!("sha256:{}", "a".repeat(64));
-        let (model, blob, from, recipe) = plan(&create(serde_json::json!({
+        let Plan {
+            model,
+            from,
+            recipe,
+        } = plan(&create(serde_json::json!({
             "model": "me/m", "files": {"m.gguf": d}, "parameters": {"num_ctx": 512, "temperature": 0.2, "stop": ["x"]},
             "system": "hi", "license": ["a", "b"]
         })))
         .expect("planned");
-        assert_eq!(
-            (model.as_str(), blob.as_deref(), from),
-            ("me/m:latest", Some(d.as_str()), None)
-        );
+        assert_eq!(model, "me/m:latest");
+        assert_eq!(from, Source::Blob(d.clone()));
         assert_eq!(recipe.context_size, Some(512));
         assert!(!recipe.options.contains_key("num_ctx"));
         assert_eq!(recipe.options["temperature"], serde_json::json!(0.2));
