@@ -116,7 +116,7 @@ impl Store {
             let (mut manifest, mut config, created) = match base {
                 Base::Blob(digest) => {
                     protected.add(digest);
-                    let (m, c) = self.from_blob(digest, &mut added)?;
+                    let (m, c) = self.artifact_of_blob(digest, &mut added)?;
                     (m, c, now())
                 }
                 Base::Model(reference) => {
@@ -177,9 +177,9 @@ impl Store {
         result
     }
 
-    /// The manifest and config of a model made of the GGUF blob `digest` alone (the upload is linked into
-    /// `blobs/`, recorded in `added`).
-    fn from_blob(
+    /// The manifest and config of a model made of the GGUF blob `digest` alone: a blob of the store, or an upload,
+    /// checked to be GGUF, then linked into `blobs/` (recorded in `added`).
+    fn artifact_of_blob(
         &self,
         digest: &str,
         added: &mut Vec<String>,
@@ -188,25 +188,27 @@ impl Store {
             .ok_or_else(|| NameError::BadDigest(digest.to_string()))?
             .to_string();
         let blob = self.blob_path(&hex);
-        if !blob.is_file() {
+        let upload = if blob.is_file() {
+            None
+        } else {
             let upload = self
                 .upload_file(digest)
                 .ok_or_else(|| StoreError::NotFound(digest.to_string()))?;
-            let info = gguf::read_file(&upload).map_err(|source| StoreError::Gguf {
+            Some(upload)
+        };
+        let info = gguf::read_file(upload.as_ref().unwrap_or(&blob)).map_err(|source| {
+            StoreError::Gguf {
                 path: PathBuf::from(digest),
                 source,
-            })?;
-            drop(info);
+            }
+        })?;
+        if let Some(upload) = upload {
             match fs::hard_link(&upload, &blob) {
                 Ok(()) => added.push(digest.to_string()),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(io_err(&blob)(e)),
             }
         }
-        let info = gguf::read_file(&blob).map_err(|source| StoreError::Gguf {
-            path: PathBuf::from(digest),
-            source,
-        })?;
         let len = fs::metadata(&blob).map_err(io_err(&blob))?.len();
         let config = artifact::model_config(&info, len);
         let config_bytes = artifact::config_bytes_for(&config, &[digest.to_string()], now());
