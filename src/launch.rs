@@ -98,6 +98,9 @@ impl Planner<'_> {
             };
             return Err(PlanError::Refused(format!("model {requested} {what}")));
         }
+        if let Some(why) = engine.refuses_mode(mode, &model.config) {
+            return Err(PlanError::Refused(format!("model {requested} {why}")));
+        }
         let settings = settings(self.config, self.store, requested, &model, mode);
         let asked = wishes.context_size.or(settings.context_size);
         let launch = LaunchSpec {
@@ -114,6 +117,7 @@ impl Planner<'_> {
             runtime_flags: settings.runtime_flags,
             keep_alive: wishes
                 .keep_alive
+                .map(|k| k.capped(self.config.scheduler.max_keep_alive))
                 .or(settings.keep_alive)
                 .unwrap_or(self.config.scheduler.keep_alive),
             vllm: settings.vllm,
@@ -164,7 +168,8 @@ impl Planner<'_> {
 }
 
 /// A model's settings in `mode`: the `[[models]]` entry of the name asked for, else of any of the model's tags,
-/// else defaults; then what `POST /engines/_configure` stored for the model and mode, which wins.
+/// else defaults; then what `POST /engines/_configure` stored for the model and mode (for reranking without
+/// its own, the completion mode's, as DMR does), which wins.
 pub fn settings(
     config: &Config,
     store: &Store,
@@ -180,12 +185,20 @@ pub fn settings(
         .or_else(|| model.tags.iter().find_map(|t| by_name(t)))
         .cloned()
         .unwrap_or_else(|| ModelSettings::defaults_for(requested.as_deref().unwrap_or_default()));
-    let stored = store
-        .runtime_config(&model.id, mode.as_str())
-        .unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "cannot read runtime configs");
-            None
-        });
+    let stored_for = |mode: Mode| {
+        store
+            .runtime_config(&model.id, mode.as_str())
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read runtime configs");
+                None
+            })
+    };
+    // A reranking runner without settings of its own takes the completion mode's, as DMR does.
+    let stored = stored_for(mode).or_else(|| {
+        (mode == Mode::Reranking)
+            .then(|| stored_for(Mode::Completion))
+            .flatten()
+    });
     if let Some(c) = stored {
         if c.context_size.is_some() {
             settings.context_size = c.context_size;
@@ -198,7 +211,8 @@ pub fn settings(
             .as_deref()
             .and_then(|k| KeepAlive::parse(k).ok())
         {
-            settings.keep_alive = Some(k);
+            // Set over the network: no longer than the admin allows.
+            settings.keep_alive = Some(k.capped(config.scheduler.max_keep_alive));
         }
         if c.gpu_memory_utilization.is_some() {
             settings.vllm.gpu_memory_utilization = c.gpu_memory_utilization;
@@ -375,6 +389,25 @@ mod tests {
             embedding.launch.context_size, 1024,
             "the stored config is per mode"
         );
+        let rerank = plan(&f, "ai/tiny", Mode::Reranking).unwrap();
+        assert_eq!(
+            (rerank.launch.context_size, rerank.key.mode),
+            (2048, Mode::Reranking),
+            "reranking falls back to the completion mode's stored config, in a runner of its own"
+        );
+        f.store
+            .set_runtime_config(RuntimeConfig {
+                model_id: model.id.clone(),
+                mode: "reranking".into(),
+                context_size: Some(768),
+                runtime_flags: None,
+                keep_alive: None,
+                gpu_memory_utilization: None,
+                hf_overrides: None,
+            })
+            .unwrap();
+        let rerank = plan(&f, "ai/tiny", Mode::Reranking).unwrap();
+        assert_eq!(rerank.launch.context_size, 768, "its own config wins");
     }
 
     #[test]

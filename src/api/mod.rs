@@ -5,6 +5,7 @@ pub mod anthropic;
 pub mod native;
 pub mod ollama;
 pub mod openai;
+pub mod rerank;
 pub mod responses;
 pub mod summary;
 
@@ -89,4 +90,48 @@ pub trait StreamTranslate: Send + Sync + 'static {
     fn finish(&mut self, total_ns: u64) -> Vec<Vec<u8>>;
     /// The frame that reports an engine failing mid-stream; nothing follows it.
     fn fail(&mut self, message: &str) -> Vec<Vec<u8>>;
+}
+
+/// A chat-chunk translator whose answer ends exactly once (Anthropic's and the Responses API's events): the parts
+/// that differ. [`feed_chunks`] and [`finish_chunks`] are its `StreamTranslate::feed` and `finish`, written once.
+pub trait ChunkEvents {
+    fn decoder(&mut self) -> &mut openai::SseDecoder;
+    /// Its last event has been written: nothing more is.
+    fn ended(&self) -> bool;
+    /// The engine said why it stopped, so a stream that ends without `[DONE]` is still a whole answer.
+    fn answered(&self) -> bool;
+    fn on_chunk(&mut self, chunk: openai::ChatResponse, out: &mut Vec<Vec<u8>>);
+    /// The answer is whole: write its closing events.
+    fn on_end(&mut self, out: &mut Vec<Vec<u8>>);
+    /// The engine failed: the dialect's error events (nothing after them).
+    fn on_error(&mut self, message: &str) -> Vec<Vec<u8>>;
+}
+
+/// `StreamTranslate::feed` for a [`ChunkEvents`]: each complete engine event in, its events out; nothing once ended.
+pub fn feed_chunks(t: &mut impl ChunkEvents, bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for item in t.decoder().push(bytes) {
+        if t.ended() {
+            break;
+        }
+        match item {
+            openai::SseItem::Chunk(chunk) => t.on_chunk(*chunk, &mut out),
+            openai::SseItem::Error(message) => out.extend(t.on_error(&message)),
+            openai::SseItem::Done => t.on_end(&mut out),
+        }
+    }
+    out
+}
+
+/// `StreamTranslate::finish` for a [`ChunkEvents`]: an engine that ended without `[DONE]` after saying why it
+/// stopped gave a whole answer; one that ended before that failed.
+pub fn finish_chunks(t: &mut impl ChunkEvents) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    if t.ended() {
+    } else if t.answered() {
+        t.on_end(&mut out);
+    } else {
+        out = t.on_error("the engine ended the stream before the answer was complete");
+    }
+    out
 }

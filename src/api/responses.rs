@@ -25,8 +25,8 @@ use serde_json::Value;
 
 use super::openai::{
     ChatMessage, ChatRequest, ChatResponse, FunctionCall, FunctionDef, ImageUrl, JsonSchema,
-    MessageContent, NamedFunction, Part, ResponseFormat, SseDecoder, SseItem, StreamOptions, Tool,
-    ToolCall, ToolCallOut, ToolChoice, Usage,
+    MessageContent, NamedFunction, Part, ResponseFormat, SseDecoder, StreamOptions, Tool, ToolCall,
+    ToolCallOut, ToolChoice, Usage,
 };
 use super::StreamTranslate;
 
@@ -1325,6 +1325,32 @@ impl StreamTranslator {
     }
 }
 
+impl super::ChunkEvents for StreamTranslator {
+    fn decoder(&mut self) -> &mut SseDecoder {
+        &mut self.sse
+    }
+
+    fn ended(&self) -> bool {
+        self.ended
+    }
+
+    fn answered(&self) -> bool {
+        self.finish_reason.is_some()
+    }
+
+    fn on_chunk(&mut self, chunk: ChatResponse, out: &mut Vec<Vec<u8>>) {
+        self.chunk(chunk, out);
+    }
+
+    fn on_end(&mut self, out: &mut Vec<Vec<u8>>) {
+        self.end(out);
+    }
+
+    fn on_error(&mut self, message: &str) -> Vec<Vec<u8>> {
+        StreamTranslate::fail(self, message)
+    }
+}
+
 impl StreamTranslate for StreamTranslator {
     fn begin(&mut self) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
@@ -1345,30 +1371,11 @@ impl StreamTranslate for StreamTranslator {
     }
 
     fn feed(&mut self, bytes: &[u8]) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        for item in self.sse.push(bytes) {
-            if self.ended {
-                break;
-            }
-            match item {
-                SseItem::Chunk(chunk) => self.chunk(*chunk, &mut out),
-                SseItem::Error(message) => out.extend(self.fail(&message)),
-                SseItem::Done => self.end(&mut out),
-            }
-        }
-        out
+        super::feed_chunks(self, bytes)
     }
 
     fn finish(&mut self, _total_ns: u64) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        if self.ended {
-        } else if self.finish_reason.is_some() {
-            // An engine that ends without `[DONE]`.
-            self.end(&mut out);
-        } else {
-            out = self.fail("the engine ended the stream before the answer was complete");
-        }
-        out
+        super::finish_chunks(self)
     }
 
     fn fail(&mut self, message: &str) -> Vec<Vec<u8>> {

@@ -12,11 +12,14 @@ pub struct AnswerSummary {
     pub completion_tokens: Option<u64>,
 }
 
-/// The prompt of a chat (`messages[-1]` with role user: its text), completion or generate request.
+/// The prompt of a chat (`messages[-1]` with role user: its text), completion or generate request; a rerank's
+/// `query`, a score's `text_1` (one text) and llama-server tokenize's `content`.
 pub fn prompt(request: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(request).ok()?;
-    if let Some(p) = v.get("prompt").and_then(Value::as_str) {
-        return Some(p.to_string());
+    for key in ["prompt", "query", "text_1", "content"] {
+        if let Some(p) = v.get(key).and_then(Value::as_str) {
+            return Some(p.to_string());
+        }
     }
     if let Some(input) = v.get("input") {
         // The Responses API's message items: the last user turn, as for chat.
@@ -163,6 +166,16 @@ mod tests {
         assert_eq!(
             prompt(br#"{"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"image"},{"type":"text","text":"b"}]}]}"#).as_deref(),
             Some("ab")
+        );
+        assert_eq!(
+            prompt(br#"{"model":"m","query":"which","documents":["a"]}"#).as_deref(),
+            Some("which"),
+            "a rerank's query"
+        );
+        assert_eq!(
+            prompt(br#"{"model":"m","text_1":"t","text_2":["a"]}"#).as_deref(),
+            Some("t"),
+            "a score's text_1"
         );
         assert_eq!(
             prompt(br#"{"model":"m","prompt":"p"}"#).as_deref(),

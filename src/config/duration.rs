@@ -16,6 +16,15 @@ pub enum KeepAlive {
 impl KeepAlive {
     pub const DEFAULT: KeepAlive = KeepAlive::For(Duration::from_secs(300));
 
+    /// This keep-alive, no longer than `max` (`Forever` is longer than any duration).
+    pub fn capped(self, max: Option<KeepAlive>) -> KeepAlive {
+        match (self, max) {
+            (_, None) | (_, Some(KeepAlive::Forever)) => self,
+            (KeepAlive::Forever, Some(m)) => m,
+            (KeepAlive::For(d), Some(KeepAlive::For(m))) => KeepAlive::For(d.min(m)),
+        }
+    }
+
     /// Parses `"5m"`, `"0"`, `"-1"`, `"30"` (seconds) and the like.
     pub fn parse(s: &str) -> Result<KeepAlive, String> {
         let t = s.trim();
@@ -124,6 +133,23 @@ fn trim_float(x: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cap_shortens_long_keep_alives_and_forever() {
+        let (m5, h1) = (
+            KeepAlive::For(Duration::from_secs(300)),
+            KeepAlive::For(Duration::from_secs(3600)),
+        );
+        assert_eq!(h1.capped(Some(m5)), m5);
+        assert_eq!(KeepAlive::Forever.capped(Some(m5)), m5);
+        assert_eq!(m5.capped(Some(h1)), m5, "shorter ones stay");
+        assert_eq!(
+            KeepAlive::For(Duration::ZERO).capped(Some(m5)),
+            KeepAlive::For(Duration::ZERO)
+        );
+        assert_eq!(KeepAlive::Forever.capped(None), KeepAlive::Forever);
+        assert_eq!(h1.capped(Some(KeepAlive::Forever)), h1);
+    }
 
     #[test]
     fn parses_go_durations() {

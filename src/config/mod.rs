@@ -130,6 +130,8 @@ pub struct LlamaCppConfig {
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
     pub keep_alive: KeepAlive,
+    /// The longest keep-alive a client may ask for (a request's `keep_alive`, `_configure`); `None`: no cap.
+    pub max_keep_alive: Option<KeepAlive>,
     pub startup_timeout: Duration,
     pub stop_timeout: Duration,
     /// At most this many bytes per device for our runners (`None`: what the device has).
@@ -223,6 +225,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             scheduler: SchedulerConfig {
                 keep_alive: KeepAlive::DEFAULT,
+                max_keep_alive: None,
                 startup_timeout: Duration::from_secs(300),
                 stop_timeout: Duration::from_secs(10),
                 memory_budget: None,
@@ -544,6 +547,12 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             match KeepAlive::parse(&k) {
                 Ok(k) => config.scheduler.keep_alive = k,
                 Err(e) => errors.push("scheduler.keep_alive", e),
+            }
+        }
+        if let Some(k) = scheduler.max_keep_alive {
+            match KeepAlive::parse(&k) {
+                Ok(k) => config.scheduler.max_keep_alive = Some(k),
+                Err(e) => errors.push("scheduler.max_keep_alive", e),
             }
         }
         let s = &mut config.scheduler;

@@ -94,6 +94,7 @@ pub struct RawDiffusers {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawScheduler {
     pub keep_alive: Option<String>,
+    pub max_keep_alive: Option<String>,
     pub startup_timeout: Option<String>,
     pub stop_timeout: Option<String>,
     pub memory_budget: Option<RawBytes>,

@@ -1,12 +1,12 @@
 //! llama.cpp's `llama-server`: the exact argv we give it and where its binary is found. Pure functions, tested
 //! against the command line the issue specifies (`--model PATH --host 127.0.0.1 --port P --ctx-size N`, plus
 //! `--alias NAME` so answers carry the model's name, then the model's runtime flags verbatim; embedding runners add
-//! `--embeddings` and `--pooling mean` unless the user picked a pooling; a model packaged with a chat template gets
+//! `--embeddings` and `--pooling mean` unless the user picked a pooling, reranking runners `--embeddings --reranking`; a model packaged with a chat template gets
 //! `--chat-template-file BLOB` unless its flags pick a template).
 
 use std::path::{Path, PathBuf};
 
-use super::{DemandInput, Engine, EngineCommand, EngineKind, LaunchSpec, Mode, Need};
+use super::{DemandInput, Engine, EngineCommand, EngineKind, EngineRoute, LaunchSpec, Mode, Need};
 use crate::gpu::estimate::{self, LlamaFlags, ModelShape};
 use crate::store::{ModelConfig, ModelFormat};
 
@@ -116,6 +116,40 @@ impl Engine for LlamaCpp {
         Some("/slots")
     }
 
+    /// llama-server serves rerank (`--reranking` servers only), tokenize and detokenize; it has no `/score`,
+    /// which the front translates to rerank.
+    fn route_path(&self, route: EngineRoute) -> Option<&'static str> {
+        match route {
+            EngineRoute::Rerank => Some("/v1/rerank"),
+            EngineRoute::Score => None,
+            EngineRoute::Tokenize => Some("/tokenize"),
+            EngineRoute::Detokenize => Some("/detokenize"),
+        }
+    }
+
+    /// A GGUF that declares a pooling type other than rank (`<arch>.pooling_type`: 1 mean, 2 cls, 3 last) is an
+    /// embedding model: it has no classification head to score with. Models that declare none (causal rerankers
+    /// such as Qwen3-Reranker carry a rerank template instead, or older conversions) are let through.
+    fn refuses_mode(&self, mode: Mode, model: &ModelConfig) -> Option<String> {
+        if mode != Mode::Reranking {
+            return None;
+        }
+        let pooling = model
+            .gguf
+            .iter()
+            .find(|(k, _)| k.ends_with(".pooling_type") && !k.contains(".classifier."))
+            .map(|(_, v)| v.as_str())?;
+        let name = match pooling {
+            "1" => "mean",
+            "2" => "cls",
+            "3" => "last",
+            _ => return None,
+        };
+        Some(format!(
+            "is an embedding model (pooling {name}), not a reranker: it has no classification head to score pairs with"
+        ))
+    }
+
     fn kv_cache_usage(&self, answer: &[u8], context_size: u32) -> Option<f64> {
         kv_cache_usage(answer, context_size)
     }
@@ -208,6 +242,10 @@ pub fn argv(spec: &LaunchSpec, port: u16) -> Vec<String> {
             "--chat-template-file".into(),
             template.display().to_string(),
         ]);
+    }
+    if spec.mode == Mode::Reranking {
+        // As DMR does; `--reranking` pools by rank (the classification head's score).
+        args.extend(["--embeddings".into(), "--reranking".into()]);
     }
     if spec.mode == Mode::Embedding {
         args.push("--embeddings".into());
@@ -386,6 +424,35 @@ mod tests {
         assert_eq!(args[11..], ["--embeddings", "--pooling", "cls"]);
         let args = argv(&spec(Mode::Embedding, &["--pooling=last"]), 1);
         assert_eq!(args[11..], ["--embeddings", "--pooling=last"]);
+    }
+
+    #[test]
+    fn reranking_runners_rerank_and_serve_rerank_but_not_score() {
+        let args = argv(&spec(Mode::Reranking, &["--threads", "1"]), 1);
+        assert_eq!(
+            args[11..],
+            ["--embeddings", "--reranking", "--threads", "1"]
+        );
+        assert!(!args.contains(&"--pooling".to_string()), "{args:?}");
+        assert_eq!(ENGINE.route_path(EngineRoute::Rerank), Some("/v1/rerank"));
+        assert_eq!(ENGINE.route_path(EngineRoute::Score), None);
+        assert_eq!(ENGINE.route_path(EngineRoute::Tokenize), Some("/tokenize"));
+    }
+
+    #[test]
+    fn an_embedding_gguf_is_not_a_reranker() {
+        let mut config = ModelConfig::default();
+        assert_eq!(
+            ENGINE.refuses_mode(Mode::Reranking, &config),
+            None,
+            "nothing declared"
+        );
+        config.gguf.insert("bert.pooling_type".into(), "4".into());
+        assert_eq!(ENGINE.refuses_mode(Mode::Reranking, &config), None, "rank");
+        config.gguf.insert("bert.pooling_type".into(), "1".into());
+        let why = ENGINE.refuses_mode(Mode::Reranking, &config).unwrap();
+        assert!(why.contains("embedding model (pooling mean)"), "{why}");
+        assert_eq!(ENGINE.refuses_mode(Mode::Embedding, &config), None);
     }
 
     #[test]

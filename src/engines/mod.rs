@@ -79,6 +79,16 @@ pub trait Engine: Sync + 'static {
     fn kv_cache_usage(&self, _answer: &[u8], _context_size: u32) -> Option<f64> {
         None
     }
+    /// The path where it serves one of the routes beyond OpenAI's `/v1/…` pass-throughs ([`EngineRoute`]), or
+    /// `None` when it does not serve it (the front then translates or refuses).
+    fn route_path(&self, _route: EngineRoute) -> Option<&'static str> {
+        None
+    }
+    /// Why a model cannot be served in `mode` although the engine serves the mode (an embedding model asked to
+    /// rerank), when its metadata says so; `None` when nothing says it cannot.
+    fn refuses_mode(&self, _mode: Mode, _model: &ModelConfig) -> Option<String> {
+        None
+    }
     /// Whether its own `/metrics` already carries vLLM's load series (`vllm:num_requests_running`...), so the
     /// supervisor passes them through instead of writing its own for it.
     fn exports_vllm_metrics(&self) -> bool {
@@ -267,23 +277,48 @@ pub fn on_path(name: &str, path_var: Option<&str>) -> Option<PathBuf> {
         .find(|p| is_executable(p))
 }
 
-/// What a runner serves, derived from the request path (DMR does the same): a model in completion mode and in
-/// embedding mode are two engine processes.
+/// What a runner serves, derived from the request path (DMR does the same): a model in completion, embedding and
+/// reranking mode are three engine processes (llama-server restricts an `--embeddings` or `--reranking` server to
+/// that use).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Mode {
     Completion,
     Embedding,
+    /// `/rerank` and `/score`: a cross-encoder scoring (query, document) pairs.
+    Reranking,
     ImageGeneration,
 }
 
 impl Mode {
+    pub const ALL: [Mode; 4] = [
+        Mode::Completion,
+        Mode::Embedding,
+        Mode::Reranking,
+        Mode::ImageGeneration,
+    ];
+
+    /// Its name in `/engines/ps`, metrics and `_configure` (DMR's).
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Completion => "completion",
             Mode::Embedding => "embedding",
+            Mode::Reranking => "reranking",
             Mode::ImageGeneration => "image-generation",
         }
     }
+}
+
+/// Routes an engine may serve beyond OpenAI's `/v1/…` pass-throughs; [`Engine::route_path`] says where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineRoute {
+    /// Jina/Cohere rerank: `{model, query, documents, top_n}` → `{results: [{index, relevance_score}]}`.
+    Rerank,
+    /// vLLM's score: `{model, text_1, text_2}` → `{data: [{index, object: "score", score}]}`.
+    Score,
+    /// Text → token ids, in the engine's own request shape.
+    Tokenize,
+    /// Token ids → text, in the engine's own request shape.
+    Detokenize,
 }
 
 /// Everything needed to start one engine for one model: resolved before the scheduler is asked.
@@ -411,6 +446,38 @@ mod tests {
         assert!(llamacpp::ENGINE.answers_any_model_name());
         assert!(
             !vllm::ENGINE.answers_any_model_name() && !diffusers::ENGINE.answers_any_model_name()
+        );
+    }
+
+    #[test]
+    fn engines_say_where_they_serve_rerank_score_and_tokenize() {
+        use EngineRoute::*;
+        let paths = |e: EngineKind| [Rerank, Score, Tokenize, Detokenize].map(|r| e.route_path(r));
+        assert_eq!(
+            paths(vllm::ENGINE),
+            [
+                Some("/v1/rerank"),
+                Some("/v1/score"),
+                Some("/tokenize"),
+                Some("/detokenize")
+            ]
+        );
+        assert_eq!(
+            paths(llamacpp::ENGINE),
+            [
+                Some("/v1/rerank"),
+                None,
+                Some("/tokenize"),
+                Some("/detokenize")
+            ],
+            "no /score: the front translates it to rerank"
+        );
+        assert_eq!(paths(diffusers::ENGINE), [None; 4]);
+        assert!(llamacpp::ENGINE.serves(Mode::Reranking) && vllm::ENGINE.serves(Mode::Reranking));
+        assert!(!diffusers::ENGINE.serves(Mode::Reranking));
+        assert_eq!(
+            Mode::ALL.map(Mode::as_str),
+            ["completion", "embedding", "reranking", "image-generation"]
         );
     }
 

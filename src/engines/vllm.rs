@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{DemandInput, Engine, EngineCommand, EngineKind, LaunchSpec, Mode, Need};
+use super::{DemandInput, Engine, EngineCommand, EngineKind, EngineRoute, LaunchSpec, Mode, Need};
 use crate::store::{ModelConfig, ModelFormat};
 
 /// vLLM, registered in [`EngineKind::ALL`].
@@ -108,6 +108,16 @@ impl Engine for Vllm {
 
     fn flag_allowlist(&self) -> Option<&'static [&'static str]> {
         Some(super::flags::VLLM)
+    }
+
+    /// vLLM's OpenAI server has all four (rerank and score on pooling runners).
+    fn route_path(&self, route: EngineRoute) -> Option<&'static str> {
+        Some(match route {
+            EngineRoute::Rerank => "/v1/rerank",
+            EngineRoute::Score => "/v1/score",
+            EngineRoute::Tokenize => "/tokenize",
+            EngineRoute::Detokenize => "/detokenize",
+        })
     }
 }
 

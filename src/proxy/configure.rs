@@ -40,11 +40,10 @@ pub async fn set(
         )));
     }
     let config = validate(&input, &model.id, engine)?;
-    let mode = if config.mode == Mode::Embedding.as_str() {
-        Mode::Embedding
-    } else {
-        Mode::Completion
-    };
+    let mode = Mode::ALL
+        .into_iter()
+        .find(|m| m.as_str() == config.mode)
+        .unwrap_or(Mode::Completion);
     let previous = app
         .store
         .runtime_config(&config.model_id, &config.mode)
@@ -113,16 +112,20 @@ fn validate(
         flags::check_untrusted(engine.name(), f)
             .map_err(|e| ApiError::bad_request(format!("runtime flags: {e}")))?;
     }
-    let wants_embeddings = flags
-        .as_ref()
-        .is_some_and(|f| f.iter().any(|t| t == "--embedding" || t == "--embeddings"));
+    let has = |names: &[&str]| {
+        flags
+            .as_ref()
+            .is_some_and(|f| f.iter().any(|t| names.contains(&t.as_str())))
+    };
     let mode = match input.mode.as_deref() {
-        None | Some("") if wants_embeddings => Mode::Embedding,
+        None | Some("") if has(&["--rerank", "--reranking"]) => Mode::Reranking,
+        None | Some("") if has(&["--embedding", "--embeddings"]) => Mode::Embedding,
         None | Some("") | Some("completion") => Mode::Completion,
         Some("embedding") => Mode::Embedding,
+        Some("reranking") => Mode::Reranking,
         Some(other) => {
             return Err(ApiError::bad_request(format!(
-                "mode {other:?} is not supported (completion or embedding)"
+                "mode {other:?} is not supported (completion, embedding or reranking)"
             )))
         }
     };
@@ -239,7 +242,19 @@ mod tests {
                 .starts_with("raw-runtime-flags")
         );
         assert!(bad(serde_json::json!({"context-size": 0})).contains("must be > 0 or -1"));
-        assert!(bad(serde_json::json!({"mode": "reranking"})).contains("not supported"));
+        assert!(bad(serde_json::json!({"mode": "image-generation"})).contains("not supported"));
+        let mode = |v: serde_json::Value| {
+            validate(&req(v), "id", crate::engines::llamacpp::ENGINE)
+                .unwrap()
+                .mode
+        };
+        assert_eq!(mode(serde_json::json!({"mode": "reranking"})), "reranking");
+        assert_eq!(
+            mode(serde_json::json!({"runtime-flags": ["--reranking"]})),
+            "reranking",
+            "as --embeddings implies embedding"
+        );
+        assert_eq!(mode(serde_json::json!({})), "completion");
         assert!(bad(serde_json::json!({"keep_alive": "soon"})).starts_with("keep_alive"));
         assert!(
             bad(serde_json::json!({"vllm": {"gpu-memory-utilization": 0.5}}))

@@ -37,6 +37,11 @@ pub struct NodeLoad {
     pub models: Vec<ModelLoad>,
 }
 
+/// The block size reported in `vllm:cache_config_info`. llama.cpp keeps its cache per token and reuses any prefix,
+/// so it has no block of its own; the endpoint picker sizes its prefix index by this figure (up to 256 blocks of a
+/// prompt), and vLLM's default of 16 lets it see 16 times more of a prompt than one token per block would.
+pub const BLOCK_TOKENS: u32 = 16;
+
 /// The request header that asks for a load report, and the response header that carries it (vLLM's ORCA).
 pub const FORMAT_HEADER: &str = "endpoint-load-metrics-format";
 pub const REPORT_HEADER: &str = "endpoint-load-metrics";
@@ -121,17 +126,18 @@ impl NodeLoad {
             out,
             CACHE_CONFIG,
             "gauge",
-            "KV-cache layout per model (llama.cpp: one token per block).",
+            "KV-cache layout per model, in blocks of 16 tokens.",
         );
         for m in ours() {
-            let cells = m.context_size.to_string();
+            let blocks = (m.context_size / BLOCK_TOKENS).to_string();
+            let block = BLOCK_TOKENS.to_string();
             sample(
                 out,
                 CACHE_CONFIG,
                 &[
                     ("model_name", &m.name),
-                    ("block_size", "1"),
-                    ("num_gpu_blocks", &cells),
+                    ("block_size", &block),
+                    ("num_gpu_blocks", &blocks),
                 ],
                 1.0,
             );
@@ -181,6 +187,17 @@ impl NodeLoad {
             None
         }
     }
+}
+
+/// Requests running and waiting on the node now (what vLLM Router's `power_of_two` policy compares, from
+/// `GET /get_load`): the scheduler's counts only, no engine asked.
+pub async fn measure_counts(app: &super::App) -> usize {
+    app.scheduler
+        .snapshot()
+        .await
+        .iter()
+        .map(|r| r.in_flight as usize + r.waiting)
+        .sum()
 }
 
 /// The node's load now: the scheduler's runners, and the KV-cache use of each ready engine that reports it.
@@ -272,7 +289,7 @@ mod tests {
         );
         assert!(!out.contains("org/v"), "vLLM writes its own series");
         assert!(out.contains(
-            "vllm:cache_config_info{model_name=\"ai/a:latest\",block_size=\"1\",num_gpu_blocks=\"4096\"} 1\n"
+            "vllm:cache_config_info{model_name=\"ai/a:latest\",block_size=\"16\",num_gpu_blocks=\"256\"} 1\n"
         ));
         assert!(out.contains(
             "vllm:lora_requests_info{max_lora=\"0\",running_lora_adapters=\"\",waiting_lora_adapters=\"\"} 1700000000\n"

@@ -20,6 +20,7 @@ mod metrics;
 mod models;
 mod ollama;
 pub mod reload;
+mod rerank;
 mod responses;
 pub mod routes;
 mod translated;

@@ -22,10 +22,10 @@ use hyper::body::Incoming;
 use super::http::{json, percent_decode, text, ApiError, Body};
 use super::{
     anthropic, configure, engines, inference, inspector, logs, metrics, models, ollama, reload,
-    responses, App, Caller,
+    rerank, responses, App, Caller,
 };
 use crate::api::{native, Dialect, ErrorKind};
-use crate::engines::{EngineKind, Mode};
+use crate::engines::{EngineKind, EngineRoute, Mode};
 
 /// What a handler returns.
 pub type Answer = Pin<Box<dyn Future<Output = Result<Response<Body>, ApiError>> + Send>>;
@@ -176,6 +176,12 @@ pub static ROUTES: &[Route] = &[
         .guard(Guard::Open),
     Route::new(Get, "/readyz", Native, "/readyz", h!(|app, req, ctx| async { Ok(readiness(app, "ready")) }))
         .guard(Guard::Open),
+    // vLLM Router's power_of_two policy polls each worker's load here.
+    Route::new(Get, "/get_load", Native, "/get_load", h!(|app, req, ctx| async {
+        let load = super::load::measure_counts(app).await;
+        Ok(json(StatusCode::OK, &serde_json::json!({ "load": load })))
+    }))
+        .guard(Guard::Open),
     Route::new(Get, "/version", Native, "/version", h!(|app, req, ctx| async { Ok(version()) })),
     Route::new(Get, "/dashboard", Native, "/dashboard", h!(|app, req, ctx| async { Ok(dashboard()) }))
         .guard(Guard::Open),
@@ -249,6 +255,33 @@ pub static ROUTES: &[Route] = &[
     Route::new(Get, "/responses/{id}", OpenAi, "/v1/responses/{id}", h!(|app, req, ctx| responses::get(app, ctx))),
     Route::new(Delete, "/responses/{id}", OpenAi, "/v1/responses/{id}", h!(|app, req, ctx| responses::delete(app, ctx))),
     Route::new(Get, "/responses/{id}/input_items", OpenAi, "/v1/responses/{id}/input_items", h!(|app, req, ctx| responses::input_items(app, ctx, req.uri().query()))),
+    // Rerank and score (a reranking runner): at /v1/… (and the OpenAI mounts), at the root and DMR's
+    // /engines[/{engine}]/… (DMR's own paths); one label per route.
+    Route::new(Post, "/v1/rerank", OpenAi, "/v1/rerank", h!(|app, req, ctx| rerank::rerank(app, ctx, req)))
+        .openai().inference(),
+    Route::new(Post, "/rerank", OpenAi, "/v1/rerank", h!(|app, req, ctx| rerank::rerank(app, ctx, req)))
+        .inference(),
+    Route::new(Post, "/engines/rerank", OpenAi, "/v1/rerank", h!(|app, req, ctx| rerank::rerank(app, ctx, req)))
+        .inference(),
+    Route::new(Post, "/engines/{engine}/rerank", OpenAi, "/v1/rerank", h!(|app, req, ctx| rerank::rerank(app, ctx, req)))
+        .inference(),
+    Route::new(Post, "/v1/score", OpenAi, "/v1/score", h!(|app, req, ctx| rerank::score(app, ctx, req)))
+        .openai().inference(),
+    Route::new(Post, "/score", OpenAi, "/v1/score", h!(|app, req, ctx| rerank::score(app, ctx, req)))
+        .inference(),
+    Route::new(Post, "/engines/score", OpenAi, "/v1/score", h!(|app, req, ctx| rerank::score(app, ctx, req)))
+        .inference(),
+    Route::new(Post, "/engines/{engine}/score", OpenAi, "/v1/score", h!(|app, req, ctx| rerank::score(app, ctx, req)))
+        .inference(),
+    // Tokenize and detokenize, in the engine's own shapes, by the model's runner.
+    Route::new(Post, "/engines/tokenize", OpenAi, "/tokenize", h!(|app, req, ctx| rerank::tokens(app, ctx, req, EngineRoute::Tokenize)))
+        .inference(),
+    Route::new(Post, "/engines/{engine}/tokenize", OpenAi, "/tokenize", h!(|app, req, ctx| rerank::tokens(app, ctx, req, EngineRoute::Tokenize)))
+        .inference(),
+    Route::new(Post, "/engines/detokenize", OpenAi, "/detokenize", h!(|app, req, ctx| rerank::tokens(app, ctx, req, EngineRoute::Detokenize)))
+        .inference(),
+    Route::new(Post, "/engines/{engine}/detokenize", OpenAi, "/detokenize", h!(|app, req, ctx| rerank::tokens(app, ctx, req, EngineRoute::Detokenize)))
+        .inference(),
     // Anthropic, at /v1/messages (and the OpenAI mounts) and /anthropic/v1/messages.
     Route::new(Post, "/v1/messages", Anthropic, "/v1/messages", h!(|app, req, ctx| async {
         ctx.engine()?;
@@ -464,7 +497,7 @@ pub fn find(method: &Method, path: &str) -> Option<Found> {
 }
 
 /// The dialect of a path that matches no route, from its prefix: Anthropic's `/anthropic/…` and `…/v1/messages…`,
-/// OpenAI under `/engines/`, `/v1/` and `/responses` (the Responses API's root mount), Ollama under `/api/`, else
+/// OpenAI under `/engines/`, `/v1/`, `/responses` (the Responses API's root mount), `/rerank` and `/score`, Ollama under `/api/`, else
 /// DMR's native API.
 pub fn dialect_of_prefix(path: &str) -> Dialect {
     let openai_rest = path
@@ -480,6 +513,12 @@ pub fn dialect_of_prefix(path: &str) -> Dialect {
         || path.starts_with("/v1/")
         || path == "/responses"
         || path.starts_with("/responses/")
+        || ["/rerank", "/score"].iter().any(|r| {
+            path == *r
+                || path
+                    .strip_prefix(r)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })
     {
         Dialect::OpenAi
     } else if path.starts_with("/api/") {

@@ -1024,80 +1024,45 @@ mod tests {
     }
 
     #[test]
-    fn an_unresponsive_engine_gets_no_new_request_while_it_is_killed() {
-        let mut s = State::default();
-        let t = Instant::now();
-        decide(&mut s, acquire(1, "m"), t);
-        decide(
-            &mut s,
-            Event::Loaded {
+    fn a_hung_or_reaped_engine_is_out_of_the_choices_before_it_is_gone() {
+        // Unresponsive: killed for failing its health checks. Exiting: it exited and its output is being drained.
+        let leaving = [
+            Event::Unresponsive { runner: 1 },
+            Event::Exiting {
                 runner: 1,
-                endpoint: EP,
+                status: "was killed by signal SIGKILL".into(),
             },
-            t,
-        );
-        assert_eq!(
-            decide(&mut s, Event::Unresponsive { runner: 1 }, t),
-            [Action::Stop { runner: 1 }]
-        );
-        assert!(s.runners.is_empty() && s.stopping.contains_key(&1));
-        // A request in the moment before the process is reaped starts a fresh runner, not a grant on the old one.
-        assert!(matches!(
-            decide(&mut s, acquire(2, "m"), t)[..],
-            [Action::Spawn { runner: 2, .. }]
-        ));
-        assert!(decide(&mut s, Event::Released { runner: 1 }, t).is_empty());
-        decide(
-            &mut s,
-            Event::Exited {
-                runner: 1,
-                reason: "killed".into(),
-            },
-            t,
-        );
-        assert!(s.stopping.is_empty() && s.runners.len() == 1);
-    }
-
-    #[test]
-    fn a_reaped_engine_is_out_of_the_choices_before_its_output_is_drained() {
-        let mut s = State::default();
-        let t = Instant::now();
-        decide(&mut s, acquire(1, "m"), t);
-        decide(
-            &mut s,
-            Event::Loaded {
-                runner: 1,
-                endpoint: EP,
-            },
-            t,
-        );
-        assert_eq!(
+        ];
+        for event in leaving {
+            let mut s = State::default();
+            let t = Instant::now();
+            decide(&mut s, acquire(1, "m"), t);
             decide(
                 &mut s,
-                Event::Exiting {
+                Event::Loaded {
                     runner: 1,
-                    status: "was killed by signal SIGKILL".into()
+                    endpoint: EP,
                 },
-                t
-            ),
-            [Action::Stop { runner: 1 }]
-        );
-        assert!(s.runners.is_empty() && s.stopping.contains_key(&1));
-        // A request in the moment before the process is reaped starts a fresh runner, not a grant on the old one.
-        assert!(matches!(
-            decide(&mut s, acquire(2, "m"), t)[..],
-            [Action::Spawn { runner: 2, .. }]
-        ));
-        assert!(decide(&mut s, Event::Released { runner: 1 }, t).is_empty());
-        decide(
-            &mut s,
-            Event::Exited {
-                runner: 1,
-                reason: "killed".into(),
-            },
-            t,
-        );
-        assert!(s.stopping.is_empty() && s.runners.len() == 1);
+                t,
+            );
+            assert_eq!(decide(&mut s, event, t), [Action::Stop { runner: 1 }]);
+            assert!(s.runners.is_empty() && s.stopping.contains_key(&1));
+            // A request in the moment before the process is reaped starts a fresh runner, not a grant on the old one.
+            assert!(matches!(
+                decide(&mut s, acquire(2, "m"), t)[..],
+                [Action::Spawn { runner: 2, .. }]
+            ));
+            assert!(decide(&mut s, Event::Released { runner: 1 }, t).is_empty());
+            decide(
+                &mut s,
+                Event::Exited {
+                    runner: 1,
+                    reason: "killed".into(),
+                },
+                t,
+            );
+            assert!(s.stopping.is_empty() && s.runners.len() == 1);
+        }
     }
 
     #[test]

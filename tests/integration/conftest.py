@@ -5,6 +5,8 @@ Inputs (environment):
   DMR_LLAMA_SERVER    a real llama-server        (default: where engines/llama.cpp/install.sh puts it)
   DMR_TINY_GGUF       the tiny generated model   (default: where scripts/ensure-tiny-model.sh puts it)
   DMR_SMOLLM2_GGUF    the real SmolLM2 model     (default: where scripts/ensure-smollm2.sh puts it)
+  DMR_TINY_RERANKER_GGUF  the tiny BERT reranker (default: where scripts/ensure-tiny-reranker.sh puts it;
+              read by test_rerank.py only)
 A missing input fails every test with the command that provides it; nothing is skipped.
 
 Fixtures:

@@ -51,3 +51,27 @@ def test_unload_endpoint(sup):
     assert sup.ps() == []
     r = sup.post("/engines/unload", {"all": True})
     assert r.status_code == 200 and r.json() == {"unloaded_runners": 0}, r.text
+
+
+def test_max_keep_alive_caps_what_clients_ask_for(supervisors):
+    """`[scheduler] max_keep_alive`: a request's "-1" (forever) or "1h", and a `_configure` keep-alive, are cut to
+    the cap; a shorter one stays; the keep-alive set in the config file is the admin's and is not cut."""
+    sup = supervisors.start(scheduler={"max_keep_alive": "2s"})
+    chat = {"model": "ai/tiny", "messages": [{"role": "user", "content": "hi"}], "stream": False,
+            "options": {"num_predict": 1}}
+    assert sup.post("/api/chat", {**chat, "keep_alive": -1}).status_code == 200
+    [spawn] = sup.spawns()
+    answered = time.monotonic()
+    assert [p["keep_alive"] for p in sup.ps()] == ["2s"], sup.ps()
+    wait_until(lambda: pid_gone(spawn.pid), 10.0, "the runner asked to stay forever to go after the 2 s cap")
+    assert time.monotonic() - answered >= 1.8
+    assert sup.post("/api/chat", {**chat, "keep_alive": "1s"}).status_code == 200
+    assert [p["keep_alive"] for p in sup.ps()] == ["1s"], "shorter than the cap: kept as asked"
+    assert sup.post("/engines/unload", {"all": True}).status_code == 200
+    r = sup.post("/engines/_configure", {"model": "ai/tiny", "keep_alive": "1h"})
+    assert r.status_code == 202, r.text
+    wait_until(lambda: [p["keep_alive"] for p in sup.ps()] == ["2s"], 10.0, "the configured preload capped at 2s")
+
+    admin = supervisors.start(models=[supervisors.tiny_model(keep_alive="10m")], scheduler={"max_keep_alive": "2s"})
+    assert admin.chat(max_tokens=1).status_code == 200
+    assert [p["keep_alive"] for p in admin.ps()] == ["10m0s"], "the config file's own keep-alive is not capped"

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import threading
 
+import requests
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness import wait_until
@@ -105,7 +107,9 @@ def test_router_load_series_and_orca_report_follow_the_requests(supervisors):
             assert 0 < kv < 1, (name, kv)  # the stream's prompt and tokens so far, over 8192 cells
             assert total(busy[name], name) == kv, "the node's figure is its fullest cache"
         assert value(busy["vllm:cache_config_info"], "vllm:cache_config_info", model_name=model,
-                     num_gpu_blocks="8192", block_size="1") == 1
+                     num_gpu_blocks="512", block_size="16") == 1
+        # vLLM Router's power_of_two reads running + waiting, without an API key.
+        assert requests.get(sup.url("/get_load"), timeout=5).json() == {"load": 2}
         text = sup.get("/engines/ps", headers={"endpoint-load-metrics-format": "text"})
         report = text.headers["endpoint-load-metrics"]
         assert report.startswith("TEXT "), report
@@ -124,3 +128,4 @@ def test_router_load_series_and_orca_report_follow_the_requests(supervisors):
     assert value(after["vllm:num_requests_waiting"], "vllm:num_requests_waiting", model_name=model) == 0
     assert value(after["vllm:kv_cache_usage_perc"], "vllm:kv_cache_usage_perc", model_name=model) == 0
     assert "endpoint-load-metrics" not in sup.get("/engines/ps").headers, "only when asked"
+    assert sup.get("/get_load").json() == {"load": 0}

@@ -239,6 +239,7 @@ fn access_and_dialects_come_from_the_route() {
     assert_eq!(guard(Method::GET, "/health"), Guard::Open);
     assert_eq!(guard(Method::GET, "/livez"), Guard::Open);
     assert_eq!(guard(Method::GET, "/readyz"), Guard::Open);
+    assert_eq!(guard(Method::GET, "/get_load"), Guard::Open);
     assert_eq!(guard(Method::GET, "/dashboard"), Guard::Open);
     assert_eq!(guard(Method::POST, "/config/reload"), Guard::Local);
     assert_eq!(
@@ -248,8 +249,8 @@ fn access_and_dialects_come_from_the_route() {
     assert_eq!(guard(Method::GET, "/models"), Guard::Key);
     assert_eq!(
         ROUTES.iter().filter(|r| r.guard != Guard::Key).count(),
-        6,
-        "open and local-only routes are the six above"
+        7,
+        "open and local-only routes are the seven above"
     );
     let dialect = |m: Method, p: &str| find(&m, p).expect("served").route.dialect;
     assert_eq!(
@@ -286,5 +287,39 @@ fn each_route_speaks_the_dialect_of_its_prefix() {
     // So a path's errors are in one dialect whether it matches a route or is a 404.
     for r in ROUTES {
         assert_eq!(r.dialect, dialect_of_prefix(r.pattern), "{}", r.pattern);
+    }
+}
+
+#[test]
+fn rerank_and_score_are_served_at_dmrs_paths_and_the_openai_mounts_with_one_label_each() {
+    for (what, label) in [("rerank", "/v1/rerank"), ("score", "/v1/score")] {
+        for prefix in [
+            "",
+            "/v1",
+            "/engines/v1",
+            "/engines/llama.cpp/v1",
+            "/engines",
+            "/engines/vllm",
+        ] {
+            let path = format!("{prefix}/{what}");
+            let found = find(&Method::POST, &path).unwrap_or_else(|| panic!("{path} is served"));
+            assert_eq!(found.route.label, label, "{path}");
+            assert!(found.route.inference, "{path}: timed and recorded");
+            assert_eq!(found.route.dialect, Dialect::OpenAi, "{path}");
+            assert!(find(&Method::GET, &path).is_none(), "GET {path}");
+        }
+        assert_eq!(dialect_of_prefix(&format!("/{what}/x")), Dialect::OpenAi);
+    }
+    assert_eq!(dialect_of_prefix("/rerankx"), Dialect::Native);
+    for (what, label) in [("tokenize", "/tokenize"), ("detokenize", "/detokenize")] {
+        for prefix in ["/engines", "/engines/llama.cpp"] {
+            let path = format!("{prefix}/{what}");
+            let found = find(&Method::POST, &path).unwrap_or_else(|| panic!("{path} is served"));
+            assert_eq!(found.route.label, label, "{path}");
+            assert!(found.route.inference);
+        }
+        // Not at the root nor under /v1: DMR has neither.
+        assert!(find(&Method::POST, &format!("/{what}")).is_none());
+        assert!(find(&Method::POST, &format!("/v1/{what}")).is_none());
     }
 }
