@@ -169,6 +169,8 @@ use M::{Delete, Get, Head, Post};
 pub static ROUTES: &[Route] = &[
     // DMR's native routes: plain-text errors.
     Route::new(Get, "/", Native, "/", h!(|app, req, ctx| async { Ok(text(StatusCode::OK, "dmr-supervisor is running")) })),
+    // Ollama's CLI checks that its server is up with `HEAD /`.
+    Route::new(Head, "/", Native, "/", h!(|app, req, ctx| async { Ok(text(StatusCode::OK, "dmr-supervisor is running")) })),
     Route::new(Get, "/health", Native, "/health", h!(|app, req, ctx| async { Ok(readiness(app, "ok")) }))
         .guard(Guard::Open),
     // Probes for routers and Kubernetes: alive while the process serves; ready until it starts draining.

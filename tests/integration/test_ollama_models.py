@@ -248,3 +248,5 @@ def test_bad_inputs_are_4xx_with_an_ollama_error(supervisors):
 def test_version_is_the_ollama_api_level_we_match(sup):
     r = sup.get("/api/version")
     assert r.status_code == 200 and r.json() == {"version": "0.12.6"}, r.text
+    # Ollama's CLI checks its server with HEAD / before anything else.
+    assert sup.session.head(sup.url("/"), timeout=30).status_code == 200
