@@ -33,6 +33,30 @@ pub struct Options {
     pub num_ctx: Option<i64>,
 }
 
+impl Options {
+    /// These options, each one unset taken from `defaults` (a model's parameters, by Ollama's names; ones that do
+    /// not parse are ignored: `/api/create` checked them).
+    pub fn or_defaults(self, defaults: &BTreeMap<String, Value>) -> Options {
+        if defaults.is_empty() {
+            return self;
+        }
+        let object = Value::Object(defaults.clone().into_iter().collect());
+        let d: Options = serde_json::from_value(object).unwrap_or_default();
+        Options {
+            temperature: self.temperature.or(d.temperature),
+            top_p: self.top_p.or(d.top_p),
+            top_k: self.top_k.or(d.top_k),
+            num_predict: self.num_predict.or(d.num_predict),
+            stop: self.stop.or(d.stop),
+            seed: self.seed.or(d.seed),
+            presence_penalty: self.presence_penalty.or(d.presence_penalty),
+            frequency_penalty: self.frequency_penalty.or(d.frequency_penalty),
+            repeat_penalty: self.repeat_penalty.or(d.repeat_penalty),
+            num_ctx: self.num_ctx.or(d.num_ctx),
+        }
+    }
+}
+
 /// `keep_alive`: a Go duration string (`"5m"`, `"0"`, `"-1"`) or a number of seconds; negative means forever.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -274,6 +298,35 @@ fn response_format(format: Option<&Value>) -> Result<Option<ResponseFormat>, Str
 }
 
 impl ChatIn {
+    /// A model's own defaults (from `/api/create`), as Ollama applies them: its parameters under the request's
+    /// options, and its system prompt first unless the messages bring one.
+    pub fn with_model_defaults(
+        mut self,
+        system: Option<&str>,
+        options: &BTreeMap<String, Value>,
+    ) -> Self {
+        if !options.is_empty() {
+            self.options = Some(self.options.take().unwrap_or_default().or_defaults(options));
+        }
+        let has_system = self.messages.iter().any(|m| m.role == "system");
+        if let Some(system) =
+            system.filter(|s| !s.is_empty() && !has_system && !self.messages.is_empty())
+        {
+            self.messages.insert(
+                0,
+                Message {
+                    role: "system".into(),
+                    content: system.to_string(),
+                    images: Vec::new(),
+                    tool_calls: Vec::new(),
+                    tool_call_id: None,
+                    tool_name: None,
+                },
+            );
+        }
+        self
+    }
+
     /// Ollama streams unless told not to.
     pub fn streaming(&self) -> bool {
         self.stream.unwrap_or(true)
@@ -362,6 +415,22 @@ impl ChatIn {
 }
 
 impl GenerateIn {
+    /// A model's own defaults (from `/api/create`): its parameters under the request's options, its system prompt
+    /// unless the request gives one.
+    pub fn with_model_defaults(
+        mut self,
+        system: Option<&str>,
+        options: &BTreeMap<String, Value>,
+    ) -> Self {
+        if !options.is_empty() {
+            self.options = Some(self.options.take().unwrap_or_default().or_defaults(options));
+        }
+        if self.system.is_none() {
+            self.system = system.map(str::to_string);
+        }
+        self
+    }
+
     pub fn streaming(&self) -> bool {
         self.stream.unwrap_or(true)
     }
@@ -771,15 +840,258 @@ pub struct Show {
     pub modelfile: String,
     pub parameters: String,
     pub template: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
     pub details: Details,
-    pub model_info: std::collections::BTreeMap<String, String>,
+    pub model_info: BTreeMap<String, Value>,
     pub capabilities: Vec<&'static str>,
     pub modified_at: String,
 }
 
+/// What `/api/show` says a model can do, as Ollama names it: `embedding` alone for an embedding model (its GGUF has
+/// `<arch>.pooling_type`, as Ollama decides), else `completion`, with `tools` when the chat template mentions
+/// tools and `vision` when a multimodal projector is packaged.
+pub fn capabilities(embedding_only: bool, template: &str, vision: bool) -> Vec<&'static str> {
+    if embedding_only {
+        return vec!["embedding"];
+    }
+    let mut caps = vec!["completion"];
+    if template.contains("tools") {
+        caps.push("tools");
+    }
+    if vision {
+        caps.push("vision");
+    }
+    caps
+}
+
+/// GGUF metadata (kept as strings in the model's config) as Ollama's `model_info` shows it: numbers as numbers,
+/// except under `general.` where only counts and types are numeric.
+pub fn model_info(gguf: &BTreeMap<String, String>) -> BTreeMap<String, Value> {
+    const GENERAL_NUMBERS: [&str; 3] = [
+        "general.parameter_count",
+        "general.file_type",
+        "general.quantization_version",
+    ];
+    gguf.iter()
+        .map(|(k, v)| {
+            let numeric = !k.starts_with("general.") || GENERAL_NUMBERS.contains(&k.as_str());
+            let value = if !numeric {
+                Value::String(v.clone())
+            } else if let Ok(n) = v.parse::<i64>() {
+                n.into()
+            } else if let Some(f) = v.parse::<f64>().ok().filter(|f| f.is_finite()) {
+                f.into()
+            } else if v == "true" || v == "false" {
+                Value::Bool(v == "true")
+            } else {
+                Value::String(v.clone())
+            };
+            (k.clone(), value)
+        })
+        .collect()
+}
+
+/// Model parameters as Ollama's `/api/show` writes them: one `name value` line each (strings quoted, a list one
+/// line per element, as Ollama writes `stop`).
+pub fn parameters_text(options: &BTreeMap<String, Value>) -> String {
+    let mut lines = Vec::new();
+    for (k, v) in options {
+        let values = match v {
+            Value::Array(items) => items.clone(),
+            other => vec![other.clone()],
+        };
+        for v in values {
+            lines.push(format!("{k:<30} {v}"));
+        }
+    }
+    lines.join("\n")
+}
+
+/// The Ollama API version we answer `/api/version` with: the release whose model API (create from `files`,
+/// `show` with `capabilities`, push and copy) and chat API we match, so clients that switch features on by
+/// version turn them on.
+pub const API_VERSION: &str = "0.12.6";
+
 #[derive(Debug, Serialize)]
 pub struct Version {
     pub version: &'static str,
+}
+
+/// `POST /api/copy`.
+#[derive(Debug, Deserialize)]
+pub struct CopyIn {
+    #[serde(default)]
+    pub source: String,
+    #[serde(default)]
+    pub destination: String,
+}
+
+/// `POST /api/push`.
+#[derive(Debug, Deserialize)]
+pub struct PushIn {
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    /// Accepted for compatibility; loopback and `[registry] insecure` hosts decide plain HTTP.
+    #[serde(default)]
+    pub insecure: Option<bool>,
+}
+
+/// A license: one text or several (joined).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Texts {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Texts {
+    pub fn joined(&self) -> String {
+        match self {
+            Texts::One(t) => t.clone(),
+            Texts::Many(ts) => ts.join("\n"),
+        }
+    }
+}
+
+/// `POST /api/create` as Ollama's clients send it since 0.5.5 (no Modelfile: its parts as fields).
+#[derive(Debug, Deserialize)]
+pub struct CreateIn {
+    #[serde(default)]
+    pub model: Option<String>,
+    /// The older spelling.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub from: Option<String>,
+    /// File name → `sha256:<hex>` of an uploaded blob.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+    #[serde(default)]
+    pub adapters: BTreeMap<String, String>,
+    #[serde(default)]
+    pub template: Option<String>,
+    #[serde(default)]
+    pub license: Option<Texts>,
+    #[serde(default)]
+    pub system: Option<String>,
+    #[serde(default)]
+    pub parameters: BTreeMap<String, Value>,
+    #[serde(default)]
+    pub messages: Vec<Value>,
+    #[serde(default)]
+    pub quantize: Option<String>,
+    /// The pre-0.5.5 form: refused with a 400 that says what to send.
+    #[serde(default)]
+    pub modelfile: Option<String>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+}
+
+impl CreateIn {
+    /// `num_ctx` from `parameters`, checked (1 to 2^31-1).
+    pub fn num_ctx(&self) -> Result<Option<u64>, String> {
+        match self.parameters.get("num_ctx") {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .filter(|n| (1..=i32::MAX as u64).contains(n))
+                .map(Some)
+                .ok_or_else(|| {
+                    format!(
+                        "parameters.num_ctx: {v} is not a context size (1 to {})",
+                        i32::MAX
+                    )
+                }),
+        }
+    }
+
+    /// The other parameters, checked against the options a request may carry (so a typo is a 400 now, not a
+    /// failed chat later).
+    pub fn options(&self) -> Result<BTreeMap<String, Value>, String> {
+        let rest: BTreeMap<String, Value> = self
+            .parameters
+            .iter()
+            .filter(|(k, _)| *k != "num_ctx")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let as_object = Value::Object(rest.clone().into_iter().collect());
+        serde_json::from_value::<StrictOptions>(as_object)
+            .map_err(|e| format!("parameters: {e}"))?;
+        Ok(rest)
+    }
+}
+
+/// The parameters `/api/create` keeps: [`Options`] without `num_ctx` (it becomes the context size), strictly.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // parsed only to check the parameters
+struct StrictOptions {
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    top_k: Option<i64>,
+    num_predict: Option<i64>,
+    stop: Option<Vec<String>>,
+    seed: Option<i64>,
+    presence_penalty: Option<f64>,
+    frequency_penalty: Option<f64>,
+    repeat_penalty: Option<f64>,
+}
+
+/// A progress line of `/api/pull`, `/api/push` and `/api/create`: `{"status", "digest"?, "total"?,
+/// "completed"?}`.
+#[derive(Debug, Serialize)]
+pub struct Progress {
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completed: Option<u64>,
+}
+
+impl Progress {
+    pub fn status(status: impl Into<String>) -> Progress {
+        Progress {
+            status: status.into(),
+            digest: None,
+            total: None,
+            completed: None,
+        }
+    }
+
+    /// A layer's transfer: `"<verb> <12 hex>"` with its digest, size and bytes done.
+    pub fn layer(verb: &str, digest: &str, total: u64, completed: u64) -> Progress {
+        let short: String = digest
+            .trim_start_matches("sha256:")
+            .chars()
+            .take(12)
+            .collect();
+        Progress {
+            status: format!("{verb} {short}"),
+            digest: Some(digest.to_string()),
+            total: Some(total),
+            completed: Some(completed),
+        }
+    }
+
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut b = serde_json::to_vec(self).unwrap_or_default();
+        b.push(b'\n');
+        b
+    }
+}
+
+/// An `{"error"}` line ending a progress stream.
+pub fn error_line(message: &str) -> Vec<u8> {
+    let mut b = error_body(message);
+    b.push(b'\n');
+    b
 }
 
 /// `{"error": "..."}`, Ollama's error body.
@@ -791,6 +1103,67 @@ pub fn error_body(message: &str) -> Vec<u8> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn show_reports_model_info_capabilities_and_parameters_as_ollama_does() {
+        let gguf = BTreeMap::from([
+            ("general.architecture".to_string(), "llama".to_string()),
+            ("general.name".to_string(), "123".to_string()),
+            ("general.file_type".to_string(), "15".to_string()),
+            ("llama.context_length".to_string(), "8192".to_string()),
+            ("llama.rope.freq_base".to_string(), "10000.5".to_string()),
+        ]);
+        let info = model_info(&gguf);
+        assert_eq!(info["general.architecture"], json!("llama"));
+        assert_eq!(info["general.name"], json!("123"), "names stay text");
+        assert_eq!(info["general.file_type"], json!(15));
+        assert_eq!(info["llama.context_length"], json!(8192));
+        assert_eq!(info["llama.rope.freq_base"], json!(10000.5));
+        assert_eq!(capabilities(false, "{{ messages }}", false), ["completion"]);
+        assert_eq!(
+            capabilities(false, "{% if tools %}{% endif %}", true),
+            ["completion", "tools", "vision"]
+        );
+        assert_eq!(capabilities(true, "tools", false), ["embedding"]);
+        let params = BTreeMap::from([
+            ("stop".to_string(), json!(["a", "b"])),
+            ("temperature".to_string(), json!(0.5)),
+        ]);
+        let text = parameters_text(&params);
+        let lines: Vec<String> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        assert_eq!(lines, ["stop \"a\"", "stop \"b\"", "temperature 0.5"]);
+    }
+
+    #[test]
+    fn a_models_defaults_go_under_the_requests_own() {
+        let defaults = BTreeMap::from([
+            ("temperature".to_string(), json!(0.1)),
+            ("num_predict".to_string(), json!(4)),
+        ]);
+        let chat: ChatIn = serde_json::from_value(json!({
+            "model": "m", "messages": [{"role": "user", "content": "hi"}], "options": {"num_predict": 2}
+        }))
+        .unwrap();
+        let chat = chat.with_model_defaults(Some("be brief"), &defaults);
+        let o = chat.options.as_ref().unwrap();
+        assert_eq!((o.temperature, o.num_predict), (Some(0.1), Some(2)));
+        assert_eq!(chat.messages[0].role, "system");
+        assert_eq!(chat.messages[0].content, "be brief");
+        let own: ChatIn = serde_json::from_value(json!({
+            "model": "m", "messages": [{"role": "system", "content": "mine"}, {"role": "user", "content": "hi"}]
+        }))
+        .unwrap();
+        let own = own.with_model_defaults(Some("be brief"), &defaults);
+        assert_eq!(own.messages.len(), 2);
+        assert_eq!(own.messages[0].content, "mine");
+        let gen: GenerateIn = serde_json::from_value(json!({"model": "m", "prompt": "x"})).unwrap();
+        let gen = gen.with_model_defaults(Some("be brief"), &defaults);
+        assert_eq!(gen.system.as_deref(), Some("be brief"));
+        assert_eq!(gen.options.as_ref().unwrap().num_predict, Some(4));
+    }
 
     #[test]
     fn tools_images_and_format_translate() {

@@ -56,6 +56,8 @@ pub struct ServerConfig {
     /// Off by default: the engine would reach any address the client names, from the server's network. Images
     /// sent as `data:` URLs (base64) are always accepted by a vision model.
     pub fetch_image_urls: bool,
+    /// The largest blob Ollama's `POST /api/blobs/sha256:…` accepts (streamed to disk, never held in memory).
+    pub max_blob_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -218,6 +220,7 @@ impl Default for Config {
                 responses_max: 1000,
                 responses_ttl: Duration::from_secs(3600),
                 fetch_image_urls: false,
+                max_blob_bytes: 256 << 30,
             },
             store: StoreConfig {
                 path: default_store_path(),
@@ -446,6 +449,11 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
                 "server.responses_max",
                 server.responses_max,
                 &mut config.server.responses_max,
+            ),
+            (
+                "server.max_blob_bytes",
+                server.max_blob_bytes,
+                &mut config.server.max_blob_bytes,
             ),
         ] {
             match value.map(usize::try_from) {
@@ -820,6 +828,22 @@ mod tests {
         assert_eq!(c.server.max_body_bytes, 10 << 20);
         assert_eq!(c.scheduler.keep_alive, KeepAlive::DEFAULT);
         assert!(c.models.is_empty());
+    }
+
+    #[test]
+    fn the_blob_upload_cap_has_a_default_that_fits_real_ggufs_and_is_checked() {
+        let c = parse("").unwrap();
+        assert_eq!(c.server.max_blob_bytes, 256 << 30);
+        let c = parse("[server]\nmax_blob_bytes = 4096").unwrap();
+        assert_eq!(c.server.max_blob_bytes, 4096);
+        let err = parse("[server]\nmax_blob_bytes = 0").unwrap_err();
+        assert!(
+            err.lines()
+                .iter()
+                .any(|l| l == "server.max_blob_bytes: must be > 0"),
+            "{:?}",
+            err.lines()
+        );
     }
 
     #[test]

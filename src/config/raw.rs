@@ -36,6 +36,7 @@ pub struct RawServer {
     pub responses_max: Option<i64>,
     pub responses_ttl: Option<String>,
     pub fetch_image_urls: Option<bool>,
+    pub max_blob_bytes: Option<i64>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

@@ -14,7 +14,7 @@
 use http::{header, HeaderMap, HeaderValue, Method};
 
 /// Methods a preflight may ask for.
-const METHODS: &str = "GET, POST, DELETE, OPTIONS";
+const METHODS: &str = "GET, HEAD, POST, DELETE, OPTIONS";
 /// How long browsers may cache a preflight.
 const MAX_AGE_SECS: &str = "86400";
 

@@ -434,6 +434,39 @@ pub async fn push(
     } else {
         parse_json::<native::PushRequest>(&body)?.bearer_token
     };
+    let target = prepare_push(app, reference, caller).await?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    start_push(app, target, bearer, tx, |event| match event {
+        PushEvent::Progress(p) => native::ProgressLine::transfer(
+            native::Transfer::Push,
+            p.total,
+            p.layer,
+            p.layer_size,
+            p.layer_done,
+            p.done,
+        )
+        .to_line(),
+        PushEvent::Done(Ok(_)) => {
+            native::ProgressLine::message("success", "Model pushed successfully".into()).to_line()
+        }
+        PushEvent::Done(Err(e)) => native::ProgressLine::error(&e).to_line(),
+    });
+    Ok(ndjson(rx, content_type))
+}
+
+/// What a push reports: a layer's progress, then its outcome (the pushed manifest's digest, or the error).
+pub enum PushEvent {
+    Progress(crate::registry::Progress),
+    Done(Result<String, String>),
+}
+
+/// The tag a push of `reference` sends (the one named, else the model's first), checked: the model exists, the
+/// name gives a registry, and the caller may push there (a push to a loopback registry is local callers' only).
+pub async fn prepare_push(
+    app: &Arc<App>,
+    reference: String,
+    caller: super::Caller,
+) -> Result<String, ApiError> {
     let r = reference.clone();
     let model = blocking(app, move |s| s.get(&r)).await?;
     let target = if model
@@ -453,37 +486,38 @@ pub async fn push(
     app.registries
         .check_caller(&target, caller.local)
         .map_err(registry_error)?;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
-    let app2 = app.clone();
+    Ok(target)
+}
+
+/// Pushes `target` in the background; each event becomes a line through `encode`, sent on `tx`.
+pub fn start_push(
+    app: &Arc<App>,
+    target: String,
+    bearer: Option<String>,
+    tx: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    encode: impl Fn(PushEvent) -> Vec<u8> + Send + Sync + 'static,
+) {
+    let app = app.clone();
     tokio::spawn(async move {
         let report = |p: crate::registry::Progress| {
-            let line = native::ProgressLine::transfer(
-                native::Transfer::Push,
-                p.total,
-                p.layer,
-                p.layer_size,
-                p.layer_done,
-                p.done,
-            );
-            let _ = tx.send(line.to_line());
+            let _ = tx.send(encode(PushEvent::Progress(p)));
         };
-        let result = app2
+        let result = app
             .registries
-            .push(app2.store.clone(), &target, bearer.as_deref(), &report)
+            .push(app.store.clone(), &target, bearer.as_deref(), &report)
             .await;
-        let line = match result {
+        let outcome = match result {
             Ok(id) => {
                 tracing::info!(model = target, id, "model pushed");
-                native::ProgressLine::message("success", "Model pushed successfully".into())
+                Ok(id)
             }
             Err(e) => {
                 tracing::warn!(model = target, error = %e, "push failed");
-                native::ProgressLine::error(&e.to_string())
+                Err(e.to_string())
             }
         };
-        let _ = tx.send(line.to_line());
+        let _ = tx.send(encode(PushEvent::Done(outcome)));
     });
-    Ok(ndjson(rx, content_type))
 }
 
 /// `GET /models/{name}/export`: the model as DMR's archive (`application/x-tar`; see `store::archive`), streamed

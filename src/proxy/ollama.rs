@@ -21,11 +21,14 @@ use crate::engines::{Mode, RunnerWishes};
 use crate::scheduler::Selector;
 use crate::store::{self, Model};
 
+mod manage;
+pub use manage::{blob_exists, blob_upload, copy, create, push};
+
 pub async fn version() -> Result<Response<Body>, ApiError> {
     Ok(json(
         StatusCode::OK,
         &ollama::Version {
-            version: env!("CARGO_PKG_VERSION"),
+            version: ollama::API_VERSION,
         },
     ))
 }
@@ -139,33 +142,57 @@ pub async fn show(
     let m = app
         .resolve(&requested)
         .map_err(|e| not_found(e, &requested))?;
-    let template = m
-        .config
-        .gguf
-        .get("tokenizer.chat_template")
-        .cloned()
+    let model = m.clone();
+    let vision = m.vision();
+    let template = blocking(app, move |_| {
+        // A packaged chat template (DMR's layer, or `/api/create`'s `template`) is what the engine runs.
+        Ok(model
+            .chat_template
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok()))
+    })
+    .await?;
+    let template = template
+        .or_else(|| m.config.gguf.get("tokenizer.chat_template").cloned())
         .unwrap_or_default();
     let settings = app.settings_for(&requested, &m, crate::engines::Mode::Completion);
-    let parameters = settings.runtime_flags.join(" ");
+    let mut parameters = ollama::parameters_text(&m.config.options);
+    let flags = settings.runtime_flags.join(" ");
+    if !flags.is_empty() {
+        if !parameters.is_empty() {
+            parameters.push('\n');
+        }
+        parameters.push_str(&flags);
+    }
+    let arch = &m.config.architecture;
+    let embedding_only = m.config.gguf.contains_key(&format!("{arch}.pooling_type"));
     let show = ollama::Show {
         modelfile: format!("FROM {}\n", name(&m)),
         parameters,
+        capabilities: ollama::capabilities(embedding_only, &template, vision),
         template,
+        system: m.config.system.clone(),
         details: details(&m),
-        model_info: m.config.gguf.clone(),
-        capabilities: capabilities(&m),
+        model_info: ollama::model_info(&m.config.gguf),
         modified_at: store::rfc3339(m.created),
     };
     Ok(json(StatusCode::OK, &show))
 }
 
-/// What `/api/show` says a model can do: chat, and images in chat when it has a multimodal projector.
-fn capabilities(m: &store::Model) -> Vec<&'static str> {
-    let mut caps = vec!["completion"];
-    if m.vision() {
-        caps.push("vision");
+/// The model a request names, if the store has it: for its defaults (from `/api/create`) before its request is
+/// translated. An unknown model is left to the lease, which answers its 404.
+fn defaults_of(
+    app: &App,
+    requested: &str,
+) -> (
+    Option<String>,
+    std::collections::BTreeMap<String, serde_json::Value>,
+) {
+    // The shared copy: this runs per request.
+    match app.store.get_shared(requested) {
+        Ok(m) => (m.config.system.clone(), m.config.options.clone()),
+        Err(_) => (None, Default::default()),
     }
-    caps
 }
 
 /// `DELETE /api/delete {"model"}`: as DMR's delete of a tag; 404 when unknown.
@@ -186,6 +213,8 @@ pub async fn chat(
     let (_, body) = read_body(req, app.body_limits()).await?;
     ctx.note.body(&body);
     let chat: ollama::ChatIn = parse_json(&body)?;
+    let (system, options) = defaults_of(app, &chat.model);
+    let chat = chat.with_model_defaults(system.as_deref(), &options);
     let wishes = chat.wishes().map_err(ApiError::bad_request)?;
     let request = chat.to_openai().map_err(ApiError::bad_request)?;
     let call = Generation {
@@ -207,6 +236,8 @@ pub async fn generate(
     let (_, body) = read_body(req, app.body_limits()).await?;
     ctx.note.body(&body);
     let gen: ollama::GenerateIn = parse_json(&body)?;
+    let (system, options) = defaults_of(app, &gen.model);
+    let gen = gen.with_model_defaults(system.as_deref(), &options);
     let wishes = gen.wishes().map_err(ApiError::bad_request)?;
     let request = gen.to_openai().map_err(ApiError::bad_request)?;
     let call = Generation {
@@ -381,20 +412,12 @@ pub async fn pull(
         .filter(|m| !m.is_empty())
         .ok_or_else(|| ApiError::bad_request("model is required"))?;
     let pull = super::models::prepare_pull(app, &from, None, caller).await?;
-    let line = |v: serde_json::Value| {
-        let mut b = serde_json::to_vec(&v).unwrap_or_default();
-        b.push(b'\n');
-        b
-    };
     let mut lines = super::models::start_pull(app, pull, move |e| match e {
-        PullEvent::Progress(p) => line(serde_json::json!({
-            "status": format!("pulling {}", p.layer.trim_start_matches("sha256:").chars().take(12).collect::<String>()),
-            "digest": p.layer,
-            "total": p.layer_size,
-            "completed": p.layer_done,
-        })),
-        PullEvent::Done(Ok(_)) => line(serde_json::json!({"status": "success"})),
-        PullEvent::Done(Err(e)) => line(serde_json::json!({"error": e})),
+        PullEvent::Progress(p) => {
+            ollama::Progress::layer("pulling", &p.layer, p.layer_size, p.layer_done).to_line()
+        }
+        PullEvent::Done(Ok(_)) => ollama::Progress::status("success").to_line(),
+        PullEvent::Done(Err(e)) => ollama::error_line(&e),
     });
     if input.stream == Some(false) {
         // The last line is the outcome.
@@ -402,12 +425,7 @@ pub async fn pull(
         while let Some(l) = lines.recv().await {
             last = l;
         }
-        let mut resp = Response::new(super::http::full(Bytes::from(last)));
-        resp.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        return Ok(resp);
+        return Ok(manage::last_line(last));
     }
     Ok(super::http::ndjson(lines, "application/x-ndjson"))
 }

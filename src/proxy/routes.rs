@@ -36,6 +36,7 @@ pub type Handler = fn(Arc<App>, Request<Incoming>, Arc<Ctx>) -> Answer;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum M {
     Get,
+    Head,
     Post,
     Delete,
 }
@@ -45,6 +46,7 @@ impl M {
         *method
             == match self {
                 M::Get => Method::GET,
+                M::Head => Method::HEAD,
                 M::Post => Method::POST,
                 M::Delete => Method::DELETE,
             }
@@ -53,6 +55,7 @@ impl M {
     pub fn as_str(self) -> &'static str {
         match self {
             M::Get => "GET",
+            M::Head => "HEAD",
             M::Post => "POST",
             M::Delete => "DELETE",
         }
@@ -158,7 +161,7 @@ macro_rules! h {
 }
 
 use Dialect::{Anthropic, Native, Ollama, OpenAi};
-use M::{Delete, Get, Post};
+use M::{Delete, Get, Head, Post};
 
 /// Every route the front serves: method, pattern, dialect, label, handler; then who may call it (`guard`, else an
 /// API key when keys are set), `openai()` for the `/engines[/{engine}]` mounts, `inference()` for the inspector.
@@ -166,6 +169,8 @@ use M::{Delete, Get, Post};
 pub static ROUTES: &[Route] = &[
     // DMR's native routes: plain-text errors.
     Route::new(Get, "/", Native, "/", h!(|app, req, ctx| async { Ok(text(StatusCode::OK, "dmr-supervisor is running")) })),
+    // Ollama's CLI checks that its server is up with `HEAD /`.
+    Route::new(Head, "/", Native, "/", h!(|app, req, ctx| async { Ok(text(StatusCode::OK, "dmr-supervisor is running")) })),
     Route::new(Get, "/health", Native, "/health", h!(|app, req, ctx| async { Ok(readiness(app, "ok")) }))
         .guard(Guard::Open),
     // Probes for routers and Kubernetes: alive while the process serves; ready until it starts draining.
@@ -301,6 +306,11 @@ pub static ROUTES: &[Route] = &[
     Route::new(Post, "/api/show", Ollama, "/api/show", h!(|app, req, ctx| ollama::show(app, req))),
     Route::new(Delete, "/api/delete", Ollama, "/api/delete", h!(|app, req, ctx| ollama::delete(app, req))),
     Route::new(Post, "/api/pull", Ollama, "/api/pull", h!(|app, req, ctx| ollama::pull(app, req, ctx.caller))),
+    Route::new(Post, "/api/push", Ollama, "/api/push", h!(|app, req, ctx| ollama::push(app, req, ctx.caller))),
+    Route::new(Post, "/api/copy", Ollama, "/api/copy", h!(|app, req, ctx| ollama::copy(app, req))),
+    Route::new(Post, "/api/create", Ollama, "/api/create", h!(|app, req, ctx| ollama::create(app, req))),
+    Route::new(Head, "/api/blobs/{digest}", Ollama, "/api/blobs/{digest}", h!(|app, req, ctx| ollama::blob_exists(app, ctx))),
+    Route::new(Post, "/api/blobs/{digest}", Ollama, "/api/blobs/{digest}", h!(|app, req, ctx| ollama::blob_upload(app, ctx, req))),
     Route::new(Post, "/api/chat", Ollama, "/api/chat", h!(|app, req, ctx| ollama::chat(app, ctx, req)))
         .inference(),
     Route::new(Post, "/api/generate", Ollama, "/api/generate", h!(|app, req, ctx| ollama::generate(app, ctx, req)))

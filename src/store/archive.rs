@@ -309,7 +309,7 @@ impl Store {
 
     /// Removes the blobs in `digests` that no model in the index references and no operation in flight protects
     /// (what a load added that its model does not name).
-    fn remove_unreferenced(&self, digests: &[String]) {
+    pub(super) fn remove_unreferenced(&self, digests: &[String]) {
         let _guard = self.lock();
         let Ok(index) = Index::load(&self.index_path()) else {
             return; // an unreadable index: leave the blobs rather than guess

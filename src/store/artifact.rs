@@ -37,6 +37,12 @@ pub struct ModelConfig {
     pub diffusers: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context_size: Option<u64>,
+    /// A system prompt for chats that bring none (set by Ollama's `/api/create`; not a DMR field).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// Default request options, by Ollama's names (`temperature`, `stop`, …; set by `/api/create`; not a DMR field).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, serde_json::Value>,
 }
 
 /// The whole config blob.

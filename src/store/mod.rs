@@ -13,6 +13,7 @@ pub mod pulled;
 pub mod sources;
 
 mod artifact;
+mod create;
 mod fsutil;
 mod gc;
 mod import;
@@ -21,6 +22,7 @@ mod index;
 mod repackage;
 mod runtime;
 
+pub use create::{Base, Recipe};
 pub use format::ModelFormat;
 pub use gc::{Collected, Protected};
 pub use runtime::RuntimeConfig;
@@ -76,6 +78,8 @@ pub enum StoreError {
         declared: u64,
         actual: u64,
     },
+    #[error("the blob is larger than {limit} bytes")]
+    TooLarge { limit: u64 },
     #[error("{path} has digest {actual}, expected {expected}")]
     DigestMismatch {
         path: PathBuf,
@@ -185,7 +189,11 @@ impl Store {
     /// Opens the store at `root`, creating the layout if missing and sweeping temp files left by
     /// a crash. A `models.json` or `layout.json` that does not parse is an error, never reset.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
-        for dir in [root.join("blobs/sha256"), root.join("manifests/sha256")] {
+        for dir in [
+            root.join("blobs/sha256"),
+            root.join("manifests/sha256"),
+            root.join("uploads/sha256"),
+        ] {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
         let root = fs::canonicalize(root).map_err(io_err(root))?;
@@ -225,7 +233,28 @@ impl Store {
                 remove_quietly(&entry.path());
             }
         }
-        for dir in [store.root.clone(), store.blob_dir(), store.manifest_dir()] {
+        // Uploads (Ollama's `/api/blobs`) that no create used within a week go too.
+        for entry in fs::read_dir(store.upload_dir())
+            .map_err(io_err(&store.upload_dir()))?
+            .flatten()
+        {
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > week);
+            if stale {
+                tracing::info!(file = %entry.path().display(), "removing an upload older than a week");
+                remove_quietly(&entry.path());
+            }
+        }
+        for dir in [
+            store.root.clone(),
+            store.blob_dir(),
+            store.manifest_dir(),
+            store.upload_dir(),
+        ] {
             let n = remove_temps(&dir)?;
             if n > 0 {
                 tracing::info!(dir = %dir.display(), removed = n, "removed leftover temp files");
@@ -354,6 +383,11 @@ impl Store {
             if entry.file_name().to_string_lossy().ends_with(".incomplete") {
                 remove_quietly(&entry.path());
             }
+        }
+        // Uploads no model has used yet (Ollama's `/api/blobs`).
+        let uploads = self.upload_dir();
+        for entry in fs::read_dir(&uploads).map_err(io_err(&uploads))?.flatten() {
+            remove_quietly(&entry.path());
         }
         Ok(gone
             .into_iter()

@@ -27,7 +27,7 @@ fn every_route_has_a_label_that_is_its_template() {
 fn documented_routes_are_in_the_table() {
     let doc = include_str!("../../../docs/api-contract.md");
     let mut seen = 0;
-    for method in ["GET", "POST", "DELETE"] {
+    for method in ["GET", "HEAD", "POST", "DELETE"] {
         let mention = format!("{method} /");
         for (at, _) in doc.match_indices(&mention) {
             let path: String = doc[at + method.len() + 1..]
@@ -38,7 +38,8 @@ fn documented_routes_are_in_the_table() {
             let path = path
                 .replace("{ns}", "ai")
                 .replace("{name}", "tiny")
-                .replace("{engine}", "llama.cpp");
+                .replace("{engine}", "llama.cpp")
+                .replace("{digest}", "sha256:0123");
             let method = Method::from_bytes(method.as_bytes()).expect("a method");
             assert!(
                 find(&method, &path).is_some(),
