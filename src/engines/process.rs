@@ -341,6 +341,17 @@ fn read_lines(
     }
 }
 
+/// Whether process `pid` has died: gone, or a zombie not reaped yet (`/proc/PID/stat` state `Z` or `X`).
+pub fn dead(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_none_or(|state| matches!(state, 'Z' | 'X')),
+        Err(_) => true,
+    }
+}
+
 /// One `GET /health` on loopback; the status code, or `None` when nothing answers yet.
 pub async fn probe_health(port: u16) -> Option<u16> {
     let attempt = async {

@@ -39,7 +39,7 @@ pub async fn messages(
         .to_openai(Purpose::Generate)
         .map_err(ApiError::bad_request)?;
     translated::check_images(app, request.image_urls(), &input.model)?;
-    let (lease, model) = acquire(
+    let (mut lease, model) = acquire(
         app,
         &ctx.note,
         &input.model,
@@ -49,7 +49,7 @@ pub async fn messages(
     .await?;
     let resp = translated::post(
         &app.engines,
-        &lease,
+        &mut lease,
         "/v1/chat/completions",
         &request,
         &model,
@@ -82,7 +82,7 @@ pub async fn count_tokens(
     let request = input
         .to_openai(Purpose::CountTokens)
         .map_err(ApiError::bad_request)?;
-    let (lease, model) = acquire(
+    let (mut lease, model) = acquire(
         app,
         &ctx.note,
         &input.model,
@@ -100,7 +100,15 @@ pub async fn count_tokens(
         )
     })?;
     let body = (counting.body)(chat);
-    let resp = translated::post(&app.engines, &lease, counting.path, &body, &model, false).await?;
+    let resp = translated::post(
+        &app.engines,
+        &mut lease,
+        counting.path,
+        &body,
+        &model,
+        false,
+    )
+    .await?;
     let answer: serde_json::Value = translated::collect(resp, &model).await?;
     let input_tokens = (counting.count)(answer).map_err(|e| {
         ApiError::new(

@@ -117,7 +117,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Sends `body` to `path_and_query` on the leased engine and returns its answer, streaming.
 pub async fn forward(
     pools: &EnginePools,
-    lease: Lease,
+    mut lease: Lease,
     parts: http::request::Parts,
     path_and_query: &str,
     body: Bytes,
@@ -126,7 +126,7 @@ pub async fn forward(
 ) -> Result<Response<Body>, ApiError> {
     let resp = send(
         pools,
-        &lease,
+        &mut lease,
         parts.method,
         parts.headers,
         path_and_query,
@@ -169,8 +169,88 @@ fn with_model(body: Bytes, name: &str) -> Bytes {
 }
 
 /// One request to an engine; the answer's body is left to the caller (who must hold the lease while reading it).
+/// When the engine could not be reached because it had just died (granted in the moment before the scheduler heard
+/// of it), the request goes once more on a fresh lease (`Lease::renew`), which replaces `lease`.
 #[allow(clippy::too_many_arguments)]
 pub async fn send(
+    pools: &EnginePools,
+    lease: &mut Lease,
+    method: http::Method,
+    headers: HeaderMap,
+    path_and_query: &str,
+    body: Bytes,
+    model: &str,
+    streaming: bool,
+) -> Result<Response<Incoming>, ApiError> {
+    let again = lease
+        .renew
+        .is_some()
+        .then(|| (method.clone(), headers.clone(), body.clone()));
+    let first = send_once(
+        pools,
+        lease,
+        method,
+        headers,
+        path_and_query,
+        body,
+        model,
+        streaming,
+    )
+    .await;
+    let Err(Failure::Unreachable(e)) = first else {
+        return first.map_err(ApiError::from);
+    };
+    let Some((method, headers, body)) = again else {
+        return Err(e);
+    };
+    let Some(renew) = lease.take_renewal(RENEW_WAIT).await else {
+        return Err(e);
+    };
+    let Some(fresh) = renew().await else {
+        return Err(e);
+    };
+    tracing::info!(
+        model,
+        "the engine died before the request reached it; sending it to a fresh one"
+    );
+    *lease = fresh;
+    send_once(
+        pools,
+        lease,
+        method,
+        headers,
+        path_and_query,
+        body,
+        model,
+        streaming,
+    )
+    .await
+    .map_err(ApiError::from)
+}
+
+/// A request that fails this soon after it was sent never reached a working engine.
+const FAILED_AT_ONCE: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// How long a request whose engine died waits for the scheduler to let that runner go before it asks again.
+const RENEW_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Why one attempt failed.
+enum Failure {
+    /// No connection to the engine could be made (it may have died).
+    Unreachable(ApiError),
+    Other(ApiError),
+}
+
+impl From<Failure> for ApiError {
+    fn from(f: Failure) -> ApiError {
+        match f {
+            Failure::Unreachable(e) | Failure::Other(e) => e,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_once(
     pools: &EnginePools,
     lease: &Lease,
     method: http::Method,
@@ -179,7 +259,7 @@ pub async fn send(
     body: Bytes,
     model: &str,
     streaming: bool,
-) -> Result<Response<Incoming>, ApiError> {
+) -> Result<Response<Incoming>, Failure> {
     let endpoint = lease.endpoint;
     let body = match &lease.served_name {
         Some(name) => with_model(body, name),
@@ -191,10 +271,10 @@ pub async fn send(
         .uri(uri)
         .body(Full::new(body))
         .map_err(|e| {
-            ApiError::new(
+            Failure::Other(ApiError::new(
                 ErrorKind::Internal,
                 format!("cannot build the engine request: {e}"),
-            )
+            ))
         })?;
     *req.headers_mut() = headers;
     strip_hop_by_hop(req.headers_mut());
@@ -206,19 +286,27 @@ pub async fn send(
             .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
     }
     // An engine that stops answering its health checks while we wait is killed and replaced: 504.
+    let sent = std::time::Instant::now();
     tokio::select! {
         answer = pools.get(endpoint).request(req) => answer.map_err(|e| {
-            ApiError::new(
+            let error = ApiError::new(
                 ErrorKind::BadGateway,
                 format!(
                     "the engine serving {model} failed before answering (it may have crashed): {e}"
                 ),
-            )
+            );
+            // No connection, or one that failed at once (a pooled connection to an engine already dead): the
+            // engine never worked on it. A request that fails later was being served when the engine died.
+            if e.is_connect() || sent.elapsed() < FAILED_AT_ONCE {
+                Failure::Unreachable(error)
+            } else {
+                Failure::Other(error)
+            }
         }),
-        () = lease.unresponsive() => Err(ApiError::new(
+        () = lease.unresponsive() => Err(Failure::Other(ApiError::new(
             ErrorKind::GatewayTimeout,
             format!("the engine serving {model} stopped responding to its health checks; it was killed and will be replaced"),
-        )),
+        ))),
     }
 }
 

@@ -99,7 +99,7 @@ pub async fn acquire_on(
     } = planner(app, &config).plan(requested, mode, in_path, wishes)?;
     let name = launch.model_name.clone();
     note.model(&name, launch.context_size);
-    let lease = app
+    let mut lease = app
         .scheduler
         .acquire(key, launch, demand)
         .await
@@ -119,6 +119,21 @@ pub async fn acquire_on(
                 ..ApiError::new(ErrorKind::Unavailable, msg)
             },
         })?;
+    // If the engine turns out to have died before the request reaches it, the request is planned and acquired
+    // again the same way (`forward::send`).
+    let (app, requested, wishes) = (app.clone(), requested.to_string(), wishes.clone());
+    lease.renew = Some(Box::new(move || {
+        Box::pin(async move {
+            let config = app.config();
+            let plan = planner(&app, &config)
+                .plan(&requested, mode, in_path, &wishes)
+                .ok()?;
+            app.scheduler
+                .acquire(plan.key, plan.launch, plan.demand)
+                .await
+                .ok()
+        })
+    }));
     Ok((lease, name))
 }
 

@@ -288,7 +288,8 @@ async fn generate_with(
         let out = ollama::Out::lifecycle(g.call, &name(&m), &now_rfc3339(), "unload");
         return Ok(json(StatusCode::OK, &out));
     }
-    let (lease, model) = acquire(app, &ctx.note, g.requested, Mode::Completion, &g.wishes).await?;
+    let (mut lease, model) =
+        acquire(app, &ctx.note, g.requested, Mode::Completion, &g.wishes).await?;
     let load_ns = started.elapsed().as_nanos() as u64;
     let created_at = now_rfc3339();
     if g.empty {
@@ -298,7 +299,7 @@ async fn generate_with(
     }
     let resp = translated::post(
         &app.engines,
-        &lease,
+        &mut lease,
         "/v1/chat/completions",
         &request,
         &model,
@@ -356,7 +357,8 @@ pub async fn embed(
     require_model(&input.model)?;
     let wishes = input.wishes().map_err(ApiError::bad_request)?;
     let started = Instant::now();
-    let (lease, model) = acquire(app, &ctx.note, &input.model, Mode::Embedding, &wishes).await?;
+    let (mut lease, model) =
+        acquire(app, &ctx.note, &input.model, Mode::Embedding, &wishes).await?;
     let load_ns = started.elapsed().as_nanos() as u64;
     let texts = input.texts();
     let (embeddings, prompt_tokens) = if texts.is_empty() || (legacy && texts[0].is_empty()) {
@@ -364,7 +366,7 @@ pub async fn embed(
     } else {
         let resp = translated::post(
             &app.engines,
-            &lease,
+            &mut lease,
             "/v1/embeddings",
             &input.to_openai(),
             &model,

@@ -67,7 +67,7 @@ pub async fn score(
         (None, Some(rerank)) => Some(rerank),
         (None, None) => return Err(refused(engine, "score")),
     };
-    let (lease, name) = acquire_on(
+    let (mut lease, name) = acquire_on(
         app,
         &ctx.note,
         &checked.model,
@@ -82,7 +82,8 @@ pub async fn score(
     };
     let mut answers = Vec::new();
     for call in checked.reranks() {
-        let resp = translated::post(&app.engines, &lease, rerank_path, &call, &name, false).await?;
+        let resp =
+            translated::post(&app.engines, &mut lease, rerank_path, &call, &name, false).await?;
         let answer: RerankAnswer = translated::collect(resp, &name).await?;
         answers.push((call, answer));
     }

@@ -88,7 +88,7 @@ pub async fn create(
         .to_chat(&conversation)
         .map_err(ApiError::bad_request)?;
     translated::check_images(app, request.image_urls(), &input.model)?;
-    let (lease, model) = acquire_on(
+    let (mut lease, model) = acquire_on(
         app,
         &ctx.note,
         &input.model,
@@ -105,7 +105,7 @@ pub async fn create(
     });
     let resp = translated::post(
         &app.engines,
-        &lease,
+        &mut lease,
         "/v1/chat/completions",
         &request,
         &model,

@@ -34,7 +34,7 @@ struct EngineErrorBody {
 /// request we built was well-formed, so what it refused is the caller's content); anything else is a 502.
 pub async fn post<T: Serialize>(
     pools: &EnginePools,
-    lease: &Lease,
+    lease: &mut Lease,
     path: &str,
     body: &T,
     model: &str,

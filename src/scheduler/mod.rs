@@ -56,8 +56,15 @@ impl From<Rejection> for AcquireError {
     }
 }
 
+/// How a lease whose engine died before the request reached it gets a fresh one: acquiring again, the same way
+/// (set by whoever acquired it; the scheduler only carries it).
+pub type Renew = Box<
+    dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Lease>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// A request's hold on a ready runner; dropping it tells the scheduler the request ended.
-#[derive(Debug)]
 pub struct Lease {
     pub endpoint: Endpoint,
     /// The engine the runner runs.
@@ -69,9 +76,39 @@ pub struct Lease {
     tx: mpsc::UnboundedSender<Msg>,
     /// Turns true when the runner's engine stopped answering its health checks.
     hung: watch::Receiver<bool>,
+    /// Turns true when the runner is over (its engine gone and the scheduler told).
+    exited: watch::Receiver<bool>,
+    /// Acquires again, for a request whose engine died before it reached it (`take_renewal`).
+    pub renew: Option<Renew>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("endpoint", &self.endpoint)
+            .field("engine", &self.engine)
+            .field("runner", &self.runner)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Lease {
+    /// A request could not reach this lease's engine: if the engine process has died (the moment between its
+    /// death and the scheduler hearing of it is when such a grant happens), waits until the scheduler has let the
+    /// runner go and returns how to acquire again; `None` when the engine is alive (its refusal is the error) or
+    /// there is no way to renew.
+    pub async fn take_renewal(&mut self, within: Duration) -> Option<Renew> {
+        if !crate::engines::process::dead(self.endpoint.pid) {
+            return None;
+        }
+        let mut exited = self.exited.clone();
+        tokio::time::timeout(within, exited.wait_for(|e| *e))
+            .await
+            .ok()?
+            .ok()?;
+        self.renew.take()
+    }
+
     /// Resolves if the engine is declared unresponsive (and is being killed); never otherwise.
     pub async fn unresponsive(&self) {
         let mut hung = self.hung.clone();
@@ -446,9 +483,9 @@ impl Actor {
                     runner,
                     endpoint,
                 } => {
-                    let hung = match self.runners.get(&runner) {
-                        Some(h) => h.hung.clone(),
-                        None => watch::channel(false).1,
+                    let (hung, exited) = match self.runners.get(&runner) {
+                        Some(h) => (h.hung.clone(), h.exited.clone()),
+                        None => (watch::channel(false).1, watch::channel(true).1),
                     };
                     let launch = self
                         .state
@@ -476,6 +513,8 @@ impl Actor {
                         runner,
                         tx: self.tx.clone(),
                         hung,
+                        exited,
+                        renew: None,
                     };
                     // If the client left, the returned lease is dropped here, which releases it.
                     if let Some(w) = self.waiters.remove(&waiter) {

@@ -84,6 +84,9 @@ def test_engine_killed_during_non_streaming_request(supervisors):
     t.start()
     # In flight at the engine: llama-server's own /slots says a slot is generating.
     wait_until(lambda: engine_busy(spawn.port), 20.0, "the engine to be generating")
+    # Well into its work: a request that fails within a few ms of being sent is taken to have met an engine
+    # already dead, and is sent again to a fresh one (test_a_request_right_after_the_engine_dies_...).
+    time.sleep(0.1)
     os.kill(spawn.pid, signal.SIGKILL)
     t.join(30)
     assert not t.is_alive(), "the in-flight request did not finish after the engine died"
@@ -213,3 +216,18 @@ def test_a_port_taken_before_the_engine_binds_it_is_retried_on_another(superviso
     first, second = sup.spawns()
     assert first.port != second.port
     assert "the engine's port was taken; starting it on another one" in sup.stderr_text()
+
+
+def test_a_request_right_after_the_engine_dies_is_served_by_a_fresh_one(supervisors):
+    """The moment between an engine's death and the scheduler hearing of it: a request granted the dead runner
+    cannot connect, and is planned and sent again on a fresh runner instead of failing with a 502."""
+    sup = supervisors.start()
+    for _ in range(5):
+        assert sup.chat(max_tokens=2).status_code == 200
+        spawn = sup.spawns()[-1]
+        os.kill(spawn.pid, signal.SIGKILL)
+        r = sup.chat(max_tokens=2)  # at once: often granted before the death is known
+        assert r.status_code == 200, r.text
+        assert sup.spawns()[-1].pid != spawn.pid
+    renewed = sup.stderr_text().count("sending it to a fresh one")
+    print(f"{renewed} of 5 requests met the dead engine and were sent again")
