@@ -79,6 +79,9 @@ pub struct EngineProcess {
     /// Dropped when the engine has exited: the readers stop letting the pipe fill and read to EOF at once, so the
     /// end of an engine is reported without waiting out their pause.
     hurry: Vec<std::sync::mpsc::Sender<()>>,
+    /// Set once the engine is ready: from then on the readers let the pipe fill between reads. While it starts
+    /// they read each line at once, since readiness is re-polled whenever the engine prints one.
+    serving: Arc<std::sync::atomic::AtomicBool>,
     exit: Option<String>,
     /// The model, for log lines.
     label: String,
@@ -139,14 +142,20 @@ impl EngineProcess {
         let activity = Arc::new(Notify::new());
         let mut readers = Vec::new();
         let mut hurry = Vec::new();
+        let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
         for pipe in [out_r, err_r] {
             let (done_tx, done) = tokio::sync::oneshot::channel();
             let (hurry_tx, hurry_rx) = std::sync::mpsc::channel::<()>();
             let (logs, activity, label) = (logs.clone(), activity.clone(), label.to_string());
+            let serving = serving.clone();
             let reader = std::thread::Builder::new()
                 .name(format!("engine-out-{pid}"))
                 .spawn(move || {
-                    read_lines(pipe, &hurry_rx, &logs, &activity, &label, pid);
+                    let pace = Pace {
+                        hurry: &hurry_rx,
+                        serving: &serving,
+                    };
+                    read_lines(pipe, pace, &logs, &activity, &label, pid);
                     let _ = done_tx.send(());
                 });
             match reader {
@@ -167,6 +176,7 @@ impl EngineProcess {
             activity,
             readers,
             hurry,
+            serving,
             exit: None,
             label: label.to_string(),
         })
@@ -186,6 +196,8 @@ impl EngineProcess {
         let start = Instant::now();
         loop {
             if probe_health(port).await == Some(200) {
+                self.serving
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 return Ok(());
             }
             let elapsed = start.elapsed();
@@ -286,12 +298,20 @@ fn describe(status: std::io::Result<ExitStatus>) -> String {
 const COALESCE: Duration = Duration::from_millis(20);
 
 /// Reads an engine's output to EOF on a thread of its own: each line goes to the log hub, the runner's buffer and
-/// (at debug level) tracing, and wakes `activity`. After each read that did not fill the buffer it lets the pipe
-/// fill for [`COALESCE`], so that a burst of small writes costs one wake-up; the engine never waits on it (a pipe
+/// (at debug level) tracing, and wakes `activity`. Once the engine serves, after each read that did not fill the
+/// buffer it lets the pipe fill for [`COALESCE`], so that a burst of small writes costs one wake-up; the engine never waits on it (a pipe
 /// holds 64 KiB). Once the engine has exited (`hurry` disconnected) it reads to EOF without pausing.
+/// When an output reader pauses between reads.
+struct Pace<'a> {
+    /// Disconnected once the engine has exited: no more pauses.
+    hurry: &'a std::sync::mpsc::Receiver<()>,
+    /// Set once the engine is ready: no pauses before.
+    serving: &'a std::sync::atomic::AtomicBool,
+}
+
 fn read_lines(
     mut pipe: impl std::io::Read,
-    hurry: &std::sync::mpsc::Receiver<()>,
+    pace: Pace<'_>,
     logs: &LogBuffer,
     activity: &Notify,
     label: &str,
@@ -331,9 +351,9 @@ fn read_lines(
         }
         append(&mut line, rest);
         activity.notify_one();
-        if n < buf.len() {
+        if n < buf.len() && pace.serving.load(std::sync::atomic::Ordering::Relaxed) {
             // Returns at once when the engine has exited (the sender is gone).
-            let _ = hurry.recv_timeout(COALESCE);
+            let _ = pace.hurry.recv_timeout(COALESCE);
         }
     }
     if !line.is_empty() {
