@@ -115,7 +115,14 @@ impl Planner<'_> {
             mmproj: model.mmproj.clone(),
             mode,
             context_size: engine.context_size(asked, &model.config),
-            runtime_flags: settings.runtime_flags,
+            // `parallel` goes first, so the model's own runtime flags may still say otherwise.
+            runtime_flags: settings
+                .parallel
+                .and_then(|n| engine.parallel_flags(n))
+                .unwrap_or_default()
+                .into_iter()
+                .chain(settings.runtime_flags)
+                .collect(),
             keep_alive: wishes
                 .keep_alive
                 .map(|k| k.capped(self.config.scheduler.max_keep_alive))
@@ -469,6 +476,30 @@ mod tests {
             .unwrap();
         assert_eq!(on_gpu.launch.vllm.gpu_memory_utilization, Some(0.5));
         assert_eq!(on_gpu.demand, Demand::Any(40 * GIB));
+    }
+
+    #[test]
+    fn parallel_becomes_the_engines_flag_ahead_of_the_runtime_flags() {
+        let mut f = Fixture::new();
+        f.gguf("ai/tiny");
+        let on_gpu = |f: &Fixture| {
+            f.planner(true)
+                .plan("ai/tiny", Mode::Completion, None, &RunnerWishes::default())
+                .unwrap()
+        };
+        let one = on_gpu(&f);
+        let mut entry = ModelSettings::defaults_for("ai/tiny:latest");
+        entry.parallel = Some(8);
+        entry.runtime_flags = vec!["--temp".into(), "0".into()];
+        f.config.models.push(entry);
+        let eight = on_gpu(&f);
+        assert_eq!(
+            eight.launch.runtime_flags,
+            ["--parallel", "8", "--temp", "0"]
+        );
+        // The estimate reads --parallel from these flags (gpu::estimate's tests); this fixture's GGUF is too
+        // small to have a shape, so its demand is its file size either way.
+        assert_eq!(one.launch.runtime_flags, Vec::<String>::new());
     }
 
     #[test]

@@ -131,6 +131,9 @@ pub struct LlamaCppConfig {
     pub binary: Option<PathBuf>,
 }
 
+/// The most requests a model may be set to serve at once (`[[models]] parallel`).
+const MAX_PARALLEL: i64 = 1024;
+
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
     pub keep_alive: KeepAlive,
@@ -164,6 +167,8 @@ pub struct ModelSettings {
     pub context_size: Option<u32>,
     pub runtime_flags: Vec<String>,
     pub keep_alive: Option<KeepAlive>,
+    /// Requests the engine serves at once (llama-server's slots, vLLM's sequences); `None`: the engine's default.
+    pub parallel: Option<u32>,
     pub vllm: crate::engines::vllm::VllmOptions,
 }
 
@@ -175,6 +180,7 @@ impl ModelSettings {
             context_size: None,
             runtime_flags: Vec::new(),
             keep_alive: None,
+            parallel: None,
             vllm: Default::default(),
         }
     }
@@ -686,12 +692,21 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
                 None
             }
         };
+        let parallel = match model.parallel {
+            None => None,
+            Some(n) if (1..=MAX_PARALLEL).contains(&n) => Some(n as u32),
+            Some(_) => {
+                errors.push(key("parallel"), format!("must be 1 to {MAX_PARALLEL}"));
+                None
+            }
+        };
         config.models.push(ModelSettings {
             name,
             path,
             context_size,
             runtime_flags,
             keep_alive,
+            parallel,
             vllm: crate::engines::vllm::VllmOptions {
                 gpu_memory_utilization: model.gpu_memory_utilization,
                 hf_overrides,

@@ -119,6 +119,7 @@ pub struct RawModel {
     pub hf_overrides: Option<toml::Table>,
     pub runtime_flags: Option<Vec<String>>,
     pub keep_alive: Option<String>,
+    pub parallel: Option<i64>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

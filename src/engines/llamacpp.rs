@@ -112,6 +112,11 @@ impl Engine for LlamaCpp {
         Some(super::flags::LLAMACPP)
     }
 
+    /// `--parallel N` slots; the context is shared between them, and the memory estimate reads the flag.
+    fn parallel_flags(&self, n: u32) -> Option<Vec<String>> {
+        Some(vec!["--parallel".into(), n.to_string()])
+    }
+
     fn kv_usage_path(&self) -> Option<&'static str> {
         Some("/slots")
     }

@@ -70,6 +70,10 @@ pub trait Engine: Sync + 'static {
     fn flag_allowlist(&self) -> Option<&'static [&'static str]> {
         None
     }
+    /// The flags that make it serve `n` requests at once (`[[models]] parallel`); `None`: it cannot be told.
+    fn parallel_flags(&self, _n: u32) -> Option<Vec<String>> {
+        None
+    }
     /// Where it reports how its KV cache is used (read by [`Engine::kv_cache_usage`]); `None`: it does not.
     fn kv_usage_path(&self) -> Option<&'static str> {
         None

@@ -18,6 +18,11 @@ impl Engine for Vllm {
         NAME
     }
 
+    /// `--max-num-seqs N`: sequences in one batch.
+    fn parallel_flags(&self, n: u32) -> Option<Vec<String>> {
+        Some(vec!["--max-num-seqs".into(), n.to_string()])
+    }
+
     /// vLLM's `/metrics` has `vllm:num_requests_running`, `vllm:kv_cache_usage_perc` and the rest itself.
     fn exports_vllm_metrics(&self) -> bool {
         true

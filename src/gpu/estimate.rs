@@ -320,6 +320,19 @@ mod tests {
         assert_eq!(predict(&m, &none, false).total(), 0);
         // ...but in CPU mode everything is in host memory whatever -ngl says.
         assert!(predict(&m, &none, true).total() > 4_920_000_000);
+        // --parallel shares the context between slots: the same KV cache, smaller attention scores per slot.
+        let one = predict(
+            &m,
+            &LlamaFlags::parse(&argv("-c 8192"), 4096).unwrap(),
+            false,
+        );
+        let four = predict(
+            &m,
+            &LlamaFlags::parse(&argv("-c 8192 --parallel 4"), 4096).unwrap(),
+            false,
+        );
+        assert_eq!(one.kv_cache, four.kv_cache);
+        assert!(four.compute < one.compute, "{four:?} {one:?}");
     }
 
     #[test]
