@@ -92,6 +92,10 @@ pub enum Action {
     Inspect { model: String },
     /// List running engines.
     Ps,
+    /// Remove an engine that `engines install` put in the data directory (refused while it runs a model). Run as
+    /// `dmr-supervisor engines uninstall NAME`.
+    #[command(hide = true)]
+    UninstallBackend { name: String },
     /// Stop idle engines of these models (or --all).
     Unload {
         models: Vec<String>,
@@ -529,6 +533,20 @@ impl Cli {
                     ]);
                 }
                 print_table(&rows);
+                Ok(())
+            }
+            Action::UninstallBackend { name } => {
+                let body = native::UninstallBody { backend: name };
+                let v: serde_json::Value = self
+                    .send(
+                        self.http
+                            .post(self.url("/engines/uninstall-backend"))
+                            .json(&body),
+                    )
+                    .await?
+                    .json()
+                    .await?;
+                println!("{}", v["message"].as_str().unwrap_or_default());
                 Ok(())
             }
             Action::Unload { models, all } => {

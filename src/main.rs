@@ -56,7 +56,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Engines: install one (runs its recipe, printing its progress).
+    /// Engines: install one (runs its recipe, printing its progress), or uninstall one.
     Engines {
         #[command(subcommand)]
         action: EnginesAction,
@@ -76,6 +76,12 @@ enum EnginesAction {
         /// Passed to the recipe (e.g. --force for vllm without a GPU driver).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Remove an engine that `engines install` put in the data directory, through the daemon at --host (which
+    /// refuses while the engine runs a model).
+    Uninstall {
+        /// llama.cpp, vllm or diffusers.
+        name: String,
     },
 }
 
@@ -140,6 +146,12 @@ fn main() -> ExitCode {
             Command::Engines {
                 action: EnginesAction::Install { name, args },
             } => install_engine(&name, &args),
+            Command::Engines {
+                action: EnginesAction::Uninstall { name },
+            } => client(
+                &cli.host,
+                dmr_supervisor::cli::Action::UninstallBackend { name },
+            ),
             Command::Client(action) => client(&cli.host, action),
         };
     }

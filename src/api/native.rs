@@ -234,6 +234,19 @@ pub struct Version {
 /// `GET /engines/status`: engine name → "Running: …" / "Not Installed: …".
 pub type EngineStatus = BTreeMap<&'static str, String>;
 
+/// `POST /engines/uninstall-backend`, as DMR's `uninstall-runner` sends it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UninstallRequest {
+    pub backend: String,
+}
+
+/// What `dmr-supervisor engines uninstall NAME` sends to `POST /engines/uninstall-backend`.
+#[derive(Debug, Serialize)]
+pub struct UninstallBody {
+    pub backend: String,
+}
+
 /// `POST /engines/install-backend`, as DMR's `install-runner` sends it.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -47,6 +47,10 @@ impl Engine for Diffusers {
         0
     }
 
+    fn install_dir(&self, data_dir: &Path) -> PathBuf {
+        install_dir(data_dir)
+    }
+
     fn install_recipe(&self) -> &'static [(&'static str, &'static str)] {
         &[
             (

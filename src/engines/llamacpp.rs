@@ -101,6 +101,10 @@ impl Engine for LlamaCpp {
         })
     }
 
+    fn install_dir(&self, data_dir: &Path) -> PathBuf {
+        install_dir(data_dir)
+    }
+
     fn install_recipe(&self) -> &'static [(&'static str, &'static str)] {
         &[(
             "install.sh",

@@ -66,6 +66,8 @@ pub trait Engine: Sync + 'static {
     }
     /// Its install recipe, compiled in: (file name, content); `install.sh` is run (`engines::install`).
     fn install_recipe(&self) -> &'static [(&'static str, &'static str)];
+    /// Where its recipe installs it under the data directory (what `POST /engines/uninstall-backend` removes).
+    fn install_dir(&self, data_dir: &Path) -> PathBuf;
     /// The runtime flags a network caller may set (`engines::flags`); `None`: none at all.
     fn flag_allowlist(&self) -> Option<&'static [&'static str]> {
         None

@@ -101,6 +101,10 @@ impl Engine for Vllm {
         Ok(())
     }
 
+    fn install_dir(&self, data_dir: &Path) -> PathBuf {
+        install_dir(data_dir)
+    }
+
     fn install_recipe(&self) -> &'static [(&'static str, &'static str)] {
         &[
             ("install.sh", include_str!("../../engines/vllm/install.sh")),

@@ -237,3 +237,69 @@ pub async fn install_backend(
     });
     Ok(super::http::ndjson(rx, "application/x-ndjson"))
 }
+
+/// `POST /engines/uninstall-backend {"backend": "vllm"}`: removes what `install-backend` installed (the engine's
+/// directory under the data directory; an engine found elsewhere, as `[engines.*] binary` or on `$PATH`, is the
+/// operator's and is left alone). 409 while that engine runs a model or is being installed, 404 when nothing of
+/// it is installed there. Local-only, like the install.
+pub async fn uninstall_backend(
+    app: &Arc<App>,
+    req: http::Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let (_, body) = read_body(req, app.body_limits()).await?;
+    let request: native::UninstallRequest = parse_json(&body)?;
+    let engine = EngineKind::from_name(&request.backend).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "unknown backend {:?}; backends are {}",
+            request.backend,
+            EngineKind::ALL.map(EngineKind::name).join(", ")
+        ))
+    })?;
+    let conflict = |why: String| ApiError::new(ErrorKind::Conflict, why);
+    if app
+        .installing
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(&engine)
+    {
+        return Err(conflict(format!("{} is being installed", engine.name())));
+    }
+    let running: Vec<String> = app
+        .scheduler
+        .snapshot()
+        .await
+        .into_iter()
+        .filter(|r| r.engine == engine)
+        .map(|r| r.model_name)
+        .collect();
+    if !running.is_empty() {
+        return Err(conflict(format!(
+            "{} runs {}: unload first (POST /engines/unload)",
+            engine.name(),
+            running.join(", ")
+        )));
+    }
+    let dir = engine.install_dir(&app.finder.data_dir);
+    if !dir.exists() {
+        return Err(ApiError::not_found(format!(
+            "{} is not installed by dmr-supervisor (nothing at {})",
+            engine.name(),
+            dir.display()
+        )));
+    }
+    let gone = dir.clone();
+    tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&gone))
+        .await
+        .map_err(|e| ApiError::new(ErrorKind::Internal, format!("uninstall task failed: {e}")))?
+        .map_err(|e| {
+            ApiError::new(
+                ErrorKind::Internal,
+                format!("cannot remove {}: {e}", dir.display()),
+            )
+        })?;
+    tracing::info!(engine = engine.name(), dir = %dir.display(), "engine uninstalled");
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "message": format!("uninstalled {}: removed {}", engine.name(), dir.display()) }),
+    ))
+}

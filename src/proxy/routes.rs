@@ -220,6 +220,8 @@ pub static ROUTES: &[Route] = &[
     Route::new(Get, "/engines/df", OpenAi, "/engines/df", h!(|app, req, ctx| engines::df(app))),
     Route::new(Post, "/engines/install-backend", OpenAi, "/engines/install-backend", h!(|app, req, ctx| engines::install_backend(app, req)))
         .guard(Guard::Local),
+    Route::new(Post, "/engines/uninstall-backend", OpenAi, "/engines/uninstall-backend", h!(|app, req, ctx| engines::uninstall_backend(app, req)))
+        .guard(Guard::Local),
     Route::new(Get, "/engines/requests", OpenAi, "/engines/requests", h!(|app, req, ctx| inspector::list(app, req.uri().query()))),
     Route::new(Get, "/engines/_configure", OpenAi, "/engines/_configure", h!(|app, req, ctx| configure::list(app, req.uri().query()))),
     Route::new(Post, "/engines/_configure", OpenAi, "/engines/_configure", h!(|app, req, ctx| configure::set(app, req, None))),
@@ -613,6 +615,7 @@ pub fn local_only(route: &Route) -> ApiError {
     let what = match route.pattern {
         "/config/reload" => "config reload",
         "/engines/install-backend" => "installing engines",
+        "/engines/uninstall-backend" => "uninstalling engines",
         other => other,
     };
     ApiError::new(

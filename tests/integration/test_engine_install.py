@@ -51,3 +51,34 @@ def test_the_cli_installs_engines_too(supervisors):
     assert bad.returncode == 2 and "unknown engine" in bad.stderr
     no_gpu = subprocess.run([binary, "engines", "install", "vllm"], capture_output=True, text=True, timeout=120)
     assert no_gpu.returncode == 1 and "nvidia-smi" in no_gpu.stderr, no_gpu.stderr[-2000:]
+
+
+def test_uninstall_backend_removes_what_install_put_in_the_data_dir_and_never_a_running_engine(supervisors, tmp_path):
+    """`POST /engines/uninstall-backend`: 409 while the engine runs a model, then 404 for an engine that is not
+    installed under the data directory; an installed one (its directory under `engines/`) is removed."""
+    data = tmp_path / "xdg-data"
+    installed = data / "dmr-supervisor" / "engines" / "diffusers"
+    (installed / "bin").mkdir(parents=True)
+    (installed / "bin" / "python").write_text("#!/bin/sh\n")
+    sup = supervisors.start(env={"XDG_DATA_HOME": str(data)})
+    assert sup.chat(max_tokens=1).status_code == 200  # llama.cpp now runs ai/tiny
+    r = sup.post("/engines/uninstall-backend", {"backend": "llama.cpp"})
+    assert r.status_code == 409 and "ai/tiny" in r.json()["error"]["message"], r.text
+    assert sup.post("/engines/unload", {"all": True}).status_code == 200
+    r = sup.post("/engines/uninstall-backend", {"backend": "llama.cpp"})
+    assert r.status_code == 404 and "not installed by dmr-supervisor" in r.text, r.text
+    assert sup.chat(max_tokens=1).status_code == 200, "the configured binary is the operator's: still there"
+    r = sup.post("/engines/uninstall-backend", {"backend": "diffusers"})
+    assert r.status_code == 200 and "removed" in r.json()["message"], r.text
+    assert not installed.exists() and (data / "dmr-supervisor" / "engines").exists()
+    assert sup.post("/engines/uninstall-backend", {"backend": "diffusers"}).status_code == 404
+    assert sup.post("/engines/uninstall-backend", {"backend": "nope"}).status_code == 400
+    assert sup.post("/engines/uninstall-backend", {"backend": "vllm", "x": 1}).status_code == 400
+    # The command line does the same through the daemon.
+    (installed / "bin").mkdir(parents=True)
+    cli = [str(supervisors.prereqs.supervisor), "--host", f"http://127.0.0.1:{sup.port}", "engines", "uninstall"]
+    done = subprocess.run([*cli, "diffusers"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "uninstalled diffusers" in done.stdout, (done.stdout, done.stderr)
+    assert not installed.exists()
+    again = subprocess.run([*cli, "diffusers"], capture_output=True, text=True, timeout=60)
+    assert again.returncode != 0 and "not installed by dmr-supervisor" in again.stderr, (again.stdout, again.stderr)

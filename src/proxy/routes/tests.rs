@@ -246,11 +246,15 @@ fn access_and_dialects_come_from_the_route() {
         guard(Method::POST, "/engines/install-backend"),
         Guard::Local
     );
+    assert_eq!(
+        guard(Method::POST, "/engines/uninstall-backend"),
+        Guard::Local
+    );
     assert_eq!(guard(Method::GET, "/models"), Guard::Key);
     assert_eq!(
         ROUTES.iter().filter(|r| r.guard != Guard::Key).count(),
-        7,
-        "open and local-only routes are the seven above"
+        8,
+        "open and local-only routes are the eight above"
     );
     let dialect = |m: Method, p: &str| find(&m, p).expect("served").route.dialect;
     assert_eq!(
