@@ -16,6 +16,7 @@ use serde_json::Value;
 use crate::api::native;
 use crate::api::openai::{ChatMessage, ChatRequest, SseDecoder, SseItem};
 
+mod bench;
 mod package;
 
 /// A client subcommand, as clap parses it (main.rs flattens these into the binary's subcommands).
@@ -96,6 +97,23 @@ pub enum Action {
     /// `dmr-supervisor engines uninstall NAME`.
     #[command(hide = true)]
     UninstallBackend { name: String },
+    /// Measure a model: streamed chats at each concurrency, time to first token and tokens per second, beside
+    /// the engine's own rate; a table, or --json.
+    Bench {
+        model: String,
+        /// Tokens each chat generates.
+        #[arg(long, default_value_t = 64)]
+        tokens: u32,
+        /// Concurrency levels, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4, 8])]
+        concurrency: Vec<usize>,
+        /// Chats per level (at least the level's concurrency).
+        #[arg(long, default_value_t = 8)]
+        requests: usize,
+        /// One JSON document instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop idle engines of these models (or --all).
     Unload {
         models: Vec<String>,
@@ -533,6 +551,31 @@ impl Cli {
                     ]);
                 }
                 print_table(&rows);
+                Ok(())
+            }
+            Action::Bench {
+                model,
+                tokens,
+                concurrency,
+                requests,
+                json,
+            } => {
+                if concurrency.is_empty() || concurrency.contains(&0) || tokens == 0 {
+                    return Err(Failure(
+                        "--concurrency levels and --tokens must be at least 1".into(),
+                    ));
+                }
+                let url = self.url("/engines/v1/chat/completions");
+                let levels = bench::run(&self.http, &url, &model, tokens, &concurrency, requests)
+                    .await
+                    .map_err(Failure)?;
+                if json {
+                    let doc =
+                        serde_json::json!({"model": model, "tokens": tokens, "levels": levels});
+                    println!("{doc}");
+                } else {
+                    print!("{}", bench::table(&model, tokens, &levels));
+                }
                 Ok(())
             }
             Action::UninstallBackend { name } => {

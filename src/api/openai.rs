@@ -113,6 +113,9 @@ pub struct ChatRequest {
     pub verbose: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_fields: Option<Vec<&'static str>>,
+    /// llama-server and vLLM: generate `max_tokens` whatever the model would stop at (benchmarks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ignore_eos: Option<bool>,
 }
 
 impl ChatRequest {
@@ -375,6 +378,11 @@ pub struct Timings {
     pub prompt_ms: f64,
     #[serde(default)]
     pub predicted_ms: f64,
+    /// Tokens generated, and the engine's own rate for them.
+    #[serde(default)]
+    pub predicted_n: u64,
+    #[serde(default)]
+    pub predicted_per_second: f64,
 }
 
 impl ChatResponse {

@@ -236,3 +236,21 @@ def test_package_uploads_to_a_daemon_that_reads_no_server_paths(supervisors, tmp
     failed(cli(supervisors, sup, "pull", str(gguf)), "package --gguf")
     assert len(blobs(store)) == 5 and len(sup.get("/models").json()) == 2
     assert len(blobs(store)) == 5
+
+
+def test_bench_measures_each_level_beside_the_engines_own_rate(supervisors, sup):
+    r = cli(supervisors, sup, "bench", "ai/tiny", "--tokens", "16", "--concurrency", "1,2", "--requests", "2",
+            "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["model"] == "ai/tiny" and doc["tokens"] == 16
+    assert [l["concurrency"] for l in doc["levels"]] == [1, 2]
+    for level in doc["levels"]:
+        assert level["requests"] == 2
+        assert 0 < level["ttft_ms_p50"] <= level["ttft_ms_p90"]
+        assert level["tokens_per_s_p50"] > 0 and level["total_tokens_per_s"] > 0
+        assert level["engine_tokens_per_s_p50"] > 0, "llama-server reports its own rate"
+    table = cli(supervisors, sup, "bench", "ai/tiny", "--tokens", "8", "--concurrency", "1", "--requests", "1")
+    assert table.returncode == 0 and "| 1 | 1 |" in table.stdout, table.stdout
+    unknown = cli(supervisors, sup, "bench", "ai/nope")
+    assert unknown.returncode != 0 and "ai/nope" in unknown.stderr, unknown.stderr
