@@ -331,7 +331,7 @@ async fn main() {
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"{}\"\n[engines.llamacpp]\nbinary = \"{}\"\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_delay = \"0s\"\n[store]\npath = \"{}\"\n[engines.llamacpp]\nbinary = \"{}\"\n\
              [scheduler]\nkeep_alive = \"-1\"\n[[models]]\nname = \"ai/tiny\"\ngguf = \"{}\"\ncontext_size = 512\n\
              runtime_flags = {:?}\n",
             dir.join("store").display(),

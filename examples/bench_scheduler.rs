@@ -334,7 +334,7 @@ async fn direct(a: &Args, client: &HttpClient, model: usize) -> [Duration; 3] {
 async fn start_supervisor(a: &Args, dir: &Path) -> (Child, String) {
     let config = dir.join("bench.toml");
     let mut toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"{}\"\n[engines.llamacpp]\nbinary = \"{}\"\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\ndrain_delay = \"0s\"\n[store]\npath = \"{}\"\n[engines.llamacpp]\nbinary = \"{}\"\n\
          [scheduler]\nmemory_budget = \"{BUDGET}\"\nmemory_reserve = 0\n",
         dir.join("store").display(),
         a.llama.display(),

@@ -403,7 +403,7 @@ async fn start_supervisor(a: &Args, dir: &Path) -> (Child, String) {
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"{}\"\n[engines.llamacpp]\nbinary = \"{}\"\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_delay = \"0s\"\n[store]\npath = \"{}\"\n[engines.llamacpp]\nbinary = \"{}\"\n\
              [[models]]\nname = \"ai/tiny\"\ngguf = \"{}\"\ncontext_size = 512\nkeep_alive = \"-1\"\n\
              runtime_flags = {:?}\n",
             dir.join("store").display(),
