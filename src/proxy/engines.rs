@@ -171,6 +171,16 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
         .sum()
 }
 
+/// The engine a request's `backend` names; 400 naming the engines otherwise.
+fn backend_named(name: &str) -> Result<EngineKind, ApiError> {
+    EngineKind::from_name(name).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "unknown backend {name:?}; backends are {}",
+            EngineKind::ALL.map(EngineKind::name).join(", ")
+        ))
+    })
+}
+
 /// `POST /engines/install-backend {"backend": "vllm"}`: runs the engine's install recipe, streaming its output as
 /// NDJSON lines (`{"type":"progress","message":…}`, then `success` or `error`). Allowed from loopback, the Unix
 /// socket, or with an API key, like a reload; one install per engine at a time (409 otherwise).
@@ -180,13 +190,7 @@ pub async fn install_backend(
 ) -> Result<Response<Body>, ApiError> {
     let (_, body) = read_body(req, app.body_limits()).await?;
     let request: native::InstallRequest = parse_json(&body)?;
-    let engine = EngineKind::from_name(&request.backend).ok_or_else(|| {
-        ApiError::bad_request(format!(
-            "unknown backend {:?}; backends are {}",
-            request.backend,
-            EngineKind::ALL.map(EngineKind::name).join(", ")
-        ))
-    })?;
+    let engine = backend_named(&request.backend)?;
     if let Some(v) = request
         .version
         .as_deref()
@@ -248,13 +252,7 @@ pub async fn uninstall_backend(
 ) -> Result<Response<Body>, ApiError> {
     let (_, body) = read_body(req, app.body_limits()).await?;
     let request: native::UninstallRequest = parse_json(&body)?;
-    let engine = EngineKind::from_name(&request.backend).ok_or_else(|| {
-        ApiError::bad_request(format!(
-            "unknown backend {:?}; backends are {}",
-            request.backend,
-            EngineKind::ALL.map(EngineKind::name).join(", ")
-        ))
-    })?;
+    let engine = backend_named(&request.backend)?;
     let conflict = |why: String| ApiError::new(ErrorKind::Conflict, why);
     if app
         .installing

@@ -186,17 +186,12 @@ pub async fn send(
         .renew
         .is_some()
         .then(|| (method.clone(), headers.clone(), body.clone()));
-    let first = send_once(
-        pools,
-        lease,
-        method,
-        headers,
+    let to = Target {
         path_and_query,
-        body,
         model,
         streaming,
-    )
-    .await;
+    };
+    let first = send_once(pools, lease, method, headers, body, &to).await;
     let Err(Failure::Unreachable(e)) = first else {
         return first.map_err(ApiError::from);
     };
@@ -214,18 +209,16 @@ pub async fn send(
         "the engine died before the request reached it; sending it to a fresh one"
     );
     *lease = fresh;
-    send_once(
-        pools,
-        lease,
-        method,
-        headers,
-        path_and_query,
-        body,
-        model,
-        streaming,
-    )
-    .await
-    .map_err(ApiError::from)
+    send_once(pools, lease, method, headers, body, &to)
+        .await
+        .map_err(ApiError::from)
+}
+
+/// Where a request goes on its engine, and how.
+struct Target<'a> {
+    path_and_query: &'a str,
+    model: &'a str,
+    streaming: bool,
 }
 
 /// A request that fails this soon after it was sent never reached a working engine.
@@ -249,17 +242,19 @@ impl From<Failure> for ApiError {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn send_once(
     pools: &EnginePools,
     lease: &Lease,
     method: http::Method,
     headers: HeaderMap,
-    path_and_query: &str,
     body: Bytes,
-    model: &str,
-    streaming: bool,
+    to: &Target<'_>,
 ) -> Result<Response<Incoming>, Failure> {
+    let Target {
+        path_and_query,
+        model,
+        streaming,
+    } = *to;
     let endpoint = lease.endpoint;
     let body = match &lease.served_name {
         Some(name) => with_model(body, name),
