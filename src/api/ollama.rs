@@ -178,12 +178,22 @@ pub struct GenerateIn {
     pub keep_alive: Option<KeepAliveIn>,
 }
 
-/// `input` of `/api/embed`: one text or several.
+/// One text or several: `input` of `/api/embed`, `license` of `/api/create`.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum Input {
     One(String),
     Many(Vec<String>),
+}
+
+impl Input {
+    /// The texts as one, a line between each.
+    pub fn joined(&self) -> String {
+        match self {
+            Input::One(t) => t.clone(),
+            Input::Many(ts) => ts.join("\n"),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -927,37 +937,6 @@ pub struct CopyIn {
     pub destination: String,
 }
 
-/// `POST /api/push`.
-#[derive(Debug, Deserialize)]
-pub struct PushIn {
-    #[serde(default)]
-    pub model: Option<String>,
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub stream: Option<bool>,
-    /// Accepted for compatibility; loopback and `[registry] insecure` hosts decide plain HTTP.
-    #[serde(default)]
-    pub insecure: Option<bool>,
-}
-
-/// A license: one text or several (joined).
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum Texts {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl Texts {
-    pub fn joined(&self) -> String {
-        match self {
-            Texts::One(t) => t.clone(),
-            Texts::Many(ts) => ts.join("\n"),
-        }
-    }
-}
-
 /// `POST /api/create` as Ollama's clients send it since 0.5.5 (no Modelfile: its parts as fields).
 #[derive(Debug, Deserialize)]
 pub struct CreateIn {
@@ -976,7 +955,7 @@ pub struct CreateIn {
     #[serde(default)]
     pub template: Option<String>,
     #[serde(default)]
-    pub license: Option<Texts>,
+    pub license: Option<Input>,
     #[serde(default)]
     pub system: Option<String>,
     #[serde(default)]
@@ -1364,7 +1343,7 @@ mod tests {
     }
 }
 
-/// `POST /api/pull`.
+/// `POST /api/pull` and `POST /api/push`.
 #[derive(Debug, Deserialize)]
 pub struct PullIn {
     #[serde(default)]

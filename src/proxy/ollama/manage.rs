@@ -233,7 +233,7 @@ fn plan(input: &CreateIn) -> Result<Plan, ApiError> {
         system: input.system.clone(),
         options: input.options().map_err(ApiError::bad_request)?,
         chat_template: input.template.clone().filter(|t| !t.is_empty()),
-        license: input.license.as_ref().map(ollama::Texts::joined),
+        license: input.license.as_ref().map(ollama::Input::joined),
     };
     Ok(Plan {
         model,
@@ -333,7 +333,7 @@ pub async fn push(
     caller: Caller,
 ) -> Result<Response<Body>, ApiError> {
     let (_, body) = read_body(req, app.body_limits()).await?;
-    let input: ollama::PushIn = parse_json(&body)?;
+    let input: ollama::PullIn = parse_json(&body)?;
     let reference = input
         .model
         .or(input.name)
