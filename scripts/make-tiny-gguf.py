@@ -24,12 +24,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 try:
     import numpy as np
     import gguf
+    from tinygguf import atomic_writer, weights
 except ImportError as e:  # pragma: no cover - depends on the environment
     sys.exit(f"make-tiny-gguf: {e}; run scripts/python-env.sh and use the venv's python")
 
@@ -81,21 +81,13 @@ def build_vocab() -> tuple[list[str], list[int], list[float], dict[str, int]]:
     return tokens, types, scores, ids
 
 
-def weights(rng: np.random.Generator, shape: tuple[int, ...], std: float) -> np.ndarray:
-    return (rng.standard_normal(shape) * std).astype(np.float32)
-
 
 def write_model(out: Path, context_length: int, seed: int) -> None:
     tokens, types, scores, ids = build_vocab()
     n_vocab = len(tokens)
     rng = np.random.Generator(np.random.PCG64(seed))
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        w = gguf.GGUFWriter(tmp, ARCH)
+    with atomic_writer(out, ARCH) as w:
         w.add_name("tiny")
         w.add_file_type(0)  # LLAMA_FTYPE_ALL_F32
         w.add_context_length(context_length)
@@ -138,18 +130,6 @@ def write_model(out: Path, context_length: int, seed: int) -> None:
         for eog in ("</s>", "<|im_end|>"):
             output[ids[eog], :] = 0.0  # never the argmax: see the module doc
         w.add_tensor("output.weight", output)
-
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     try:
         dfd = os.open(out.parent, os.O_RDONLY)
         try:

@@ -17,14 +17,13 @@ Needs the `gguf` and `numpy` packages (scripts/python-env.sh installs the pinned
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 try:
     import numpy as np
     import gguf
+    from tinygguf import atomic_writer, weights
 except ImportError as e:  # pragma: no cover - depends on the environment
     sys.exit(f"make-tiny-mmproj: {e}; run scripts/python-env.sh and use the venv's python")
 
@@ -38,20 +37,12 @@ PROJ_HIDDEN = 64
 LN_EPS = 1e-5
 
 
-def weights(rng: np.random.Generator, shape: tuple[int, ...], std: float) -> np.ndarray:
-    return (rng.standard_normal(shape) * std).astype(np.float32)
-
 
 def write_projector(out: Path, seed: int, n_embd_text: int) -> None:
     rng = np.random.Generator(np.random.PCG64(seed))
     n_patches = (IMAGE_SIZE // PATCH_SIZE) ** 2
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        w = gguf.GGUFWriter(tmp, "clip")
+    with atomic_writer(out, "clip") as w:
         w.add_name("tiny-mmproj")
         w.add_file_type(0)  # F32
         w.add_bool("clip.has_vision_encoder", True)
@@ -96,18 +87,6 @@ def write_projector(out: Path, seed: int, n_embd_text: int) -> None:
         w.add_tensor("mm.0.bias", np.zeros((PROJ_HIDDEN,), dtype=np.float32))
         w.add_tensor("mm.2.weight", weights(rng, (n_embd_text, PROJ_HIDDEN), 0.1))
         w.add_tensor("mm.2.bias", np.zeros((n_embd_text,), dtype=np.float32))
-
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def main(argv: list[str] | None = None) -> int:

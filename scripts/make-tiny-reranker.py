@@ -21,15 +21,14 @@ instead (pooling type MEAN, no classification head, no labels): what the supervi
 from __future__ import annotations
 
 import argparse
-import os
 import string
 import sys
-import tempfile
 from pathlib import Path
 
 try:
     import numpy as np
     import gguf
+    from tinygguf import atomic_writer, weights
 except ImportError as e:  # pragma: no cover - depends on the environment
     sys.exit(f"make-tiny-reranker: {e}; run scripts/python-env.sh and use the venv's python")
 
@@ -66,21 +65,13 @@ def build_vocab() -> tuple[list[str], list[int]]:
     return tokens, types
 
 
-def weights(rng: np.random.Generator, shape: tuple[int, ...], std: float) -> np.ndarray:
-    return (rng.standard_normal(shape) * std).astype(np.float32)
-
 
 def write_model(out: Path, seed: int, embedding: bool = False) -> None:
     tokens, types = build_vocab()
     n_vocab = len(tokens)
     rng = np.random.Generator(np.random.PCG64(seed))
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        w = gguf.GGUFWriter(tmp, ARCH)
+    with atomic_writer(out, ARCH) as w:
         w.add_name("tiny-reranker")
         w.add_file_type(0)  # LLAMA_FTYPE_ALL_F32
         w.add_context_length(N_CTX)
@@ -134,18 +125,6 @@ def write_model(out: Path, seed: int, embedding: bool = False) -> None:
             w.add_tensor("cls.bias", zeros.copy())
             w.add_tensor("cls.output.weight", weights(rng, (1, N_EMBD), 1.0))
             w.add_tensor("cls.output.bias", np.zeros((1,), dtype=np.float32))
-
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def main(argv: list[str] | None = None) -> int:
