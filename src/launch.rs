@@ -123,11 +123,15 @@ impl Planner<'_> {
                 .into_iter()
                 .chain(settings.runtime_flags)
                 .collect(),
-            keep_alive: wishes
-                .keep_alive
-                .map(|k| k.capped(self.config.scheduler.max_keep_alive))
-                .or(settings.keep_alive)
-                .unwrap_or(self.config.scheduler.keep_alive),
+            keep_alive: match settings.pinned {
+                true => KeepAlive::Forever,
+                false => wishes
+                    .keep_alive
+                    .map(|k| k.capped(self.config.scheduler.max_keep_alive))
+                    .or(settings.keep_alive)
+                    .unwrap_or(self.config.scheduler.keep_alive),
+            },
+            pinned: settings.pinned,
             vllm: settings.vllm,
         };
         let demand = self.demand(&model, &launch)?;
@@ -186,7 +190,12 @@ pub fn settings(
     mode: Mode,
 ) -> ModelSettings {
     let requested = name::normalize(requested).ok();
-    let by_name = |n: &str| config.models.iter().find(|m| m.name == n);
+    let by_name = |n: &str| {
+        config
+            .models
+            .iter()
+            .find(|m| m.name == n || m.aliases.iter().any(|a| a == n))
+    };
     let mut settings = requested
         .as_deref()
         .and_then(by_name)

@@ -170,9 +170,23 @@ pub struct ModelSettings {
     /// Requests the engine serves at once (llama-server's slots, vLLM's sequences); `None`: the engine's default.
     pub parallel: Option<u32>,
     pub vllm: crate::engines::vllm::VllmOptions,
+    /// Where the model comes from when the store lacks it: a registry reference or `hf.co/...`, pulled in the
+    /// background at start-up (and when a reload adds it), retried with backoff until it arrives.
+    pub from: Option<String>,
+    /// Load it as soon as it is in the store; `/readyz` answers 503 until every preloaded model has loaded.
+    pub preload: bool,
+    /// Never evicted for another model's memory, never stopped for being idle.
+    pub pinned: bool,
+    /// More names for the model (normalised), tagged in the store so that every dialect answers to and lists them.
+    pub aliases: Vec<String>,
 }
 
 impl ModelSettings {
+    /// Whether the model has work to do after start-up: a pull, aliases to tag, or a load.
+    pub fn is_declared(&self) -> bool {
+        self.from.is_some() || self.preload || self.pinned || !self.aliases.is_empty()
+    }
+
     pub fn defaults_for(name: &str) -> ModelSettings {
         ModelSettings {
             name: name.to_string(),
@@ -182,6 +196,10 @@ impl ModelSettings {
             keep_alive: None,
             parallel: None,
             vllm: Default::default(),
+            from: None,
+            preload: false,
+            pinned: false,
+            aliases: Vec::new(),
         }
     }
 }
@@ -626,7 +644,26 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     for (i, model) in raw.models.unwrap_or_default().into_iter().enumerate() {
         let key = |field: &str| format!("models[{i}].{field}");
         errors.unknown(&format!("models[{i}]"), &model.unknown);
-        let name = match model.name.as_deref().map(name::normalize) {
+        // A model by reference may leave out its name: the reference is the name.
+        let from = match model.from.as_deref().map(name::normalize) {
+            None => None,
+            Some(Ok(_)) if model.path.is_some() || model.gguf.is_some() => {
+                errors.push(key("from"), "give from or path, not both");
+                None
+            }
+            Some(Ok(n)) => Some((model.from.clone().unwrap_or_default(), n)),
+            Some(Err(e)) => {
+                errors.push(key("from"), e);
+                None
+            }
+        };
+        let name = match model
+            .name
+            .as_deref()
+            .map(name::normalize)
+            .or_else(|| from.as_ref().map(|(_, n)| Ok(n.clone())))
+        {
+            None if model.from.is_some() => continue, // its error is reported above
             None => {
                 errors.push(key("name"), "missing");
                 continue;
@@ -700,7 +737,41 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
                 None
             }
         };
+        let mut aliases = Vec::new();
+        for (j, alias) in model.aliases.unwrap_or_default().iter().enumerate() {
+            match name::normalize(alias) {
+                Ok(a) if a.contains('@') => errors.push(
+                    key(&format!("aliases[{j}]")),
+                    "an alias is a tag, not a digest",
+                ),
+                Ok(a) if a == name || aliases.contains(&a) => errors.push(
+                    key(&format!("aliases[{j}]")),
+                    format!("{a} is already a name of this model"),
+                ),
+                Ok(a) => aliases.push(a),
+                Err(e) => errors.push(key(&format!("aliases[{j}]")), e),
+            }
+        }
+        for a in &aliases {
+            if let Some(other) = config
+                .models
+                .iter()
+                .find(|m| m.name == *a || m.aliases.contains(a))
+            {
+                errors.push(
+                    key("aliases"),
+                    format!("{a} is already a name of {}", other.name),
+                );
+            }
+        }
+        if let Some(other) = config.models.iter().find(|m| m.aliases.contains(&name)) {
+            errors.push(key("name"), format!("{name} is an alias of {}", other.name));
+        }
         config.models.push(ModelSettings {
+            from: from.map(|(given, _)| given),
+            preload: model.preload.unwrap_or(false),
+            pinned: model.pinned.unwrap_or(false),
+            aliases,
             name,
             path,
             context_size,
@@ -948,6 +1019,67 @@ mod tests {
             c.models[0].path.as_deref(),
             Some(Path::new("/etc/dmr/m/t.gguf"))
         );
+    }
+
+    #[test]
+    fn models_by_reference_with_aliases_preload_and_pinned() {
+        let c = parse(
+            "[[models]]\nfrom = \"ai/smollm2:360M-Q4_K_M\"\npreload = true\npinned = true\naliases = [\"smollm2\", \"small\"]\n\
+             [[models]]\nname = \"mine\"\nfrom = \"hf.co/org/repo\"\n",
+        )
+        .unwrap();
+        let (a, b) = (&c.models[0], &c.models[1]);
+        assert_eq!(a.name, "ai/smollm2:360M-Q4_K_M");
+        assert_eq!(a.from.as_deref(), Some("ai/smollm2:360M-Q4_K_M"));
+        assert!(a.preload && a.pinned && a.is_declared());
+        assert_eq!(a.aliases, ["ai/smollm2:latest", "ai/small:latest"]);
+        assert_eq!(b.name, "ai/mine:latest");
+        assert_eq!(b.from.as_deref(), Some("hf.co/org/repo"));
+        assert!(!b.preload && !b.pinned && b.aliases.is_empty());
+        assert!(!ModelSettings::defaults_for("x").is_declared());
+    }
+
+    #[test]
+    fn bad_references_and_aliases_are_named_by_key() {
+        let err = parse(
+            "[[models]]\nfrom = \"Bad Ref\"\n\
+             [[models]]\nname = \"a\"\nfrom = \"ai/a\"\npath = \"/m.gguf\"\n\
+             [[models]]\nname = \"b\"\naliases = [\"b\", \"x@sha256:0000000000000000000000000000000000000000000000000000000000000000\", \"a\"]\n\
+             [[models]]\nname = \"c\"\naliases = [\"bee\"]\n[[models]]\nname = \"d\"\naliases = [\"bee\"]\n\
+             [[models]]\nname = \"bee\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        let rest: Vec<&str> = err.lines().collect();
+        assert!(
+            rest.iter().any(|l| l.starts_with("models[0].from:")),
+            "{err}"
+        );
+        assert!(
+            rest.contains(&"models[1].from: give from or path, not both"),
+            "{err}"
+        );
+        assert!(
+            rest.contains(&"models[2].aliases[0]: ai/b:latest is already a name of this model"),
+            "{err}"
+        );
+        assert!(
+            rest.contains(&"models[2].aliases[1]: an alias is a tag, not a digest"),
+            "{err}"
+        );
+        assert!(
+            rest.contains(&"models[2].aliases: ai/a:latest is already a name of ai/a:latest"),
+            "{err}"
+        );
+        assert!(
+            rest.contains(&"models[4].aliases: ai/bee:latest is already a name of ai/c:latest"),
+            "{err}"
+        );
+        assert!(
+            rest.contains(&"models[5].name: ai/bee:latest is an alias of ai/c:latest"),
+            "{err}"
+        );
+        assert_eq!(rest.len(), 7, "{err}");
     }
 
     #[test]

@@ -120,6 +120,10 @@ pub struct RawModel {
     pub runtime_flags: Option<Vec<String>>,
     pub keep_alive: Option<String>,
     pub parallel: Option<i64>,
+    pub from: Option<String>,
+    pub preload: Option<bool>,
+    pub pinned: Option<bool>,
+    pub aliases: Option<Vec<String>>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

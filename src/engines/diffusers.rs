@@ -135,6 +135,7 @@ mod tests {
             context_size: 0,
             runtime_flags: vec!["--x".into()],
             keep_alive: KeepAlive::DEFAULT,
+            pinned: false,
             vllm: Default::default(),
         };
         assert_eq!(

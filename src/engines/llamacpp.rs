@@ -326,6 +326,7 @@ mod tests {
             context_size: 512,
             runtime_flags: flags.iter().map(|s| s.to_string()).collect(),
             keep_alive: KeepAlive::DEFAULT,
+            pinned: false,
             vllm: Default::default(),
         }
     }

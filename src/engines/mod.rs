@@ -343,6 +343,8 @@ pub struct LaunchSpec {
     pub context_size: u32,
     pub runtime_flags: Vec<String>,
     pub keep_alive: KeepAlive,
+    /// `[[models]] pinned`: never evicted for another load (its keep-alive is forever).
+    pub pinned: bool,
     /// vLLM's own settings (`--gpu-memory-utilization`, `--hf-overrides`).
     pub vllm: vllm::VllmOptions,
 }

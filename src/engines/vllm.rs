@@ -299,6 +299,7 @@ mod tests {
             context_size: ctx,
             runtime_flags: flags.iter().map(|s| s.to_string()).collect(),
             keep_alive: KeepAlive::DEFAULT,
+            pinned: false,
             vllm,
         }
     }

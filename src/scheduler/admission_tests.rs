@@ -16,6 +16,7 @@ fn launch(model: &str) -> LaunchSpec {
         context_size: 512,
         runtime_flags: vec![],
         keep_alive: KeepAlive::DEFAULT,
+        pinned: false,
         vllm: Default::default(),
     }
 }

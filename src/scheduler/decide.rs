@@ -298,6 +298,7 @@ impl State {
         let running = self.runners.values().filter_map(|r| {
             let hold = match r.phase {
                 Phase::Queued { .. } => return None,
+                _ if r.launch.pinned => Hold::Pinned,
                 Phase::Ready { in_flight: 0, .. } => Hold::Idle {
                     last_used: r.last_used,
                 },
@@ -706,7 +707,7 @@ fn retry_after_oom(
     let victims: Vec<RunnerKey> = state
         .runners
         .iter()
-        .filter(|(_, o)| matches!(o.phase, Phase::Ready { in_flight: 0, .. }))
+        .filter(|(_, o)| matches!(o.phase, Phase::Ready { in_flight: 0, .. }) && !o.launch.pinned)
         .filter(|(_, o)| r.usage.is_empty() || o.usage.keys().any(|d| r.usage.contains_key(d)))
         .map(|(k, _)| k.clone())
         .collect();
@@ -822,6 +823,7 @@ mod tests {
             context_size: 512,
             runtime_flags: vec![],
             keep_alive,
+            pinned: false,
             vllm: Default::default(),
         }
     }
