@@ -70,11 +70,19 @@ pub async fn get_native(app: &Arc<App>, reference: String) -> Result<Response<Bo
     Ok(json(StatusCode::OK, &native_model(model)))
 }
 
+/// One entry per model (its first tag, as DMR lists them), and one per `[[models]] aliases` name it answers to.
 pub async fn list_openai(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
     let models = blocking(app, |s| s.list()).await?;
+    let config = app.config();
+    let alias = |tag: &String| config.models.iter().any(|m| m.aliases.contains(tag));
+    let entries = models.iter().flat_map(|m| {
+        let aliases = m.tags.iter().skip(1).filter(|t| alias(t));
+        std::iter::once(openai_model(m))
+            .chain(aliases.map(|a| openai::ModelObject::new(a.clone(), m.created)))
+    });
     Ok(json(
         StatusCode::OK,
-        &openai::ModelList::new(models.iter().map(openai_model).collect()),
+        &openai::ModelList::new(entries.collect()),
     ))
 }
 
