@@ -94,7 +94,18 @@ pub async fn get_openai(app: &Arc<App>, reference: String) -> Result<Response<Bo
             ErrorKind::NotFound => ApiError::not_found(format!("model {reference:?} not found")),
             _ => e,
         })?;
-    Ok(json(StatusCode::OK, &openai_model(&model)))
+    // Asked by a configured alias, it is listed under that alias: answer the same.
+    let config = app.config();
+    let alias = crate::store::name::normalize(&reference)
+        .ok()
+        .filter(|a| config.models.iter().any(|m| m.aliases.contains(a)));
+    Ok(json(
+        StatusCode::OK,
+        &match alias {
+            Some(a) => openai::ModelObject::new(a, model.created),
+            None => openai_model(&model),
+        },
+    ))
 }
 
 /// `DELETE /models/purge`: unloads every runner, then deletes every model (DMR's purge). Answers what

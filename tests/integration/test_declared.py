@@ -85,6 +85,7 @@ def test_a_model_by_reference_is_pulled_in_the_background_preloaded_and_answers_
     assert len(sup.spawns()) == spawns_before + 1, "an alias must reach the loaded runner, not start another"
     openai_ids = {m["id"] for m in sup.get("/engines/v1/models").json()["data"]}
     assert {"ai/small:latest", "ai/declared-tiny:fast", ref} <= openai_ids, openai_ids
+    assert sup.get("/engines/v1/models/small").json()["id"] == "ai/small:latest"
     ollama_names = {m["name"] for m in sup.get("/api/tags").json()["models"]}
     assert {"ai/small:latest", "ai/declared-tiny:fast"} <= ollama_names, ollama_names
     [native] = [m for m in sup.get("/models").json() if ref in m["tags"]]
