@@ -136,6 +136,7 @@ mod tests {
             runtime_flags: vec!["--x".into()],
             keep_alive: KeepAlive::DEFAULT,
             vllm: Default::default(),
+            draft: None,
         };
         assert_eq!(
             argv(&spec, 9),

@@ -17,6 +17,7 @@ fn launch(model: &str) -> LaunchSpec {
         runtime_flags: vec![],
         keep_alive: KeepAlive::DEFAULT,
         vllm: Default::default(),
+        draft: None,
     }
 }
 
@@ -24,6 +25,7 @@ fn key(model: &str) -> RunnerKey {
     RunnerKey {
         model_id: model.into(),
         mode: Mode::Completion,
+        draft: None,
     }
 }
 
