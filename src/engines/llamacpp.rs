@@ -2,7 +2,8 @@
 //! against the command line the issue specifies (`--model PATH --host 127.0.0.1 --port P --ctx-size N`, plus
 //! `--alias NAME` so answers carry the model's name, then the model's runtime flags verbatim; embedding runners add
 //! `--embeddings` and `--pooling mean` unless the user picked a pooling, reranking runners `--embeddings --reranking`; a model packaged with a chat template gets
-//! `--chat-template-file BLOB` unless its flags pick a template).
+//! `--chat-template-file BLOB` unless its flags pick a template; a completion runner with a speculative draft gets
+//! `--model-draft BLOB --spec-type draft-simple` and the draft's numbers, ahead of the runtime flags).
 
 use std::path::{Path, PathBuf};
 

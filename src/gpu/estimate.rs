@@ -6,7 +6,8 @@
 //! type. llama-server's `--ctx-size` is the total over its `--parallel` slots (each slot gets ctx/parallel), so
 //! the product uses `--ctx-size` as is; a caller that wants N slots of C tokens passes `--ctx-size N×C`, as Ollama
 //! does. Compute buffers: logits and attention scores for one micro-batch, the dominant terms of llama.cpp's
-//! graph without flash attention (an upper bound with it).
+//! graph without flash attention (an upper bound with it). A speculative draft is predicted the same way, with the
+//! model's context and slots and its own offload and cache types (`LlamaFlags::for_draft`).
 
 use std::collections::BTreeMap;
 
