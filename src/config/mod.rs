@@ -964,6 +964,13 @@ mod tests {
             parse("[[models]]\nname = \"a\"\n[models.speculative]\ndraft_model = \"b\"\n").unwrap();
         let s = c.models[0].speculative.as_ref().unwrap();
         assert_eq!((s.num_tokens, s.min_acceptance_rate), (None, None));
+        let other =
+            parse("[[models]]\nname = \"a\"\nspeculative = { draft_model = \"c\" }\n").unwrap();
+        assert_eq!(
+            c.diff(&other).changed,
+            ["ai/a:latest"],
+            "a reload applies another draft"
+        );
         let err = parse(
             "[[models]]\nname = \"a\"\nspeculative = { num_tokens = 0, min_acceptance_rate = 1.5, colour = 1 }\n\
              [[models]]\nname = \"b\"\nspeculative = { draft_model = \"Bad Name!\", num_tokens = 65 }\n",
