@@ -179,6 +179,8 @@ pub struct ModelSettings {
     pub pinned: bool,
     /// More names for the model (normalised), tagged in the store so that every dialect answers to and lists them.
     pub aliases: Vec<String>,
+    /// Speculative decoding with a draft model of the store (completion runners).
+    pub speculative: Option<crate::store::Speculative>,
 }
 
 impl ModelSettings {
@@ -200,6 +202,7 @@ impl ModelSettings {
             preload: false,
             pinned: false,
             aliases: Vec::new(),
+            speculative: None,
         }
     }
 }
@@ -767,6 +770,9 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         if let Some(other) = config.models.iter().find(|m| m.aliases.contains(&name)) {
             errors.push(key("name"), format!("{name} is an alias of {}", other.name));
         }
+        let speculative = model
+            .speculative
+            .and_then(|s| speculative(s, &key("speculative"), &mut errors));
         config.models.push(ModelSettings {
             from: from.map(|(given, _)| given),
             preload: model.preload.unwrap_or(false),
@@ -778,6 +784,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             runtime_flags,
             keep_alive,
             parallel,
+            speculative,
             vllm: crate::engines::vllm::VllmOptions {
                 gpu_memory_utilization: model.gpu_memory_utilization,
                 hf_overrides,
@@ -790,6 +797,48 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     } else {
         Err(ConfigError::Invalid(errors.0))
     }
+}
+
+/// `[[models]] speculative`, checked (errors under `key`): a draft named as models are, the ranges of
+/// `engines::speculative`. Whether the draft is in the store is known only when a runner is planned.
+fn speculative(
+    raw: raw::RawSpeculative,
+    key: &str,
+    errors: &mut Errors,
+) -> Option<crate::store::Speculative> {
+    use crate::engines::speculative::{check_min_acceptance_rate, check_num_tokens};
+    let field = |f: &str| format!("{key}.{f}");
+    errors.unknown(key, &raw.unknown);
+    let draft_model = match raw.draft_model.as_deref().map(name::normalize) {
+        None => {
+            errors.push(field("draft_model"), "missing");
+            None
+        }
+        Some(Err(e)) => {
+            errors.push(field("draft_model"), e);
+            None
+        }
+        Some(Ok(n)) => Some(n),
+    };
+    let num_tokens = match raw.num_tokens.map(check_num_tokens) {
+        Some(Err(e)) => {
+            errors.push(field("num_tokens"), e);
+            None
+        }
+        other => other.and_then(Result::ok),
+    };
+    let min_acceptance_rate = match raw.min_acceptance_rate.map(check_min_acceptance_rate) {
+        Some(Err(e)) => {
+            errors.push(field("min_acceptance_rate"), e);
+            None
+        }
+        other => other.and_then(Result::ok),
+    };
+    Some(crate::store::Speculative {
+        draft_model: draft_model?,
+        num_tokens,
+        min_acceptance_rate,
+    })
 }
 
 /// Expands a leading `~/` and makes relative paths relative to `base` (the config file's directory).
@@ -966,6 +1015,54 @@ mod tests {
         );
         let err = parse("[server]\nresponses_ttl = \"0s\"").unwrap_err();
         assert_eq!(err.lines(), ["server.responses_ttl: must be > 0"]);
+    }
+
+    #[test]
+    fn speculative_names_a_draft_and_its_ranges_are_checked_with_key_paths() {
+        let c = parse(
+            "[[models]]\nname = \"ai/big\"\nspeculative = { draft_model = \"small\", num_tokens = 8, min_acceptance_rate = 0.5 }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.models[0].speculative,
+            Some(crate::store::Speculative {
+                draft_model: "ai/small:latest".into(),
+                num_tokens: Some(8),
+                min_acceptance_rate: Some(0.5),
+            })
+        );
+        let c =
+            parse("[[models]]\nname = \"a\"\n[models.speculative]\ndraft_model = \"b\"\n").unwrap();
+        let s = c.models[0].speculative.as_ref().unwrap();
+        assert_eq!((s.num_tokens, s.min_acceptance_rate), (None, None));
+        let other =
+            parse("[[models]]\nname = \"a\"\nspeculative = { draft_model = \"c\" }\n").unwrap();
+        assert_eq!(
+            c.diff(&other).changed,
+            ["ai/a:latest"],
+            "a reload applies another draft"
+        );
+        let err = parse(
+            "[[models]]\nname = \"a\"\nspeculative = { num_tokens = 0, min_acceptance_rate = 1.5, colour = 1 }\n\
+             [[models]]\nname = \"b\"\nspeculative = { draft_model = \"Bad Name!\", num_tokens = 65 }\n",
+        )
+        .unwrap_err();
+        let lines = err.lines();
+        for want in [
+            "models[0].speculative.colour: unknown key",
+            "models[0].speculative.draft_model: missing",
+            "models[0].speculative.num_tokens: must be 1 to 64, not 0",
+            "models[0].speculative.min_acceptance_rate: must be 0 to 1, not 1.5",
+            "models[1].speculative.num_tokens: must be 1 to 64, not 65",
+        ] {
+            assert!(lines.iter().any(|l| l == want), "{want} in {lines:?}");
+        }
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("models[1].speculative.draft_model: ")),
+            "{lines:?}"
+        );
     }
 
     #[test]

@@ -137,6 +137,7 @@ mod tests {
             keep_alive: KeepAlive::DEFAULT,
             pinned: false,
             vllm: Default::default(),
+            draft: None,
         };
         assert_eq!(
             argv(&spec, 9),

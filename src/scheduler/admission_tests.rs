@@ -18,6 +18,7 @@ fn launch(model: &str) -> LaunchSpec {
         keep_alive: KeepAlive::DEFAULT,
         pinned: false,
         vllm: Default::default(),
+        draft: None,
     }
 }
 
@@ -25,6 +26,7 @@ fn key(model: &str) -> RunnerKey {
     RunnerKey {
         model_id: model.into(),
         mode: Mode::Completion,
+        draft: None,
     }
 }
 
