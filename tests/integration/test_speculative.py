@@ -72,8 +72,8 @@ def test_smollm2_drafting_for_itself_accepts_the_drafts(supervisors, prereqs):
     assert engine_metric(sup, "llamacpp:spec_decode_num_draft_tokens_total", model) == drafted
     assert engine_metric(sup, "llamacpp:spec_decode_num_accepted_tokens_total", model) == accepted
     # Its log line says the same.
-    logs = sup.get("/logs").text
-    assert "draft acceptance" in logs, logs[-2000:]
+    # Its log line says the same (engine lines reach /logs in bursts, up to 20 ms late).
+    wait_until(lambda: "draft acceptance" in sup.get("/logs").text, 5, "the engine's draft acceptance line")
     [spawn] = sup.spawns()
     assert len(sup.ps()) == 1
 
