@@ -199,17 +199,13 @@ fn total(files: &[File]) -> u64 {
 /// Lists `org/repo` on `endpoint` and chooses the files for `tag`; listings larger than `max_listing` bytes, more
 /// than `MAX_FILES` files, and entries without a size or with a malformed hash are refused (502).
 pub async fn prepare(
+    http: reqwest::Client,
     endpoint: &str,
     repo: &str,
     tag: &str,
     token: Option<&str>,
     max_listing: u64,
 ) -> Result<Plan, RegistryError> {
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(30))
-        .read_timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| RegistryError::Registry(e.to_string()))?;
     let hub = Hub {
         http,
         endpoint: endpoint.trim_end_matches('/').to_string(),
