@@ -849,8 +849,27 @@ fn classify(e: OciDistributionError, op: Op, what: &str) -> RegistryError {
             by_status(status.as_u16(), &url, &status.to_string())
         }
         OciDistributionError::UnsupportedMediaTypeError(m) => RegistryError::Unsupported(m),
+        // Connection failures: reqwest's own message names only the URL; why (refused, a certificate nobody
+        // trusts) is in its sources.
+        OciDistributionError::RequestError(e) => {
+            RegistryError::Registry(format!("{verb}ing {what}: {}", with_causes(&e)))
+        }
         other => RegistryError::Registry(format!("{verb}ing {what}: {other}")),
     }
+}
+
+/// An error and its sources, `: `-separated, each said once (a wrapper often repeats its source's words).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let said = s.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        source = s.source();
+    }
+    text
 }
 
 #[cfg(test)]
@@ -954,6 +973,21 @@ mod tests {
         assert!(plain(&config, "localhost:5000"));
         assert!(plain(&config, "registry.lan:5000"));
         assert!(!plain(&config, "registry.lan"));
+    }
+
+    #[test]
+    fn connection_failures_say_why() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("error sending request")]
+        struct Outer(#[source] Middle);
+        #[derive(Debug, thiserror::Error)]
+        #[error("client error (Connect)")]
+        struct Middle(#[source] std::io::Error);
+        let inner = std::io::Error::other("invalid peer certificate: UnknownIssuer");
+        assert_eq!(
+            with_causes(&Outer(Middle(inner))),
+            "error sending request: client error (Connect): invalid peer certificate: UnknownIssuer"
+        );
     }
 
     #[test]
