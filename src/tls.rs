@@ -174,8 +174,12 @@ mod tests {
 
     #[test]
     fn files_without_their_pem_sections_are_refused_by_file() {
-        assert!(matches!(pair(KEY, KEY), Err(IdentityError::Cert(m)) if m.contains("c.pem: no PEM certificate")));
-        assert!(matches!(pair(CERT, CERT), Err(IdentityError::Key(m)) if m.contains("k.pem: no PEM private key")));
+        assert!(
+            matches!(pair(KEY, KEY), Err(IdentityError::Cert(m)) if m.contains("c.pem: no PEM certificate"))
+        );
+        assert!(
+            matches!(pair(CERT, CERT), Err(IdentityError::Key(m)) if m.contains("k.pem: no PEM private key"))
+        );
         let broken = CERT.replace("MII", "M!I");
         assert!(matches!(pair(&broken, KEY), Err(IdentityError::Cert(_))));
     }

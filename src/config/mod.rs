@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use duration::{format_go, parse_duration, KeepAlive};
-pub use registry::{registry_key, CaFile, Mirror, RegistryConfig, DEFAULT_MAX_MANIFEST_BYTES};
 use raw::{RawBytes, RawConfig, Unknown};
+pub use registry::{registry_key, CaFile, Mirror, RegistryConfig, DEFAULT_MAX_MANIFEST_BYTES};
 
 use crate::store::name;
 
@@ -699,11 +699,17 @@ fn tls_identity(
         (None, None) => return None,
         (Some(c), Some(k)) => (c, k),
         (Some(_), None) => {
-            errors.push("server.tls_key", "missing: tls_cert and tls_key go together");
+            errors.push(
+                "server.tls_key",
+                "missing: tls_cert and tls_key go together",
+            );
             return None;
         }
         (None, Some(_)) => {
-            errors.push("server.tls_cert", "missing: tls_cert and tls_key go together");
+            errors.push(
+                "server.tls_cert",
+                "missing: tls_cert and tls_key go together",
+            );
             return None;
         }
     };
@@ -872,9 +878,12 @@ mod tests {
             lines("[server]\ntls_key = \"test-key.pem\""),
             ["server.tls_cert: missing: tls_cert and tls_key go together"]
         );
-        let wrong = lines("[server]\ntls_cert = \"test-cert.pem\"\ntls_key = \"test-other-key.pem\"");
+        let wrong =
+            lines("[server]\ntls_cert = \"test-cert.pem\"\ntls_key = \"test-other-key.pem\"");
         assert!(
-            wrong.len() == 1 && wrong[0].starts_with("server.tls_key: ") && wrong[0].contains("does not belong"),
+            wrong.len() == 1
+                && wrong[0].starts_with("server.tls_key: ")
+                && wrong[0].contains("does not belong"),
             "{wrong:?}"
         );
         let swapped = lines("[server]\ntls_cert = \"test-key.pem\"\ntls_key = \"test-cert.pem\"");
@@ -883,7 +892,10 @@ mod tests {
             "{swapped:?}"
         );
         let missing = lines("[server]\ntls_cert = \"nope.pem\"\ntls_key = \"test-key.pem\"");
-        assert!(missing[0].starts_with("server.tls_cert: cannot read "), "{missing:?}");
+        assert!(
+            missing[0].starts_with("server.tls_cert: cannot read "),
+            "{missing:?}"
+        );
         // Turning TLS on needs a restart; new files for a TLS listener do not.
         let on = c.clone();
         let off = load("").unwrap();

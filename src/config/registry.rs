@@ -110,7 +110,11 @@ pub fn registry_key(host: &str) -> String {
 
 /// `host[:port]`: a name or IP (IPv6 in brackets), an optional numeric port, nothing else.
 fn check_host(host: &str) -> Result<(), String> {
-    let bad = |why: &str| Err(format!("{why}; expected host[:port], like mirror.lan or 10.0.0.5:5000"));
+    let bad = |why: &str| {
+        Err(format!(
+            "{why}; expected host[:port], like mirror.lan or 10.0.0.5:5000"
+        ))
+    };
     if host.is_empty() {
         return bad("no host");
     }
@@ -197,7 +201,10 @@ pub(super) fn validate(
         }
         let normal = registry_key(&registry_host);
         if config.mirrors.contains_key(&normal) {
-            errors.push(&key, format!("mirrors of {normal} are listed under two names"));
+            errors.push(
+                &key,
+                format!("mirrors of {normal} are listed under two names"),
+            );
         }
         config.mirrors.insert(normal, mirrors);
     }
@@ -268,7 +275,10 @@ mod tests {
             ["https://mirror.lan", "http://10.0.0.5:5000"]
         );
         assert!(!hub[0].plain && hub[1].plain);
-        assert_eq!(c.registry.mirrors["registry.lan:5000"][0].host, "[::1]:8443");
+        assert_eq!(
+            c.registry.mirrors["registry.lan:5000"][0].host,
+            "[::1]:8443"
+        );
     }
 
     #[test]
@@ -280,14 +290,37 @@ mod tests {
             "#,
         );
         let has = |prefix: &str, text: &str| {
-            lines.iter().any(|l| l.starts_with(prefix) && l.contains(text))
+            lines
+                .iter()
+                .any(|l| l.starts_with(prefix) && l.contains(text))
         };
-        assert!(has("registry.mirrors.\"docker.io\"[0]: ", "with its scheme"), "{lines:?}");
-        assert!(has("registry.mirrors.\"docker.io\"[1]: ", "no path"), "{lines:?}");
-        assert!(has("registry.mirrors.\"docker.io\"[2]: ", "port"), "{lines:?}");
-        assert!(has("registry.mirrors.\"docker.io\"[4]: ", "listed twice"), "{lines:?}");
-        assert!(has("registry.mirrors.\"https://r.lan\": ", "not a registry host"), "{lines:?}");
-        assert!(has("registry.mirrors.\"r2.lan\": ", "no mirrors listed"), "{lines:?}");
+        assert!(
+            has("registry.mirrors.\"docker.io\"[0]: ", "with its scheme"),
+            "{lines:?}"
+        );
+        assert!(
+            has("registry.mirrors.\"docker.io\"[1]: ", "no path"),
+            "{lines:?}"
+        );
+        assert!(
+            has("registry.mirrors.\"docker.io\"[2]: ", "port"),
+            "{lines:?}"
+        );
+        assert!(
+            has("registry.mirrors.\"docker.io\"[4]: ", "listed twice"),
+            "{lines:?}"
+        );
+        assert!(
+            has(
+                "registry.mirrors.\"https://r.lan\": ",
+                "not a registry host"
+            ),
+            "{lines:?}"
+        );
+        assert!(
+            has("registry.mirrors.\"r2.lan\": ", "no mirrors listed"),
+            "{lines:?}"
+        );
         assert_eq!(lines.len(), 6, "{lines:?}");
         let lines = errors(
             "[registry]\nmirrors = { \"docker.io\" = [\"https://a\"], \"index.docker.io\" = [\"https://b\"] }",
@@ -313,8 +346,14 @@ mod tests {
         .unwrap_err()
         .lines();
         assert_eq!(lines.len(), 2, "{lines:?}");
-        assert!(lines[0].starts_with("registry.ca_certs[1]: ") && lines[0].contains("no PEM certificate"));
-        assert!(lines[1].starts_with("registry.ca_certs[2]: cannot read "), "{lines:?}");
+        assert!(
+            lines[0].starts_with("registry.ca_certs[1]: ")
+                && lines[0].contains("no PEM certificate")
+        );
+        assert!(
+            lines[1].starts_with("registry.ca_certs[2]: cannot read "),
+            "{lines:?}"
+        );
     }
 
     #[test]
@@ -336,10 +375,18 @@ mod tests {
 
     #[test]
     fn hosts_take_names_ips_and_ports() {
-        for ok in ["mirror.lan", "10.0.0.5:5000", "[::1]:8443", "[fe80::1]", "localhost"] {
+        for ok in [
+            "mirror.lan",
+            "10.0.0.5:5000",
+            "[::1]:8443",
+            "[fe80::1]",
+            "localhost",
+        ] {
             assert!(check_host(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ":5000", "a:b", "a:70000", "[::1", "[zz]:1", "a b", "::1", "[::1]x"] {
+        for bad in [
+            "", ":5000", "a:b", "a:70000", "[::1", "[zz]:1", "a b", "::1", "[::1]x",
+        ] {
             assert!(check_host(bad).is_err(), "{bad}");
         }
         assert_eq!(registry_key("Registry-1.Docker.io"), "docker.io");

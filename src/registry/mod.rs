@@ -44,8 +44,8 @@ const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Times a layer download is resumed within one pull after its connection breaks.
 const RESUMES: u32 = 3;
 
-pub use crate::config::{Mirror, RegistryConfig};
 use crate::config::registry_key;
+pub use crate::config::{Mirror, RegistryConfig};
 
 /// Every certificate of `[registry] ca_certs` (DER).
 fn roots(config: &RegistryConfig) -> impl Iterator<Item = &Vec<u8>> {
@@ -247,7 +247,9 @@ impl Registries {
         let certs = roots(&config)
             .map(|der| reqwest::Certificate::from_der(der))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| RegistryError::Registry(format!("a [registry] ca_certs certificate: {e}")))?;
+            .map_err(|e| {
+                RegistryError::Registry(format!("a [registry] ca_certs certificate: {e}"))
+            })?;
         reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
@@ -284,7 +286,11 @@ impl Registries {
         let (tag, reference) = self.resolve(from)?;
         let (mirrors, origin) = sources(&self.config(), &reference);
         for source in mirrors {
-            let mirror = source.mirror.clone().map(|m| m.to_string()).unwrap_or_default();
+            let mirror = source
+                .mirror
+                .clone()
+                .map(|m| m.to_string())
+                .unwrap_or_default();
             match self.prepare_from(store.clone(), &tag, source, None).await {
                 Ok(p) => {
                     tracing::info!(model = tag, mirror, "pulling from mirror");
@@ -938,13 +944,22 @@ mod tests {
         let (_, hub) = r.resolve("ai/smollm2:360M").unwrap();
         let (mirrors, origin) = sources(&config, &hub);
         let at = |host: &str, plain: bool| {
-            (host.to_string(), plain, "ai/smollm2".to_string(), Some("360M".to_string()), None)
+            (
+                host.to_string(),
+                plain,
+                "ai/smollm2".to_string(),
+                Some("360M".to_string()),
+                None,
+            )
         };
         assert_eq!(
             mirrors.iter().map(where_).collect::<Vec<_>>(),
             [at("m1.lan", false), at("127.0.0.1:5001", true)]
         );
-        assert_eq!(mirrors[0].mirror.as_ref().unwrap().to_string(), "https://m1.lan");
+        assert_eq!(
+            mirrors[0].mirror.as_ref().unwrap().to_string(),
+            "https://m1.lan"
+        );
         assert_eq!(where_(&origin), at("index.docker.io", false));
         assert!(origin.mirror.is_none());
         // A digest stays a digest at the mirror.
@@ -958,7 +973,13 @@ mod tests {
         assert!(mirrors.is_empty());
         assert_eq!(
             where_(&origin),
-            ("127.0.0.1:5000".into(), true, "test/tiny".into(), Some("v1".into()), None)
+            (
+                "127.0.0.1:5000".into(),
+                true,
+                "test/tiny".into(),
+                Some("v1".into()),
+                None
+            )
         );
     }
 
