@@ -197,10 +197,11 @@ impl Registries {
         Ok((tag, reference))
     }
 
-    /// Refuses a network caller a pull from or push to a loopback registry that `[registry] insecure` does not
-    /// name: otherwise anyone who can reach the API could have the daemon send HTTP requests to its own local ports
-    /// (a probe of what listens there, or requests to local services that trust loopback). Hugging Face references
-    /// go to the configured endpoint and pass; a bad reference is left for the pull to report.
+    /// Refuses a network caller a pull from or push to a loopback registry that `[registry] insecure` or `secure`
+    /// does not name: otherwise anyone who can reach the API could have the daemon send HTTP requests to its own
+    /// local ports (a probe of what listens there, or requests to local services that trust loopback). Hugging Face
+    /// references go to the configured endpoint and pass; a bad reference is left for the pull to report. Only the
+    /// reference asked for is checked: the mirrors in front of it are the operator's.
     pub fn check_caller(&self, from: &str, local: bool) -> Result<(), RegistryError> {
         if local || from.starts_with("hf.co/") || from.starts_with("huggingface.co/") {
             return Ok(());
@@ -209,10 +210,12 @@ impl Registries {
             return Ok(());
         };
         let host = reference.resolve_registry().to_string();
-        if is_loopback(&host) && !self.config().insecure.contains(&host) {
+        let config = self.config();
+        let listed = config.insecure.contains(&host) || config.secure.contains(&host);
+        if is_loopback(&host) && !listed {
             return Err(RegistryError::Forbidden(format!(
                 "registry {host} is on the daemon's loopback: only local callers may pull from or push to it \
-                 (an operator may allow it for everyone by listing it in [registry] insecure)"
+                 (an operator may allow it for everyone by listing it in [registry] insecure, or secure for HTTPS)"
             )));
         }
         Ok(())
@@ -994,6 +997,31 @@ mod tests {
         assert!(plain(&config, "localhost:5000"));
         assert!(plain(&config, "registry.lan:5000"));
         assert!(!plain(&config, "registry.lan"));
+    }
+
+    #[test]
+    fn network_callers_reach_only_the_loopback_registries_an_operator_listed() {
+        let r = Registries::new(RegistryConfig {
+            insecure: vec!["127.0.0.1:5000".into()],
+            secure: vec!["localhost:5443".into()],
+            mirrors: [(
+                "127.0.0.1:6000".to_string(),
+                vec![Mirror::parse("http://127.0.0.1:5000").unwrap()],
+            )]
+            .into(),
+            ..Default::default()
+        });
+        for ok in ["127.0.0.1:5000/a/b:v1", "localhost:5443/a/b:v1", "registry.lan/a/b:v1"] {
+            assert!(r.check_caller(ok, false).is_ok(), "{ok}");
+        }
+        // A reference whose mirror is listed is still a loopback reference nobody listed.
+        for refused in ["127.0.0.1:6000/a/b:v1", "localhost:5000/a/b:v1"] {
+            assert!(
+                matches!(r.check_caller(refused, false), Err(RegistryError::Forbidden(_))),
+                "{refused}"
+            );
+            assert!(r.check_caller(refused, true).is_ok());
+        }
     }
 
     #[test]

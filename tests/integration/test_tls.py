@@ -158,3 +158,16 @@ def test_a_pull_from_a_tls_registry_needs_its_ca(supervisors, ca, tls_registry):
     plain = supervisors.start(models=[], extra=f'[registry]\nca_certs = ["{ca.cert}"]')
     r = plain.post("/models/create", {"from": ref}, timeout=120)
     assert r.status_code >= 400 and "HTTPS server" in r.text, r.text
+
+
+def test_hugging_face_over_https_is_verified_with_the_ca_certs_too(supervisors, ca, tmp_path):
+    from hf_repos import HfServer, make_hf_root, start
+    root = make_hf_root(tmp_path / "hf", supervisors)
+    cert, key = ca.issue("hf", 6006)
+    with HfServer(root, tls=(cert, key)) as hf:
+        untrusting = start(supervisors, hf.url, name="hf-untrusting")
+        r = untrusting.post("/models/create", {"from": "hf.co/testorg/tiny-GGUF"}, timeout=120)
+        assert r.status_code == 502 and "UnknownIssuer" in r.text, r.text
+        trusting = start(supervisors, hf.url, extra=f'ca_certs = ["{ca.cert}"]', name="hf-trusting")
+        out = lines(trusting.post("/models/create", {"from": "hf.co/testorg/tiny-GGUF"}, timeout=120))
+        assert out[-1] == {"type": "success", "message": "Model pulled successfully"}, out[-3:]
