@@ -343,10 +343,7 @@ async fn json<T: serde::de::DeserializeOwned>(
     cap: u64,
 ) -> Result<T, RegistryError> {
     let fail = |e: String| RegistryError::Registry(format!("Hugging Face ({what}): {e}"));
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| fail(super::with_causes(&e)))?;
+    let resp = req.send().await.map_err(|e| fail(super::with_causes(&e)))?;
     let status = resp.status();
     if !status.is_success() {
         let body = error_body(resp).await;

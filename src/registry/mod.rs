@@ -1011,13 +1011,20 @@ mod tests {
             .into(),
             ..Default::default()
         });
-        for ok in ["127.0.0.1:5000/a/b:v1", "localhost:5443/a/b:v1", "registry.lan/a/b:v1"] {
+        for ok in [
+            "127.0.0.1:5000/a/b:v1",
+            "localhost:5443/a/b:v1",
+            "registry.lan/a/b:v1",
+        ] {
             assert!(r.check_caller(ok, false).is_ok(), "{ok}");
         }
         // A reference whose mirror is listed is still a loopback reference nobody listed.
         for refused in ["127.0.0.1:6000/a/b:v1", "localhost:5000/a/b:v1"] {
             assert!(
-                matches!(r.check_caller(refused, false), Err(RegistryError::Forbidden(_))),
+                matches!(
+                    r.check_caller(refused, false),
+                    Err(RegistryError::Forbidden(_))
+                ),
                 "{refused}"
             );
             assert!(r.check_caller(refused, true).is_ok());
