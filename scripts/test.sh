@@ -24,10 +24,11 @@ fleet=$(scripts/fleet-env.sh | tail -n 1)
 diffusers_py=$(engines/diffusers/install.sh "${XDG_CACHE_HOME:-$HOME/.cache}/dmr-supervisor/diffusers-test" | tail -n 1)
 "$diffusers_py" -c 'import pytest' 2>/dev/null || "$diffusers_py" -m pip install -q pytest==9.2.0 >&2
 # Debian packages some tests run: systemd-analyze (the unit-file test), ip (the attack suite's caller from a
-# network namespace of its own).
+# network namespace of its own), openssl (the TLS tests' test CA and certificates).
 missing=()
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v ip >/dev/null || missing+=(iproute2)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian's ${missing[*]} (about a minute)" >&2
   as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

@@ -17,6 +17,7 @@ pub mod registry;
 pub mod scheduler;
 pub mod service;
 pub mod store;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -4,6 +4,7 @@
 
 mod duration;
 mod raw;
+mod registry;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 pub use duration::{format_go, parse_duration, KeepAlive};
 use raw::{RawBytes, RawConfig, Unknown};
+pub use registry::{registry_key, CaFile, Mirror, RegistryConfig, DEFAULT_MAX_MANIFEST_BYTES};
 
 use crate::store::name;
 
@@ -58,6 +60,16 @@ pub struct ServerConfig {
     pub fetch_image_urls: bool,
     /// The largest blob Ollama's `POST /api/blobs/sha256:…` accepts (streamed to disk, never held in memory).
     pub max_blob_bytes: usize,
+    /// `tls_cert` and `tls_key`: the TCP listener serves HTTPS with this certificate (the Unix socket stays plain).
+    pub tls: Option<TlsIdentity>,
+}
+
+/// The listener's certificate chain and key: their files, and what was read from them (checked to be a pair).
+#[derive(Debug, Clone)]
+pub struct TlsIdentity {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub certified: std::sync::Arc<rustls::sign::CertifiedKey>,
 }
 
 #[derive(Debug, Clone)]
@@ -67,38 +79,6 @@ pub struct StoreConfig {
     /// Unix-socket callers only. Empty (the default): no server path is importable over the API; `[[models]]
     /// path` in this file is not limited (the operator wrote it).
     pub import_roots: Vec<PathBuf>,
-}
-
-/// `[registry]`: pulling and pushing models.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RegistryConfig {
-    /// Pulls (and pushes) that run at once; more wait.
-    pub max_pulls: usize,
-    /// Registry hosts (`host[:port]`) spoken to over plain HTTP, besides loopback ones.
-    pub insecure: Vec<String>,
-    /// The docker `config.json` whose `auths` give credentials (default `$DOCKER_CONFIG/config.json` or
-    /// `~/.docker/config.json`).
-    pub docker_config: Option<PathBuf>,
-    /// Hugging Face's endpoint for `hf.co/...` pulls (default `$HF_ENDPOINT`, else https://huggingface.co).
-    pub hf_endpoint: Option<String>,
-    /// The largest manifest or config blob read from a registry or archive (the CNCF registry's own cap: 4 MiB),
-    /// and the largest Hugging Face listing (file tree, model info).
-    pub max_manifest_bytes: u64,
-}
-
-/// The default cap on manifests and config blobs.
-pub const DEFAULT_MAX_MANIFEST_BYTES: u64 = 4 << 20;
-
-impl Default for RegistryConfig {
-    fn default() -> Self {
-        RegistryConfig {
-            max_pulls: 2,
-            insecure: Vec::new(),
-            docker_config: None,
-            hf_endpoint: None,
-            max_manifest_bytes: DEFAULT_MAX_MANIFEST_BYTES,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -248,6 +228,7 @@ impl Default for Config {
                 responses_ttl: Duration::from_secs(3600),
                 fetch_image_urls: false,
                 max_blob_bytes: 256 << 30,
+                tls: None,
             },
             store: StoreConfig {
                 path: default_store_path(),
@@ -489,6 +470,12 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
                 Some(_) => errors.push(key, "must be > 0"),
             }
         }
+        config.server.tls = tls_identity(
+            server.tls_cert.as_deref(),
+            server.tls_key.as_deref(),
+            base,
+            &mut errors,
+        );
     }
 
     if let Some(store) = raw.store {
@@ -552,28 +539,8 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         }
     }
 
-    if let Some(registry) = raw.registry {
-        errors.unknown("registry", &registry.unknown);
-        match registry.max_pulls {
-            None => {}
-            Some(n) if n > 0 => config.registry.max_pulls = n as usize,
-            Some(_) => errors.push("registry.max_pulls", "must be > 0"),
-        }
-        config.registry.insecure = registry.insecure.unwrap_or_default();
-        config.registry.hf_endpoint = registry.hf_endpoint;
-        if let Some(raw) = &registry.max_manifest_bytes {
-            match bytes(raw) {
-                Ok(n) if n > 0 => config.registry.max_manifest_bytes = n,
-                Ok(_) => errors.push("registry.max_manifest_bytes", "must be > 0"),
-                Err(e) => errors.push("registry.max_manifest_bytes", e),
-            }
-        }
-        if let Some(p) = registry.docker_config {
-            match resolve_path(&p, base) {
-                Ok(p) => config.registry.docker_config = Some(p),
-                Err(e) => errors.push("registry.docker_config", e),
-            }
-        }
+    if let Some(r) = raw.registry {
+        registry::validate(r, base, &mut errors, &mut config.registry);
     }
 
     if let Some(scheduler) = raw.scheduler {
@@ -841,6 +808,53 @@ fn speculative(
     })
 }
 
+/// `[server] tls_cert` and `tls_key`: both or neither; read and checked to be a certificate and its key.
+fn tls_identity(
+    cert: Option<&str>,
+    key: Option<&str>,
+    base: &Path,
+    errors: &mut Errors,
+) -> Option<TlsIdentity> {
+    let (cert, key) = match (cert, key) {
+        (None, None) => return None,
+        (Some(c), Some(k)) => (c, k),
+        (Some(_), None) => {
+            errors.push(
+                "server.tls_key",
+                "missing: tls_cert and tls_key go together",
+            );
+            return None;
+        }
+        (None, Some(_)) => {
+            errors.push(
+                "server.tls_cert",
+                "missing: tls_cert and tls_key go together",
+            );
+            return None;
+        }
+    };
+    let cert = resolve_path(cert, base).map_err(|e| errors.push("server.tls_cert", e));
+    let key = resolve_path(key, base).map_err(|e| errors.push("server.tls_key", e));
+    let (Ok(cert), Ok(key)) = (cert, key) else {
+        return None;
+    };
+    match crate::tls::load_identity(&cert, &key) {
+        Ok(certified) => Some(TlsIdentity {
+            cert,
+            key,
+            certified,
+        }),
+        Err(crate::tls::IdentityError::Cert(e)) => {
+            errors.push("server.tls_cert", e);
+            None
+        }
+        Err(crate::tls::IdentityError::Key(e)) => {
+            errors.push("server.tls_key", e);
+            None
+        }
+    }
+}
+
 /// Expands a leading `~/` and makes relative paths relative to `base` (the config file's directory).
 fn resolve_path(p: &str, base: &Path) -> Result<PathBuf, String> {
     if p.is_empty() {
@@ -892,6 +906,12 @@ impl Config {
         for (key, same) in [
             ("server.listen", a.listen == b.listen),
             ("server.socket", a.socket == b.socket),
+            // Turning TLS on or off changes the listener; a new certificate (or new files) does not.
+            ("server.tls_cert", a.tls.is_some() == b.tls.is_some()),
+            (
+                "registry.max_pulls",
+                self.registry.max_pulls == new.registry.max_pulls,
+            ),
             (
                 "server.header_read_timeout",
                 a.header_read_timeout == b.header_read_timeout,
@@ -954,6 +974,53 @@ mod tests {
         assert_eq!(c.models[0].name, "ai/tiny:latest");
         assert_eq!(c.models[0].context_size, Some(512));
         assert_eq!(c.models[0].runtime_flags, ["--temp", "0"]);
+    }
+
+    #[test]
+    fn tls_cert_and_key_go_together_and_are_read_as_a_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+        for f in ["test-cert.pem", "test-key.pem", "test-other-key.pem"] {
+            std::fs::copy(fixtures.join(f), dir.path().join(f)).unwrap();
+        }
+        let load = |text: &str| Config::parse(text, dir.path());
+        let c = load("[server]\ntls_cert = \"test-cert.pem\"\ntls_key = \"test-key.pem\"").unwrap();
+        let tls = c.server.tls.as_ref().expect("TLS on");
+        assert_eq!(tls.cert, dir.path().join("test-cert.pem"));
+        assert_eq!(tls.key, dir.path().join("test-key.pem"));
+        assert!(load("").unwrap().server.tls.is_none());
+        let lines = |text: &str| load(text).unwrap_err().lines();
+        assert_eq!(
+            lines("[server]\ntls_cert = \"test-cert.pem\""),
+            ["server.tls_key: missing: tls_cert and tls_key go together"]
+        );
+        assert_eq!(
+            lines("[server]\ntls_key = \"test-key.pem\""),
+            ["server.tls_cert: missing: tls_cert and tls_key go together"]
+        );
+        let wrong =
+            lines("[server]\ntls_cert = \"test-cert.pem\"\ntls_key = \"test-other-key.pem\"");
+        assert!(
+            wrong.len() == 1
+                && wrong[0].starts_with("server.tls_key: ")
+                && wrong[0].contains("does not belong"),
+            "{wrong:?}"
+        );
+        let swapped = lines("[server]\ntls_cert = \"test-key.pem\"\ntls_key = \"test-cert.pem\"");
+        assert!(
+            swapped.len() == 1 && swapped[0].starts_with("server.tls_cert: "),
+            "{swapped:?}"
+        );
+        let missing = lines("[server]\ntls_cert = \"nope.pem\"\ntls_key = \"test-key.pem\"");
+        assert!(
+            missing[0].starts_with("server.tls_cert: cannot read "),
+            "{missing:?}"
+        );
+        // Turning TLS on needs a restart; new files for a TLS listener do not.
+        let on = c.clone();
+        let off = load("").unwrap();
+        assert!(off.diff(&on).needs_restart.contains(&"server.tls_cert"));
+        assert!(!on.diff(&c).needs_restart.contains(&"server.tls_cert"));
     }
 
     #[test]

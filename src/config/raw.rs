@@ -37,6 +37,8 @@ pub struct RawServer {
     pub responses_ttl: Option<String>,
     pub fetch_image_urls: Option<bool>,
     pub max_blob_bytes: Option<i64>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }
@@ -69,6 +71,9 @@ pub struct RawLlamaCpp {
 pub struct RawRegistry {
     pub max_pulls: Option<i64>,
     pub insecure: Option<Vec<String>>,
+    pub secure: Option<Vec<String>>,
+    pub mirrors: Option<BTreeMap<String, Vec<String>>>,
+    pub ca_certs: Option<Vec<String>>,
     pub docker_config: Option<String>,
     pub hf_endpoint: Option<String>,
     pub max_manifest_bytes: Option<RawBytes>,

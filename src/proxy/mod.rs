@@ -87,6 +87,8 @@ pub struct App {
     pub responses: responses::store::ResponseStore,
     /// Where each model the configuration declares by reference, with aliases, preloaded or pinned stands.
     pub declared: Arc<crate::declared::Declared>,
+    /// The certificate the TCP listener presents when `[server] tls_cert` is set (a reload swaps it).
+    pub tls: Option<Arc<crate::tls::CertSlot>>,
 }
 
 impl App {
@@ -132,6 +134,8 @@ impl App {
 
 pub struct Server {
     listener: TcpListener,
+    /// Set when the TCP listener speaks TLS.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     socket: Option<(UnixListener, PathBuf)>,
     app: Arc<App>,
 }
@@ -145,7 +149,17 @@ impl Server {
             Some(path) => Some((bind_unix(path)?, path.clone())),
             None => None,
         };
+        let tls = match &app.tls {
+            Some(slot) => Some(
+                crate::tls::acceptor(slot.clone())
+                    .map_err(|e| std::io::Error::other(format!("TLS: {e}")))?,
+            ),
+            None => None,
+        };
         let server = &config.server;
+        if let Some(identity) = &server.tls {
+            tracing::info!(cert = %identity.cert.display(), "serving HTTPS (TLS) on the TCP listener");
+        }
         if !server.listen.ip().is_loopback() && server.api_keys.is_empty() {
             tracing::warn!(
                 listen = %server.listen,
@@ -154,6 +168,7 @@ impl Server {
         }
         Ok(Server {
             listener,
+            tls,
             socket,
             app,
         })
@@ -187,7 +202,7 @@ impl Server {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
                         let caller = Caller { trusted: false, local: peer.ip().is_loopback() };
-                        self.serve(stream, caller, &graceful, permit);
+                        self.serve_tcp(stream, caller, &graceful, permit);
                     }
                     Err(e) => accept_failed(e).await,
                 },
@@ -220,8 +235,31 @@ impl Server {
 }
 
 impl Server {
-    /// Serves one connection until it closes, holding one of the `max_connections` permits. A request head must
-    /// arrive whole within `header_read_timeout` of the connection waiting for it (a slow client is cut off).
+    /// Serves one TCP connection, over TLS when the listener has it: the handshake runs in the connection's task,
+    /// and must end within `header_read_timeout` (a client that never finishes it is cut off like a slow head).
+    fn serve_tcp(
+        &self,
+        stream: tokio::net::TcpStream,
+        caller: Caller,
+        graceful: &GracefulShutdown,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let Some(acceptor) = self.tls.clone() else {
+            return self.serve(stream, caller, graceful, permit);
+        };
+        let (app, watcher) = (self.app.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            let limit = app.config().server.header_read_timeout;
+            match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => connection(app, tls, caller, watcher).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(?limit, "TLS handshake timed out"),
+            }
+            drop(permit);
+        });
+    }
+
+    /// Serves one connection until it closes, holding one of the `max_connections` permits.
     fn serve<I>(
         &self,
         io: I,
@@ -231,22 +269,37 @@ impl Server {
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let app = self.app.clone();
-        let header_read_timeout = app.config().server.header_read_timeout;
-        let service = service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(route(app, req, caller).await) }
-        });
-        let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(header_read_timeout);
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(io), service));
+        let (app, watcher) = (self.app.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
+            connection(app, io, caller, watcher).await;
             drop(permit);
         });
+    }
+}
+
+/// HTTP/1.1 on one connection until it closes. A request head must arrive whole within `header_read_timeout` of
+/// the connection waiting for it (a slow client is cut off).
+async fn connection<I>(
+    app: Arc<App>,
+    io: I,
+    caller: Caller,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let header_read_timeout = app.config().server.header_read_timeout;
+    let service = service_fn(move |req| {
+        let app = app.clone();
+        async move { Ok::<_, Infallible>(route(app, req, caller).await) }
+    });
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    if let Err(e) = watcher
+        .watch(http.serve_connection(TokioIo::new(io), service))
+        .await
+    {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 
@@ -465,6 +518,11 @@ pub fn build_app(config: Config, source: ConfigSource, store: Store) -> App {
     };
     let limits = limits(&config.scheduler);
     let config_registry = config.registry.clone();
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(|t| Arc::new(crate::tls::CertSlot::new(t.certified.clone())));
     let memory: Arc<dyn crate::gpu::GpuProbe> = Arc::from(crate::gpu::detect());
     let engines = Arc::new(forward::EnginePools::default());
     let pools = engines.clone();
@@ -485,6 +543,7 @@ pub fn build_app(config: Config, source: ConfigSource, store: Store) -> App {
         draining: CancellationToken::new(),
         responses: responses::new_store(),
         declared: Arc::default(),
+        tls,
         access: arc_swap::ArcSwap::from_pointee(access_from(&config)),
         config: arc_swap::ArcSwap::from_pointee(config),
         source,

@@ -1,6 +1,7 @@
 //! Configuration reload (SIGHUP, or `POST /config/reload`): re-read the file the daemon started with, validate
 //! it whole, import new or changed GGUF files, then swap it in. Model settings, keep-alives, memory limits, body
-//! limits, API keys and allowed origins take effect at once; idle runners of changed models are stopped so that
+//! limits, API keys, allowed origins, registry settings (mirrors, CA certificates) and the TLS certificate and key (re-read
+//! from their files) take effect at once; idle runners of changed models are stopped so that
 //! the next request starts them with the new settings (busy ones finish, and are restarted at the first request
 //! that finds them idle). Listeners, the store path and the engine binary need a restart (logged). An invalid file
 //! changes nothing: its errors are logged and returned.
@@ -79,6 +80,13 @@ async fn apply(app: &Arc<App>, path: &std::path::Path) -> Result<Report, ReloadE
     .await
     .map_err(|e| ReloadError::Task(e.to_string()))?;
     app.access.store(Arc::new(access_from(&new)));
+    app.registries.set_config(new.registry.clone());
+    // The files were read and checked as a pair when the file was validated; a listener without TLS keeps none
+    // until a restart (`server.tls_cert` in needs_restart).
+    if let (Some(slot), Some(identity)) = (&app.tls, &new.server.tls) {
+        slot.set(identity.certified.clone());
+        tracing::info!(cert = %identity.cert.display(), key = %identity.key.display(), "TLS certificate reloaded");
+    }
     app.scheduler.set_limits(limits(&new.scheduler));
     let (old_models, new_models) = (old.models.clone(), new.models.clone());
     app.config.store(Arc::new(new));

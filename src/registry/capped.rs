@@ -5,8 +5,6 @@
 //! registry's `Docker-Content-Digest`. The config is read through oci-client's blob stream with the same cap.
 //! Failures are classified like oci-client's own (401, 404 and the rest keep their messages).
 
-use std::time::Duration;
-
 use futures_util::StreamExt;
 use oci_client::errors::{OciDistributionError, OciEnvelope};
 use oci_client::manifest::OciDescriptor;
@@ -22,6 +20,7 @@ const ERROR_BODY: usize = 64 << 10;
 /// `GET`s the manifest of `reference` reading at most `cap` bytes; returns its bytes and digest.
 pub(super) async fn manifest(
     client: &Client,
+    http: &reqwest::Client,
     reference: &Reference,
     auth: &RegistryAuth,
     plain: bool,
@@ -51,11 +50,6 @@ pub(super) async fn manifest(
             .map(|ns| format!("?ns={ns}"))
             .unwrap_or_default(),
     );
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(30))
-        .read_timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| RegistryError::Registry(format!("pulling {what}: {e}")))?;
     let mut request = http.get(&url).header("Accept", MANIFEST_TYPES.join(", "));
     request = match (token, auth) {
         (Some(token), _) => request.bearer_auth(token),
@@ -186,6 +180,7 @@ fn too_large(thing: &str, what: &str, size: u64, cap: u64) -> RegistryError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn refusals_keep_oci_clients_classification() {
@@ -273,8 +268,10 @@ mod tests {
             protocol: oci_client::client::ClientProtocol::Http,
             ..Default::default()
         });
+        let http = reqwest::Client::new();
         let read = manifest(
             &client,
+            &http,
             &reference,
             &RegistryAuth::Anonymous,
             true,

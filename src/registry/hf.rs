@@ -199,17 +199,13 @@ fn total(files: &[File]) -> u64 {
 /// Lists `org/repo` on `endpoint` and chooses the files for `tag`; listings larger than `max_listing` bytes, more
 /// than `MAX_FILES` files, and entries without a size or with a malformed hash are refused (502).
 pub async fn prepare(
+    http: reqwest::Client,
     endpoint: &str,
     repo: &str,
     tag: &str,
     token: Option<&str>,
     max_listing: u64,
 ) -> Result<Plan, RegistryError> {
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(30))
-        .read_timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| RegistryError::Registry(e.to_string()))?;
     let hub = Hub {
         http,
         endpoint: endpoint.trim_end_matches('/').to_string(),
@@ -347,7 +343,7 @@ async fn json<T: serde::de::DeserializeOwned>(
     cap: u64,
 ) -> Result<T, RegistryError> {
     let fail = |e: String| RegistryError::Registry(format!("Hugging Face ({what}): {e}"));
-    let resp = req.send().await.map_err(|e| fail(e.to_string()))?;
+    let resp = req.send().await.map_err(|e| fail(super::with_causes(&e)))?;
     let status = resp.status();
     if !status.is_success() {
         let body = error_body(resp).await;

@@ -37,10 +37,20 @@ const MANIFEST_TYPES: [&str; 2] = [
     "application/vnd.docker.distribution.manifest.v2+json",
 ];
 
+/// How long connecting to a registry, and waiting for its next bytes, may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Times a layer download is resumed within one pull after its connection breaks.
 const RESUMES: u32 = 3;
 
-pub use crate::config::RegistryConfig;
+use crate::config::registry_key;
+pub use crate::config::{Mirror, RegistryConfig};
+
+/// Every certificate of `[registry] ca_certs` (DER).
+fn roots(config: &RegistryConfig) -> impl Iterator<Item = &Vec<u8>> {
+    config.ca_certs.iter().flat_map(|f| &f.certs)
+}
 
 /// Why a pull or push failed, with the HTTP status it maps to (before streaming starts).
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +88,8 @@ pub struct Progress {
 /// A pull whose manifest and config are fetched and checked: what is left is downloading.
 pub struct Prepared {
     tag: String,
+    /// The mirror the pull reads from (`None`: the reference's own registry).
+    mirror: Option<Mirror>,
     reference: Reference,
     client: Client,
     manifest: Vec<u8>,
@@ -99,10 +111,57 @@ impl Prepared {
     pub fn tag(&self) -> &str {
         &self.tag
     }
+
+    /// The mirror it is pulled from, if not the origin.
+    pub fn mirror(&self) -> Option<&Mirror> {
+        self.mirror.as_ref()
+    }
+}
+
+/// One place a pull may read from: a mirror of the reference's registry (the reference with its mirror set, so
+/// that requests go to the mirror with the same repository and tag or digest), or the registry itself.
+#[derive(Debug, Clone)]
+struct Source {
+    reference: Reference,
+    plain: bool,
+    mirror: Option<Mirror>,
+}
+
+/// Where a pull of `reference` is tried, in order: each mirror `[registry] mirrors` lists for its registry, then
+/// the registry itself (the second value). Pushes never use mirrors.
+fn sources(config: &RegistryConfig, reference: &Reference) -> (Vec<Source>, Source) {
+    let mirrors = config.mirrors.get(&registry_key(reference.registry()));
+    let mirrors = mirrors
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let mut r = reference.clone();
+            r.set_mirror_registry(m.host.clone());
+            Source {
+                reference: r,
+                plain: m.plain,
+                mirror: Some(m.clone()),
+            }
+        })
+        .collect();
+    let origin = Source {
+        reference: reference.clone(),
+        plain: plain(config, reference.resolve_registry()),
+        mirror: None,
+    };
+    (mirrors, origin)
+}
+
+/// Whether a registry `host` is spoken to over plain HTTP: loopback ones unless `[registry] secure` names them,
+/// and those `[registry] insecure` names.
+fn plain(config: &RegistryConfig, host: &str) -> bool {
+    (is_loopback(host) && !config.secure.iter().any(|h| h == host))
+        || config.insecure.iter().any(|h| h == host)
 }
 
 pub struct Registries {
-    config: RegistryConfig,
+    /// Swapped by a reload (mirrors, CA certificates, hosts); `max_pulls` stays as it started.
+    config: arc_swap::ArcSwap<RegistryConfig>,
     slots: Semaphore,
     /// One lock per blob being downloaded.
     blobs: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -112,9 +171,19 @@ impl Registries {
     pub fn new(config: RegistryConfig) -> Registries {
         Registries {
             slots: Semaphore::new(config.max_pulls.max(1)),
-            config,
+            config: arc_swap::ArcSwap::from_pointee(config),
             blobs: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> Arc<RegistryConfig> {
+        self.config.load_full()
+    }
+
+    /// Applies reloaded settings to the pulls and pushes that start from now on.
+    pub fn set_config(&self, config: RegistryConfig) {
+        self.config.store(Arc::new(config));
     }
 
     /// The store tag and the registry reference for what the user typed (`ai/smollm2`, `host:5000/ns/m:tag`,
@@ -128,10 +197,11 @@ impl Registries {
         Ok((tag, reference))
     }
 
-    /// Refuses a network caller a pull from or push to a loopback registry that `[registry] insecure` does not
-    /// name: otherwise anyone who can reach the API could have the daemon send HTTP requests to its own local ports
-    /// (a probe of what listens there, or requests to local services that trust loopback). Hugging Face references
-    /// go to the configured endpoint and pass; a bad reference is left for the pull to report.
+    /// Refuses a network caller a pull from or push to a loopback registry that `[registry] insecure` or `secure`
+    /// does not name: otherwise anyone who can reach the API could have the daemon send HTTP requests to its own
+    /// local ports (a probe of what listens there, or requests to local services that trust loopback). Hugging Face
+    /// references go to the configured endpoint and pass; a bad reference is left for the pull to report. Only the
+    /// reference asked for is checked: the mirrors in front of it are the operator's.
     pub fn check_caller(&self, from: &str, local: bool) -> Result<(), RegistryError> {
         if local || from.starts_with("hf.co/") || from.starts_with("huggingface.co/") {
             return Ok(());
@@ -140,41 +210,64 @@ impl Registries {
             return Ok(());
         };
         let host = reference.resolve_registry().to_string();
-        if is_loopback(&host) && !self.config.insecure.contains(&host) {
+        let config = self.config();
+        let listed = config.insecure.contains(&host) || config.secure.contains(&host);
+        if is_loopback(&host) && !listed {
             return Err(RegistryError::Forbidden(format!(
                 "registry {host} is on the daemon's loopback: only local callers may pull from or push to it \
-                 (an operator may allow it for everyone by listing it in [registry] insecure)"
+                 (an operator may allow it for everyone by listing it in [registry] insecure, or secure for HTTPS)"
             )));
         }
         Ok(())
     }
 
-    /// Whether the registry of `reference` is spoken to over plain HTTP (loopback, or `[registry] insecure`).
-    fn plain(&self, reference: &Reference) -> bool {
-        let host = reference.resolve_registry().to_string();
-        is_loopback(&host) || self.config.insecure.contains(&host)
-    }
-
-    fn client(&self, reference: &Reference) -> Client {
-        Client::new(ClientConfig {
-            protocol: if self.plain(reference) {
+    /// An oci-client for one registry or mirror, trusting `[registry] ca_certs` besides the system's roots. Built
+    /// with `try_from`, not `new`, which would quietly fall back to a client without the CA certificates.
+    fn client(&self, plain: bool) -> Result<Client, RegistryError> {
+        let config = self.config();
+        Client::try_from(ClientConfig {
+            protocol: if plain {
                 ClientProtocol::Http
             } else {
                 ClientProtocol::Https
             },
-            connect_timeout: Some(Duration::from_secs(30)),
-            read_timeout: Some(Duration::from_secs(60)),
+            extra_root_certificates: roots(&config)
+                .map(|der| oci_client::client::Certificate {
+                    encoding: oci_client::client::CertificateEncoding::Der,
+                    data: der.clone(),
+                })
+                .collect(),
+            connect_timeout: Some(CONNECT_TIMEOUT),
+            read_timeout: Some(READ_TIMEOUT),
             ..Default::default()
         })
+        .map_err(|e| RegistryError::Registry(format!("cannot set up the registry client: {e}")))
     }
 
-    /// The credentials for `reference`: the request's bearer token, else docker's config.json, else anonymous.
+    /// A plain HTTP client for our own requests (capped manifest reads, Hugging Face) with the same trust roots.
+    fn http(&self) -> Result<reqwest::Client, RegistryError> {
+        let config = self.config();
+        let certs = roots(&config)
+            .map(|der| reqwest::Certificate::from_der(der))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                RegistryError::Registry(format!("a [registry] ca_certs certificate: {e}"))
+            })?;
+        reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .tls_certs_merge(certs)
+            .build()
+            .map_err(|e| RegistryError::Registry(format!("cannot set up the HTTP client: {e}")))
+    }
+
+    /// The credentials for `reference` (a mirror's when its mirror is set): the request's bearer token, else docker's config.json, else anonymous.
     pub fn credentials(&self, reference: &Reference, bearer: Option<&str>) -> RegistryAuth {
         if let Some(t) = bearer.filter(|t| !t.is_empty()) {
             return RegistryAuth::Bearer(t.to_string());
         }
         let path = self
-            .config
+            .config()
             .docker_config
             .clone()
             .or_else(auth::default_docker_config);
@@ -194,18 +287,47 @@ impl Registries {
         bearer: Option<&str>,
     ) -> Result<Prepared, RegistryError> {
         let (tag, reference) = self.resolve(from)?;
-        let client = self.client(&reference);
+        let (mirrors, origin) = sources(&self.config(), &reference);
+        for source in mirrors {
+            let mirror = source
+                .mirror
+                .clone()
+                .map(|m| m.to_string())
+                .unwrap_or_default();
+            match self.prepare_from(store.clone(), &tag, source, None).await {
+                Ok(p) => {
+                    tracing::info!(model = tag, mirror, "pulling from mirror");
+                    return Ok(p);
+                }
+                // Any failure of a mirror (down, lacks the model, refuses, sends something else) moves on.
+                Err(e) => tracing::warn!(
+                    model = tag, mirror, error = %e, "mirror did not serve the model; trying the next source"
+                ),
+            }
+        }
+        self.prepare_from(store, &tag, origin, bearer).await
+    }
+
+    /// [`Registries::prepare`] from one source. A mirror gets the credentials docker's `config.json` has for it,
+    /// never the request's token (which is meant for the origin).
+    async fn prepare_from(
+        &self,
+        store: Arc<Store>,
+        tag: &str,
+        source: Source,
+        bearer: Option<&str>,
+    ) -> Result<Prepared, RegistryError> {
+        let Source {
+            reference,
+            plain,
+            mirror,
+        } = source;
+        let client = self.client(plain)?;
         let auth = self.credentials(&reference, bearer);
-        let cap = self.config.max_manifest_bytes;
-        let (manifest, _digest) = capped::manifest(
-            &client,
-            &reference,
-            &auth,
-            self.plain(&reference),
-            cap,
-            &tag,
-        )
-        .await?;
+        let cap = self.config().max_manifest_bytes;
+        let http = self.http()?;
+        let (manifest, _digest) =
+            capped::manifest(&client, &http, &reference, &auth, plain, cap, tag).await?;
         let info = store::pulled::check_manifest(&manifest).map_err(RegistryError::Unsupported)?;
         let descriptor = OciDescriptor {
             digest: info.config_digest.clone(),
@@ -213,7 +335,7 @@ impl Registries {
             size: i64::try_from(info.config_size).unwrap_or(i64::MAX),
             ..Default::default()
         };
-        let config = capped::config(&client, &reference, &descriptor, cap, &tag).await?;
+        let config = capped::config(&client, &reference, &descriptor, cap, tag).await?;
         store::pulled::check_config(&info, &config).map_err(RegistryError::Unsupported)?;
         let layers = info.layers.clone();
         on_store(move || {
@@ -225,7 +347,8 @@ impl Registries {
         .await
         .map_err(refuse_size_lie)?;
         Ok(Prepared {
-            tag,
+            tag: tag.to_string(),
+            mirror,
             reference,
             client,
             manifest: manifest.to_vec(),
@@ -298,7 +421,7 @@ impl Registries {
         let s = store.clone();
         let artifact = on_store(move || s.artifact(&tag)).await?;
         let _slot = self.slot().await?;
-        let client = self.client(&target);
+        let client = self.client(plain(&self.config(), target.resolve_registry()))?;
         let auth = self.credentials(&target, bearer);
         client
             .auth(&target, &auth, oci_client::RegistryOperation::Push)
@@ -371,7 +494,7 @@ impl Registries {
 
     /// The Hugging Face endpoint: `[registry] hf_endpoint`, else `$HF_ENDPOINT`, else huggingface.co.
     pub fn hf_endpoint(&self) -> String {
-        self.config
+        self.config()
             .hf_endpoint
             .clone()
             .or_else(|| std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()))
@@ -391,11 +514,12 @@ impl Registries {
         let env_token = std::env::var("HF_TOKEN").ok();
         let token = bearer.filter(|t| !t.is_empty()).or(env_token.as_deref());
         let plan = hf::prepare(
+            self.http()?,
             &self.hf_endpoint(),
             &repo,
             &tag,
             token,
-            self.config.max_manifest_bytes,
+            self.config().max_manifest_bytes,
         )
         .await?;
         Ok((store_tag, plan))
@@ -734,8 +858,27 @@ fn classify(e: OciDistributionError, op: Op, what: &str) -> RegistryError {
             by_status(status.as_u16(), &url, &status.to_string())
         }
         OciDistributionError::UnsupportedMediaTypeError(m) => RegistryError::Unsupported(m),
+        // Connection failures: reqwest's own message names only the URL; why (refused, a certificate nobody
+        // trusts) is in its sources.
+        OciDistributionError::RequestError(e) => {
+            RegistryError::Registry(format!("{verb}ing {what}: {}", with_causes(&e)))
+        }
         other => RegistryError::Registry(format!("{verb}ing {what}: {other}")),
     }
+}
+
+/// An error and its sources, `: `-separated, each said once (a wrapper often repeats its source's words).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let said = s.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        source = s.source();
+    }
+    text
 }
 
 #[cfg(test)]
@@ -779,6 +922,128 @@ mod tests {
             other,
             RegistryError::Store(StoreError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn a_pull_tries_its_registrys_mirrors_in_order_then_the_registry() {
+        let mut config = RegistryConfig::default();
+        config.mirrors.insert(
+            "docker.io".into(),
+            vec![
+                Mirror::parse("https://m1.lan").unwrap(),
+                Mirror::parse("http://127.0.0.1:5001").unwrap(),
+            ],
+        );
+        let r = Registries::new(config.clone());
+        let where_ = |s: &Source| {
+            (
+                s.reference.resolve_registry().to_string(),
+                s.plain,
+                s.reference.repository().to_string(),
+                s.reference.tag().map(str::to_string),
+                s.reference.digest().map(str::to_string),
+            )
+        };
+        let (_, hub) = r.resolve("ai/smollm2:360M").unwrap();
+        let (mirrors, origin) = sources(&config, &hub);
+        let at = |host: &str, plain: bool| {
+            (
+                host.to_string(),
+                plain,
+                "ai/smollm2".to_string(),
+                Some("360M".to_string()),
+                None,
+            )
+        };
+        assert_eq!(
+            mirrors.iter().map(where_).collect::<Vec<_>>(),
+            [at("m1.lan", false), at("127.0.0.1:5001", true)]
+        );
+        assert_eq!(
+            mirrors[0].mirror.as_ref().unwrap().to_string(),
+            "https://m1.lan"
+        );
+        assert_eq!(where_(&origin), at("index.docker.io", false));
+        assert!(origin.mirror.is_none());
+        // A digest stays a digest at the mirror.
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let (_, pinned) = r.resolve(&format!("ai/smollm2@{digest}")).unwrap();
+        let (mirrors, _) = sources(&config, &pinned);
+        assert_eq!(mirrors[1].reference.digest(), Some(digest.as_str()));
+        // Another registry has no mirrors: its own, plain because it is on loopback.
+        let (_, local) = r.resolve("127.0.0.1:5000/test/tiny:v1").unwrap();
+        let (mirrors, origin) = sources(&config, &local);
+        assert!(mirrors.is_empty());
+        assert_eq!(
+            where_(&origin),
+            (
+                "127.0.0.1:5000".into(),
+                true,
+                "test/tiny".into(),
+                Some("v1".into()),
+                None
+            )
+        );
+    }
+
+    #[test]
+    fn secure_loopback_registries_are_https_and_insecure_ones_http() {
+        let config = RegistryConfig {
+            secure: vec!["localhost:5443".into()],
+            insecure: vec!["registry.lan:5000".into()],
+            ..Default::default()
+        };
+        assert!(!plain(&config, "localhost:5443"));
+        assert!(plain(&config, "localhost:5000"));
+        assert!(plain(&config, "registry.lan:5000"));
+        assert!(!plain(&config, "registry.lan"));
+    }
+
+    #[test]
+    fn network_callers_reach_only_the_loopback_registries_an_operator_listed() {
+        let r = Registries::new(RegistryConfig {
+            insecure: vec!["127.0.0.1:5000".into()],
+            secure: vec!["localhost:5443".into()],
+            mirrors: [(
+                "127.0.0.1:6000".to_string(),
+                vec![Mirror::parse("http://127.0.0.1:5000").unwrap()],
+            )]
+            .into(),
+            ..Default::default()
+        });
+        for ok in [
+            "127.0.0.1:5000/a/b:v1",
+            "localhost:5443/a/b:v1",
+            "registry.lan/a/b:v1",
+        ] {
+            assert!(r.check_caller(ok, false).is_ok(), "{ok}");
+        }
+        // A reference whose mirror is listed is still a loopback reference nobody listed.
+        for refused in ["127.0.0.1:6000/a/b:v1", "localhost:5000/a/b:v1"] {
+            assert!(
+                matches!(
+                    r.check_caller(refused, false),
+                    Err(RegistryError::Forbidden(_))
+                ),
+                "{refused}"
+            );
+            assert!(r.check_caller(refused, true).is_ok());
+        }
+    }
+
+    #[test]
+    fn connection_failures_say_why() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("error sending request")]
+        struct Outer(#[source] Middle);
+        #[derive(Debug, thiserror::Error)]
+        #[error("client error (Connect)")]
+        struct Middle(#[source] std::io::Error);
+        let inner = std::io::Error::other("invalid peer certificate: UnknownIssuer");
+        assert_eq!(
+            with_causes(&Outer(Middle(inner))),
+            "error sending request: client error (Connect): invalid peer certificate: UnknownIssuer"
+        );
     }
 
     #[test]

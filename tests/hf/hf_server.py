@@ -130,10 +130,12 @@ class _Cache:
 
 
 class HfServer:
-    """The stand-in on `host:port` (0 = a free port), serving `root` from a background thread."""
+    """The stand-in on `host:port` (0 = a free port), serving `root` from a background thread; over HTTPS with
+    `tls=(cert.pem, key.pem)`."""
 
     def __init__(self, root: Path | str, token: str | None = None, port: int = 0, host: str = "127.0.0.1",
-                 redirect_lfs: bool = False, protected: list[str] | None = None):
+                 redirect_lfs: bool = False, protected: list[str] | None = None,
+                 tls: tuple[Path, Path] | None = None):
         self.root = Path(root)
         self.token = token
         self.redirect_lfs = redirect_lfs
@@ -152,6 +154,13 @@ class HfServer:
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:
+            import ssl
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(tls[0]), str(tls[1]))
+            self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
+            self.scheme = "https"
         self.host = host
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -160,7 +169,7 @@ class HfServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def stop(self) -> None:
         self._server.shutdown()

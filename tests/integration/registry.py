@@ -180,7 +180,13 @@ http:
   secret: {secret}
   headers:
     X-Content-Type-Options: [nosniff]
-{auth}"""
+{tls}{auth}"""
+
+TLS_CONFIG = """\
+  tls:
+    certificate: {cert}
+    key: {key}
+"""
 
 AUTH_CONFIG = """\
 auth:
@@ -195,10 +201,12 @@ class Registry:
 
     `workdir`: where the config, the storage (`storage/`), the htpasswd file and `registry.log` go; a fresh temp dir
     (removed by `stop()`) when omitted. `auth=("user", "pass")` turns on htpasswd basic auth; the helpers below then
-    send those credentials automatically (`.auth`)."""
+    send those credentials automatically (`.auth`). `tls=(cert, key, ca)` serves HTTPS with that certificate and key
+    (PEM files; `ca` verifies it for the start-up probe); the helpers then need `REQUESTS_CA_BUNDLE` set to `ca`."""
 
     def __init__(self, workdir: Path | None = None, auth: tuple[str, str] | None = None,
-                 binary: Path | None = None, log_level: str = "info", realm: str = "dmr-test-registry"):
+                 binary: Path | None = None, log_level: str = "info", realm: str = "dmr-test-registry",
+                 tls: tuple[Path, Path, Path] | None = None):
         self.binary = binary or find_registry_binary()
         self._own_dir = workdir is None
         self.dir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="registry-"))
@@ -209,6 +217,7 @@ class Registry:
         self.log_path = self.dir / "registry.log"
         self.auth = auth
         self.realm = realm
+        self.tls = tls
         self.proc: subprocess.Popen | None = None
         self.port = 0
         auth_yaml = ""
@@ -220,7 +229,8 @@ class Registry:
         for _ in range(3):  # the free port can be taken between probe and bind: retry on "address already in use"
             self.port = free_port()
             self.config_path.write_text(REGISTRY_CONFIG.format(
-                level=log_level, root=self.storage, port=self.port, secret=secrets.token_hex(16), auth=auth_yaml))
+                level=log_level, root=self.storage, port=self.port, secret=secrets.token_hex(16), auth=auth_yaml,
+                tls="" if tls is None else TLS_CONFIG.format(cert=tls[0], key=tls[1])))
             if self._start():
                 return
             last = tail(self.log_path)
@@ -238,7 +248,7 @@ class Registry:
             if self.proc.poll() is not None:
                 return False
             try:
-                r = requests.get(self.url + "/v2/", timeout=2)
+                r = requests.get(self.url + "/v2/", timeout=2, verify=True if self.tls is None else str(self.tls[2]))
                 if r.status_code in (200, 401):
                     return True
             except requests.RequestException:
@@ -248,7 +258,7 @@ class Registry:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'http' if self.tls is None else 'https'}://127.0.0.1:{self.port}"
 
     @property
     def host(self) -> str:
