@@ -28,7 +28,7 @@ USER = "nobody"
 
 ALLOWED = ["read_own_model", "read_own_tree", "read_system_library", "write_private_dir", "write_dev_null"]
 FORBIDDEN = ["read_secret", "read_store_index", "read_other_model", "list_store_blobs", "write_store",
-             "overwrite_own_model", "write_tmp", "write_own_tree", "read_shadow", "signal_supervisor"]
+             "overwrite_own_model", "write_tmp", "write_own_tree", "write_shared", "read_shadow", "signal_supervisor"]
 
 
 def landlock_abi() -> int:
@@ -53,6 +53,8 @@ def world():
     (base / "engine/share/data.txt").write_text("the engine's own data\n")
     (base / "secret.txt").write_text("nobody should read this\n")
     (base / "secret.txt").chmod(0o644)
+    (base / "shared").mkdir()
+    (base / "shared").chmod(0o777)
     yield base
     shutil.rmtree(base, ignore_errors=True)
     for escaped in Path("/tmp").glob("dmr-sandbox-escape-*"):  # written by the control case, the sandbox off
@@ -65,7 +67,8 @@ def sha256(path: Path) -> str:
 
 def start(supervisors, world: Path, sandbox: dict, engine_binary: str | None = None):
     other = supervisors.other_tiny_model()
-    env = {"PROBE_SECRET": str(world / "secret.txt"), "PROBE_OTHER_BLOB": sha256(Path(other["gguf"]))}
+    env = {"PROBE_SECRET": str(world / "secret.txt"), "PROBE_OTHER_BLOB": sha256(Path(other["gguf"])),
+           "PROBE_SHARED": str(world / "shared")}
     return supervisors.start(models=[supervisors.tiny_model(), other], store=world / "store", sandbox=sandbox,
                              engine_binary=engine_binary or str(world / "engine/bin/prober"), env=env)
 
@@ -142,6 +145,16 @@ def test_with_the_sandbox_off_the_same_engine_reads_the_secret_and_the_store(wor
     for action in ["read_secret", "read_store_index", "read_other_model", "list_store_blobs"]:
         assert got[action] == "ok", (action, got)
     assert "engines run unconfined ([engines] sandbox = false)" in sup.stderr_text()
+
+
+def test_sandbox_read_and_sandbox_write_open_exactly_what_they_name(world, supervisors):
+    sup = start(supervisors, world, {"user": USER, "sandbox_read": [str(world / "secret.txt")],
+                                     "sandbox_write": [str(world / "shared")]})
+    got = probe(sup)
+    assert got["read_secret"] == "ok" and got["write_shared"] == "ok", got
+    assert (world / "shared/from-the-engine").exists()
+    for action in set(FORBIDDEN) - {"read_secret", "write_shared"}:
+        assert got[action] in ("EACCES", "EPERM"), (action, got)
 
 
 def test_the_real_llama_server_serves_a_chat_as_the_configured_user(world, supervisors, prereqs):

@@ -36,6 +36,8 @@ pub struct Sandbox {
     user: Option<EngineUser>,
     /// A root supervisor without `[engines] user`: engines keep uid 0 and lose every capability.
     drop_caps: bool,
+    /// Whether we may empty the bounding set (CAP_SETPCAP); a container that dropped it has emptied it for us.
+    drop_bounding: bool,
     /// The highest capability number this kernel knows.
     last_cap: u32,
     /// Landlock's ABI version on this kernel; 0: none.
@@ -47,13 +49,29 @@ impl Sandbox {
     /// in one more what is missing).
     pub fn new(config: &SandboxConfig) -> Result<Sandbox, String> {
         let root = nix::unistd::geteuid().is_root();
+        let caps = effective_capabilities();
         let user = match (&config.user, root && config.enabled) {
-            (Some(name), true) => Some(lookup(name)?),
+            (Some(name), true) => {
+                let needed = [(CAP_CHOWN, "CAP_CHOWN"), (CAP_SETGID, "CAP_SETGID"), (CAP_SETUID, "CAP_SETUID")];
+                let missing: Vec<&str> = needed
+                    .iter()
+                    .filter(|(bit, _)| caps & (1 << bit) == 0)
+                    .map(|(_, name)| *name)
+                    .collect();
+                if !missing.is_empty() {
+                    return Err(format!(
+                        "engines.user: switching engines to {name:?} needs {}, which the supervisor lacks",
+                        missing.join(", ")
+                    ));
+                }
+                Some(lookup(name)?)
+            }
             _ => None,
         };
         let sandbox = Sandbox {
             config: config.clone(),
             drop_caps: root && config.enabled && user.is_none(),
+            drop_bounding: caps & (1 << CAP_SETPCAP) != 0,
             user,
             last_cap: std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
                 .ok()
@@ -63,22 +81,6 @@ impl Sandbox {
         };
         sandbox.announce(root);
         Ok(sandbox)
-    }
-
-    /// No confinement at all (`[engines] sandbox = false`), said by no log line.
-    pub fn off() -> Sandbox {
-        Sandbox {
-            config: SandboxConfig {
-                enabled: false,
-                user: None,
-                read: Vec::new(),
-                write: Vec::new(),
-            },
-            user: None,
-            drop_caps: false,
-            last_cap: 0,
-            landlock_abi: 0,
-        }
     }
 
     fn announce(&self, root: bool) {
@@ -139,7 +141,7 @@ impl Sandbox {
                     u.name
                 )
             })?;
-            self.check_reachable(command, launch, u)?;
+            self.check_reachable(command, launch, private.path(), u)?;
         }
         let resolved = std::fs::canonicalize(&command.program).ok();
         let gpu_devices = gpu_devices();
@@ -162,19 +164,21 @@ impl Sandbox {
             user: self.user.as_ref().map(|u| (u.uid, u.gid)),
             ruleset,
             drop_caps: self.drop_caps,
+            drop_bounding: self.drop_bounding,
             last_cap: self.last_cap,
         }))
     }
 
-    /// The engine's user must be able to walk to its program and its model's files: Landlock grants nothing
-    /// that the file modes refuse.
+    /// The engine's user must be able to walk to its program, its private directory and its model's files:
+    /// Landlock grants nothing that the file modes refuse.
     fn check_reachable(
         &self,
         command: &EngineCommand,
         launch: &LaunchSpec,
+        private: &Path,
         user: &EngineUser,
     ) -> Result<(), String> {
-        let mut wanted: Vec<(&Path, u32)> = vec![(&command.program, EXECUTE)];
+        let mut wanted: Vec<(&Path, u32)> = vec![(&command.program, EXECUTE), (private, READ)];
         wanted.extend(
             command
                 .prefix
@@ -210,6 +214,7 @@ pub struct Confinement {
     user: Option<(u32, u32)>,
     ruleset: Option<OwnedFd>,
     drop_caps: bool,
+    drop_bounding: bool,
     last_cap: u32,
 }
 
@@ -228,12 +233,13 @@ impl Confinement {
         }
         let ruleset = self.ruleset.as_ref().map(AsRawFd::as_raw_fd);
         let (drop_caps, last_cap) = (self.drop_caps, self.last_cap);
+        let bounding = if self.drop_bounding { Some(last_cap) } else { None };
         // SAFETY: runs in the forked child before exec; it only makes syscalls (prctl, capset,
         // landlock_restrict_self) on values computed before the fork, and allocates nothing.
         unsafe {
             cmd.pre_exec(move || {
                 if drop_caps {
-                    drop_all_capabilities(last_cap)?;
+                    drop_all_capabilities(bounding)?;
                 }
                 if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
@@ -271,13 +277,19 @@ struct CapData {
 
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
-/// Empties the bounding set (an exec as uid 0 would otherwise be given every capability back) and then the
+/// Empties the bounding set up to `bounding` (an exec as uid 0 would otherwise be given every capability in it
+/// back; `None` without CAP_SETPCAP, whose absence means a container runtime already emptied it) and then the
 /// effective, permitted and inheritable sets (which clears the ambient set). Async-signal-safe.
-fn drop_all_capabilities(last_cap: u32) -> std::io::Result<()> {
-    for cap in 0..=last_cap {
+fn drop_all_capabilities(bounding: Option<u32>) -> std::io::Result<()> {
+    for cap in bounding.map_or(1..=0, |last| 0..=last) {
         // SAFETY: prctl with integer arguments.
         if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
-            return Err(std::io::Error::last_os_error());
+            let e = std::io::Error::last_os_error();
+            // Past the kernel's last capability (an older kernel than cap_last_cap said): done.
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                break;
+            }
+            return Err(e);
         }
     }
     let mut header = CapHeader {
@@ -294,6 +306,23 @@ fn drop_all_capabilities(last_cap: u32) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+const CAP_CHOWN: u32 = 0;
+const CAP_SETGID: u32 = 6;
+const CAP_SETUID: u32 = 7;
+const CAP_SETPCAP: u32 = 8;
+
+/// Our effective capabilities (`CapEff` in /proc/self/status); 0 when unreadable.
+fn effective_capabilities() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
 }
 
 /// The Landlock ruleset of a policy, as the descriptor the child enters; `None` when the kernel has none.

@@ -6,7 +6,8 @@ every chat completion with the record as the message's content. Standard library
 which a sandboxed engine may read).
 
 Environment (inherited from the supervisor): PROBE_SECRET, a file outside every allowance; PROBE_OTHER_BLOB, the
-hex digest of another model's weights in the same store."""
+hex digest of another model's weights in the same store; PROBE_SHARED, a directory writable only when
+`[engines] sandbox_write` names it."""
 
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ record = {
     "overwrite_own_model": attempt(lambda: open(MODEL, "r+b").close()),
     "write_tmp": attempt(lambda: write(f"/tmp/dmr-sandbox-escape-{os.getpid()}")),
     "write_own_tree": attempt(lambda: write(HERE / "planted")),
+    "write_shared": attempt(lambda: write(Path(os.environ["PROBE_SHARED"]) / "from-the-engine")),
     "read_shadow": attempt(lambda: read("/etc/shadow")),
     "setuid_root": attempt(lambda: os.setuid(0)),
     "signal_supervisor": attempt(lambda: os.kill(os.getppid(), 0)),
