@@ -114,6 +114,8 @@ fn engine_args(gguf: &std::path::Path, port: u16) -> Vec<String> {
         model_name: "ai/tiny:latest".into(),
         engine: dmr_supervisor::engines::llamacpp::ENGINE,
         vllm: Default::default(),
+        draft: None,
+        pinned: false,
         model_path: gguf.to_path_buf(),
         chat_template: None,
         mmproj: None,

@@ -87,6 +87,8 @@ fn acquire(waiter: u64, model: &str, bytes: u64) -> Event {
         model_name: model.into(),
         engine: dmr_supervisor::engines::llamacpp::ENGINE,
         vllm: Default::default(),
+        draft: None,
+        pinned: false,
         model_path: format!("/blobs/{model}").into(),
         chat_template: None,
         mmproj: None,
@@ -98,6 +100,7 @@ fn acquire(waiter: u64, model: &str, bytes: u64) -> Event {
     let key = RunnerKey {
         model_id: model.into(),
         mode: Mode::Completion,
+        draft: None,
     };
     Event::Acquire {
         waiter,
@@ -294,6 +297,8 @@ async fn direct(a: &Args, client: &HttpClient, model: usize) -> [Duration; 3] {
         model_name: format!("{}:latest", MODEL_NAMES[model]),
         engine: dmr_supervisor::engines::llamacpp::ENGINE,
         vllm: Default::default(),
+        draft: None,
+        pinned: false,
         model_path: a.ggufs[model].clone(),
         chat_template: None,
         mmproj: None,

@@ -1,8 +1,8 @@
 //! Launch planning: from a model name, a mode and what the request wishes, everything the scheduler needs to
 //! start a runner — the model's engine (by format; an engine named in the URL must agree), its settings
 //! (`[[models]]`, then what `_configure` stored), the context size (the engine's default when nothing is asked),
-//! keep-alive, and the memory the load is expected to take (the engine's estimate, cached per model, context and
-//! flags). It reads the store, the configuration and the memory probe, and nothing of HTTP: the front maps a
+//! keep-alive, the speculative draft (a model of the store, resolved by name: [`draft`]), and the memory the load
+//! is expected to take (the engine's estimate, draft included, cached per model, context, flags and draft). It reads the store, the configuration and the memory probe, and nothing of HTTP: the front maps a
 //! [`PlanError`] to its dialect, then asks the scheduler for a lease with the [`Plan`].
 //!
 //! It sits between the front and the scheduler on purpose: the scheduler decides *when* and *where* a runner
@@ -12,13 +12,14 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::config::{Config, KeepAlive, ModelSettings};
-use crate::engines::{DemandInput, EngineKind, LaunchSpec, Mode, RunnerWishes};
+use crate::engines::speculative::Draft;
+use crate::engines::{DemandInput, DraftInput, EngineKind, LaunchSpec, Mode, RunnerWishes};
 use crate::gpu::GpuProbe;
 use crate::scheduler::{Demand, RunnerKey};
-use crate::store::{name, Model, Store, StoreError};
+use crate::store::{name, Model, Speculative, Store, StoreError};
 
-/// (model id, context size, runtime flags, vLLM's memory share as bits): what a prediction depends on.
-pub type DemandKey = (String, u32, Vec<String>, Option<u64>);
+/// (model id, context size, runtime flags, vLLM's memory share as bits, draft id): what a prediction depends on.
+pub type DemandKey = (String, u32, Vec<String>, Option<u64>, Option<String>);
 
 /// Predictions by [`DemandKey`], so that requests for a loaded model do not redo them.
 pub type DemandCache = Mutex<HashMap<DemandKey, Demand>>;
@@ -102,6 +103,11 @@ impl Planner<'_> {
             return Err(PlanError::Refused(format!("model {requested} {why}")));
         }
         let settings = settings(self.config, self.store, requested, &model, mode);
+        // Drafting is for generation; the model's embedding and reranking runners load no draft.
+        let draft = match (&settings.speculative, mode) {
+            (Some(s), Mode::Completion) => Some(draft(self.store, engine, s)?),
+            _ => None,
+        };
         let asked = wishes.context_size.or(settings.context_size);
         let launch = LaunchSpec {
             model_name: model
@@ -123,18 +129,24 @@ impl Planner<'_> {
                 .into_iter()
                 .chain(settings.runtime_flags)
                 .collect(),
-            keep_alive: wishes
-                .keep_alive
-                .map(|k| k.capped(self.config.scheduler.max_keep_alive))
-                .or(settings.keep_alive)
-                .unwrap_or(self.config.scheduler.keep_alive),
+            keep_alive: match settings.pinned {
+                true => KeepAlive::Forever,
+                false => wishes
+                    .keep_alive
+                    .map(|k| k.capped(self.config.scheduler.max_keep_alive))
+                    .or(settings.keep_alive)
+                    .unwrap_or(self.config.scheduler.keep_alive),
+            },
+            pinned: settings.pinned,
             vllm: settings.vllm,
+            draft: draft.as_ref().map(|(d, _)| d.clone()),
         };
-        let demand = self.demand(&model, &launch)?;
+        let demand = self.demand(&model, draft.as_ref().map(|(_, m)| &**m), &launch)?;
         Ok(Plan {
             key: RunnerKey {
                 model_id: model.id.clone(),
                 mode,
+                draft: launch.draft.as_ref().map(|d| d.model_id.clone()),
             },
             launch,
             demand,
@@ -143,12 +155,18 @@ impl Planner<'_> {
 
     /// The engine's estimate, computed once per [`DemandKey`]: it reads file sizes and parses
     /// metadata, which requests for a loaded model should not pay for.
-    fn demand(&self, model: &Model, launch: &LaunchSpec) -> Result<Demand, PlanError> {
+    fn demand(
+        &self,
+        model: &Model,
+        draft: Option<&Model>,
+        launch: &LaunchSpec,
+    ) -> Result<Demand, PlanError> {
         let key = (
             model.id.clone(),
             launch.context_size,
             launch.runtime_flags.clone(),
             launch.vllm.gpu_memory_utilization.map(f64::to_bits),
+            draft.map(|d| d.id.clone()),
         );
         if let Some(d) = self.cache().get(&key) {
             return Ok(d.clone());
@@ -160,6 +178,10 @@ impl Planner<'_> {
             gpu: self.gpu,
             devices: self.devices,
             probe: self.probe,
+            draft: draft.map(|d| DraftInput {
+                model: d,
+                files_bytes: self.store.files_size(d),
+            }),
         };
         let demand = Demand::from(launch.engine.demand(&input).map_err(PlanError::Refused)?);
         let mut cache = self.cache();
@@ -175,6 +197,51 @@ impl Planner<'_> {
     }
 }
 
+/// The draft that `speculative` names, for a model that runs on `engine`: a model of the store (by name, never a
+/// path), of the same format, for an engine that drafts. What is refused says why, under the `speculative` key
+/// (the caller's 400, both at `_configure` and when a configured draft is planned).
+pub fn draft(
+    store: &Store,
+    engine: EngineKind,
+    speculative: &Speculative,
+) -> Result<(Draft, std::sync::Arc<Model>), PlanError> {
+    if !engine.takes_draft() {
+        return Err(PlanError::Refused(format!(
+            "speculative: {} models cannot decode speculatively",
+            engine.name()
+        )));
+    }
+    let asked = &speculative.draft_model;
+    let model = store.get_shared(asked).map_err(|e| match e {
+        StoreError::NotFound(_) => PlanError::Refused(format!(
+            "speculative.draft_model: model {asked} is not in the store (pull or import it first)"
+        )),
+        other => other.into(),
+    })?;
+    let own = EngineKind::for_format(model.format);
+    if own != engine {
+        return Err(PlanError::Refused(format!(
+            "speculative.draft_model: {asked} is a {} model, run by {}; a draft for a {} model must run on {} too",
+            model.format.as_str(),
+            own.name(),
+            engine.name(),
+            engine.name()
+        )));
+    }
+    let draft = Draft {
+        name: model
+            .tags
+            .first()
+            .cloned()
+            .unwrap_or_else(|| model.id.clone()),
+        model_id: model.id.clone(),
+        path: model.weights.clone(),
+        num_tokens: speculative.num_tokens,
+        min_acceptance_rate: speculative.min_acceptance_rate,
+    };
+    Ok((draft, model))
+}
+
 /// A model's settings in `mode`: the `[[models]]` entry of the name asked for, else of any of the model's tags,
 /// else defaults; then what `POST /engines/_configure` stored for the model and mode (for reranking without
 /// its own, the completion mode's, as DMR does), which wins.
@@ -186,7 +253,12 @@ pub fn settings(
     mode: Mode,
 ) -> ModelSettings {
     let requested = name::normalize(requested).ok();
-    let by_name = |n: &str| config.models.iter().find(|m| m.name == n);
+    let by_name = |n: &str| {
+        config
+            .models
+            .iter()
+            .find(|m| m.name == n || m.aliases.iter().any(|a| a == n))
+    };
     let mut settings = requested
         .as_deref()
         .and_then(by_name)
@@ -227,6 +299,9 @@ pub fn settings(
         }
         if c.hf_overrides.is_some() {
             settings.vllm.hf_overrides = c.hf_overrides;
+        }
+        if c.speculative.is_some() {
+            settings.speculative = c.speculative;
         }
     }
     settings
@@ -343,7 +418,8 @@ mod tests {
             p.key,
             RunnerKey {
                 model_id: model.id,
-                mode: Mode::Completion
+                mode: Mode::Completion,
+                draft: None,
             }
         );
         let Demand::Any(bytes) = p.demand else {
@@ -372,6 +448,7 @@ mod tests {
                 keep_alive: Some("10m".into()),
                 gpu_memory_utilization: None,
                 hf_overrides: None,
+                speculative: None,
             })
             .unwrap();
         let p = plan(&f, "ai/tiny", Mode::Completion).unwrap();
@@ -412,10 +489,120 @@ mod tests {
                 keep_alive: None,
                 gpu_memory_utilization: None,
                 hf_overrides: None,
+                speculative: None,
             })
             .unwrap();
         let rerank = plan(&f, "ai/tiny", Mode::Reranking).unwrap();
         assert_eq!(rerank.launch.context_size, 768, "its own config wins");
+    }
+
+    fn speculative(draft: &str) -> Speculative {
+        Speculative {
+            draft_model: name::normalize(draft).unwrap(),
+            num_tokens: Some(8),
+            min_acceptance_rate: Some(0.5),
+        }
+    }
+
+    #[test]
+    fn a_draft_from_the_store_joins_the_launch_the_key_and_the_demand() {
+        let mut f = Fixture::new();
+        let model = f.gguf("ai/tiny");
+        let without = plan(&f, "ai/tiny", Mode::Completion).unwrap();
+        // The draft: the same GGUF under another name is the same blob; another model is another file.
+        let path = f.src.join("draft.gguf");
+        let mut bytes = crate::store::gguf::writer::tiny_model();
+        bytes.extend_from_slice(&[0; 4096]);
+        std::fs::write(&path, &bytes).unwrap();
+        let draft = f.store.import(&path, "ai/draft", &mut |_| {}).unwrap();
+        let mut entry = ModelSettings::defaults_for("ai/tiny:latest");
+        entry.speculative = Some(speculative("ai/draft"));
+        f.config.models.push(entry);
+        let with = plan(&f, "ai/tiny", Mode::Completion).unwrap();
+        let d = with.launch.draft.clone().unwrap();
+        assert_eq!(
+            (d.path, d.num_tokens, d.min_acceptance_rate),
+            (draft.weights.clone(), Some(8), Some(0.5))
+        );
+        assert_eq!(
+            with.key.draft.as_deref(),
+            Some(draft.id.as_str()),
+            "another draft, another runner"
+        );
+        assert_eq!(with.key.model_id, model.id);
+        // This GGUF has no shape to predict from: the draft counts its file size, on top of the model's.
+        let (Demand::Any(a), Demand::Any(b)) = (&without.demand, &with.demand) else {
+            panic!("{without:?} {with:?}")
+        };
+        assert_eq!(
+            b - a,
+            bytes.len() as u64,
+            "the demand grows by the draft's size"
+        );
+        // Embedding and reranking runners load no draft.
+        let emb = plan(&f, "ai/tiny", Mode::Embedding).unwrap();
+        assert!(emb.launch.draft.is_none() && emb.key.draft.is_none());
+        // _configure's draft wins over the config's: the model drafting for itself.
+        f.store
+            .set_runtime_config(RuntimeConfig {
+                model_id: model.id.clone(),
+                mode: "completion".into(),
+                context_size: None,
+                runtime_flags: None,
+                keep_alive: None,
+                gpu_memory_utilization: None,
+                hf_overrides: None,
+                speculative: Some(speculative("ai/tiny")),
+            })
+            .unwrap();
+        let own = plan(&f, "ai/tiny", Mode::Completion).unwrap();
+        assert_eq!(own.key.draft.as_deref(), Some(model.id.as_str()));
+        assert_eq!(own.launch.draft.unwrap().path, model.weights);
+    }
+
+    #[test]
+    fn a_draft_must_be_in_the_store_and_of_the_models_format() {
+        let mut f = Fixture::new();
+        f.gguf("ai/tiny");
+        f.safetensors("ai/qwen");
+        let refused = |f: &Fixture, model: &str| match plan(f, model, Mode::Completion) {
+            Err(PlanError::Refused(why)) => why,
+            other => panic!("{other:?}"),
+        };
+        let mut entry = ModelSettings::defaults_for("ai/tiny:latest");
+        entry.speculative = Some(speculative("ai/nope"));
+        f.config.models.push(entry);
+        assert_eq!(
+            refused(&f, "ai/tiny"),
+            "speculative.draft_model: model ai/nope:latest is not in the store (pull or import it first)"
+        );
+        f.config.models[0].speculative = Some(speculative("ai/qwen"));
+        let why = refused(&f, "ai/tiny");
+        assert!(
+            why.starts_with(
+                "speculative.draft_model: ai/qwen:latest is a safetensors model, run by vllm"
+            ),
+            "{why}"
+        );
+        let mut entry = ModelSettings::defaults_for("ai/qwen:latest");
+        entry.speculative = Some(speculative("ai/tiny"));
+        f.config.models.push(entry);
+        assert!(refused(&f, "ai/qwen").contains("is a gguf model, run by llama.cpp"));
+        // A safetensors draft for a safetensors model is vLLM's --speculative-config.
+        f.config.models[1].speculative = Some(speculative("ai/qwen"));
+        let p = plan(&f, "ai/qwen", Mode::Completion).unwrap();
+        assert!(p.launch.draft.is_some());
+        let d = f.files(
+            "ai/sd",
+            &[("model_index.json", b"{}"), ("unet.bin", &[b'u'; 10])],
+        );
+        let err = draft(&f.store, diffusers::ENGINE, &speculative("ai/sd")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("diffusers models cannot decode speculatively"),
+            "{err} {}",
+            d.id
+        );
     }
 
     #[test]
@@ -468,6 +655,7 @@ mod tests {
                 keep_alive: None,
                 gpu_memory_utilization: Some(0.5),
                 hf_overrides: None,
+                speculative: None,
             })
             .unwrap();
         let on_gpu = f

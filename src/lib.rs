@@ -6,6 +6,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod declared;
 pub mod engines;
 pub mod gpu;
 pub mod launch;
@@ -82,6 +83,9 @@ pub async fn start(config: Config, source: proxy::ConfigSource) -> Result<Runnin
     let server = Server::bind(app.clone())
         .await
         .map_err(|source| StartError::Listen { addr, source })?;
+    // Models by reference are pulled, and preloaded ones loaded, in the background: the node listens at once and
+    // is not ready until they are.
+    declared::start(&app);
     Ok(Running { server, app })
 }
 
@@ -145,6 +149,7 @@ impl Running {
     pub async fn run(self, shutdown: CancellationToken) {
         let status = tokio::spawn(service::supervise(
             self.app.scheduler.snapshots(),
+            self.app.declared.clone(),
             shutdown.clone(),
         ));
         let (stopping, app) = (shutdown.clone(), self.app.clone());

@@ -1,12 +1,16 @@
 //! systemd integration (`Type=notify`): `READY=1` once listening, `STATUS=` lines that say what is loaded,
 //! `WATCHDOG=1` pings while the scheduler answers (only when systemd set `WatchdogSec=`), `RELOADING=1` around a
-//! config reload and `STOPPING=1` at shutdown. Outside systemd (`NOTIFY_SOCKET` unset) every call does nothing.
+//! config reload and `STOPPING=1` at shutdown. The status line also says how the pulls and preloads of declared
+//! models go (`crate::declared`). Outside systemd (`NOTIFY_SOCKET` unset) every call does nothing.
 
 use std::time::Duration;
 
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
+
+use crate::declared::Declared;
 use crate::scheduler::{RunnerInfo, Snapshots};
 
 /// How often the status line is refreshed when no watchdog asks for more.
@@ -70,7 +74,7 @@ pub fn status_line(runners: &[RunnerInfo]) -> String {
 
 /// Until `shutdown`: refreshes the status line and, when systemd asked for a watchdog, pings it at half its
 /// period — but only while the scheduler answers, so a wedged scheduler gets the service restarted.
-pub async fn supervise(runners: Snapshots, shutdown: CancellationToken) {
+pub async fn supervise(runners: Snapshots, declared: Arc<Declared>, shutdown: CancellationToken) {
     let watchdog = watchdog_period(
         std::env::var("WATCHDOG_USEC").ok().as_deref(),
         std::env::var("WATCHDOG_PID").ok().as_deref(),
@@ -88,7 +92,10 @@ pub async fn supervise(runners: Snapshots, shutdown: CancellationToken) {
             tracing::warn!("the scheduler did not answer within {every:?}; no watchdog ping");
             continue;
         };
-        let status = status_line(&runners);
+        let mut status = status_line(&runners);
+        if let Some(more) = declared.status() {
+            status = format!("{status}; {more}");
+        }
         let mut states = Vec::new();
         if watchdog {
             states.push(NotifyState::Watchdog);

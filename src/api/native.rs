@@ -357,6 +357,21 @@ pub struct ConfigureRequest {
     pub keep_alive: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vllm: Option<VllmSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speculative: Option<SpeculativeSettings>,
+}
+
+/// `_configure`'s `"speculative"` object (DMR's `SpeculativeDecodingConfig`): a draft model by name; the numbers
+/// are read wide so that a value out of range is refused by its range, not by its type.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpeculativeSettings {
+    #[serde(default)]
+    pub draft_model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_tokens: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_acceptance_rate: Option<f64>,
 }
 
 /// `_configure`'s `"vllm"` object.
@@ -402,6 +417,8 @@ pub struct ConfiguredSettings {
     pub keep_alive: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vllm: Option<VllmSettings>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speculative: Option<SpeculativeSettings>,
 }
 
 /// One exchange as `GET /engines/requests` shows it (newest first).

@@ -200,9 +200,25 @@ pub struct ModelSettings {
     /// Requests the engine serves at once (llama-server's slots, vLLM's sequences); `None`: the engine's default.
     pub parallel: Option<u32>,
     pub vllm: crate::engines::vllm::VllmOptions,
+    /// Where the model comes from when the store lacks it: a registry reference or `hf.co/...`, pulled in the
+    /// background at start-up (and when a reload adds it), retried with backoff until it arrives.
+    pub from: Option<String>,
+    /// Load it as soon as it is in the store; `/readyz` answers 503 until every preloaded model has loaded.
+    pub preload: bool,
+    /// Never evicted for another model's memory, never stopped for being idle.
+    pub pinned: bool,
+    /// More names for the model (normalised), tagged in the store so that every dialect answers to and lists them.
+    pub aliases: Vec<String>,
+    /// Speculative decoding with a draft model of the store (completion runners).
+    pub speculative: Option<crate::store::Speculative>,
 }
 
 impl ModelSettings {
+    /// Whether the model has work to do after start-up: a pull, aliases to tag, or a load.
+    pub fn is_declared(&self) -> bool {
+        self.from.is_some() || self.preload || self.pinned || !self.aliases.is_empty()
+    }
+
     pub fn defaults_for(name: &str) -> ModelSettings {
         ModelSettings {
             name: name.to_string(),
@@ -212,6 +228,11 @@ impl ModelSettings {
             keep_alive: None,
             parallel: None,
             vllm: Default::default(),
+            from: None,
+            preload: false,
+            pinned: false,
+            aliases: Vec::new(),
+            speculative: None,
         }
     }
 }
@@ -680,7 +701,26 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     for (i, model) in raw.models.unwrap_or_default().into_iter().enumerate() {
         let key = |field: &str| format!("models[{i}].{field}");
         errors.unknown(&format!("models[{i}]"), &model.unknown);
-        let name = match model.name.as_deref().map(name::normalize) {
+        // A model by reference may leave out its name: the reference is the name.
+        let from = match model.from.as_deref().map(name::normalize) {
+            None => None,
+            Some(Ok(_)) if model.path.is_some() || model.gguf.is_some() => {
+                errors.push(key("from"), "give from or path, not both");
+                None
+            }
+            Some(Ok(n)) => Some((model.from.clone().unwrap_or_default(), n)),
+            Some(Err(e)) => {
+                errors.push(key("from"), e);
+                None
+            }
+        };
+        let name = match model
+            .name
+            .as_deref()
+            .map(name::normalize)
+            .or_else(|| from.as_ref().map(|(_, n)| Ok(n.clone())))
+        {
+            None if model.from.is_some() => continue, // its error is reported above
             None => {
                 errors.push(key("name"), "missing");
                 continue;
@@ -754,13 +794,51 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
                 None
             }
         };
+        let mut aliases = Vec::new();
+        for (j, alias) in model.aliases.unwrap_or_default().iter().enumerate() {
+            match name::normalize(alias) {
+                Ok(a) if a.contains('@') => errors.push(
+                    key(&format!("aliases[{j}]")),
+                    "an alias is a tag, not a digest",
+                ),
+                Ok(a) if a == name || aliases.contains(&a) => errors.push(
+                    key(&format!("aliases[{j}]")),
+                    format!("{a} is already a name of this model"),
+                ),
+                Ok(a) => aliases.push(a),
+                Err(e) => errors.push(key(&format!("aliases[{j}]")), e),
+            }
+        }
+        for a in &aliases {
+            if let Some(other) = config
+                .models
+                .iter()
+                .find(|m| m.name == *a || m.aliases.contains(a))
+            {
+                errors.push(
+                    key("aliases"),
+                    format!("{a} is already a name of {}", other.name),
+                );
+            }
+        }
+        if let Some(other) = config.models.iter().find(|m| m.aliases.contains(&name)) {
+            errors.push(key("name"), format!("{name} is an alias of {}", other.name));
+        }
+        let speculative = model
+            .speculative
+            .and_then(|s| speculative(s, &key("speculative"), &mut errors));
         config.models.push(ModelSettings {
+            from: from.map(|(given, _)| given),
+            preload: model.preload.unwrap_or(false),
+            pinned: model.pinned.unwrap_or(false),
+            aliases,
             name,
             path,
             context_size,
             runtime_flags,
             keep_alive,
             parallel,
+            speculative,
             vllm: crate::engines::vllm::VllmOptions {
                 gpu_memory_utilization: model.gpu_memory_utilization,
                 hf_overrides,
@@ -773,6 +851,48 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     } else {
         Err(ConfigError::Invalid(errors.0))
     }
+}
+
+/// `[[models]] speculative`, checked (errors under `key`): a draft named as models are, the ranges of
+/// `engines::speculative`. Whether the draft is in the store is known only when a runner is planned.
+fn speculative(
+    raw: raw::RawSpeculative,
+    key: &str,
+    errors: &mut Errors,
+) -> Option<crate::store::Speculative> {
+    use crate::engines::speculative::{check_min_acceptance_rate, check_num_tokens};
+    let field = |f: &str| format!("{key}.{f}");
+    errors.unknown(key, &raw.unknown);
+    let draft_model = match raw.draft_model.as_deref().map(name::normalize) {
+        None => {
+            errors.push(field("draft_model"), "missing");
+            None
+        }
+        Some(Err(e)) => {
+            errors.push(field("draft_model"), e);
+            None
+        }
+        Some(Ok(n)) => Some(n),
+    };
+    let num_tokens = match raw.num_tokens.map(check_num_tokens) {
+        Some(Err(e)) => {
+            errors.push(field("num_tokens"), e);
+            None
+        }
+        other => other.and_then(Result::ok),
+    };
+    let min_acceptance_rate = match raw.min_acceptance_rate.map(check_min_acceptance_rate) {
+        Some(Err(e)) => {
+            errors.push(field("min_acceptance_rate"), e);
+            None
+        }
+        other => other.and_then(Result::ok),
+    };
+    Some(crate::store::Speculative {
+        draft_model: draft_model?,
+        num_tokens,
+        min_acceptance_rate,
+    })
 }
 
 /// Expands a leading `~/` and makes relative paths relative to `base` (the config file's directory).
@@ -999,6 +1119,54 @@ mod tests {
     }
 
     #[test]
+    fn speculative_names_a_draft_and_its_ranges_are_checked_with_key_paths() {
+        let c = parse(
+            "[[models]]\nname = \"ai/big\"\nspeculative = { draft_model = \"small\", num_tokens = 8, min_acceptance_rate = 0.5 }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.models[0].speculative,
+            Some(crate::store::Speculative {
+                draft_model: "ai/small:latest".into(),
+                num_tokens: Some(8),
+                min_acceptance_rate: Some(0.5),
+            })
+        );
+        let c =
+            parse("[[models]]\nname = \"a\"\n[models.speculative]\ndraft_model = \"b\"\n").unwrap();
+        let s = c.models[0].speculative.as_ref().unwrap();
+        assert_eq!((s.num_tokens, s.min_acceptance_rate), (None, None));
+        let other =
+            parse("[[models]]\nname = \"a\"\nspeculative = { draft_model = \"c\" }\n").unwrap();
+        assert_eq!(
+            c.diff(&other).changed,
+            ["ai/a:latest"],
+            "a reload applies another draft"
+        );
+        let err = parse(
+            "[[models]]\nname = \"a\"\nspeculative = { num_tokens = 0, min_acceptance_rate = 1.5, colour = 1 }\n\
+             [[models]]\nname = \"b\"\nspeculative = { draft_model = \"Bad Name!\", num_tokens = 65 }\n",
+        )
+        .unwrap_err();
+        let lines = err.lines();
+        for want in [
+            "models[0].speculative.colour: unknown key",
+            "models[0].speculative.draft_model: missing",
+            "models[0].speculative.num_tokens: must be 1 to 64, not 0",
+            "models[0].speculative.min_acceptance_rate: must be 0 to 1, not 1.5",
+            "models[1].speculative.num_tokens: must be 1 to 64, not 65",
+        ] {
+            assert!(lines.iter().any(|l| l == want), "{want} in {lines:?}");
+        }
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("models[1].speculative.draft_model: ")),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
     fn every_error_is_reported_with_its_key_path() {
         let err = parse(
             r#"
@@ -1049,6 +1217,67 @@ mod tests {
             c.models[0].path.as_deref(),
             Some(Path::new("/etc/dmr/m/t.gguf"))
         );
+    }
+
+    #[test]
+    fn models_by_reference_with_aliases_preload_and_pinned() {
+        let c = parse(
+            "[[models]]\nfrom = \"ai/smollm2:360M-Q4_K_M\"\npreload = true\npinned = true\naliases = [\"smollm2\", \"small\"]\n\
+             [[models]]\nname = \"mine\"\nfrom = \"hf.co/org/repo\"\n",
+        )
+        .unwrap();
+        let (a, b) = (&c.models[0], &c.models[1]);
+        assert_eq!(a.name, "ai/smollm2:360M-Q4_K_M");
+        assert_eq!(a.from.as_deref(), Some("ai/smollm2:360M-Q4_K_M"));
+        assert!(a.preload && a.pinned && a.is_declared());
+        assert_eq!(a.aliases, ["ai/smollm2:latest", "ai/small:latest"]);
+        assert_eq!(b.name, "ai/mine:latest");
+        assert_eq!(b.from.as_deref(), Some("hf.co/org/repo"));
+        assert!(!b.preload && !b.pinned && b.aliases.is_empty());
+        assert!(!ModelSettings::defaults_for("x").is_declared());
+    }
+
+    #[test]
+    fn bad_references_and_aliases_are_named_by_key() {
+        let err = parse(
+            "[[models]]\nfrom = \"Bad Ref\"\n\
+             [[models]]\nname = \"a\"\nfrom = \"ai/a\"\npath = \"/m.gguf\"\n\
+             [[models]]\nname = \"b\"\naliases = [\"b\", \"x@sha256:0000000000000000000000000000000000000000000000000000000000000000\", \"a\"]\n\
+             [[models]]\nname = \"c\"\naliases = [\"bee\"]\n[[models]]\nname = \"d\"\naliases = [\"bee\"]\n\
+             [[models]]\nname = \"bee\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        let rest: Vec<&str> = err.lines().collect();
+        assert!(
+            rest.iter().any(|l| l.starts_with("models[0].from:")),
+            "{err}"
+        );
+        assert!(
+            rest.contains(&"models[1].from: give from or path, not both"),
+            "{err}"
+        );
+        assert!(
+            rest.contains(&"models[2].aliases[0]: ai/b:latest is already a name of this model"),
+            "{err}"
+        );
+        assert!(
+            rest.contains(&"models[2].aliases[1]: an alias is a tag, not a digest"),
+            "{err}"
+        );
+        assert!(
+            rest.contains(&"models[2].aliases: ai/a:latest is already a name of ai/a:latest"),
+            "{err}"
+        );
+        assert!(
+            rest.contains(&"models[4].aliases: ai/bee:latest is already a name of ai/c:latest"),
+            "{err}"
+        );
+        assert!(
+            rest.contains(&"models[5].name: ai/bee:latest is an alias of ai/c:latest"),
+            "{err}"
+        );
+        assert_eq!(rest.len(), 7, "{err}");
     }
 
     #[test]

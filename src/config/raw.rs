@@ -124,6 +124,21 @@ pub struct RawModel {
     pub runtime_flags: Option<Vec<String>>,
     pub keep_alive: Option<String>,
     pub parallel: Option<i64>,
+    pub from: Option<String>,
+    pub preload: Option<bool>,
+    pub pinned: Option<bool>,
+    pub aliases: Option<Vec<String>>,
+    pub speculative: Option<RawSpeculative>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// `[[models]] speculative = { draft_model = "...", num_tokens = 8, min_acceptance_rate = 0.5 }`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawSpeculative {
+    pub draft_model: Option<String>,
+    pub num_tokens: Option<i64>,
+    pub min_acceptance_rate: Option<f64>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

@@ -135,7 +135,9 @@ mod tests {
             context_size: 0,
             runtime_flags: vec!["--x".into()],
             keep_alive: KeepAlive::DEFAULT,
+            pinned: false,
             vllm: Default::default(),
+            draft: None,
         };
         assert_eq!(
             argv(&spec, 9),

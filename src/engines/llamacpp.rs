@@ -2,7 +2,8 @@
 //! against the command line the issue specifies (`--model PATH --host 127.0.0.1 --port P --ctx-size N`, plus
 //! `--alias NAME` so answers carry the model's name, then the model's runtime flags verbatim; embedding runners add
 //! `--embeddings` and `--pooling mean` unless the user picked a pooling, reranking runners `--embeddings --reranking`; a model packaged with a chat template gets
-//! `--chat-template-file BLOB` unless its flags pick a template).
+//! `--chat-template-file BLOB` unless its flags pick a template; a completion runner with a speculative draft gets
+//! `--model-draft BLOB --spec-type draft-simple` and the draft's numbers, ahead of the runtime flags).
 
 use std::path::{Path, PathBuf};
 
@@ -61,15 +62,13 @@ impl Engine for LlamaCpp {
         let launch = input.launch;
         let flags = LlamaFlags::parse(&launch.runtime_flags, launch.context_size as u64)
             .map_err(|e| format!("runtime flags of {}: {e}", launch.model_name))?;
-        let bytes = std::fs::metadata(&input.model.weights)
-            .map(|m| m.len())
-            .unwrap_or(0);
         let cpu = !input.gpu;
-        let overhead = super::overhead(input.gpu);
-        let total = match ModelShape::from_gguf(&input.model.config.gguf, bytes) {
-            Ok(shape) => estimate::predict(&shape, &flags, cpu).total() + overhead,
-            Err(_) => bytes + overhead,
-        };
+        // A draft loads beside the model: its weights, and its own KV cache for the same context.
+        let draft = input
+            .draft
+            .as_ref()
+            .map_or(0, |d| predicted(d.model, &flags.for_draft(), cpu));
+        let total = predicted(input.model, &flags, cpu) + draft + super::overhead(input.gpu);
         let pinned = flags.main_gpu.is_some() || !flags.tensor_split.is_empty();
         Ok(if pinned && !cpu {
             Need::Pinned(
@@ -86,6 +85,11 @@ impl Engine for LlamaCpp {
     }
 
     fn answers_any_model_name(&self) -> bool {
+        true
+    }
+
+    /// `--model-draft` (`argv`).
+    fn takes_draft(&self) -> bool {
         true
     }
 
@@ -161,6 +165,17 @@ impl Engine for LlamaCpp {
 
     fn kv_cache_usage(&self, answer: &[u8], context_size: u32) -> Option<f64> {
         kv_cache_usage(answer, context_size)
+    }
+}
+
+/// What `model` takes with `flags`: the GGUF prediction, or its file size for an architecture we cannot read.
+fn predicted(model: &crate::store::Model, flags: &LlamaFlags, cpu: bool) -> u64 {
+    let bytes = std::fs::metadata(&model.weights)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    match ModelShape::from_gguf(&model.config.gguf, bytes) {
+        Ok(shape) => estimate::predict(&shape, flags, cpu).total(),
+        Err(_) => bytes,
     }
 }
 
@@ -256,6 +271,9 @@ pub fn argv(spec: &LaunchSpec, port: u16) -> Vec<String> {
         // As DMR does for a model with a projector layer: images in chat reach the vision encoder.
         args.extend(["--mmproj".into(), mmproj.display().to_string()]);
     }
+    if let (Mode::Completion, Some(draft)) = (spec.mode, &spec.draft) {
+        args.extend(draft_flags(draft));
+    }
     if spec.mode == Mode::Reranking {
         // As DMR does; `--reranking` pools by rank (the classification head's score).
         args.extend(["--embeddings".into(), "--reranking".into()]);
@@ -271,6 +289,25 @@ pub fn argv(spec: &LaunchSpec, port: u16) -> Vec<String> {
         }
     }
     args.extend(spec.runtime_flags.iter().cloned());
+    args
+}
+
+/// Speculative decoding with a draft GGUF from the store, in the spellings the pinned llama-server takes (as
+/// DMR's): `--spec-type draft-simple` (without it the draft is loaded and never used), `--spec-draft-n-max` and
+/// `--spec-draft-p-min` when set (the older `--draft-max` is refused by it).
+pub fn draft_flags(draft: &super::speculative::Draft) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "--model-draft".into(),
+        draft.path.display().to_string(),
+        "--spec-type".into(),
+        "draft-simple".into(),
+    ];
+    if let Some(n) = draft.num_tokens {
+        args.extend(["--spec-draft-n-max".into(), n.to_string()]);
+    }
+    if let Some(p) = draft.min_acceptance_rate {
+        args.extend(["--spec-draft-p-min".into(), p.to_string()]);
+    }
     args
 }
 
@@ -326,7 +363,57 @@ mod tests {
             context_size: 512,
             runtime_flags: flags.iter().map(|s| s.to_string()).collect(),
             keep_alive: KeepAlive::DEFAULT,
+            pinned: false,
             vllm: Default::default(),
+            draft: None,
+        }
+    }
+
+    fn draft(num_tokens: Option<u32>, p_min: Option<f64>) -> crate::engines::speculative::Draft {
+        crate::engines::speculative::Draft {
+            name: "ai/tiny-draft:latest".into(),
+            model_id: "sha256:d".into(),
+            path: "/store/blobs/sha256/d".into(),
+            num_tokens,
+            min_acceptance_rate: p_min,
+        }
+    }
+
+    #[test]
+    fn a_draft_is_given_by_its_blob_before_the_runtime_flags_in_completion_only() {
+        let mut s = spec(Mode::Completion, &["--temp", "0"]);
+        s.draft = Some(draft(Some(8), Some(0.5)));
+        let args = argv(&s, 1);
+        let at = args.iter().position(|a| a == "--model-draft").unwrap();
+        assert_eq!(
+            args[at..],
+            [
+                "--model-draft",
+                "/store/blobs/sha256/d",
+                "--spec-type",
+                "draft-simple",
+                "--spec-draft-n-max",
+                "8",
+                "--spec-draft-p-min",
+                "0.5",
+                "--temp",
+                "0"
+            ]
+        );
+        s.draft = Some(draft(None, None));
+        let args = argv(&s, 1);
+        assert!(
+            !args.iter().any(|a| a.starts_with("--spec-draft")),
+            "the engine's defaults: {args:?}"
+        );
+        assert!(args.contains(&"--model-draft".to_string()));
+        for mode in [Mode::Embedding, Mode::Reranking] {
+            let mut s = spec(mode, &[]);
+            s.draft = Some(draft(Some(8), None));
+            assert!(
+                !argv(&s, 1).contains(&"--model-draft".to_string()),
+                "{mode:?}"
+            );
         }
     }
 

@@ -13,6 +13,7 @@ pub mod install;
 pub mod llamacpp;
 pub mod process;
 pub mod sandbox;
+pub mod speculative;
 pub mod vllm;
 
 use std::path::{Path, PathBuf};
@@ -100,6 +101,10 @@ pub trait Engine: Sync + 'static {
     /// Whether its own `/metrics` already carries vLLM's load series (`vllm:num_requests_running`...), so the
     /// supervisor passes them through instead of writing its own for it.
     fn exports_vllm_metrics(&self) -> bool {
+        false
+    }
+    /// Whether it decodes speculatively with a draft model of its own format ([`LaunchSpec::draft`]).
+    fn takes_draft(&self) -> bool {
         false
     }
 }
@@ -206,6 +211,15 @@ pub struct DemandInput<'a> {
     pub devices: usize,
     /// Measures memory now (vLLM takes a share of the largest GPU).
     pub probe: &'a dyn crate::gpu::GpuProbe,
+    /// The draft model of speculative decoding, loaded beside the model.
+    pub draft: Option<DraftInput<'a>>,
+}
+
+/// What a memory estimate may read of a draft model.
+pub struct DraftInput<'a> {
+    pub model: &'a Model,
+    /// The size of its files in the store.
+    pub files_bytes: u64,
 }
 
 /// An engine's memory estimate, before the scheduler places it.
@@ -226,9 +240,10 @@ pub fn overhead(gpu: bool) -> u64 {
     }
 }
 
-/// The model's files plus a quarter for activations plus the engine's footprint.
+/// The model's files (and its draft's) plus a quarter for activations plus the engine's footprint.
 pub fn files_estimate(input: &DemandInput<'_>) -> u64 {
-    input.files_bytes + input.files_bytes / 4 + overhead(input.gpu)
+    let files = input.files_bytes + input.draft.as_ref().map_or(0, |d| d.files_bytes);
+    files + files / 4 + overhead(input.gpu)
 }
 
 /// How to run an engine: an executable and the arguments that come before the engine's own (`python runner.py`,
@@ -347,8 +362,12 @@ pub struct LaunchSpec {
     pub context_size: u32,
     pub runtime_flags: Vec<String>,
     pub keep_alive: KeepAlive,
+    /// `[[models]] pinned`: never evicted for another load (its keep-alive is forever).
+    pub pinned: bool,
     /// vLLM's own settings (`--gpu-memory-utilization`, `--hf-overrides`).
     pub vllm: vllm::VllmOptions,
+    /// A draft model for speculative decoding (completion runners of engines that [`Engine::takes_draft`]).
+    pub draft: Option<speculative::Draft>,
 }
 
 /// What a request asks of its runner beyond the model (Ollama's `options.num_ctx` and `keep_alive`): they

@@ -114,8 +114,8 @@ pub fn tree(executable: &Path) -> PathBuf {
 /// The policy for one engine start: the system's libraries and the engine's own trees (its program, the
 /// program's resolved target, absolute paths among the arguments before its own such as the diffusers runner,
 /// its install directory) to read; the model's files in the store (weights file or bundle directory, chat
-/// template, projector; nothing else of the store) to read; its private directory and `/dev/shm` to write; and
-/// the configured extras.
+/// template, projector, speculative decoding's draft model; nothing else of the store) to read; its private
+/// directory and `/dev/shm` to write; and the configured extras.
 pub fn policy(f: &EngineFiles<'_>) -> Policy {
     let mut read: Vec<PathBuf> = SYSTEM_READ
         .iter()
@@ -129,13 +129,17 @@ pub fn policy(f: &EngineFiles<'_>) -> Policy {
     for arg in &f.command.prefix {
         let path = Path::new(arg);
         if path.is_absolute() {
-            read.push(path.parent().map_or_else(|| path.to_path_buf(), Path::to_path_buf));
+            read.push(
+                path.parent()
+                    .map_or_else(|| path.to_path_buf(), Path::to_path_buf),
+            );
         }
     }
     read.push(f.install_dir.to_path_buf());
     read.push(f.launch.model_path.clone());
     read.extend(f.launch.chat_template.iter().cloned());
     read.extend(f.launch.mmproj.iter().cloned());
+    read.extend(f.launch.draft.iter().map(|d| d.path.clone()));
     read.extend(f.config.read.iter().cloned());
     let mut write = vec![f.private.to_path_buf()];
     write.extend(SHARED_WRITE.iter().map(PathBuf::from));
@@ -203,7 +207,11 @@ pub fn unreachable(chain: &[(PathBuf, Node)], uid: u32, gid: u32, want: u32) -> 
         format!(
             "{} cannot be {} (mode {:o}, owner {}:{})",
             path.display(),
-            if want & EXECUTE != 0 { "executed" } else { "read" },
+            if want & EXECUTE != 0 {
+                "executed"
+            } else {
+                "read"
+            },
             node.mode & 0o7777,
             node.uid,
             node.gid
@@ -227,7 +235,15 @@ mod tests {
             context_size: 0,
             runtime_flags: Vec::new(),
             keep_alive: crate::config::KeepAlive::Forever,
+            pinned: false,
             vllm: Default::default(),
+            draft: Some(crate::engines::speculative::Draft {
+                name: "ai/small".into(),
+                model_id: "sha256:small".into(),
+                path: "/store/blobs/sha256/draft".into(),
+                num_tokens: None,
+                min_acceptance_rate: None,
+            }),
         }
     }
 
@@ -244,7 +260,10 @@ mod tests {
     fn an_executable_s_tree_is_above_its_bin_and_never_the_root() {
         for (exe, tree_) in [
             ("/opt/llama/bin/llama-server", "/opt/llama"),
-            ("/root/.pyenv/versions/3.11.7/bin/python3.11", "/root/.pyenv/versions/3.11.7"),
+            (
+                "/root/.pyenv/versions/3.11.7/bin/python3.11",
+                "/root/.pyenv/versions/3.11.7",
+            ),
             ("/srv/engines/llama-server", "/srv/engines"),
             ("/bin/llama-server", "/bin"),
             ("/usr/bin/llama-server", "/usr"),
@@ -280,9 +299,14 @@ mod tests {
             "/data/engines/llama.cpp",
             "/store/blobs/sha256/weights",
             "/store/blobs/sha256/tmpl",
+            "/store/blobs/sha256/draft",
             "/opt/cuda",
         ] {
-            assert!(p.read.contains(&PathBuf::from(allowed)), "{allowed}: {:?}", p.read);
+            assert!(
+                p.read.contains(&PathBuf::from(allowed)),
+                "{allowed}: {:?}",
+                p.read
+            );
         }
         assert_eq!(
             p.write,
@@ -295,7 +319,15 @@ mod tests {
         assert!(p.devices.contains(&"/dev/null".into()));
         assert!(p.devices.contains(&"/dev/nvidia0".into()));
         // Nothing else of the store, nothing of /etc beyond the list, no home, no /tmp.
-        for denied in ["/store", "/store/blobs", "/store/blobs/sha256", "/etc", "/tmp", "/root", "/"] {
+        for denied in [
+            "/store",
+            "/store/blobs",
+            "/store/blobs/sha256",
+            "/etc",
+            "/tmp",
+            "/root",
+            "/",
+        ] {
             assert!(!p.read.contains(&PathBuf::from(denied)), "{denied}");
             assert!(!p.write.contains(&PathBuf::from(denied)), "{denied}");
         }
@@ -327,7 +359,11 @@ mod tests {
             "/srv/runner",
             "/store/bundles/sha256/abc/model",
         ] {
-            assert!(p.read.contains(&PathBuf::from(allowed)), "{allowed}: {:?}", p.read);
+            assert!(
+                p.read.contains(&PathBuf::from(allowed)),
+                "{allowed}: {:?}",
+                p.read
+            );
         }
         assert!(!p.read.contains(&PathBuf::from("/store/bundles/sha256")));
     }
@@ -356,7 +392,10 @@ mod tests {
             ("/root/bin/llama-server".into(), node(0o755, 0, 0)),
         ];
         let why = unreachable(&chain, 65534, 65534, EXECUTE).unwrap();
-        assert!(why.starts_with("/root cannot be searched (mode 700"), "{why}");
+        assert!(
+            why.starts_with("/root cannot be searched (mode 700"),
+            "{why}"
+        );
         assert_eq!(unreachable(&chain, 0, 0, EXECUTE), None);
         let readable = vec![
             ("/".into(), node(0o755, 0, 0)),

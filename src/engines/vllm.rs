@@ -28,6 +28,11 @@ impl Engine for Vllm {
         true
     }
 
+    /// `--speculative-config` (`argv`).
+    fn takes_draft(&self) -> bool {
+        true
+    }
+
     fn formats(&self) -> &'static [ModelFormat] {
         &[ModelFormat::Safetensors]
     }
@@ -188,8 +193,24 @@ pub fn argv(spec: &LaunchSpec, port: u16) -> Vec<String> {
     if let Some(h) = &spec.vllm.hf_overrides {
         args.extend(["--hf-overrides".into(), h.to_string()]);
     }
+    if let (Mode::Completion, Some(draft)) = (spec.mode, &spec.draft) {
+        args.extend(["--speculative-config".into(), speculative_config(draft)]);
+    }
     args.extend(spec.runtime_flags.iter().cloned());
     args
+}
+
+/// Draft tokens per step when none is configured: vLLM needs a number (llama-server's own default is 3).
+pub const DEFAULT_DRAFT_TOKENS: u32 = 3;
+
+/// `--speculative-config` for a draft model directory from the store, as DMR writes it (without DMR's
+/// `--use-v2-block-manager`, which vLLM 0.11 no longer has). vLLM has no minimum acceptance rate.
+pub fn speculative_config(draft: &super::speculative::Draft) -> String {
+    serde_json::json!({
+        "model": draft.path.display().to_string(),
+        "num_speculative_tokens": draft.num_tokens.unwrap_or(DEFAULT_DRAFT_TOKENS),
+    })
+    .to_string()
 }
 
 /// Checks a `gpu-memory-utilization` value: 0 < x ≤ 1.
@@ -299,8 +320,43 @@ mod tests {
             context_size: ctx,
             runtime_flags: flags.iter().map(|s| s.to_string()).collect(),
             keep_alive: KeepAlive::DEFAULT,
+            pinned: false,
             vllm,
+            draft: None,
         }
+    }
+
+    #[test]
+    fn a_draft_directory_goes_in_the_speculative_config_of_completion_runners() {
+        let mut s = spec(
+            Mode::Completion,
+            0,
+            &["--enforce-eager"],
+            Default::default(),
+        );
+        let draft = |n| crate::engines::speculative::Draft {
+            name: "ai/qwen-draft:latest".into(),
+            model_id: "sha256:d".into(),
+            path: "/store/bundles/sha256/d/model".into(),
+            num_tokens: n,
+            min_acceptance_rate: Some(0.5),
+        };
+        s.draft = Some(draft(Some(8)));
+        let args = argv(&s, 1);
+        assert_eq!(
+            args[args.len() - 3..],
+            [
+                "--speculative-config",
+                r#"{"model":"/store/bundles/sha256/d/model","num_speculative_tokens":8}"#,
+                "--enforce-eager"
+            ]
+        );
+        s.draft = Some(draft(None));
+        assert!(argv(&s, 1).contains(
+            &r#"{"model":"/store/bundles/sha256/d/model","num_speculative_tokens":3}"#.to_string()
+        ));
+        s.mode = Mode::Embedding;
+        assert!(!argv(&s, 1).contains(&"--speculative-config".to_string()));
     }
 
     #[test]

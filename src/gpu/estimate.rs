@@ -6,7 +6,8 @@
 //! type. llama-server's `--ctx-size` is the total over its `--parallel` slots (each slot gets ctx/parallel), so
 //! the product uses `--ctx-size` as is; a caller that wants N slots of C tokens passes `--ctx-size N×C`, as Ollama
 //! does. Compute buffers: logits and attention scores for one micro-batch, the dominant terms of llama.cpp's
-//! graph without flash attention (an upper bound with it).
+//! graph without flash attention (an upper bound with it). A speculative draft is predicted the same way, with the
+//! model's context and slots and its own offload and cache types (`LlamaFlags::for_draft`).
 
 use std::collections::BTreeMap;
 
@@ -27,6 +28,11 @@ pub struct LlamaFlags {
     pub tensor_split: Vec<f64>,
     /// `--main-gpu`, when given.
     pub main_gpu: Option<u32>,
+    /// A speculative draft's own `--gpu-layers-draft` and KV cache types (`--cache-type-k-draft`...): the draft
+    /// takes the model's context, slots and batch, not its cache types or offload.
+    pub draft_gpu_layers: Option<u64>,
+    pub draft_cache_k: f64,
+    pub draft_cache_v: f64,
 }
 
 /// Bytes per element of a KV cache type (block-quantised types include their scales).
@@ -57,6 +63,9 @@ impl LlamaFlags {
             split_none: false,
             tensor_split: Vec::new(),
             main_gpu: None,
+            draft_gpu_layers: None,
+            draft_cache_k: 2.0,
+            draft_cache_v: 2.0,
         };
         let mut it = argv.iter();
         while let Some(flag) = it.next() {
@@ -84,6 +93,16 @@ impl LlamaFlags {
                     | "--tensor-split"
                     | "-mg"
                     | "--main-gpu"
+                    | "-ngld"
+                    | "--spec-draft-ngl"
+                    | "--gpu-layers-draft"
+                    | "--n-gpu-layers-draft"
+                    | "-ctkd"
+                    | "--spec-draft-type-k"
+                    | "--cache-type-k-draft"
+                    | "-ctvd"
+                    | "--spec-draft-type-v"
+                    | "--cache-type-v-draft"
             );
             if !known {
                 continue;
@@ -107,6 +126,20 @@ impl LlamaFlags {
                         "auto" | "all" | "-1" => None,
                         v => Some(num(v)?),
                     }
+                }
+                "-ngld" | "--spec-draft-ngl" | "--gpu-layers-draft" | "--n-gpu-layers-draft" => {
+                    f.draft_gpu_layers = match value.as_str() {
+                        "auto" | "all" | "-1" => None,
+                        v => Some(num(v)?),
+                    }
+                }
+                "-ctkd" | "--spec-draft-type-k" | "--cache-type-k-draft" => {
+                    f.draft_cache_k = cache_type_bytes(&value)
+                        .ok_or_else(|| format!("{name}: unknown cache type {value:?}"))?
+                }
+                "-ctvd" | "--spec-draft-type-v" | "--cache-type-v-draft" => {
+                    f.draft_cache_v = cache_type_bytes(&value)
+                        .ok_or_else(|| format!("{name}: unknown cache type {value:?}"))?
                 }
                 "-np" | "--parallel" => {
                     f.parallel = match value.as_str() {
@@ -147,6 +180,17 @@ impl LlamaFlags {
             }
         }
         Ok(f)
+    }
+
+    /// The flags as they apply to a speculative draft: the same context, slots and batch, with the draft's own
+    /// offload and cache types.
+    pub fn for_draft(&self) -> LlamaFlags {
+        LlamaFlags {
+            gpu_layers: self.draft_gpu_layers,
+            cache_k: self.draft_cache_k,
+            cache_v: self.draft_cache_v,
+            ..self.clone()
+        }
     }
 }
 
@@ -333,6 +377,36 @@ mod tests {
         );
         assert_eq!(one.kv_cache, four.kv_cache);
         assert!(four.compute < one.compute, "{four:?} {one:?}");
+    }
+
+    #[test]
+    fn a_draft_takes_the_models_context_with_its_own_cache_types_and_offload() {
+        let m = llama3_8b();
+        let f = LlamaFlags::parse(&argv("-c 8192 -ctk q8_0 -ngl 10"), 4096).unwrap();
+        let draft = f.for_draft();
+        assert_eq!((draft.ctx_size, draft.parallel), (8192, 1));
+        assert_eq!(
+            (draft.gpu_layers, draft.cache_k, draft.cache_v),
+            (None, 2.0, 2.0)
+        );
+        // The same shape as a draft: all layers, an f16 cache of the same context.
+        let p = predict(&m, &draft, false);
+        assert_eq!((p.weights, p.kv_cache), (4_920_000_000, 1 << 30));
+        let own = LlamaFlags::parse(
+            &argv("-c 8192 --spec-draft-ngl 16 -ctkd q8_0 --cache-type-v-draft q8_0"),
+            4096,
+        )
+        .unwrap()
+        .for_draft();
+        assert_eq!(own.gpu_layers, Some(16));
+        // Half the layers, q8_0 (34/32 bytes, not 2): a quarter of the f16 cache and a bit.
+        assert_eq!(
+            predict(&m, &own, false).kv_cache,
+            (1u64 << 29) * 34 / 32 / 2
+        );
+        assert!(LlamaFlags::parse(&argv("-ctvd q3_x"), 1)
+            .unwrap_err()
+            .starts_with("-ctvd"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `POST /engines/_configure` and `GET /engines/_configure[?model=]`, DMR's per-model runtime settings: context
 //! size, runtime flags (checked against the allowlist of the engine the URL names, else of the model's own engine:
-//! `engines::flags`), keep-alive, vLLM's `gpu-memory-utilization` and `hf-overrides`, for a mode. Unlike
+//! `engines::flags`), keep-alive, vLLM's `gpu-memory-utilization` and `hf-overrides`, speculative decoding (a
+//! draft model of the store, by name, of the model's own format: `launch::draft`), for a mode. Unlike
 //! DMR, they are persisted in the store (`store::RuntimeConfig`) and survive restarts. A changed setting for a
 //! model whose runner is busy is refused with 409 (as DMR does); otherwise it is stored, answered with 202, and
 //! the model is preloaded in the background with it (an idle runner with other settings is restarted).
@@ -15,7 +16,7 @@ use super::{inference, App};
 use crate::api::{native, ErrorKind};
 use crate::config::KeepAlive;
 use crate::engines::{flags, vllm, EngineKind, Mode, RunnerWishes};
-use crate::store::RuntimeConfig;
+use crate::store::{name, RuntimeConfig, Speculative};
 
 pub async fn set(
     app: &Arc<App>,
@@ -40,6 +41,9 @@ pub async fn set(
         )));
     }
     let config = validate(&input, &model.id, engine)?;
+    if let Some(s) = &config.speculative {
+        crate::launch::draft(&app.store, engine, s)?;
+    }
     let mode = Mode::ALL
         .into_iter()
         .find(|m| m.as_str() == config.mode)
@@ -149,6 +153,7 @@ fn validate(
     engine
         .check_options(&options)
         .map_err(ApiError::bad_request)?;
+    let speculative = input.speculative.as_ref().map(speculative).transpose()?;
     Ok(RuntimeConfig {
         model_id: model_id.to_string(),
         mode: mode.as_str().to_string(),
@@ -157,6 +162,35 @@ fn validate(
         keep_alive: input.keep_alive.clone(),
         gpu_memory_utilization: v.gpu_memory_utilization,
         hf_overrides: v.hf_overrides,
+        speculative,
+    })
+}
+
+/// `speculative`, checked as the config's is (`engines::speculative`): a draft named as models are, numbers in range.
+/// Whether the draft is in the store and fits the model is `launch::draft`'s to say.
+fn speculative(s: &native::SpeculativeSettings) -> Result<Speculative, ApiError> {
+    use crate::engines::speculative::{check_min_acceptance_rate, check_num_tokens};
+    let bad = |key: &'static str| {
+        move |e: String| ApiError::bad_request(format!("speculative.{key}: {e}"))
+    };
+    if s.draft_model.is_empty() {
+        return Err(ApiError::bad_request(
+            "speculative.draft_model is required: the name of a model in the store",
+        ));
+    }
+    Ok(Speculative {
+        draft_model: name::normalize(&s.draft_model)
+            .map_err(|e| bad("draft_model")(e.to_string()))?,
+        num_tokens: s
+            .num_tokens
+            .map(check_num_tokens)
+            .transpose()
+            .map_err(bad("num_tokens"))?,
+        min_acceptance_rate: s
+            .min_acceptance_rate
+            .map(check_min_acceptance_rate)
+            .transpose()
+            .map_err(bad("min_acceptance_rate"))?,
     })
 }
 
@@ -177,6 +211,11 @@ fn listed(name: &str, c: RuntimeConfig, backend: &'static str) -> native::Config
             runtime_flags: c.runtime_flags,
             keep_alive: c.keep_alive,
             vllm,
+            speculative: c.speculative.map(|s| native::SpeculativeSettings {
+                draft_model: s.draft_model,
+                num_tokens: s.num_tokens.map(i64::from),
+                min_acceptance_rate: s.min_acceptance_rate,
+            }),
         },
     }
 }
@@ -284,9 +323,51 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.gpu_memory_utilization, Some(0.5));
-        assert!(serde_json::from_value::<native::ConfigureRequest>(
-            serde_json::json!({"speculative": {}})
+    }
+
+    #[test]
+    fn speculative_is_read_as_dmr_sends_it_and_checked() {
+        let c = validate(
+            &req(serde_json::json!({"model": "m", "speculative": {"draft_model": "ai/tiny", "num_tokens": 8, "min_acceptance_rate": 0.5}})),
+            "id",
+            crate::engines::llamacpp::ENGINE,
         )
-        .is_err());
+        .unwrap();
+        assert_eq!(
+            c.speculative,
+            Some(Speculative {
+                draft_model: "ai/tiny:latest".into(),
+                num_tokens: Some(8),
+                min_acceptance_rate: Some(0.5)
+            })
+        );
+        let bad = |v: serde_json::Value| {
+            validate(&req(v), "id", crate::engines::llamacpp::ENGINE)
+                .unwrap_err()
+                .message
+        };
+        assert!(bad(serde_json::json!({"speculative": {}}))
+            .starts_with("speculative.draft_model is required"));
+        assert_eq!(
+            bad(serde_json::json!({"speculative": {"draft_model": "a", "num_tokens": 0}})),
+            "speculative.num_tokens: must be 1 to 64, not 0"
+        );
+        assert_eq!(
+            bad(
+                serde_json::json!({"speculative": {"draft_model": "a", "min_acceptance_rate": 1.5}})
+            ),
+            "speculative.min_acceptance_rate: must be 0 to 1, not 1.5"
+        );
+        assert!(
+            bad(serde_json::json!({"speculative": {"draft_model": "../x y"}}))
+                .starts_with("speculative.draft_model: ")
+        );
+        assert!(
+            serde_json::from_value::<native::ConfigureRequest>(
+                serde_json::json!({"speculative": {"draft_model": "a", "draft_path": "/etc/x"}})
+            )
+            .is_err(),
+            "no other keys: never a path"
+        );
     }
 }

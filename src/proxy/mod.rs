@@ -12,7 +12,7 @@ mod configure;
 mod engines;
 mod forward;
 pub mod http;
-mod inference;
+pub(crate) mod inference;
 mod inspector;
 mod load;
 mod logs;
@@ -85,6 +85,8 @@ pub struct App {
     pub draining: CancellationToken,
     /// The Responses API's kept responses (`[server] responses_max`, `responses_ttl`).
     pub responses: responses::store::ResponseStore,
+    /// Where each model the configuration declares by reference, with aliases, preloaded or pinned stands.
+    pub declared: Arc<crate::declared::Declared>,
 }
 
 impl App {
@@ -488,6 +490,7 @@ pub fn build_app(
         shutdown: CancellationToken::new(),
         draining: CancellationToken::new(),
         responses: responses::new_store(),
+        declared: Arc::default(),
         access: arc_swap::ArcSwap::from_pointee(access_from(&config)),
         config: arc_swap::ArcSwap::from_pointee(config),
         source,

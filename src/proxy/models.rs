@@ -70,11 +70,19 @@ pub async fn get_native(app: &Arc<App>, reference: String) -> Result<Response<Bo
     Ok(json(StatusCode::OK, &native_model(model)))
 }
 
+/// One entry per model (its first tag, as DMR lists them), and one per `[[models]] aliases` name it answers to.
 pub async fn list_openai(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
     let models = blocking(app, |s| s.list()).await?;
+    let config = app.config();
+    let alias = |tag: &String| config.models.iter().any(|m| m.aliases.contains(tag));
+    let entries = models.iter().flat_map(|m| {
+        let aliases = m.tags.iter().skip(1).filter(|t| alias(t));
+        std::iter::once(openai_model(m))
+            .chain(aliases.map(|a| openai::ModelObject::new(a.clone(), m.created)))
+    });
     Ok(json(
         StatusCode::OK,
-        &openai::ModelList::new(models.iter().map(openai_model).collect()),
+        &openai::ModelList::new(entries.collect()),
     ))
 }
 
@@ -86,7 +94,18 @@ pub async fn get_openai(app: &Arc<App>, reference: String) -> Result<Response<Bo
             ErrorKind::NotFound => ApiError::not_found(format!("model {reference:?} not found")),
             _ => e,
         })?;
-    Ok(json(StatusCode::OK, &openai_model(&model)))
+    // Asked by a configured alias, it is listed under that alias: answer the same.
+    let config = app.config();
+    let alias = crate::store::name::normalize(&reference)
+        .ok()
+        .filter(|a| config.models.iter().any(|m| m.aliases.contains(a)));
+    Ok(json(
+        StatusCode::OK,
+        &match alias {
+            Some(a) => openai::ModelObject::new(a, model.created),
+            None => openai_model(&model),
+        },
+    ))
 }
 
 /// `DELETE /models/purge`: unloads every runner, then deletes every model (DMR's purge). Answers what

@@ -80,6 +80,7 @@ async fn apply(app: &Arc<App>, path: &std::path::Path) -> Result<Report, ReloadE
     .map_err(|e| ReloadError::Task(e.to_string()))?;
     app.access.store(Arc::new(access_from(&new)));
     app.scheduler.set_limits(limits(&new.scheduler));
+    let (old_models, new_models) = (old.models.clone(), new.models.clone());
     app.config.store(Arc::new(new));
     let ids: Vec<String> = changed
         .iter()
@@ -91,6 +92,8 @@ async fn apply(app: &Arc<App>, path: &std::path::Path) -> Result<Report, ReloadE
     } else {
         app.scheduler.unload(Selector::Models(ids), false).await
     };
+    // Models by reference added are pulled, removed ones lose their task and aliases; changed ones start over.
+    crate::declared::apply(app, &old_models, &new_models, &changed);
     Ok(Report {
         added,
         changed,

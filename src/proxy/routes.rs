@@ -352,16 +352,24 @@ async fn configure_engine(
     }
 }
 
-/// `{"status": ok}` with 200 while the node takes work; `{"status":"draining"}` with 503 once it is draining, so
-/// that a router's health check (vLLM Router's is `/health`) or a readiness probe stops sending here.
+/// `{"status": ok}` with 200 while the node takes work; 503 with `{"status":"draining"}` once it is draining, or
+/// `{"status":"loading","waiting_for":[...]}` until every preloaded model has loaded, so that a router's health
+/// check (vLLM Router's is `/health`) or a readiness probe sends nothing here before or after.
 fn readiness(app: &App, ok: &str) -> Response<Body> {
     if app.draining.is_cancelled() {
-        json(
+        return json(
             StatusCode::SERVICE_UNAVAILABLE,
             &serde_json::json!({"status": "draining"}),
-        )
-    } else {
+        );
+    }
+    let waiting = app.declared.not_ready();
+    if waiting.is_empty() {
         json(StatusCode::OK, &serde_json::json!({ "status": ok }))
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "loading", "waiting_for": waiting}),
+        )
     }
 }
 

@@ -48,6 +48,48 @@ impl Pull {
         }
     }
 
+    /// Runs the pull to its end, reporting progress: logs the outcome, and sweeps what a refused pull left.
+    pub async fn run(
+        self,
+        registries: &Registries,
+        store: &Arc<Store>,
+        report: &(dyn Fn(Progress) + Send + Sync),
+    ) -> Result<crate::store::Model, RegistryError> {
+        let tag = self.tag().to_string();
+        let result = match self {
+            Pull::Registry(p) => registries.pull(store.clone(), p, report).await,
+            Pull::HuggingFace(tag, plan) => {
+                registries.pull_hf(store.clone(), &tag, plan, report).await
+            }
+        };
+        match &result {
+            Ok(model) => tracing::info!(model = tag, id = model.id, "model pulled"),
+            Err(e @ (RegistryError::Unsupported(_) | RegistryError::Store(_))) => {
+                tracing::warn!(model = tag, error = %e, "pull refused");
+                // A refusal of what the registry sent, and the pull's protection of its blobs is over: what
+                // it left that no model names goes.
+                let store = store.clone();
+                let _ =
+                    tokio::task::spawn_blocking(move || store.collect_orphans("a refused pull"))
+                        .await;
+            }
+            Err(e) => {
+                // A cut or a registry that failed midway: the layers that arrived stay for the next pull (the
+                // start-up collection removes them if none comes).
+                tracing::warn!(model = tag, error = %e, "pull failed");
+            }
+        }
+        result
+    }
+
+    /// The tag the pulled model gets.
+    pub fn tag(&self) -> &str {
+        match self {
+            Pull::Registry(p) => p.tag(),
+            Pull::HuggingFace(tag, _) => tag,
+        }
+    }
+
     /// Runs the pull in the background; `encode` turns each event into a line of the returned channel. A caller
     /// that goes away (the receiver dropped) cancels the pull: nothing is committed, and what arrived of the
     /// current layer stays as `.incomplete` for the next pull to resume.
@@ -59,50 +101,26 @@ impl Pull {
     ) -> tokio::sync::mpsc::UnboundedReceiver<Vec<u8>> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
-            let (tag, cached) = match &self {
+            let cached = match &self {
                 Pull::Registry(p) => {
                     let (s, digests) = (store.clone(), p.layer_digests());
-                    let cached =
-                        tokio::task::spawn_blocking(move || digests.iter().all(|d| s.has_blob(d)))
-                            .await
-                            .unwrap_or(false);
-                    (p.tag().to_string(), cached)
+                    tokio::task::spawn_blocking(move || digests.iter().all(|d| s.has_blob(d)))
+                        .await
+                        .unwrap_or(false)
                 }
-                Pull::HuggingFace(tag, _) => (tag.clone(), false),
+                Pull::HuggingFace(..) => false,
             };
+            let tag = self.tag().to_string();
             let report = |p: Progress| {
                 let _ = tx.send(encode(PullEvent::Progress(p)));
             };
-            let work = async {
-                match self {
-                    Pull::Registry(p) => registries.pull(store.clone(), p, &report).await,
-                    Pull::HuggingFace(tag, plan) => {
-                        registries.pull_hf(store.clone(), &tag, plan, &report).await
-                    }
-                }
-            };
             let result = tokio::select! {
-                r = work => r,
-                _ = tx.closed() => Err(RegistryError::Interrupted("cancelled: the client went away".into())),
+                r = self.run(&registries, &store, &report) => r,
+                _ = tx.closed() => {
+                    tracing::warn!(model = tag, "pull cancelled: the client went away");
+                    Err(RegistryError::Interrupted("cancelled: the client went away".into()))
+                }
             };
-            match &result {
-                Ok(model) => tracing::info!(model = tag, id = model.id, cached, "model pulled"),
-                Err(e @ (RegistryError::Unsupported(_) | RegistryError::Store(_))) => {
-                    tracing::warn!(model = tag, error = %e, "pull refused");
-                    // A refusal of what the registry sent, and the pull's protection of its blobs is over: what
-                    // it left that no model names goes.
-                    let store = store.clone();
-                    let _ = tokio::task::spawn_blocking(move || {
-                        store.collect_orphans("a refused pull")
-                    })
-                    .await;
-                }
-                Err(e) => {
-                    // A cut, a cancel or a registry that failed midway: the layers that arrived stay for the next
-                    // pull (the start-up collection removes them if none comes).
-                    tracing::warn!(model = tag, error = %e, "pull failed");
-                }
-            }
             let _ = tx.send(encode(PullEvent::Done(
                 result
                     .map(|_| cached)

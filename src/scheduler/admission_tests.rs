@@ -16,7 +16,9 @@ fn launch(model: &str) -> LaunchSpec {
         context_size: 512,
         runtime_flags: vec![],
         keep_alive: KeepAlive::DEFAULT,
+        pinned: false,
         vllm: Default::default(),
+        draft: None,
     }
 }
 
@@ -24,6 +26,7 @@ fn key(model: &str) -> RunnerKey {
     RunnerKey {
         model_id: model.into(),
         mode: Mode::Completion,
+        draft: None,
     }
 }
 

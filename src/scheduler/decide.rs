@@ -29,10 +29,13 @@ pub type RunnerId = u64;
 pub struct RunnerKey {
     pub model_id: String,
     pub mode: Mode,
+    /// The speculative draft's model id: a model with another draft is another runner, as in DMR (whose key is
+    /// backend, model, draft, mode; the backend follows from the model here).
+    pub draft: Option<String>,
 }
 
-/// What a measurement is remembered by: the same model with the same settings uses the same memory.
-pub type Identity = (String, Mode, u32, Vec<String>);
+/// What a measurement is remembered by: the same model with the same settings (and draft) uses the same memory.
+pub type Identity = (String, Mode, Option<String>, u32, Vec<String>);
 
 /// Where a ready runner listens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -298,6 +301,7 @@ impl State {
         let running = self.runners.values().filter_map(|r| {
             let hold = match r.phase {
                 Phase::Queued { .. } => return None,
+                _ if r.launch.pinned => Hold::Pinned,
                 Phase::Ready { in_flight: 0, .. } => Hold::Idle {
                     last_used: r.last_used,
                 },
@@ -322,6 +326,7 @@ fn identity(key: &RunnerKey, launch: &LaunchSpec) -> Identity {
     (
         key.model_id.clone(),
         key.mode,
+        key.draft.clone(),
         launch.context_size,
         launch.runtime_flags.clone(),
     )
@@ -350,15 +355,31 @@ pub fn decide(state: &mut State, event: Event, now: Instant) -> Vec<Action> {
             launch,
             demand,
         } => {
-            // A request for another context size or other flags reloads an idle runner; a busy or loading one
-            // keeps serving as it is (its requests are not cut short), and the change applies once it is idle.
-            let reload = state.runners.get(&key).is_some_and(|r| {
-                matches!(r.phase, Phase::Ready { in_flight: 0, .. })
-                    && (r.launch.context_size != launch.context_size
-                        || r.launch.runtime_flags != launch.runtime_flags)
-            });
-            if reload && !state.shutting_down {
-                state.stop(&key, &mut actions, Rejection::Unloaded);
+            // A request for another context size, other flags or another draft reloads an idle runner of the
+            // model and mode (one with another draft has another key); a busy or loading one keeps serving as it
+            // is (its requests are not cut short), and the change applies once it is idle.
+            let from = RunnerKey {
+                model_id: key.model_id.clone(),
+                mode: key.mode,
+                draft: None,
+            };
+            let stale: Vec<RunnerKey> = state
+                .runners
+                .range(from..)
+                .take_while(|(k, _)| k.model_id == key.model_id && k.mode == key.mode)
+                .filter(|(k, r)| {
+                    matches!(r.phase, Phase::Ready { in_flight: 0, .. })
+                        && (**k != key
+                            || r.launch.context_size != launch.context_size
+                            || r.launch.runtime_flags != launch.runtime_flags
+                            || r.launch.draft != launch.draft)
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            if !state.shutting_down {
+                for k in &stale {
+                    state.stop(k, &mut actions, Rejection::Unloaded);
+                }
             }
             let queued = state.queued();
             let queue_full = queued >= state.limits.max_queue;
@@ -706,7 +727,7 @@ fn retry_after_oom(
     let victims: Vec<RunnerKey> = state
         .runners
         .iter()
-        .filter(|(_, o)| matches!(o.phase, Phase::Ready { in_flight: 0, .. }))
+        .filter(|(_, o)| matches!(o.phase, Phase::Ready { in_flight: 0, .. }) && !o.launch.pinned)
         .filter(|(_, o)| r.usage.is_empty() || o.usage.keys().any(|d| r.usage.contains_key(d)))
         .map(|(k, _)| k.clone())
         .collect();
@@ -822,7 +843,9 @@ mod tests {
             context_size: 512,
             runtime_flags: vec![],
             keep_alive,
+            pinned: false,
             vllm: Default::default(),
+            draft: None,
         }
     }
 
@@ -830,6 +853,7 @@ mod tests {
         RunnerKey {
             model_id: model.into(),
             mode: Mode::Completion,
+            draft: None,
         }
     }
 
@@ -958,6 +982,74 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn another_draft_is_another_runner_and_replaces_the_idle_one() {
+        let mut s = State::default();
+        let t = Instant::now();
+        let drafted = |waiter, draft: &str| {
+            let mut launch = launch("m", KeepAlive::DEFAULT);
+            launch.draft = Some(crate::engines::speculative::Draft {
+                name: draft.into(),
+                model_id: draft.into(),
+                path: format!("/blobs/{draft}").into(),
+                num_tokens: None,
+                min_acceptance_rate: None,
+            });
+            let key = RunnerKey {
+                draft: Some(draft.into()),
+                ..key("m")
+            };
+            (
+                key.clone(),
+                Event::Acquire {
+                    waiter,
+                    key,
+                    launch,
+                    demand: Demand::Any(0),
+                },
+            )
+        };
+        decide(&mut s, acquire(1, "m"), t);
+        decide(
+            &mut s,
+            Event::Loaded {
+                runner: 1,
+                endpoint: EP,
+            },
+            t,
+        );
+        // Busy without a draft: a drafted runner starts beside it, the busy one is not cut short.
+        let (with_a, event) = drafted(2, "a");
+        let actions = decide(&mut s, event, t);
+        assert!(
+            matches!(&actions[..], [Action::Spawn { runner: 2, launch, .. }] if launch.draft.is_some()),
+            "{actions:?}"
+        );
+        assert!(s.runners.contains_key(&key("m")) && s.runners.contains_key(&with_a));
+        decide(
+            &mut s,
+            Event::Loaded {
+                runner: 2,
+                endpoint: EP,
+            },
+            t,
+        );
+        decide(&mut s, Event::Released { runner: 1 }, t);
+        decide(&mut s, Event::Released { runner: 2 }, t);
+        // Idle: a request with draft b stops both runners of the model (no draft, draft a) and starts its own.
+        let (with_b, event) = drafted(3, "b");
+        let actions = decide(&mut s, event, t);
+        assert_eq!(
+            actions[..2],
+            [Action::Stop { runner: 1 }, Action::Stop { runner: 2 }]
+        );
+        assert!(matches!(actions[2], Action::Spawn { runner: 3, .. }));
+        assert_eq!(s.runners.keys().collect::<Vec<_>>(), [&with_b]);
+        // Another model's runners are not touched.
+        decide(&mut s, acquire(4, "other"), t);
+        assert!(s.runners.contains_key(&key("other")));
     }
 
     #[test]
@@ -1274,6 +1366,7 @@ mod tests {
         let emb = RunnerKey {
             model_id: "m".into(),
             mode: Mode::Embedding,
+            draft: None,
         };
         let mut l = launch("m", KeepAlive::DEFAULT);
         l.mode = Mode::Embedding;

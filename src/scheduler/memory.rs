@@ -124,6 +124,8 @@ pub enum Hold {
     },
     /// Serving requests, or loading: never stopped for another load.
     Busy,
+    /// `[[models]] pinned`: never stopped for another load, busy or idle; loads are planned around it.
+    Pinned,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -228,7 +230,7 @@ fn one(
     order.sort_by_key(|h| match h.hold {
         Hold::Stopping => (0, None),
         Hold::Idle { last_used } => (1, last_used),
-        Hold::Busy => (2, None),
+        Hold::Busy | Hold::Pinned => (2, None),
     });
     let mut used: BTreeMap<u32, u64> = BTreeMap::new();
     for h in holders {
@@ -251,6 +253,9 @@ fn one(
         if !over(&used) && !too_many(count) {
             break;
         }
+        if h.hold == Hold::Pinned {
+            continue;
+        }
         let helps_memory = over(&used)
             && h.usage
                 .iter()
@@ -267,8 +272,23 @@ fn one(
         freed.push(h);
     }
     if over(&used) || too_many(count) {
-        // Even with every runner gone it would not fit: only max_loaded_models = 0 gets here.
-        return Plan::Never("max_loaded_models allows no model to load".into());
+        // Even with every runner but the pinned ones gone it would not fit.
+        let pinned: Vec<&Holder> = holders.iter().filter(|h| h.hold == Hold::Pinned).collect();
+        if pinned.is_empty() {
+            return Plan::Never("max_loaded_models allows no model to load".into());
+        }
+        let held: u64 = pinned
+            .iter()
+            .flat_map(|h| h.usage.iter())
+            .filter(|(d, _)| p.usage.contains_key(d))
+            .map(|(_, b)| b)
+            .sum();
+        return Plan::Never(format!(
+            "does not fit beside the {} pinned model{} ({} held on its devices)",
+            pinned.len(),
+            if pinned.len() == 1 { "" } else { "s" },
+            human(held)
+        ));
     }
     if freed.iter().any(|h| h.hold == Hold::Busy) {
         return Plan::Wait;
@@ -461,6 +481,40 @@ mod tests {
             plan(&devices, &limits(), &holders, &Demand::Any(8 * GIB)),
             Plan::Wait
         );
+    }
+
+    #[test]
+    fn pinned_runners_are_planned_around_never_evicted() {
+        let t0 = Instant::now();
+        let devices = [gpu(0, 24, 4)]; // 20 GiB for models
+                                       // An idle pinned runner is never a victim: the idle unpinned one goes instead.
+        let holders = [holder(1, 0, 8, Hold::Pinned), holder(2, 0, 8, idle(t0, 0))];
+        assert_eq!(
+            plan(&devices, &limits(), &holders, &Demand::Any(10 * GIB)),
+            Plan::Evict(vec![2])
+        );
+        // What fits only with the pinned runner gone never loads, and says why.
+        let Plan::Never(why) = plan(&devices, &limits(), &holders, &Demand::Any(14 * GIB)) else {
+            panic!("a load that needs a pinned runner gone must be refused")
+        };
+        assert_eq!(
+            why,
+            "does not fit beside the 1 pinned model (8.0 GiB held on its devices)"
+        );
+        // max_loaded_models counts pinned runners, and never frees them.
+        let one = Limits {
+            max_loaded_models: Some(1),
+            ..limits()
+        };
+        assert!(matches!(
+            plan(
+                &devices,
+                &one,
+                &[holder(1, 0, 1, Hold::Pinned)],
+                &Demand::Any(GIB)
+            ),
+            Plan::Never(_)
+        ));
     }
 
     #[test]

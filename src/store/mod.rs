@@ -25,7 +25,7 @@ mod runtime;
 pub use create::{Base, Recipe};
 pub use format::ModelFormat;
 pub use gc::{Collected, Protected};
-pub use runtime::RuntimeConfig;
+pub use runtime::{RuntimeConfig, Speculative};
 
 use std::fs;
 use std::io;

@@ -30,6 +30,26 @@ pub struct RuntimeConfig {
     /// vLLM's `--hf-overrides` (a JSON object whose keys are identifiers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hf_overrides: Option<serde_json::Value>,
+    /// Speculative decoding with a draft model of the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speculative: Option<Speculative>,
+}
+
+/// Speculative decoding as configured (`_configure`'s `speculative`, `[[models]] speculative`): the draft is a
+/// model of the store, by name, resolved when a runner is planned; the ranges are checked before it is stored
+/// (`engines::speculative`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Speculative {
+    /// Normalised (`ai/tiny:latest`).
+    pub draft_model: String,
+    /// Tokens the draft proposes at a time; `None`: the engine's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_tokens: Option<u32>,
+    /// The least probability a drafted token must have to be proposed (llama.cpp's `--spec-draft-p-min`);
+    /// `None`: the engine's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_acceptance_rate: Option<f64>,
 }
 
 fn load(path: &Path) -> Result<Vec<RuntimeConfig>, StoreError> {

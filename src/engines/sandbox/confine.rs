@@ -52,7 +52,11 @@ impl Sandbox {
         let caps = effective_capabilities();
         let user = match (&config.user, root && config.enabled) {
             (Some(name), true) => {
-                let needed = [(CAP_CHOWN, "CAP_CHOWN"), (CAP_SETGID, "CAP_SETGID"), (CAP_SETUID, "CAP_SETUID")];
+                let needed = [
+                    (CAP_CHOWN, "CAP_CHOWN"),
+                    (CAP_SETGID, "CAP_SETGID"),
+                    (CAP_SETUID, "CAP_SETUID"),
+                ];
                 let missing: Vec<&str> = needed
                     .iter()
                     .filter(|(bit, _)| caps & (1 << bit) == 0)
@@ -110,7 +114,9 @@ impl Sandbox {
             );
         }
         if self.drop_caps {
-            tracing::warn!("set [engines] user to run engines as an unprivileged user rather than as root");
+            tracing::warn!(
+                "set [engines] user to run engines as an unprivileged user rather than as root"
+            );
         } else if !root && self.config.user.is_some() {
             tracing::warn!(
                 "[engines] user is not used: the supervisor does not run as root, engines run as it does"
@@ -155,7 +161,8 @@ impl Sandbox {
             config: &self.config,
         });
         let ruleset = if self.landlock_abi > 0 {
-            ruleset(&policy).map_err(|e| format!("cannot build the engine's Landlock rules: {e}"))?
+            ruleset(&policy)
+                .map_err(|e| format!("cannot build the engine's Landlock rules: {e}"))?
         } else {
             None
         };
@@ -190,6 +197,7 @@ impl Sandbox {
         wanted.push((&launch.model_path, READ));
         wanted.extend(launch.chat_template.as_deref().map(|p| (p, READ)));
         wanted.extend(launch.mmproj.as_deref().map(|p| (p, READ)));
+        wanted.extend(launch.draft.as_ref().map(|d| (d.path.as_path(), READ)));
         for (path, want) in wanted {
             let chain = chain(path).map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
             let is_dir = chain
@@ -233,7 +241,11 @@ impl Confinement {
         }
         let ruleset = self.ruleset.as_ref().map(AsRawFd::as_raw_fd);
         let (drop_caps, last_cap) = (self.drop_caps, self.last_cap);
-        let bounding = if self.drop_bounding { Some(last_cap) } else { None };
+        let bounding = if self.drop_bounding {
+            Some(last_cap)
+        } else {
+            None
+        };
         // SAFETY: runs in the forked child before exec; it only makes syscalls (prctl, capset,
         // landlock_restrict_self) on values computed before the fork, and allocates nothing.
         unsafe {
@@ -302,7 +314,14 @@ fn drop_all_capabilities(bounding: Option<u32>) -> std::io::Result<()> {
         inheritable: 0,
     }; 2];
     // SAFETY: header and data are the layout capset(2) reads, alive for the call.
-    if unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut CapHeader, data.as_ptr()) } != 0 {
+    if unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            data.as_ptr(),
+        )
+    } != 0
+    {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
