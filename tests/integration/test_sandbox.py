@@ -65,11 +65,11 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def start(supervisors, world: Path, sandbox: dict, engine_binary: str | None = None):
+def start(supervisors, world: Path, sandbox: dict, engine_binary: str | None = None, **tiny):
     other = supervisors.other_tiny_model()
     env = {"PROBE_SECRET": str(world / "secret.txt"), "PROBE_OTHER_BLOB": sha256(Path(other["gguf"])),
            "PROBE_SHARED": str(world / "shared")}
-    return supervisors.start(models=[supervisors.tiny_model(), other], store=world / "store", sandbox=sandbox,
+    return supervisors.start(models=[supervisors.tiny_model(**tiny), other], store=world / "store", sandbox=sandbox,
                              engine_binary=engine_binary or str(world / "engine/bin/prober"), env=env)
 
 
@@ -157,14 +157,18 @@ def test_sandbox_read_and_sandbox_write_open_exactly_what_they_name(world, super
         assert got[action] in ("EACCES", "EPERM"), (action, got)
 
 
-def test_the_real_llama_server_serves_a_chat_as_the_configured_user(world, supervisors, prereqs):
+def test_the_real_llama_server_serves_a_chat_as_the_configured_user_with_its_draft_model(world, supervisors,
+                                                                                        prereqs):
+    """The other tiny model drafts for the tiny one (speculative decoding): the engine reads both models' blobs,
+    and no other file of the store."""
     # A copy the user can reach: the installed one is under root's 0700 home.
     binary = world / "llama/bin/llama-server"
     binary.parent.mkdir(parents=True)
     shutil.copy(prereqs.llama_server, binary)
     binary.chmod(0o755)
-    sup = start(supervisors, world, {"user": USER}, engine_binary=str(binary))
-    r = sup.chat(max_tokens=4)
+    sup = start(supervisors, world, {"user": USER}, engine_binary=str(binary),
+                speculative={"draft_model": "ai/tiny2", "num_tokens": 4})
+    r = sup.chat(max_tokens=8)
     assert r.status_code == 200, r.text + "\n" + sup.diagnostics()
     assert r.json()["choices"][0]["message"]["content"] is not None
     pids = engine_pids(binary)
@@ -172,6 +176,8 @@ def test_the_real_llama_server_serves_a_chat_as_the_configured_user(world, super
     uid = int(status_field(pids[0], "Uid").split()[0])
     assert uid == pwd.getpwnam(USER).pw_uid
     assert status_field(pids[0], "NoNewPrivs") == "1"
+    argv = Path(f"/proc/{pids[0]}/cmdline").read_bytes().decode().split("\0")
+    assert "--model-draft" in argv, argv
 
 
 def test_an_engine_its_user_cannot_reach_fails_to_load_naming_the_directory(world, supervisors, tmp_path):
