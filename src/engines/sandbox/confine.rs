@@ -36,7 +36,8 @@ pub struct Sandbox {
     user: Option<EngineUser>,
     /// A root supervisor without `[engines] user`: engines keep uid 0 and lose every capability.
     drop_caps: bool,
-    /// Whether we may empty the bounding set (CAP_SETPCAP); a container that dropped it has emptied it for us.
+    /// Whether we may empty the bounding set (CAP_SETPCAP); without it the bounding set stays what the container
+    /// runtime left (Kubernetes' `drop: ["ALL"]` empties it).
     drop_bounding: bool,
     /// The highest capability number this kernel knows.
     last_cap: u32,
@@ -289,19 +290,22 @@ struct CapData {
 
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
-/// Empties the bounding set up to `bounding` (an exec as uid 0 would otherwise be given every capability in it
-/// back; `None` without CAP_SETPCAP, whose absence means a container runtime already emptied it) and then the
-/// effective, permitted and inheritable sets (which clears the ambient set). Async-signal-safe.
+/// Empties the bounding set up to capability `bounding` (an exec as uid 0 would otherwise be given every
+/// capability in it back; `None` without CAP_SETPCAP, when it cannot be reduced and stays what the container
+/// runtime left) and then the effective, permitted and inheritable sets (which clears the ambient set).
+/// Async-signal-safe.
 fn drop_all_capabilities(bounding: Option<u32>) -> std::io::Result<()> {
-    for cap in bounding.map_or(1..=0, |last| 0..=last) {
-        // SAFETY: prctl with integer arguments.
-        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
-            let e = std::io::Error::last_os_error();
-            // Past the kernel's last capability (an older kernel than cap_last_cap said): done.
-            if e.raw_os_error() == Some(libc::EINVAL) {
-                break;
+    if let Some(last) = bounding {
+        for cap in 0..=last {
+            // SAFETY: prctl with integer arguments.
+            if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
+                let e = std::io::Error::last_os_error();
+                // Past the kernel's last capability (an older kernel than cap_last_cap said): done.
+                if e.raw_os_error() == Some(libc::EINVAL) {
+                    break;
+                }
+                return Err(e);
             }
-            return Err(e);
         }
     }
     let mut header = CapHeader {
