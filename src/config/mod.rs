@@ -1093,6 +1093,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configuration_parses() {
+        let c = parse(include_str!("../../config.example.toml")).unwrap();
+        assert!(c.engines.sandbox.enabled);
+        assert_eq!(c.engines.sandbox.user.as_deref(), Some("dmr-engine"));
+    }
+
+    #[test]
     fn the_engine_sandbox_is_on_by_default_and_its_settings_are_checked() {
         let c = parse("").unwrap();
         assert!(c.engines.sandbox.enabled);
