@@ -162,6 +162,19 @@ fn dedup(list: &mut Vec<PathBuf>) {
     list.retain(|p| seen.insert(p.clone()));
 }
 
+/// The prefix of a runner's private directory: `dmr-engine-<supervisor pid>-`, so that a supervisor can tell the
+/// directories a killed one left behind.
+pub fn private_prefix(supervisor: u32) -> String {
+    format!("dmr-engine-{supervisor}-")
+}
+
+/// The supervisor whose runner made a private directory called `name`, if it is one.
+pub fn private_owner(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("dmr-engine-")?;
+    let (pid, _) = rest.split_once('-')?;
+    pid.parse().ok()
+}
+
 /// A file's owner and mode bits, as `stat` gives them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Node {
@@ -366,6 +379,20 @@ mod tests {
             );
         }
         assert!(!p.read.contains(&PathBuf::from("/store/bundles/sha256")));
+    }
+
+    #[test]
+    fn a_private_directory_names_its_supervisor() {
+        let name = format!("{}a1B2c3", private_prefix(4242));
+        assert_eq!(private_owner(&name), Some(4242));
+        for other in [
+            "dmr-engine-x-1",
+            "dmr-engine-12",
+            "tmp.abc",
+            "dmr-engine--3",
+        ] {
+            assert_eq!(private_owner(other), None, "{other}");
+        }
     }
 
     fn node(mode: u32, uid: u32, gid: u32) -> Node {

@@ -18,6 +18,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -65,11 +66,12 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def start(supervisors, world: Path, sandbox: dict, engine_binary: str | None = None, **tiny):
+def start(supervisors, world: Path, sandbox: dict, engine_binary: str | None = None, store: str = "store",
+          **tiny):
     other = supervisors.other_tiny_model()
     env = {"PROBE_SECRET": str(world / "secret.txt"), "PROBE_OTHER_BLOB": sha256(Path(other["gguf"])),
            "PROBE_SHARED": str(world / "shared")}
-    return supervisors.start(models=[supervisors.tiny_model(**tiny), other], store=world / "store", sandbox=sandbox,
+    return supervisors.start(models=[supervisors.tiny_model(**tiny), other], store=world / store, sandbox=sandbox,
                              engine_binary=engine_binary or str(world / "engine/bin/prober"), env=env)
 
 
@@ -145,6 +147,21 @@ def test_with_the_sandbox_off_the_same_engine_reads_the_secret_and_the_store(wor
     for action in ["read_secret", "read_store_index", "read_other_model", "list_store_blobs"]:
         assert got[action] == "ok", (action, got)
     assert "engines run unconfined ([engines] sandbox = false)" in sup.stderr_text()
+
+
+def test_a_killed_supervisor_s_private_directories_are_removed_by_the_next_one(world, supervisors):
+    sup = start(supervisors, world, {"user": USER})
+    private = Path(probe(sup)["tmpdir"])
+    assert private.name.startswith(f"dmr-engine-{sup.proc.pid}-"), private
+    sup.signal(signal.SIGKILL)
+    sup.wait_exit()
+    assert private.exists(), "nothing removed it: the supervisor was SIGKILLed"
+    other = start(supervisors, world, {"user": USER})
+    live = Path(probe(other)["tmpdir"])
+    assert not private.exists(), "the next supervisor left the dead one's private directory"
+    # A running supervisor's directories are left alone.
+    start(supervisors, world, {"user": USER}, store="store2")
+    assert live.exists(), "a running supervisor's private directory was removed"
 
 
 def test_sandbox_read_and_sandbox_write_open_exactly_what_they_name(world, supervisors):

@@ -85,6 +85,7 @@ impl Sandbox {
             landlock_abi: landlock_abi(),
         };
         sandbox.announce(root);
+        remove_orphaned_private_dirs();
         Ok(sandbox)
     }
 
@@ -137,7 +138,7 @@ impl Sandbox {
             return Ok(None);
         }
         let private = tempfile::Builder::new()
-            .prefix("dmr-engine-")
+            .prefix(&super::private_prefix(std::process::id()))
             .tempdir()
             .map_err(|e| format!("cannot make the engine's private directory: {e}"))?;
         if let Some(u) = &self.user {
@@ -390,6 +391,29 @@ fn lookup(name: &str) -> Result<EngineUser, String> {
             "engines.user: there is no user {name:?} on this machine (create one: useradd --system --no-create-home --shell /usr/sbin/nologin {name})"
         )),
         Err(e) => Err(format!("engines.user: cannot look {name:?} up: {e}")),
+    }
+}
+
+/// Removes the private directories that supervisors no longer running left in `$TMPDIR` (killed before their
+/// runners ended); those of running supervisors stay.
+fn remove_orphaned_private_dirs() {
+    let dir = std::env::temp_dir();
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(owner) = name.to_str().and_then(super::private_owner) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{owner}")).exists() {
+            continue;
+        }
+        match std::fs::remove_dir_all(entry.path()) {
+            Ok(()) => {
+                tracing::info!(path = %entry.path().display(), "removed an engine's private directory that a stopped supervisor left")
+            }
+            Err(e) => {
+                tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove an engine's old private directory")
+            }
+        }
     }
 }
 
