@@ -35,6 +35,9 @@ pub enum StartError {
         path: String,
         source: store::StoreError,
     },
+    /// The engine sandbox's settings cannot be applied (`[engines] user` names no user).
+    #[error("{0}")]
+    Sandbox(String),
     #[error("the start-up task failed: {0}")]
     Task(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -53,6 +56,7 @@ pub struct Running {
 /// Opens the store, imports the configured models, resolves engines and binds the listener.
 /// `source` says where `config` came from, for reloads.
 pub async fn start(config: Config, source: proxy::ConfigSource) -> Result<Running, StartError> {
+    let sandbox = engines::sandbox::confine::Sandbox::new(&config.engines.sandbox).map_err(StartError::Sandbox)?;
     let store_path = config.store.path.clone();
     let models = config.models.clone();
     let store = tokio::task::spawn_blocking(move || {
@@ -76,7 +80,7 @@ pub async fn start(config: Config, source: proxy::ConfigSource) -> Result<Runnin
     .map_err(|e| StartError::Task(e.to_string()))?
     .map_err(|source| StartError::Store { path: config.store.path.display().to_string(), source })?;
     let addr = config.server.listen;
-    let app = Arc::new(proxy::build_app(config, source, store));
+    let app = Arc::new(proxy::build_app(config, source, store, sandbox));
     let server = Server::bind(app.clone())
         .await
         .map_err(|source| StartError::Listen { addr, source })?;

@@ -81,11 +81,41 @@ pub struct StoreConfig {
     pub import_roots: Vec<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EnginesConfig {
     pub llamacpp: LlamaCppConfig,
     pub vllm: VllmConfig,
     pub diffusers: DiffusersConfig,
+    pub sandbox: SandboxConfig,
+}
+
+impl Default for EnginesConfig {
+    fn default() -> Self {
+        EnginesConfig {
+            llamacpp: LlamaCppConfig::default(),
+            vllm: VllmConfig::default(),
+            diffusers: DiffusersConfig::default(),
+            sandbox: SandboxConfig {
+                enabled: true,
+                user: None,
+                read: Vec::new(),
+                write: Vec::new(),
+            },
+        }
+    }
+}
+
+/// How engines are confined (`engines::sandbox`): `[engines] sandbox`, `user`, `sandbox_read`, `sandbox_write`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxConfig {
+    /// Off: engines run as the supervisor runs, unconfined (for debugging).
+    pub enabled: bool,
+    /// The user engines run as when the supervisor runs as root; `None`: root without capabilities.
+    pub user: Option<String>,
+    /// Extra trees an engine may read and execute (CUDA under /opt, a shared cache).
+    pub read: Vec<PathBuf>,
+    /// Extra trees an engine may write.
+    pub write: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -496,6 +526,30 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
 
     if let Some(engines) = raw.engines {
         errors.unknown("engines", &engines.unknown);
+        let sandbox = &mut config.engines.sandbox;
+        if let Some(on) = engines.sandbox {
+            sandbox.enabled = on;
+        }
+        if let Some(user) = engines.user {
+            match check_user_name(&user) {
+                Ok(()) => sandbox.user = Some(user),
+                Err(e) => errors.push("engines.user", e),
+            }
+        }
+        for (key, list, slot) in [
+            ("engines.sandbox_read", engines.sandbox_read, &mut sandbox.read),
+            ("engines.sandbox_write", engines.sandbox_write, &mut sandbox.write),
+        ] {
+            for (i, p) in list.unwrap_or_default().iter().enumerate() {
+                match resolve_path(p, base) {
+                    Ok(p) if p.parent().is_none() => {
+                        errors.push(format!("{key}[{i}]"), "the whole file system cannot be allowed")
+                    }
+                    Ok(p) => slot.push(p),
+                    Err(e) => errors.push(format!("{key}[{i}]"), e),
+                }
+            }
+        }
         if let Some(llamacpp) = engines.llamacpp {
             errors.unknown("engines.llamacpp", &llamacpp.unknown);
             if let Some(binary) = llamacpp.binary {
@@ -856,6 +910,23 @@ fn tls_identity(
 }
 
 /// Expands a leading `~/` and makes relative paths relative to `base` (the config file's directory).
+/// A user name as `useradd` accepts it (its existence is checked when the daemon starts).
+fn check_user_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= 32
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a user name (letters, digits, '_', '-', '.', at most 32)"
+        ))
+    }
+}
+
 fn resolve_path(p: &str, base: &Path) -> Result<PathBuf, String> {
     if p.is_empty() {
         return Err("empty path".into());
@@ -926,6 +997,10 @@ impl Config {
                 self.engines.llamacpp.binary == new.engines.llamacpp.binary,
             ),
             ("engines.vllm", self.engines.vllm == new.engines.vllm),
+            (
+                "engines.sandbox",
+                self.engines.sandbox == new.engines.sandbox,
+            ),
             (
                 "engines.diffusers",
                 self.engines.diffusers == new.engines.diffusers,
@@ -1082,6 +1157,39 @@ mod tests {
         );
         let err = parse("[server]\nresponses_ttl = \"0s\"").unwrap_err();
         assert_eq!(err.lines(), ["server.responses_ttl: must be > 0"]);
+    }
+
+    #[test]
+    fn the_example_configuration_parses() {
+        let c = parse(include_str!("../../config.example.toml")).unwrap();
+        assert!(c.engines.sandbox.enabled);
+        assert_eq!(c.engines.sandbox.user.as_deref(), Some("dmr-engine"));
+    }
+
+    #[test]
+    fn the_engine_sandbox_is_on_by_default_and_its_settings_are_checked() {
+        let c = parse("").unwrap();
+        assert!(c.engines.sandbox.enabled);
+        assert_eq!(c.engines.sandbox.user, None);
+        let c = parse(
+            "[engines]\nsandbox = false\nuser = \"dmr-engine\"\nsandbox_read = [\"/opt/cuda\", \"lib\"]\nsandbox_write = [\"/srv/cache\"]\n",
+        )
+        .unwrap();
+        let s = &c.engines.sandbox;
+        assert!(!s.enabled);
+        assert_eq!(s.user.as_deref(), Some("dmr-engine"));
+        assert_eq!(s.read, [PathBuf::from("/opt/cuda"), "/etc/dmr/lib".into()]);
+        assert_eq!(s.write, [PathBuf::from("/srv/cache")]);
+        let err = parse("[engines]\nuser = \"-x; rm\"\nsandbox_read = [\"/\"]\nsandbox_write = [\"\"]\n")
+            .unwrap_err();
+        let lines = err.lines();
+        for expected in [
+            "engines.user: \"-x; rm\" is not a user name",
+            "engines.sandbox_read[0]: the whole file system cannot be allowed",
+            "engines.sandbox_write[0]: empty path",
+        ] {
+            assert!(lines.iter().any(|l| l.starts_with(expected)), "{expected}: {lines:?}");
+        }
     }
 
     #[test]

@@ -53,6 +53,10 @@ pub struct RawStore {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct RawEngines {
+    pub sandbox: Option<bool>,
+    pub user: Option<String>,
+    pub sandbox_read: Option<Vec<String>>,
+    pub sandbox_write: Option<Vec<String>>,
     pub llamacpp: Option<RawLlamaCpp>,
     pub vllm: Option<RawVllm>,
     pub diffusers: Option<RawDiffusers>,

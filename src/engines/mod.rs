@@ -3,7 +3,8 @@
 //! it answers to, how it counts tokens, which settings and flags it accepts. [`EngineKind::ALL`] registers them;
 //! which one serves a model follows its format (GGUF → llama.cpp, safetensors → vLLM, diffusers pipelines →
 //! diffusers), as in DMR. `process` spawns an engine in its own process group, captures its
-//! output, waits for readiness and stops the whole group. Nothing here decides *when* to start or stop an engine:
+//! output, waits for readiness and stops the whole group; `sandbox` decides what an engine may touch and confines
+//! it (user, `no_new_privs`, Landlock). Nothing here decides *when* to start or stop an engine:
 //! that is the scheduler's job.
 
 pub mod diffusers;
@@ -11,6 +12,7 @@ pub mod flags;
 pub mod install;
 pub mod llamacpp;
 pub mod process;
+pub mod sandbox;
 pub mod speculative;
 pub mod vllm;
 
@@ -262,6 +264,8 @@ pub struct EngineFinder {
     pub config: crate::config::EnginesConfig,
     pub path_var: Option<String>,
     pub data_dir: PathBuf,
+    /// How each engine start is confined (`sandbox::confine`).
+    pub sandbox: std::sync::Arc<sandbox::confine::Sandbox>,
 }
 
 impl EngineFinder {

@@ -21,6 +21,8 @@ use tokio::process::{Child, Command};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::sandbox::confine::Confinement;
+
 /// Lines of engine output kept per runner.
 const LOG_LINES: usize = 200;
 /// Longer lines are cut (the rest of the line is dropped).
@@ -85,16 +87,19 @@ pub struct EngineProcess {
     exit: Option<String>,
     /// The model, for log lines.
     label: String,
+    /// The sandboxed engine's private directory, removed when the process is dropped (after it is gone).
+    _private: Option<tempfile::TempDir>,
 }
 
 impl EngineProcess {
-    /// Starts `binary args...` in a new process group, with `env` added to ours. `label` names the engine in logs
-    /// (the model name).
+    /// Starts `binary args...` in a new process group, with `env` added to ours, confined by `sandbox` when
+    /// given. `label` names the engine in logs (the model name).
     pub fn spawn(
         binary: &Path,
         args: &[String],
         env: &[(String, String)],
         label: &str,
+        sandbox: Option<Confinement>,
     ) -> Result<EngineProcess, EngineError> {
         let spawn_err = |source| EngineError::Spawn {
             binary: binary.display().to_string(),
@@ -131,7 +136,13 @@ impl EngineProcess {
                 Ok(())
             });
         }
+        // After our own `pre_exec`: the user switch happens before both, the sandbox's steps after PDEATHSIG.
+        if let Some(sandbox) = &sandbox {
+            sandbox.apply(&mut cmd);
+        }
         let spawned = cmd.spawn();
+        // The child has entered (or will enter) its own copy of the Landlock ruleset; ours closes here.
+        let private = sandbox.map(Confinement::into_private);
         // Our copies of the write ends go, so the readers see EOF when the engine's group is gone.
         drop(cmd);
         let child = spawned.map_err(spawn_err)?;
@@ -179,6 +190,7 @@ impl EngineProcess {
             serving,
             exit: None,
             label: label.to_string(),
+            _private: private,
         })
     }
 
@@ -418,6 +430,7 @@ mod tests {
             &sh("echo loading; echo 'bad flag --x' >&2; exit 3"),
             &[],
             "t",
+            None,
         )
         .unwrap();
         let port = free_port().unwrap();
@@ -439,7 +452,7 @@ mod tests {
         let pidfile = dir.path().join("grandchild");
         let mut args = sh(script);
         args.push(pidfile.display().to_string());
-        let mut p = EngineProcess::spawn(Path::new("/bin/sh"), &args, &[], "t").unwrap();
+        let mut p = EngineProcess::spawn(Path::new("/bin/sh"), &args, &[], "t", None).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         let grandchild: i32 = loop {
             if let Some(pid) = std::fs::read_to_string(&pidfile)
@@ -482,6 +495,7 @@ mod tests {
             &sh("i=0; while [ $i -lt 300 ]; do echo line$i; i=$((i+1)); done; head -c 10000 /dev/zero | tr '\\0' x"),
             &[],
             "t",
+            None,
         )
         .unwrap();
         p.wait_exit().await;

@@ -492,11 +492,17 @@ fn access_from(config: &Config) -> access::Access {
 
 /// Wires the daemon from an opened store: logs which engines were found, then starts the scheduler and the
 /// registries (the store is opened and the configured models imported by `lib.rs`'s `start`).
-pub fn build_app(config: Config, source: ConfigSource, store: Store) -> App {
+pub fn build_app(
+    config: Config,
+    source: ConfigSource,
+    store: Store,
+    sandbox: crate::engines::sandbox::confine::Sandbox,
+) -> App {
     let finder = crate::engines::EngineFinder {
         config: config.engines.clone(),
         path_var: std::env::var("PATH").ok(),
         data_dir: crate::config::data_dir(),
+        sandbox: Arc::new(sandbox),
     };
     for (engine, command) in &finder.all() {
         match command {

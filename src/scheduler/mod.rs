@@ -8,6 +8,7 @@ pub mod decide;
 pub mod memory;
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -19,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::KeepAlive;
 use crate::engines::process::{free_port, EngineProcess};
+use crate::engines::sandbox::confine::Sandbox;
 use crate::engines::{self, EngineCommand, EngineFinder, LaunchSpec, Mode, Timeouts};
 use crate::gpu::{self, GpuProbe, ProbeKind};
 use crate::metrics::Metrics;
@@ -587,6 +589,8 @@ impl Actor {
         let command = self.finder.find(launch.engine);
         let engine = EngineSetup {
             command,
+            sandbox: self.finder.sandbox.clone(),
+            install_dir: launch.engine.install_dir(&self.finder.data_dir),
             env,
             timeouts: self.timeouts,
             metrics: self.metrics.clone(),
@@ -651,6 +655,10 @@ async fn sleep_until(deadline: Option<Instant>) {
 /// How a runner starts its engine, and where it reports.
 struct EngineSetup {
     command: Result<EngineCommand, String>,
+    /// Confines each start (`engines::sandbox`).
+    sandbox: Arc<Sandbox>,
+    /// The engine's install directory, which its sandbox may read.
+    install_dir: PathBuf,
     /// Added to the engine's environment (GPU pinning).
     env: Vec<(String, String)>,
     timeouts: Timeouts,
@@ -697,6 +705,8 @@ async fn run_runner(
 ) {
     let EngineSetup {
         command,
+        sandbox,
+        install_dir,
         env,
         timeouts,
         metrics,
@@ -714,7 +724,8 @@ async fn run_runner(
         let spawned = command.clone().and_then(|command| {
             let port = free_port().map_err(|e| format!("no free port for the engine: {e}"))?;
             let args = engines::argv(&command, &launch, port);
-            EngineProcess::spawn(&command.program, &args, &env, model)
+            let confinement = sandbox.prepare(&command, &install_dir, &launch)?;
+            EngineProcess::spawn(&command.program, &args, &env, model, confinement)
                 .map(|p| (p, port))
                 .map_err(|e| e.to_string())
         });

@@ -422,7 +422,11 @@ class SupervisorFactory:
                      scheduler: dict | None = None, store: Path | None = None, extra: str = "",
                      name: str | None = None, engine_binary: str | None = None,
                      engines: dict[str, dict] | None = None,
-                     store_table: dict[str, Any] | None = None) -> tuple[Path, Path, Path]:
+                     store_table: dict[str, Any] | None = None,
+                     sandbox: dict[str, Any] | None = None) -> tuple[Path, Path, Path]:
+        """`sandbox`: the `[engines]` table (sandbox, user, sandbox_read, sandbox_write); by default the engines run
+        sandboxed (the daemon's default) with the test's directory writable and the test tools readable
+        (`sandbox_defaults`), so stand-ins may log there."""
         self._n += 1
         d = self.tmp / (name or f"sup{self._n}")
         d.mkdir(parents=True, exist_ok=True)
@@ -439,6 +443,7 @@ class SupervisorFactory:
             "store": {"path": str(store), "import_roots": [str(self.tmp), str(self.prereqs.tiny_gguf.parent),
                                                         str(self.prereqs.smollm2_gguf.parent)],
                       **(store_table or {})},
+            "engines": self.sandbox_defaults() if sandbox is None else sandbox,
             "engines.llamacpp": {"binary": engine_binary or str(wrapper)},
             "scheduler": {"keep_alive": "5m", "startup_timeout": "60s", "stop_timeout": "5s", **(scheduler or {})},
             **{f"engines.{k}": v for k, v in (engines or {}).items()},
@@ -447,6 +452,19 @@ class SupervisorFactory:
         cfg = d / "config.toml"
         cfg.write_text(render_toml(tables, models, extra))
         return cfg, store, wrapper_log
+
+    def sandbox_defaults(self) -> dict[str, Any]:
+        """The `[engines]` table of every test that does not ask for another: the sandbox on, engines may write the
+        test's directory (the wrapper's and the stand-ins' logs; the store is in it too) and read what the test
+        engines run from: the real llama-server's tree, this repository (stand-ins, the spy), the Python running
+        the tests (a venv and its base prefix) and pyenv's shims (`#!/usr/bin/env python3`)."""
+        llama = Path(self.prereqs.llama_server).resolve()
+        read = {str(llama.parent.parent if llama.parent.name == "bin" else llama.parent), str(REPO),
+                sys.prefix, sys.base_prefix}
+        pyenv = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
+        if pyenv.is_dir():
+            read.add(str(pyenv))
+        return {"sandbox": True, "sandbox_read": sorted(read), "sandbox_write": [str(self.tmp)]}
 
     def start(self, env: dict[str, str] | None = None, launcher: list[str] | None = None, **kw) -> Supervisor:
         cfg, store, wrapper_log = self.write_config(**kw)

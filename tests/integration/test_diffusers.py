@@ -44,11 +44,12 @@ def png_size(b64: str) -> tuple[int, int]:
     return struct.unpack(">II", png[16:24])
 
 
-def start(supervisors, python, path: Path, name: str = "ai/tiny-sd"):
+def start(supervisors, python, path: Path, name: str = "ai/tiny-sd", sandbox: dict | None = None):
     return supervisors.start(
         models=[supervisors.tiny_model(), {"name": name, "path": str(path)}],
         engines={"diffusers": {"python": python, "runner": str(RUNNER)}},
         scheduler={"startup_timeout": "180s"},
+        sandbox=sandbox,
     )
 
 
@@ -99,3 +100,22 @@ def test_a_dduf_file_is_served_too(supervisors, python, pipeline):
     assert r.status_code == 200, r.text
     assert png_size(r.json()["data"][0]["b64_json"]) == (32, 32)
     assert sup.get("/models/ai/tiny-sd-dduf").json()["config"]["format"] == "dduf"
+
+
+def test_the_runner_draws_in_the_sandbox_with_no_allowance_beyond_its_own(supervisors, python, pipeline):
+    """No `sandbox_read`/`sandbox_write`: the runner reads only its venv, its base interpreter's prefix, its own
+    directory, the model's bundle and the system's libraries, and writes only its private directory."""
+    sup = start(supervisors, python, pipeline.with_suffix(".dduf"), name="ai/tiny-sd-dduf", sandbox={})
+    r = sup.post("/v1/images/generations", {"model": "ai/tiny-sd-dduf", "prompt": "a cat", "size": "32x32",
+                                            "num_inference_steps": 1, "seed": 1}, timeout=300)
+    assert r.status_code == 200, r.text + "\n" + sup.diagnostics()
+    assert png_size(r.json()["data"][0]["b64_json"]) == (32, 32)
+    def cmdline(p: Path) -> bytes:
+        try:
+            return (p / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile
+            return b""
+    runners = [p for p in Path("/proc").iterdir() if p.name.isdigit() and str(RUNNER).encode() in cmdline(p)]
+    assert runners, "no runner process"
+    status = dict(line.split(":", 1) for line in (runners[0] / "status").read_text().splitlines() if ":" in line)
+    assert status["NoNewPrivs"].strip() == "1" and int(status["CapEff"], 16) == 0, status
