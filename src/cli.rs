@@ -373,7 +373,7 @@ impl Cli {
                 if context_size.is_some() || source != target {
                     let body = native::RepackageRequest {
                         target: Some(target.clone()),
-                        context_size: context_size.map(u64::from),
+                        context_size,
                     };
                     let answer: Value = self
                         .send(
@@ -618,7 +618,7 @@ impl Cli {
                 runtime_flags.extend(rest);
                 let body = native::ConfigureRequest {
                     model: Some(model.clone()),
-                    context_size: context_size.map(i64::from),
+                    context_size,
                     runtime_flags: Some(runtime_flags).filter(|f| !f.is_empty()),
                     ..Default::default()
                 };

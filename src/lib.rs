@@ -56,7 +56,8 @@ pub struct Running {
 /// Opens the store, imports the configured models, resolves engines and binds the listener.
 /// `source` says where `config` came from, for reloads.
 pub async fn start(config: Config, source: proxy::ConfigSource) -> Result<Running, StartError> {
-    let sandbox = engines::sandbox::confine::Sandbox::new(&config.engines.sandbox).map_err(StartError::Sandbox)?;
+    let sandbox = engines::sandbox::confine::Sandbox::new(&config.engines.sandbox)
+        .map_err(StartError::Sandbox)?;
     let store_path = config.store.path.clone();
     let models = config.models.clone();
     let store = tokio::task::spawn_blocking(move || {

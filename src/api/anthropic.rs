@@ -786,7 +786,7 @@ impl StreamTranslator {
                     && call
                         .id
                         .as_ref()
-                        .map_or(true, |id| Some(id) == self.tool_id.as_ref());
+                        .is_none_or(|id| Some(id) == self.tool_id.as_ref());
                 if !same {
                     self.close_block(out);
                     self.tool_id = call.id.clone();

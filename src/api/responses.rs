@@ -1234,7 +1234,7 @@ impl StreamTranslator {
             && call
                 .id
                 .as_ref()
-                .map_or(true, |id| Some(id) == self.call_id.as_ref());
+                .is_none_or(|id| Some(id) == self.call_id.as_ref());
         if !same {
             self.close(Status::Completed, out);
             self.call_id = call.id.clone();

@@ -537,14 +537,23 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             }
         }
         for (key, list, slot) in [
-            ("engines.sandbox_read", engines.sandbox_read, &mut sandbox.read),
-            ("engines.sandbox_write", engines.sandbox_write, &mut sandbox.write),
+            (
+                "engines.sandbox_read",
+                engines.sandbox_read,
+                &mut sandbox.read,
+            ),
+            (
+                "engines.sandbox_write",
+                engines.sandbox_write,
+                &mut sandbox.write,
+            ),
         ] {
             for (i, p) in list.unwrap_or_default().iter().enumerate() {
                 match resolve_path(p, base) {
-                    Ok(p) if p.parent().is_none() => {
-                        errors.push(format!("{key}[{i}]"), "the whole file system cannot be allowed")
-                    }
+                    Ok(p) if p.parent().is_none() => errors.push(
+                        format!("{key}[{i}]"),
+                        "the whole file system cannot be allowed",
+                    ),
                     Ok(p) => slot.push(p),
                     Err(e) => errors.push(format!("{key}[{i}]"), e),
                 }
@@ -1164,9 +1173,18 @@ mod tests {
         // Its certificate files are examples: the test's stand in for them (a CA file is a certificate too).
         let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
         let text = include_str!("../../config.example.toml")
-            .replace("/etc/dmr-supervisor/tls/server.pem", &format!("{fixtures}/test-cert.pem"))
-            .replace("/etc/dmr-supervisor/tls/server.key", &format!("{fixtures}/test-key.pem"))
-            .replace("/etc/dmr-supervisor/registry-ca.pem", &format!("{fixtures}/test-cert.pem"));
+            .replace(
+                "/etc/dmr-supervisor/tls/server.pem",
+                &format!("{fixtures}/test-cert.pem"),
+            )
+            .replace(
+                "/etc/dmr-supervisor/tls/server.key",
+                &format!("{fixtures}/test-key.pem"),
+            )
+            .replace(
+                "/etc/dmr-supervisor/registry-ca.pem",
+                &format!("{fixtures}/test-cert.pem"),
+            );
         let c = parse(&text).unwrap();
         assert!(c.server.tls.is_some());
         assert!(c.engines.sandbox.enabled);
@@ -1187,15 +1205,19 @@ mod tests {
         assert_eq!(s.user.as_deref(), Some("dmr-engine"));
         assert_eq!(s.read, [PathBuf::from("/opt/cuda"), "/etc/dmr/lib".into()]);
         assert_eq!(s.write, [PathBuf::from("/srv/cache")]);
-        let err = parse("[engines]\nuser = \"-x; rm\"\nsandbox_read = [\"/\"]\nsandbox_write = [\"\"]\n")
-            .unwrap_err();
+        let err =
+            parse("[engines]\nuser = \"-x; rm\"\nsandbox_read = [\"/\"]\nsandbox_write = [\"\"]\n")
+                .unwrap_err();
         let lines = err.lines();
         for expected in [
             "engines.user: \"-x; rm\" is not a user name",
             "engines.sandbox_read[0]: the whole file system cannot be allowed",
             "engines.sandbox_write[0]: empty path",
         ] {
-            assert!(lines.iter().any(|l| l.starts_with(expected)), "{expected}: {lines:?}");
+            assert!(
+                lines.iter().any(|l| l.starts_with(expected)),
+                "{expected}: {lines:?}"
+            );
         }
     }
 

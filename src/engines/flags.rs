@@ -243,7 +243,14 @@ mod tests {
             &["-ngl", "99", "--ctx-size=8192", "--seed=-1"],
             &["--n-predict", "-1", "-ctk", "q8_0", "--jinja"],
             &["--chat-template", "chatml", "--reasoning-budget", "0"],
-            &["--spec-draft-n-max", "8", "--spec-draft-p-min", "0.6", "-ngld", "99"],
+            &[
+                "--spec-draft-n-max",
+                "8",
+                "--spec-draft-p-min",
+                "0.6",
+                "-ngld",
+                "99",
+            ],
             &[],
         ] {
             assert_eq!(check(ok), Ok(()), "{ok:?}");

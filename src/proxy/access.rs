@@ -126,7 +126,7 @@ fn is_local_origin(origin: &str) -> bool {
         None => (host, None),
     };
     matches!(name, "localhost" | "127.0.0.1" | "0.0.0.0")
-        && port.map_or(true, |p| is_port(&format!(":{p}")))
+        && port.is_none_or(|p| is_port(&format!(":{p}")))
 }
 
 fn is_port(s: &str) -> bool {

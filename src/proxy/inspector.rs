@@ -50,7 +50,7 @@ impl Inspector {
         let entries: Vec<Entry> = {
             let map = self.by_model.lock().unwrap_or_else(|p| p.into_inner());
             map.iter()
-                .filter(|(m, _)| model.map_or(true, |want| want == m.as_str()))
+                .filter(|(m, _)| model.is_none_or(|want| want == m.as_str()))
                 .flat_map(|(_, q)| q.iter().cloned())
                 .collect()
         };

@@ -68,7 +68,7 @@ pub async fn handle(app: &Arc<App>, query: Option<&str>) -> Result<Response<Body
     let only = q.model.clone();
     let wanted = move |l: &LogLine| {
         only.as_deref()
-            .map_or(true, |m| l.model.as_deref() == Some(m))
+            .is_none_or(|m| l.model.as_deref() == Some(m))
     };
     lines.retain(|l| wanted(l));
     let skip = lines.len().saturating_sub(q.tail);

@@ -18,7 +18,7 @@ pub enum PullEvent {
 
 /// A pull whose source has answered: a registry's manifest and config, or a Hugging Face repository's file list.
 pub enum Pull {
-    Registry(Prepared),
+    Registry(Box<Prepared>),
     HuggingFace(String, hf::Plan),
 }
 
@@ -37,7 +37,7 @@ impl Pull {
             return Ok(Pull::HuggingFace(tag, plan));
         }
         let prepared = registries.prepare(store.clone(), from, bearer).await?;
-        Ok(Pull::Registry(prepared))
+        Ok(Pull::Registry(Box::new(prepared)))
     }
 
     /// Bytes to download at most.
@@ -57,7 +57,7 @@ impl Pull {
     ) -> Result<crate::store::Model, RegistryError> {
         let tag = self.tag().to_string();
         let result = match self {
-            Pull::Registry(p) => registries.pull(store.clone(), p, report).await,
+            Pull::Registry(p) => registries.pull(store.clone(), *p, report).await,
             Pull::HuggingFace(tag, plan) => {
                 registries.pull_hf(store.clone(), &tag, plan, report).await
             }

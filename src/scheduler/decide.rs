@@ -114,6 +114,8 @@ pub enum Selector {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+// Moved once each (into the actor, out of `decide`): boxing the launch would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Event {
     Acquire {
         waiter: WaiterId,
@@ -178,6 +180,8 @@ pub enum Rejection {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+// Moved once each (into the actor, out of `decide`): boxing the launch would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Action {
     Spawn {
         runner: RunnerId,

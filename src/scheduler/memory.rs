@@ -201,7 +201,7 @@ pub fn plan(devices: &[Device], limits: &Limits, holders: &[Holder], demand: &De
             }
         };
         let rank = (class, spread, cost);
-        if best.as_ref().map_or(true, |(r, _)| rank < *r) {
+        if best.as_ref().is_none_or(|(r, _)| rank < *r) {
             best = Some((rank, outcome));
         }
     }

@@ -98,7 +98,7 @@ impl ResponseStore {
             let expired = inner
                 .by_id
                 .get(&front)
-                .map_or(true, |e| now.saturating_duration_since(e.at) >= limits.ttl);
+                .is_none_or(|e| now.saturating_duration_since(e.at) >= limits.ttl);
             if expired || inner.by_id.len() > limits.max {
                 inner.order.pop_front();
                 inner.by_id.remove(&front);
