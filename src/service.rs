@@ -134,6 +134,8 @@ mod tests {
             predicted: 0,
             measured: None,
             usage: Usage::new(),
+            draft: None,
+            pinned: false,
         }
     }
 

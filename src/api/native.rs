@@ -209,6 +209,11 @@ pub struct RunnerStatus {
     pub measured_memory: Option<u64>,
     /// Bytes per device index (`CUDA_VISIBLE_DEVICES` numbering): placed, then measured.
     pub devices: std::collections::BTreeMap<u32, u64>,
+    /// The speculative decoding draft model loaded beside it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub draft_model: Option<String>,
+    /// `[[models]] pinned`: never evicted, never stopped for being idle.
+    pub pinned: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

@@ -39,6 +39,8 @@ pub async fn ps(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
             predicted_memory: r.predicted,
             measured_memory: r.measured,
             devices: r.usage,
+            draft_model: r.draft,
+            pinned: r.pinned,
         })
         .collect();
     Ok(json(StatusCode::OK, &runners))

@@ -151,6 +151,10 @@ pub struct RunnerInfo {
     pub measured: Option<u64>,
     /// Bytes per device it holds: placed, then measured.
     pub usage: Usage,
+    /// The speculative draft's display name, when it has one.
+    pub draft: Option<String>,
+    /// `[[models]] pinned`: never evicted.
+    pub pinned: bool,
 }
 
 enum Msg {
@@ -638,6 +642,8 @@ impl Actor {
                     predicted: r.demand.bytes(),
                     measured: r.measured,
                     usage: r.usage.clone(),
+                    draft: r.launch.draft.as_ref().map(|d| d.name.clone()),
+                    pinned: r.launch.pinned,
                 }
             })
             .collect()

@@ -106,6 +106,8 @@ def test_a_pinned_model_is_never_evicted_nor_stopped_for_idleness(supervisors):
                             scheduler={"keep_alive": "1s", "max_loaded_models": 1})
     wait_until(lambda: ready(sup).status_code == 200, 30, "the pinned model preloaded")
     assert loaded(sup) == ["ai/tiny:latest"]
+    [runner] = sup.ps()
+    assert runner["pinned"] is True and runner["keep_alive"] == "-1", runner
     # max_loaded_models = 1 and the one slot is pinned: the other model is refused, the pinned one stays.
     r = sup.chat("ai/tiny2")
     assert r.status_code >= 400 and "pinned" in r.text, r.text

@@ -75,7 +75,8 @@ def test_smollm2_drafting_for_itself_accepts_the_drafts(supervisors, prereqs):
     # Its log line says the same (engine lines reach /logs in bursts, up to 20 ms late).
     wait_until(lambda: "draft acceptance" in sup.get("/logs").text, 5, "the engine's draft acceptance line")
     [spawn] = sup.spawns()
-    assert len(sup.ps()) == 1
+    [runner] = sup.ps()
+    assert runner["draft_model"] == "ai/smollm2:latest" and runner["pinned"] is False, runner
 
 
 def test_a_new_draft_is_a_new_runner_and_settings_persist_over_the_configs(supervisors, tmp_path):
