@@ -167,14 +167,23 @@ pub struct Cli {
 }
 
 impl Cli {
-    pub fn new(host: &str) -> Cli {
-        Cli {
-            host: host.trim_end_matches('/').to_string(),
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .build()
-                .unwrap_or_default(),
+    /// A client of the daemon at `host`; `ca_cert`: a PEM file of CA certificates to trust for an `https://` host
+    /// (the daemon's `[server] tls_cert` signed by a private CA), besides the system's.
+    pub fn new(host: &str, ca_cert: Option<&std::path::Path>) -> Result<Cli, Failure> {
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+        if let Some(path) = ca_cert {
+            let certs = crate::tls::load_roots(path)
+                .map_err(|e| Failure(format!("--ca-cert {}: {e}", path.display())))?
+                .iter()
+                .map(|der| reqwest::Certificate::from_der(der))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Failure(format!("--ca-cert {}: {e}", path.display())))?;
+            builder = builder.tls_certs_merge(certs);
         }
+        Ok(Cli {
+            host: host.trim_end_matches('/').to_string(),
+            http: builder.build().map_err(|e| Failure(with_causes(&e)))?,
+        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -185,9 +194,11 @@ impl Cli {
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, Failure> {
         let resp = req.send().await.map_err(|e| {
             if e.is_connect() {
+                // The causes say whether nothing listens or, over https, the certificate was refused.
                 Failure(format!(
-                    "cannot reach dmr-supervisor at {}: is it running? ({e})",
-                    self.host
+                    "cannot reach dmr-supervisor at {}: is it running? ({})",
+                    self.host,
+                    with_causes(&e)
                 ))
             } else {
                 Failure(with_causes(&e))

@@ -2,7 +2,7 @@
 //! in the library.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -50,6 +50,10 @@ struct Cli {
     )]
     host: String,
 
+    /// A PEM file of CA certificates the client commands trust for an https:// --host, besides the system's.
+    #[arg(long, global = true, env = "DMR_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -86,9 +90,12 @@ enum EnginesAction {
 }
 
 /// A client command: one call to the daemon at `host`.
-fn client(host: &str, action: dmr_supervisor::cli::Action) -> ExitCode {
-    let cli = dmr_supervisor::cli::Cli::new(host);
-    match block_on(async { cli.run(action).await.map_err(|failure| failure.0) }) {
+fn client(host: &str, ca_cert: Option<&Path>, action: dmr_supervisor::cli::Action) -> ExitCode {
+    let run = async {
+        let cli = dmr_supervisor::cli::Cli::new(host, ca_cert)?;
+        cli.run(action).await
+    };
+    match block_on(async { run.await.map_err(|failure| failure.0) }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(code) => code,
     }
@@ -150,9 +157,10 @@ fn main() -> ExitCode {
                 action: EnginesAction::Uninstall { name },
             } => client(
                 &cli.host,
+                cli.ca_cert.as_deref(),
                 dmr_supervisor::cli::Action::UninstallBackend { name },
             ),
-            Command::Client(action) => client(&cli.host, action),
+            Command::Client(action) => client(&cli.host, cli.ca_cert.as_deref(), action),
         };
     }
     init_logging(cli.log_format);

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import ssl
+import subprocess
 
 import httpx
 import openai
@@ -63,6 +64,15 @@ def test_the_listener_serves_https_and_nothing_else(supervisors, ca, tmp_path):
         requests.get(f"http://127.0.0.1:{sup.port}/v1/models", timeout=10)
     # ... and the server serves on.
     assert requests.get(base + "/v1/models", verify=str(ca.cert), timeout=60).status_code == 200
+    # The CLI trusts the test CA with --ca-cert; without it, it fails saying why.
+    cli = [str(supervisors.prereqs.supervisor), "--host", base]
+    p = subprocess.run(cli + ["--ca-cert", str(ca.cert), "ls"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "ai/tiny" in p.stdout, p.stdout + p.stderr
+    p = subprocess.run(cli + ["ls"], capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "certificate" in p.stderr.lower(), p.stderr
+    p = subprocess.run(cli + ["--ca-cert", str(tmp_path / "missing.pem"), "ls"], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode != 0 and "--ca-cert" in p.stderr, p.stderr
     # The Unix socket stays plain HTTP.
     status, body = over_unix(sock, "GET", "/v1/models")
     assert status == 200 and b"ai/tiny" in body, body
