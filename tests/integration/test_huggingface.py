@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import sha256_file
+from harness import sha256_file, wait_until
 from hf_repos import HfServer, lines, make_hf_root, start
 from registry import FaultProxy
 
@@ -70,3 +70,18 @@ def test_a_cut_download_resumes_and_a_safetensors_repo_comes_whole(supervisors, 
         assert out[-1]["type"] == "success", out[-3:]
         m = sup.get("/models/huggingface.co/testorg/tiny-st:latest").json()
         assert m["config"]["format"] == "safetensors" and m["config"]["context_size"] == 2048
+
+
+def test_a_declared_hf_reference_is_pulled_at_start_preloaded_and_answers_to_its_alias(supervisors, hf_root):
+    with HfServer(hf_root) as hf:
+        sup = supervisors.start(models=[{"from": "hf.co/testorg/tiny-GGUF", "preload": True, "aliases": ["hf-tiny"],
+                                         "context_size": 512}],
+                                extra=f'[registry]\nhf_endpoint = "{hf.url}"\n')
+        wait_until(lambda: sup.get("/readyz").status_code == 200, 60, "the Hugging Face model pulled and loaded")
+        assert [r["model_name"] for r in sup.ps()] == ["huggingface.co/testorg/tiny-gguf:latest"], sup.ps()
+        m = sup.get("/models/ai/hf-tiny").json()
+        assert "huggingface.co/testorg/tiny-gguf:latest" in m["tags"], m
+        r = sup.post("/engines/v1/chat/completions", {"model": "hf-tiny", "max_tokens": 4,
+                                                     "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200, r.text
+        assert len(sup.spawns()) == 1
