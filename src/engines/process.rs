@@ -91,6 +91,17 @@ pub struct EngineProcess {
     _private: Option<tempfile::TempDir>,
 }
 
+/// What an engine does not inherit of the supervisor's environment: systemd's notification socket and watchdog
+/// (a notification from the engine would speak for the supervisor), and the Hugging Face token the supervisor pulls
+/// with.
+pub const NOT_INHERITED: [&str; 5] = [
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+];
+
 impl EngineProcess {
     /// Starts `binary args...` in a new process group, with `env` added to ours, confined by `sandbox` when
     /// given. `label` names the engine in logs (the model name).
@@ -112,12 +123,13 @@ impl EngineProcess {
         let (out_r, out_w) = std::io::pipe().map_err(spawn_err)?;
         let (err_r, err_w) = std::io::pipe().map_err(spawn_err)?;
         let mut cmd = Command::new(binary);
-        cmd.args(args)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            // systemd's notification socket and watchdog are the supervisor's, not the engine's.
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID")
+        cmd.args(args);
+        // systemd's notification socket and watchdog, and the supervisor's credentials, are not the engine's: an
+        // engine loads models from the store and never needs them.
+        for name in NOT_INHERITED {
+            cmd.env_remove(name);
+        }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out_w)
             .stderr(err_w)

@@ -80,7 +80,9 @@ def start(supervisors, world: Path, sandbox: dict, engine_binary: str | None = N
           **tiny):
     other = supervisors.other_tiny_model()
     env = {"PROBE_SECRET": str(world / "secret.txt"), "PROBE_OTHER_BLOB": sha256(Path(other["gguf"])),
-           "PROBE_SHARED": str(world / "shared")}
+           "PROBE_SHARED": str(world / "shared"),
+           # The supervisor's credentials: engines never inherit them.
+           "HF_TOKEN": "hf_supervisor_only", "HUGGING_FACE_HUB_TOKEN": "hf_supervisor_only"}
     return supervisors.start(models=[supervisors.tiny_model(**tiny), other], store=world / store, sandbox=sandbox,
                              engine_binary=engine_binary or str(world / "engine/bin/prober"), env=env)
 
@@ -119,6 +121,7 @@ def test_an_engine_run_as_the_configured_user_reads_only_its_files_and_cannot_es
     assert got["groups"] in ([], [nobody.pw_gid]), got
     assert got["no_new_privs"] == "1", got
     assert int(got["cap_eff"], 16) == 0, got
+    assert got["inherited_secrets"] == [], got
     for action in ALLOWED:
         assert got[action] == "ok", (action, got)
     for action in FORBIDDEN + ["setuid_root"]:

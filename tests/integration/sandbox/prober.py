@@ -55,6 +55,7 @@ record = {
     "uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "groups": os.getgroups(),
     "no_new_privs": status("NoNewPrivs"), "cap_eff": status("CapEff"), "cap_bnd": status("CapBnd"),
     "tmpdir": private, "home": os.environ.get("HOME", ""), "cwd": os.getcwd(),
+    "inherited_secrets": sorted(k for k in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "NOTIFY_SOCKET") if k in os.environ),
     # allowed
     "read_own_model": attempt(lambda: read(MODEL)),
     "read_own_tree": attempt(lambda: read(HERE.parent / "share" / "data.txt")),
