@@ -90,6 +90,9 @@ pub struct Prepared {
     tag: String,
     /// The mirror the pull reads from (`None`: the reference's own registry).
     mirror: Option<Mirror>,
+    /// When read from a mirror: the origin (and the request's token for it), which takes over if the mirror fails
+    /// while the layers download.
+    origin: Option<(Source, Option<String>)>,
     reference: Reference,
     client: Client,
     manifest: Vec<u8>,
@@ -297,7 +300,10 @@ impl Registries {
             match self.prepare_from(store.clone(), &tag, source, None).await {
                 Ok(p) => {
                     tracing::info!(model = tag, mirror, "pulling from mirror");
-                    return Ok(p);
+                    return Ok(Prepared {
+                        origin: Some((origin, bearer.map(str::to_string))),
+                        ..p
+                    });
                 }
                 // Any failure of a mirror (down, lacks the model, refuses, sends something else) moves on.
                 Err(e) => tracing::warn!(
@@ -349,6 +355,7 @@ impl Registries {
         Ok(Prepared {
             tag: tag.to_string(),
             mirror,
+            origin: None,
             reference,
             client,
             manifest: manifest.to_vec(),
@@ -360,7 +367,31 @@ impl Registries {
     /// Downloads what the store lacks of a prepared pull and commits the model. `progress` is called at most every
     /// 100 ms or 1 MiB per layer, and at each layer's end. A failure leaves the store's models as they were;
     /// a layer cut off midway stays as `<hex>.incomplete` for the next pull to resume.
+    /// A mirror that fails while the layers download (down, cut off, sending other bytes) hands over to the
+    /// origin, which resumes what arrived (the same digests); a failure of our own store does not.
     pub async fn pull(
+        &self,
+        store: Arc<Store>,
+        mut p: Prepared,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> Result<Model, RegistryError> {
+        let Some((origin, bearer)) = p.origin.take() else {
+            return self.pull_from(store, p, progress).await;
+        };
+        let (tag, mirror) = (p.tag.clone(), p.mirror.clone().map(|m| m.to_string()));
+        match self.pull_from(store.clone(), p, progress).await {
+            Err(e) if !matches!(e, RegistryError::Store(_)) => {
+                tracing::warn!(model = tag, mirror, error = %e, "the mirror failed midway; pulling from the origin");
+                let p = self
+                    .prepare_from(store.clone(), &tag, origin, bearer.as_deref())
+                    .await?;
+                self.pull_from(store, p, progress).await
+            }
+            done => done,
+        }
+    }
+
+    async fn pull_from(
         &self,
         store: Arc<Store>,
         p: Prepared,

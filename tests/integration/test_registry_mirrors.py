@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from registry import Registry, free_port, get_manifest, push_dmr_gguf_model, RegistryHTTPError
+from registry import FaultProxy, Registry, RegistryHTTPError, free_port, get_manifest, push_dmr_gguf_model
 from tlsca import TestCA
 
 
@@ -129,3 +129,27 @@ def test_docker_hub_references_use_the_docker_io_mirrors_from_a_reload_on(superv
     r = pull(sup, "ai/not-mirrored:v1")
     assert r.status_code in (401, 404, 502), r.text
     assert "mirror did not serve the model" in sup.stderr_text()
+
+
+def test_a_mirror_that_fails_while_the_layers_download_hands_over_to_the_origin(supervisors, registries):
+    gguf = supervisors.prereqs.tiny_gguf.read_bytes()
+    origin = registries("origin")
+    mirror = registries("mirror")
+    push_dmr_gguf_model(origin, "test/tiny", "v1", gguf)
+    push_dmr_gguf_model(mirror, "test/tiny", "v1", gguf)
+    manifest, _ = get_manifest(mirror, "test/tiny", "v1")
+    layer = manifest["layers"][0]["digest"]
+    # The mirror answers its manifest and config, then fails every request for the weights.
+    proxy = FaultProxy(mirror).fail(f"/blobs/{layer}", 500)
+    sup = supervisors.start(models=[], extra=mirrors_extra(None, {origin.host: [proxy.url]}))
+    out = lines(pull(sup, f"{origin.host}/test/tiny:v1"))
+    assert out[-1] == {"type": "success", "message": "Model pulled successfully"}, out[-3:]
+    log = sup.stderr_text()
+    assert "pulling from mirror" in log and "the mirror failed midway; pulling from the origin" in log, log[-3000:]
+    assert any(r.status == 500 and layer in r.path for r in proxy.requests), proxy.requests
+    assert manifest_gets(origin, "test/tiny") >= 1
+    blob = sup.store / "blobs/sha256" / layer.split(":")[1]
+    assert blob.read_bytes() == gguf
+    r = sup.chat(f"{origin.host}/test/tiny:v1")
+    assert r.status_code == 200, r.text
+    proxy.stop()
