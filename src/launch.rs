@@ -1,9 +1,10 @@
 //! Launch planning: from a model name, a mode and what the request wishes, everything the scheduler needs to
 //! start a runner — the model's engine (by format; an engine named in the URL must agree), its settings
 //! (`[[models]]`, then what `_configure` stored), the context size (the engine's default when nothing is asked),
-//! keep-alive, the speculative draft (a model of the store, resolved by name: [`draft`]), and the memory the load
-//! is expected to take (the engine's estimate, draft included, cached per model, context, flags and draft). It reads the store, the configuration and the memory probe, and nothing of HTTP: the front maps a
-//! [`PlanError`] to its dialect, then asks the scheduler for a lease with the [`Plan`].
+//! keep-alive (forever for a pinned model), the speculative draft (a model of the store, resolved by name:
+//! [`draft`]), and the memory the load is expected to take (the engine's estimate, draft included, cached per
+//! model, context, flags and draft). It reads the store, the configuration and the memory probe, and nothing of
+//! HTTP: the front maps a [`PlanError`] to its dialect, then asks the scheduler for a lease with the [`Plan`].
 //!
 //! It sits between the front and the scheduler on purpose: the scheduler decides *when* and *where* a runner
 //! runs and knows no store; the front only translates.
