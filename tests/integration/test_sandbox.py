@@ -29,7 +29,8 @@ USER = "nobody"
 
 ALLOWED = ["read_own_model", "read_own_tree", "read_system_library", "write_private_dir", "write_dev_null"]
 FORBIDDEN = ["read_secret", "read_store_index", "read_other_model", "list_store_blobs", "write_store",
-             "overwrite_own_model", "write_tmp", "write_own_tree", "write_shared", "read_shadow", "signal_supervisor"]
+             "overwrite_own_model", "write_tmp", "write_own_tree", "write_shared", "read_shadow", "signal_supervisor",
+             "read_supervisor_environ"]
 
 
 def landlock_abi() -> int:
@@ -157,7 +158,7 @@ def test_with_the_sandbox_off_the_same_engine_reads_the_secret_and_the_store(wor
     sup = start(supervisors, world, {"sandbox": False, "user": USER})
     got = probe(sup)
     assert got["uid"] == 0 and got["no_new_privs"] == "0", got
-    for action in ["read_secret", "read_store_index", "read_other_model", "list_store_blobs"]:
+    for action in ["read_secret", "read_store_index", "read_other_model", "list_store_blobs", "read_supervisor_environ"]:
         assert got[action] == "ok", (action, got)
     assert "engines run unconfined ([engines] sandbox = false)" in sup.stderr_text()
 

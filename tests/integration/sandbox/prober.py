@@ -74,6 +74,7 @@ record = {
     "write_shared": attempt(lambda: write(Path(os.environ["PROBE_SHARED"]) / "from-the-engine")),
     "read_shadow": attempt(lambda: read("/etc/shadow")),
     "setuid_root": attempt(lambda: os.setuid(0)),
+    "read_supervisor_environ": attempt(lambda: read(f"/proc/{os.getppid()}/environ")),
     "signal_supervisor": attempt(lambda: os.kill(os.getppid(), 0)),
 }
 print("PROBE " + json.dumps(record, sort_keys=True), flush=True)
