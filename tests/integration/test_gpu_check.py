@@ -35,6 +35,7 @@ def test_the_dry_run_passes_and_writes_both_reports(prereqs, tmp_path):
     assert sup["measured_bytes"] >= 128 << 20, sup
     real = figures["llama-serve-cpu"]  # the real engine: measured, and timed direct and through the supervisor
     assert real["measured_bytes"] > 0 and real["tokens_per_s_direct"] > 0 and real["tokens_per_s_supervisor"] > 0, real
+    assert real["engine_sandbox"].startswith("engines run ") and "no_new_privs" in real["engine_sandbox"], real
     md = (tmp_path / "gpu-report.md").read_text()
     assert md.startswith("# GPU check (dry-run)") and "result: **pass**" in md, md
     for name in DRY + GPU:
