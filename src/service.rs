@@ -135,6 +135,7 @@ mod tests {
             measured: None,
             usage: Usage::new(),
             draft: None,
+            draft_id: None,
             pinned: false,
         }
     }

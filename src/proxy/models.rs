@@ -178,8 +178,9 @@ fn removed_json(removed: Vec<store::Removed>) -> Vec<native::Removed> {
         .collect()
 }
 
-/// `DELETE /models/{name}`: stops the model's idle runners first, as `ollama rm` does; 409 while one of them still
-/// has requests in flight (or is loading), unless `?force=true`, which stops it regardless.
+/// `DELETE /models/{name}`: stops the model's idle runners first (and those loading it as their draft), as `ollama
+/// rm` does; 409 while one of them still has requests in flight (or is loading), unless `?force=true`, which stops
+/// it regardless.
 pub async fn delete(
     app: &Arc<App>,
     reference: String,
@@ -192,7 +193,11 @@ pub async fn delete(
     let untag_only =
         model.tags.len() > 1 && name::normalize(&reference).is_ok_and(|t| model.tags.contains(&t));
     if !untag_only {
-        let runs = |rs: &[crate::scheduler::RunnerInfo]| rs.iter().any(|r| r.model_id == model.id);
+        // Its runners, and the runners that load it as their speculative draft.
+        let runs = |rs: &[crate::scheduler::RunnerInfo]| {
+            rs.iter()
+                .any(|r| r.model_id == model.id || r.draft_id.as_ref() == Some(&model.id))
+        };
         if runs(&app.scheduler.snapshot().await) {
             // Idle runners only, unless forced; `unload` waits until their processes are gone.
             app.scheduler

@@ -631,7 +631,11 @@ pub fn decide(state: &mut State, event: Event, now: Instant) -> Vec<Action> {
                 .filter(|(k, r)| {
                     let matches = match &selector {
                         Selector::All => true,
-                        Selector::Models(ids) => ids.contains(&k.model_id),
+                        // A model's runners, and those that load it as their draft.
+                        Selector::Models(ids) => {
+                            ids.contains(&k.model_id)
+                                || k.draft.as_ref().is_some_and(|d| ids.contains(d))
+                        }
                     };
                     let idle = matches!(r.phase, Phase::Ready { in_flight: 0, .. });
                     matches && (idle || force)
@@ -1054,6 +1058,26 @@ mod tests {
         // Another model's runners are not touched.
         decide(&mut s, acquire(4, "other"), t);
         assert!(s.runners.contains_key(&key("other")));
+        // Unloading the draft model stops the runner that loads it (forced: it is still loading, its waiter is
+        // told).
+        let actions = decide(
+            &mut s,
+            Event::Unload {
+                selector: Selector::Models(vec!["b".into()]),
+                force: true,
+            },
+            t,
+        );
+        assert_eq!(
+            actions,
+            [
+                Action::Reject {
+                    waiter: 3,
+                    why: Rejection::Unloaded
+                },
+                Action::Stop { runner: 3 }
+            ]
+        );
     }
 
     #[test]

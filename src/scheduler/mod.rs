@@ -153,6 +153,8 @@ pub struct RunnerInfo {
     pub usage: Usage,
     /// The speculative draft's display name, when it has one.
     pub draft: Option<String>,
+    /// ... and its model id.
+    pub draft_id: Option<String>,
     /// `[[models]] pinned`: never evicted.
     pub pinned: bool,
 }
@@ -643,6 +645,7 @@ impl Actor {
                     measured: r.measured,
                     usage: r.usage.clone(),
                     draft: r.launch.draft.as_ref().map(|d| d.name.clone()),
+                    draft_id: key.draft.clone(),
                     pinned: r.launch.pinned,
                 }
             })

@@ -111,6 +111,22 @@ def test_a_new_draft_is_a_new_runner_and_settings_persist_over_the_configs(super
     assert draft_of(spawn) == Path(spawn.flag("--model")) and spawn.flag("--spec-draft-n-max") == "6", spawn.argv
 
 
+def test_deleting_a_draft_stops_the_runner_that_loads_it(supervisors):
+    tiny2 = supervisors.other_tiny_model()
+    sup = supervisors.start(models=[supervisors.tiny_model(speculative={"draft_model": "ai/tiny2"}), tiny2])
+    ask(sup, "ai/tiny", max_tokens=4)
+    [spawn] = sup.spawns()
+    [runner] = sup.ps()
+    assert runner["draft_model"] == "ai/tiny2:latest", runner
+    r = sup.delete("/models/ai/tiny2")
+    assert r.status_code == 200, r.text
+    # Its runner is gone with it (no engine keeps a deleted draft), and the next chat says the draft is missing.
+    wait_until(lambda: pid_gone(spawn.pid), 10, "the runner drafting with the deleted model to stop")
+    assert sup.ps() == []
+    r = sup.chat("ai/tiny")
+    assert r.status_code == 400 and "speculative.draft_model" in r.text, r.text
+
+
 @pytest.fixture
 def qwen(tmp_path) -> Path:
     out = tmp_path / "qwen-tiny"
