@@ -1,22 +1,3 @@
 #!/usr/bin/env bash
-# Makes sure the tiny test projector (mmproj) exists and prints its path (last stdout line).
-#
-#   ${XDG_CACHE_HOME:-$HOME/.cache}/dmr-supervisor/models/tiny-mmproj.gguf
-#
-# Generated offline by scripts/make-tiny-mmproj.py (default seed, output width 64 to match the tiny model of
-# scripts/ensure-tiny-model.sh; byte-identical on every machine) with the venv of scripts/python-env.sh. An
-# existing file is kept; set DMR_TINY_REGENERATE=1 to write it again. Progress goes to stderr.
-set -euo pipefail
-
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-out=${XDG_CACHE_HOME:-$HOME/.cache}/dmr-supervisor/models/tiny-mmproj.gguf
-
-if [ -s "$out" ] && [ "${DMR_TINY_REGENERATE:-0}" != 1 ]; then
-  echo "$out"
-  exit 0
-fi
-
-python=$("$here/python-env.sh" | tail -n 1)
-echo "ensure-tiny-mmproj: writing $out" >&2
-"$python" "$here/make-tiny-mmproj.py" "$out" >&2
-echo "$out"
+# The tiny mmproj test model: scripts/ensure-tiny-model.sh mmproj (prints its path).
+exec "$(dirname "${BASH_SOURCE[0]}")/ensure-tiny-model.sh" mmproj "$@"
