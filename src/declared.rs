@@ -20,7 +20,7 @@ use crate::engines::{EngineKind, Mode, RunnerWishes};
 use crate::proxy::App;
 use crate::registry::pull::Pull;
 use crate::registry::Progress;
-use crate::store::{Model, StoreError};
+use crate::store::{Model, Store, StoreError};
 
 /// The longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -219,8 +219,19 @@ fn spawn(app: &Arc<App>, m: ModelSettings) {
 /// Obtains the model, tags its aliases and loads it when preloaded, retrying each step with backoff.
 async fn bring_up(app: &Arc<App>, m: &ModelSettings) {
     let model = retry(app, m, "cannot obtain model", || obtain(app, m)).await;
-    for alias in &m.aliases {
-        tag(app, &model, &m.name, alias);
+    if !m.aliases.is_empty() {
+        let (store, id, name, aliases) = (
+            app.store.clone(),
+            model.id.clone(),
+            m.name.clone(),
+            m.aliases.clone(),
+        );
+        let tagged = tokio::task::spawn_blocking(move || {
+            for alias in &aliases {
+                tag(&store, &id, &name, alias);
+            }
+        });
+        let _ = tagged.await;
     }
     if m.preload {
         app.declared.set(&m.name, Phase::Loading);
@@ -285,7 +296,6 @@ async fn obtain(app: &Arc<App>, m: &ModelSettings) -> Result<Arc<Model>, String>
 
 async fn pull(app: &Arc<App>, m: &ModelSettings, from: &str) -> Result<Model, String> {
     app.declared.set(&m.name, Phase::Waiting);
-    tracing::info!(model = m.name, from, "pulling declared model");
     let pull = Pull::prepare(&app.registries, &app.store, from, None)
         .await
         .map_err(|e| app.store.redact(&e.to_string()))?;
@@ -306,23 +316,28 @@ async fn pull(app: &Arc<App>, m: &ModelSettings, from: &str) -> Result<Model, St
             tracing::info!(model = m.name, done = p.done, total = p.total, "pulling");
         }
     };
-    tracing::info!(model = m.name, bytes = total, "pull started");
+    tracing::info!(
+        model = m.name,
+        from,
+        bytes = total,
+        "pulling declared model"
+    );
     pull.run(&app.registries, &app.store, &report)
         .await
         .map_err(|e| app.store.redact(&e.to_string()))
 }
 
 /// Tags `alias` on the model, unless it already names it; a tag of another model is left alone (logged).
-fn tag(app: &App, model: &Model, name: &str, alias: &str) {
-    match app.store.get_shared(alias) {
-        Ok(other) if other.id == model.id => {}
+fn tag(store: &Store, id: &str, name: &str, alias: &str) {
+    match store.get_shared(alias) {
+        Ok(other) if other.id == id => {}
         Ok(other) => tracing::error!(
             model = name,
             alias,
             other = other.tags.first().map(String::as_str).unwrap_or(&other.id),
             "alias not set: it names another model"
         ),
-        Err(_) => match app.store.tag(&model.id, alias) {
+        Err(_) => match store.tag(id, alias) {
             Ok(_) => tracing::info!(model = name, alias, "alias set"),
             Err(e) => tracing::error!(model = name, alias, error = %e, "cannot set alias"),
         },

@@ -254,16 +254,10 @@ pub fn settings(
     mode: Mode,
 ) -> ModelSettings {
     let requested = name::normalize(requested).ok();
-    let by_name = |n: &str| {
-        config
-            .models
-            .iter()
-            .find(|m| m.name == n || m.aliases.iter().any(|a| a == n))
-    };
     let mut settings = requested
         .as_deref()
-        .and_then(by_name)
-        .or_else(|| model.tags.iter().find_map(|t| by_name(t)))
+        .and_then(|n| config.model_named(n))
+        .or_else(|| model.tags.iter().find_map(|t| config.model_named(t)))
         .cloned()
         .unwrap_or_else(|| ModelSettings::defaults_for(requested.as_deref().unwrap_or_default()));
     let stored_for = |mode: Mode| {

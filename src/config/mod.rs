@@ -786,18 +786,14 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             }
         }
         for a in &aliases {
-            if let Some(other) = config
-                .models
-                .iter()
-                .find(|m| m.name == *a || m.aliases.contains(a))
-            {
+            if let Some(other) = config.model_named(a) {
                 errors.push(
                     key("aliases"),
                     format!("{a} is already a name of {}", other.name),
                 );
             }
         }
-        if let Some(other) = config.models.iter().find(|m| m.aliases.contains(&name)) {
+        if let Some(other) = config.model_named(&name).filter(|m| m.name != name) {
             errors.push(key("name"), format!("{name} is an alias of {}", other.name));
         }
         let speculative = model
@@ -967,6 +963,18 @@ pub struct ConfigDiff {
 }
 
 impl Config {
+    /// The `[[models]]` entry that `name` (normalised) names: by its name or one of its aliases.
+    pub fn model_named(&self, name: &str) -> Option<&ModelSettings> {
+        self.models
+            .iter()
+            .find(|m| m.name == name || m.aliases.iter().any(|a| a == name))
+    }
+
+    /// Whether `name` (normalised) is one of a model's `aliases`.
+    pub fn is_alias(&self, name: &str) -> bool {
+        self.model_named(name).is_some_and(|m| m.name != name)
+    }
+
     /// Compares this (running) configuration with `new`.
     pub fn diff(&self, new: &Config) -> ConfigDiff {
         let mut d = ConfigDiff::default();

@@ -74,9 +74,8 @@ pub async fn get_native(app: &Arc<App>, reference: String) -> Result<Response<Bo
 pub async fn list_openai(app: &Arc<App>) -> Result<Response<Body>, ApiError> {
     let models = blocking(app, |s| s.list()).await?;
     let config = app.config();
-    let alias = |tag: &String| config.models.iter().any(|m| m.aliases.contains(tag));
     let entries = models.iter().flat_map(|m| {
-        let aliases = m.tags.iter().skip(1).filter(|t| alias(t));
+        let aliases = m.tags.iter().skip(1).filter(|t| config.is_alias(t));
         std::iter::once(openai_model(m))
             .chain(aliases.map(|a| openai::ModelObject::new(a.clone(), m.created)))
     });
@@ -98,7 +97,7 @@ pub async fn get_openai(app: &Arc<App>, reference: String) -> Result<Response<Bo
     let config = app.config();
     let alias = crate::store::name::normalize(&reference)
         .ok()
-        .filter(|a| config.models.iter().any(|m| m.aliases.contains(a)));
+        .filter(|a| config.is_alias(a));
     Ok(json(
         StatusCode::OK,
         &match alias {
@@ -194,10 +193,7 @@ pub async fn delete(
         model.tags.len() > 1 && name::normalize(&reference).is_ok_and(|t| model.tags.contains(&t));
     if !untag_only {
         // Its runners, and the runners that load it as their speculative draft.
-        let runs = |rs: &[crate::scheduler::RunnerInfo]| {
-            rs.iter()
-                .any(|r| r.model_id == model.id || r.draft_id.as_ref() == Some(&model.id))
-        };
+        let runs = |rs: &[crate::scheduler::RunnerInfo]| rs.iter().any(|r| r.uses(&model.id));
         if runs(&app.scheduler.snapshot().await) {
             // Idle runners only, unless forced; `unload` waits until their processes are gone.
             app.scheduler

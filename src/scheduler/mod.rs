@@ -159,6 +159,13 @@ pub struct RunnerInfo {
     pub pinned: bool,
 }
 
+impl RunnerInfo {
+    /// Whether the runner loads model `id`: as its model, or as its speculative draft.
+    pub fn uses(&self, id: &str) -> bool {
+        self.model_id == id || self.draft_id.as_deref() == Some(id)
+    }
+}
+
 enum Msg {
     Event(Event),
     Acquire {
