@@ -1,9 +1,9 @@
 //! Configuration reload (SIGHUP, or `POST /config/reload`): re-read the file the daemon started with, validate
 //! it whole, import new or changed GGUF files, then swap it in. Model settings, keep-alives, memory limits, body
-//! limits, API keys, allowed origins, registry settings (mirrors, CA certificates) and the TLS certificate and key (re-read
-//! from their files) take effect at once; idle runners of changed models are stopped so that
-//! the next request starts them with the new settings (busy ones finish, and are restarted at the first request
-//! that finds them idle). Listeners, the store path and the engine binary need a restart (logged). An invalid file
+//! limits, API keys, allowed origins, registry settings (mirrors, CA certificates) and the TLS certificate and key
+//! (re-read from their files) take effect at once; idle runners of changed models are stopped so that the next
+//! request starts them with the new settings (busy ones finish, and are restarted at the first request that finds
+//! them idle); declared models added are pulled and loaded (`crate::declared`). Listeners, the store path and the engine binary need a restart (logged). An invalid file
 //! changes nothing: its errors are logged and returned.
 
 use std::sync::Arc;
@@ -88,7 +88,6 @@ async fn apply(app: &Arc<App>, path: &std::path::Path) -> Result<Report, ReloadE
         tracing::info!(cert = %identity.cert.display(), key = %identity.key.display(), "TLS certificate reloaded");
     }
     app.scheduler.set_limits(limits(&new.scheduler));
-    let (old_models, new_models) = (old.models.clone(), new.models.clone());
     app.config.store(Arc::new(new));
     let ids: Vec<String> = changed
         .iter()
@@ -101,7 +100,7 @@ async fn apply(app: &Arc<App>, path: &std::path::Path) -> Result<Report, ReloadE
         app.scheduler.unload(Selector::Models(ids), false).await
     };
     // Models by reference added are pulled, removed ones lose their task and aliases; changed ones start over.
-    crate::declared::apply(app, &old_models, &new_models, &changed);
+    crate::declared::apply(app, &old.models, &app.config().models, &changed);
     Ok(Report {
         added,
         changed,
